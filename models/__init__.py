@@ -1,0 +1,1 @@
+"""Embedders, compatible training, checkpoints and metrics for Graceful."""

@@ -1,0 +1,100 @@
+"""Graceful checkpoints: one small safetensors file per trained head, metadata inside.
+
+Loading never executes pickled code (safetensors holds only tensors and a str->str header).
+The header says which backbone the head sits on, which space its vectors live in, which model
+it was made compatible with, how it was trained and what it measured.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field, asdict
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError as SafetensorsError
+from safetensors.torch import load_file, save_file, safe_open
+
+FORMAT = "graceful-checkpoint/1"
+SUFFIX = ".safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: corrupt, of another format, or mismatching."""
+
+
+@dataclass
+class CheckpointMeta:
+    name: str
+    backbone: str
+    dim: int
+    space: str
+    compatible_with: list[str]
+    method: str
+    head: dict
+    old_model: str | None = None
+    data_fingerprint: str = ""
+    metrics: dict = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+    notes: str = ""
+
+    def to_header(self) -> dict[str, str]:
+        header = {"format": FORMAT}
+        for key, value in asdict(self).items():
+            header[key] = json.dumps(value)
+        return header
+
+    @classmethod
+    def from_header(cls, header: dict[str, str], source: str) -> "CheckpointMeta":
+        if header.get("format") != FORMAT:
+            raise CheckpointError(f"{source}: not a Graceful checkpoint (format {header.get('format')!r})")
+        try:
+            values = {k: json.loads(header[k]) for k in cls.__dataclass_fields__ if k in header}
+            return cls(**values)
+        except (TypeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{source}: damaged checkpoint header: {e}") from e
+
+
+def save_checkpoint(path: str | os.PathLike, meta: CheckpointMeta, head: torch.nn.Module,
+                    half: bool = True) -> Path:
+    """Atomic write: a crash leaves either no file or a complete one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        k: (v.half() if half and v.is_floating_point() else v).contiguous()
+        for k, v in head.state_dict().items()
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta.to_header())
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_meta(path: str | os.PathLike) -> CheckpointMeta:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorsError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint: {e}") from e
+    return CheckpointMeta.from_header(header, str(path))
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[CheckpointMeta, dict[str, torch.Tensor]]:
+    meta = read_meta(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorsError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint: {e}") from e
+    return meta, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def fingerprint(items: list[str]) -> str:
+    h = hashlib.sha256()
+    for item in items:
+        h.update(item.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]

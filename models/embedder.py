@@ -1,0 +1,77 @@
+"""The one interface every embedder implements.
+
+An embedder turns RGB images (and, when it has a text tower, strings) into L2-normalised
+float32 vectors that live in a named embedding *space*. Two models whose vectors may be
+compared share a space; that is the whole contract Graceful's upgrades rely on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, asdict
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    dim: int
+    space: str
+    image_size: int
+    kind: str  # "efficientnet", "open_clip", "compatible"
+    has_text: bool = False
+    compatible_with: tuple[str, ...] = ()
+    description: str = ""
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["compatible_with"] = list(self.compatible_with)
+        return d
+
+
+def l2_normalise(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x.float(), dim=-1)
+
+
+class Embedder:
+    """Base class: subclasses set `info`, `transform` and implement `forward_features`."""
+
+    info: ModelInfo
+    transform: Callable[[Image.Image], torch.Tensor]
+
+    def forward_features(self, batch: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def dim(self) -> int:
+        return self.info.dim
+
+    @property
+    def space(self) -> str:
+        return self.info.space
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self.transform(image)
+
+    @torch.inference_mode()
+    def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
+        """Preprocessed batch (N,3,H,W) -> (N, dim) L2-normalised float32."""
+        out = self.forward_features(batch.contiguous(memory_format=torch.channels_last))
+        return l2_normalise(out).cpu().numpy().astype(np.float32, copy=False)
+
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray:
+        chunks = []
+        for i in range(0, len(images), batch_size):
+            batch = torch.stack([self.preprocess(im) for im in images[i : i + batch_size]])
+            chunks.append(self.embed_batch(batch))
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError(f"model {self.name!r} has no text tower; search by image instead")

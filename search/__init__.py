@@ -1,0 +1,1 @@
+"""Graceful's gallery engine: catalog, image store, FAISS index, ingest, query, upgrades."""

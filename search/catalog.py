@@ -1,0 +1,278 @@
+"""The catalog: one SQLite file (WAL, through sqlite-utils) that is the source of truth.
+
+Tables
+  images    one row per unique image (sha256 of its bytes)
+  vectors   one row per (image, model): the vector, its model and the space it lives in
+  spaces    per space: dimension and a version bumped by every vector write (index staleness)
+  models    every model the gallery has used, with its space and compatibility
+  state     key/value: active model, model history, ...
+  events    upgrade / rollback / backfill history
+  query_log searches made through the CLI and app (opt-out)
+  jobs      progress of long jobs (backfill, re-embed) so they resume after a kill
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+
+
+def _migrate_to_1(db: sqlite_utils.Database) -> None:
+    db["images"].create(
+        {"id": int, "sha256": str, "name": str, "ext": str, "bytes": int, "width": int,
+         "height": int, "format": str, "source": str, "added_at": float},
+        pk="id", not_null={"sha256"},
+    )
+    db["images"].create_index(["sha256"], unique=True)
+    db["vectors"].create(
+        {"image_id": int, "model": str, "space": str, "dim": int, "vector": bytes,
+         "created_at": float},
+        pk=("image_id", "model"), foreign_keys=[("image_id", "images", "id")],
+    )
+    db["vectors"].create_index(["space", "image_id"])
+    db["spaces"].create({"space": str, "dim": int, "version": int}, pk="space")
+    db["models"].create(
+        {"name": str, "space": str, "dim": int, "kind": str, "compatible_with": str,
+         "source": str, "added_at": float, "activated_at": float, "info": str},
+        pk="name",
+    )
+    db["state"].create({"key": str, "value": str}, pk="key")
+    db["events"].create({"id": int, "at": float, "kind": str, "detail": str}, pk="id")
+    db["query_log"].create(
+        {"id": int, "at": float, "model": str, "kind": str, "query_sha": str, "query": str,
+         "k": int, "results": str},
+        pk="id",
+    )
+    db["jobs"].create({"name": str, "state": str, "updated_at": float}, pk="name")
+
+
+MIGRATIONS = {1: _migrate_to_1}
+
+
+@dataclass
+class ImageRow:
+    id: int
+    sha256: str
+    name: str
+    ext: str
+    bytes: int
+    width: int
+    height: int
+    format: str
+    source: str
+    added_at: float
+
+
+class Catalog:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False,
+                               isolation_level=None)
+        self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.migrate()
+
+    # -- schema ---------------------------------------------------------------------------
+    @property
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def migrate(self) -> None:
+        current = self.schema_version
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path} has schema v{current}, newer than this Graceful (v{SCHEMA_VERSION}); upgrade Graceful"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            with self.transaction():
+                MIGRATIONS[version](self.db)
+                self.db.execute(f"PRAGMA user_version = {version}")
+
+    def transaction(self):
+        return _Transaction(self.db.conn)
+
+    def snapshot(self):
+        """A read transaction: every read inside sees one consistent state of the file."""
+        return _Transaction(self.db.conn, "BEGIN DEFERRED")
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # -- state ----------------------------------------------------------------------------
+    def get_state(self, key: str, default=None):
+        row = self.db.execute("SELECT value FROM state WHERE key = ?", [key]).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_state(self, key: str, value) -> None:
+        self.db["state"].upsert({"key": key, "value": json.dumps(value)}, pk="key")
+
+    def log_event(self, kind: str, **detail) -> None:
+        self.db["events"].insert({"at": time.time(), "kind": kind, "detail": json.dumps(detail)})
+
+    def events(self, limit: int = 50) -> list[dict]:
+        rows = self.db.execute(
+            "SELECT at, kind, detail FROM events ORDER BY id DESC LIMIT ?", [limit]
+        ).fetchall()
+        return [{"at": at, "kind": kind, **json.loads(detail)} for at, kind, detail in rows]
+
+    # -- images ---------------------------------------------------------------------------
+    def image_id(self, sha256: str) -> int | None:
+        row = self.db.execute("SELECT id FROM images WHERE sha256 = ?", [sha256]).fetchone()
+        return row[0] if row else None
+
+    def known_in_space(self, shas: Iterable[str], space: str) -> set[str]:
+        shas = list(shas)
+        if not shas:
+            return set()
+        marks = ",".join("?" * len(shas))
+        rows = self.db.execute(
+            f"SELECT i.sha256 FROM images i JOIN vectors v ON v.image_id = i.id "
+            f"WHERE v.space = ? AND i.sha256 IN ({marks})", [space, *shas]
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def add_image(self, row: dict) -> int:
+        existing = self.image_id(row["sha256"])
+        if existing is not None:
+            return existing
+        return self.db["images"].insert(row).last_pk
+
+    def images(self, ids: Iterable[int]) -> dict[int, ImageRow]:
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        cursor = self.db.execute(f"SELECT * FROM images WHERE id IN ({marks})", ids)
+        return {r[0]: ImageRow(*r) for r in cursor.fetchall()}
+
+    def list_images(self, offset: int = 0, limit: int = 50) -> list[ImageRow]:
+        cursor = self.db.execute("SELECT * FROM images ORDER BY id LIMIT ? OFFSET ?", [limit, offset])
+        return [ImageRow(*r) for r in cursor.fetchall()]
+
+    def count_images(self) -> int:
+        return self.db.execute("SELECT count(*) FROM images").fetchone()[0]
+
+    # -- vectors --------------------------------------------------------------------------
+    def put_vectors(self, image_ids: list[int], vectors: np.ndarray, model: str, space: str) -> None:
+        """Store vectors (call inside a transaction); bumps the space's version."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        now = time.time()
+        self.db.conn.executemany(
+            "INSERT OR REPLACE INTO vectors (image_id, model, space, dim, vector, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(int(i), model, space, vectors.shape[1], v.tobytes(), now)
+             for i, v in zip(image_ids, vectors)],
+        )
+        self.db.conn.execute(
+            "INSERT INTO spaces (space, dim, version) VALUES (?, ?, 1) "
+            "ON CONFLICT(space) DO UPDATE SET version = version + 1",
+            [space, vectors.shape[1]],
+        )
+
+    def space_version(self, space: str) -> int:
+        row = self.db.execute("SELECT version FROM spaces WHERE space = ?", [space]).fetchone()
+        return row[0] if row else 0
+
+    def space_dim(self, space: str) -> int | None:
+        row = self.db.execute("SELECT dim FROM spaces WHERE space = ?", [space]).fetchone()
+        return row[0] if row else None
+
+    def serving_vectors(self, space: str, batch: int = 20000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of the vector that serves each image in `space`: its newest one."""
+        dim = self.space_dim(space)
+        if dim is None:
+            return
+        cursor = self.db.execute(
+            "SELECT image_id, vector FROM vectors v WHERE space = ? AND rowid = ("
+            " SELECT w.rowid FROM vectors w WHERE w.image_id = v.image_id AND w.space = v.space"
+            " ORDER BY w.created_at DESC, w.rowid DESC LIMIT 1) ORDER BY image_id",
+            [space],
+        )
+        while rows := cursor.fetchmany(batch):
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+            yield ids, vecs
+
+    def vectors_by_model(self, model: str, image_ids: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        sql = "SELECT image_id, vector, dim FROM vectors WHERE model = ?"
+        params: list = [model]
+        if image_ids is not None:
+            sql += f" AND image_id IN ({','.join('?' * len(image_ids))})"
+            params += [int(i) for i in image_ids]
+        rows = self.db.execute(sql + " ORDER BY image_id", params).fetchall()
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        return ids, np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), rows[0][2])
+
+    def vector_counts(self) -> list[dict]:
+        rows = self.db.execute(
+            "SELECT space, model, count(*) FROM vectors GROUP BY space, model ORDER BY space, model"
+        ).fetchall()
+        return [{"space": s, "model": m, "vectors": n} for s, m, n in rows]
+
+    def serving_model_of(self, image_ids: list[int], space: str) -> dict[int, str]:
+        if not image_ids:
+            return {}
+        marks = ",".join("?" * len(image_ids))
+        rows = self.db.execute(
+            f"SELECT image_id, model FROM vectors WHERE space = ? AND image_id IN ({marks}) "
+            "ORDER BY created_at, rowid", [space, *map(int, image_ids)]
+        ).fetchall()
+        return dict(rows)  # later rows (newer) win
+
+    # -- models ---------------------------------------------------------------------------
+    def register_model(self, info: dict, source: str) -> None:
+        if self.db["models"].count_where("name = ?", [info["name"]]):
+            return
+        self.db["models"].insert({
+            "name": info["name"], "space": info["space"], "dim": info["dim"], "kind": info["kind"],
+            "compatible_with": json.dumps(list(info.get("compatible_with", []))),
+            "source": source, "added_at": time.time(), "activated_at": None,
+            "info": json.dumps({k: v for k, v in info.items() if k != "extra"}),
+        })
+
+    def models(self) -> list[dict]:
+        rows = list(self.db["models"].rows_where(order_by="added_at"))
+        for r in rows:
+            r["compatible_with"] = json.loads(r["compatible_with"])
+            r.pop("info", None)
+        return rows
+
+    def model(self, name: str) -> dict | None:
+        return next((m for m in self.models() if m["name"] == name), None)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT/ROLLBACK, so a crash leaves the old or the new state.
+
+    IMMEDIATE takes the write lock up front, so two processes never deadlock upgrading a read
+    lock. sqlite-utils' own writes inside it become savepoints (`Database.atomic`). Nested use
+    joins the outer transaction.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE"):
+        self.conn = conn
+        self.begin = begin
+        self.outer = False
+
+    def __enter__(self):
+        if not self.conn.in_transaction:
+            self.conn.execute(self.begin)
+            self.outer = True
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.outer:
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False

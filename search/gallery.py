@@ -1,0 +1,262 @@
+"""The engine: one object per gallery home that the CLI and the app share.
+
+A gallery home holds catalog.db, images/ (content-addressed store), index/ (FAISS caches of the
+catalog, one per space), models/ (checkpoints trained for this gallery), cache/ and reports/.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, asdict
+from pathlib import Path
+
+import numpy as np
+
+from models import registry
+from models.embedder import Embedder
+
+from .catalog import Catalog, ImageRow
+from .index import SpaceIndex
+from .store import ImageStore
+
+DEFAULT_HOME = Path(__file__).resolve().parent.parent / "data" / "gallery"
+
+
+class GalleryError(RuntimeError):
+    """A user-facing error: the message says what is wrong and what to do."""
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("GRACEFUL_HOME") or DEFAULT_HOME)
+
+
+@dataclass
+class SearchHit:
+    rank: int
+    image_id: int
+    sha256: str
+    name: str
+    path: str
+    score: float
+    embedded_by: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SearchResult:
+    model: str
+    space: str
+    k: int
+    elapsed_ms: float
+    hits: list[SearchHit]
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "space": self.space, "k": self.k,
+                "elapsed_ms": round(self.elapsed_ms, 3),
+                "results": [h.as_dict() for h in self.hits]}
+
+
+class Gallery:
+    def __init__(self, home: Path, catalog: Catalog):
+        self.home = Path(home)
+        self.catalog = catalog
+        self.store = ImageStore(self.home / "images")
+        self.index_dir = self.home / "index"
+        self.models_dir = self.home / "models"
+        self.cache_dir = self.home / "cache"
+        self.reports_dir = self.home / "reports"
+        self._indexes: dict[str, SpaceIndex] = {}
+        self.lock = threading.RLock()  # one writer per process; SQLite guards across processes
+
+    # -- opening --------------------------------------------------------------------------
+    @classmethod
+    def open(cls, home: Path | str | None = None, create: bool = False) -> "Gallery":
+        home = Path(home) if home else default_home()
+        db_path = home / "catalog.db"
+        if not db_path.exists():
+            if not create:
+                raise GalleryError(
+                    f"no gallery at {home}: index some photos first (graceful index PATH) "
+                    "or point --home / GRACEFUL_HOME at an existing gallery"
+                )
+            home.mkdir(parents=True, exist_ok=True)
+        return cls(home, Catalog(db_path))
+
+    @staticmethod
+    def exists(home: Path | str | None = None) -> bool:
+        return ((Path(home) if home else default_home()) / "catalog.db").exists()
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    # -- models ---------------------------------------------------------------------------
+    @property
+    def model_dirs(self) -> list[Path]:
+        return [self.models_dir]
+
+    @property
+    def active_model(self) -> str | None:
+        return self.catalog.get_state("active_model")
+
+    @property
+    def space(self) -> str | None:
+        """The space that searches run in: the active model's."""
+        name = self.active_model
+        if name is None:
+            return None
+        row = self.catalog.model(name)
+        return row["space"] if row else None
+
+    def resolve_model(self, name: str) -> registry.ModelEntry:
+        try:
+            return registry.resolve(name, self.model_dirs)
+        except registry.UnknownModelError as e:
+            raise GalleryError(str(e)) from None
+        except ValueError as e:  # unreadable checkpoint file
+            raise GalleryError(str(e)) from None
+
+    def load_model(self, name: str) -> Embedder:
+        try:
+            return registry.load(name, self.model_dirs)
+        except (registry.UnknownModelError, ValueError, RuntimeError) as e:
+            raise GalleryError(str(e)) from None
+
+    def embedder(self) -> Embedder:
+        if self.active_model is None:
+            raise GalleryError("this gallery has no model yet: index some photos first")
+        return self.load_model(self.active_model)
+
+    def register(self, model: Embedder) -> None:
+        self.catalog.register_model(model.info.as_dict(), source=model.info.kind)
+
+    def activate(self, model: Embedder, reason: str) -> None:
+        """Make `model` the query (and ingest) model, in one transaction."""
+        with self.catalog.transaction():
+            self.register(model)
+            previous = self.active_model
+            history = self.catalog.get_state("model_history", [])
+            if previous and previous != model.name:
+                history.append(previous)
+            self.catalog.set_state("model_history", history)
+            self.catalog.set_state("active_model", model.name)
+            self.catalog.db.execute(
+                "UPDATE models SET activated_at = ? WHERE name = ?", [time.time(), model.name]
+            )
+            self.catalog.log_event(reason, model=model.name, previous=previous, space=model.space)
+
+    def ensure_model(self, requested: str | None) -> Embedder:
+        """The model that ingest uses: the active one; a new gallery takes `requested`."""
+        active = self.active_model
+        if active is None:
+            model = self.load_model(requested or registry.DEFAULT_MODEL)
+            self.activate(model, "init")
+            return model
+        if requested and requested != active:
+            wanted = self.resolve_model(requested)
+            current = self.catalog.model(active)
+            raise GalleryError(
+                f"this gallery is indexed with {active} (space {current['space']}); "
+                f"{requested} (space {wanted.space or 'its own'}) is not its active model. "
+                f"Switch with `graceful upgrade {requested}` first."
+            )
+        return self.embedder()
+
+    # -- index ----------------------------------------------------------------------------
+    def index(self, space: str | None = None) -> SpaceIndex | None:
+        """The in-memory index of `space` (default: the active one), refreshed if stale."""
+        space = space or self.space
+        if space is None or self.catalog.space_dim(space) is None:
+            return None
+        with self.lock:
+            current = self._indexes.get(space)
+            if current is None or current.version != self.catalog.space_version(space):
+                current, _ = SpaceIndex.open(self.catalog, self.index_dir, space)
+                self._indexes[space] = current
+            return current
+
+    def rebuild_index(self, space: str | None = None) -> str:
+        space = space or self.space
+        with self.lock:
+            self._indexes.pop(space, None)
+            idx, how = SpaceIndex.open(self.catalog, self.index_dir, space)
+            self._indexes[space] = idx
+            return how
+
+    def write_vectors(self, image_ids: list[int], vectors: np.ndarray, model: Embedder) -> None:
+        """Store vectors and update the live index of their space (caller holds a transaction)."""
+        self.catalog.put_vectors(image_ids, vectors, model.name, model.space)
+
+    def sync_index(self, space: str, image_ids: list[int], vectors: np.ndarray) -> None:
+        """After a committed write of these vectors: add them to the live index."""
+        with self.lock:
+            idx = self._indexes.get(space)
+            if idx is None:
+                return
+            idx.upsert(np.asarray(image_ids), vectors)
+            idx.version = self.catalog.space_version(space)
+
+    def save_indexes(self) -> None:
+        with self.lock:
+            for idx in self._indexes.values():
+                if idx.version == self.catalog.space_version(idx.space):
+                    idx.save(self.index_dir)
+
+    # -- search ---------------------------------------------------------------------------
+    def search_vectors(self, queries: np.ndarray, k: int, model: str, space: str | None = None
+                       ) -> list[SearchResult]:
+        space = space or self.space
+        t0 = time.perf_counter()
+        idx = self.index(space)
+        if idx is None:
+            raise GalleryError("the gallery is empty: index some photos first")
+        scores, ids = idx.search(queries, k)
+        rows = self.catalog.images({int(i) for i in ids.ravel() if i >= 0})
+        by = self.catalog.serving_model_of(list(rows), space)
+        elapsed = (time.perf_counter() - t0) * 1000
+        results = []
+        for srow, irow in zip(scores, ids):
+            hits = [
+                SearchHit(r + 1, int(i), rows[int(i)].sha256, rows[int(i)].name,
+                          str(self.image_path(rows[int(i)])), float(s), by.get(int(i), "?"))
+                for r, (s, i) in enumerate(zip(srow, irow)) if i >= 0 and int(i) in rows
+            ]
+            results.append(SearchResult(model, space, k, elapsed, hits))
+        return results
+
+    def image_path(self, row: ImageRow) -> Path:
+        return self.store.path(row.sha256, row.ext)
+
+    def image_row(self, ref: str | int) -> ImageRow:
+        """A gallery image by id or by (a prefix of) its sha256."""
+        ref = str(ref)
+        if ref.isdigit():
+            rows = self.catalog.images([int(ref)])
+            if rows:
+                return next(iter(rows.values()))
+        if len(ref) >= 6:
+            row = self.catalog.db.execute(
+                "SELECT id FROM images WHERE sha256 LIKE ? LIMIT 2", [ref.lower() + "%"]
+            ).fetchall()
+            if len(row) == 1:
+                return self.catalog.images([row[0][0]])[row[0][0]]
+        raise GalleryError(f"no gallery image {ref!r} (give an image id or a sha256 prefix)")
+
+    # -- info -----------------------------------------------------------------------------
+    def info(self) -> dict:
+        space = self.space
+        idx = self.index(space) if space else None
+        return {
+            "home": str(self.home),
+            "schema_version": self.catalog.schema_version,
+            "images": self.catalog.count_images(),
+            "active_model": self.active_model,
+            "space": space,
+            "index": {"space": space, "vectors": idx.ntotal if idx else 0,
+                      "dim": idx.dim if idx else None},
+            "vectors": self.catalog.vector_counts(),
+            "models": self.catalog.models(),
+            "model_history": self.catalog.get_state("model_history", []),
+        }

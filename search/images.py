@@ -1,0 +1,73 @@
+"""Decoding untrusted image files into RGB PIL images, or a one-line reason why not."""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Refuse anything larger than this many pixels before decoding it (decompression bombs).
+MAX_PIXELS = 250_000_000  # a 108 MP phone photo passes; a 20k x 20k bomb does not
+MAX_BYTES = 200 * 1024 * 1024
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class BadImage(ValueError):
+    """The file cannot be used as a photo; str(e) is the one-line reason."""
+
+
+@dataclass
+class Decoded:
+    image: Image.Image  # RGB, EXIF-rotated
+    width: int  # of the original, after rotation
+    height: int
+    format: str
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        img = img.point(lambda v: v * (1 / 256)).convert("L") if mode != "I" else img.convert("L")
+    elif mode == "F":
+        img = img.convert("L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def decode(data: bytes, target_size: int | None = None) -> Decoded:
+    """Decode bytes into an RGB image. `target_size` lets JPEG decode at reduced scale."""
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    if len(data) > MAX_BYTES:
+        raise BadImage(f"file too large ({len(data) / 2**20:.0f} MiB > {MAX_BYTES / 2**20:.0f} MiB)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format or "?"
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise BadImage(f"image too large ({w}x{h} = {w * h / 1e6:.0f} MP > {MAX_PIXELS / 1e6:.0f} MP)")
+            if target_size and fmt == "JPEG":
+                # libjpeg DCT scaling: decode straight at >= 2x the model's input size.
+                img.draft("RGB", (target_size * 2, target_size * 2))
+            img.load()
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF says rotate by 90 degrees
+                w, h = h, w
+            img = ImageOps.exif_transpose(img)
+            rgb = _to_rgb(img)
+        except BadImage:
+            raise
+        except UnidentifiedImageError:
+            raise BadImage("not an image (unrecognised format)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise BadImage(f"decompression bomb refused: {e}") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise BadImage(f"damaged image: {e}") from None
+    if w < 1 or h < 1:
+        raise BadImage("image has no pixels")
+    return Decoded(rgb, w, h, fmt)

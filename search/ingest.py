@@ -1,0 +1,189 @@
+"""Ingest files and folders: hash, skip known, decode, embed in batches, commit, index.
+
+Every batch is one SQLite transaction (image rows + vectors); store files are written before
+it, idempotently. A kill at any point leaves a consistent catalog; re-running skips what is
+already there and picks up the rest. The FAISS index is a cache, rebuilt if it is behind.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.embedder import Embedder
+
+from .gallery import Gallery, GalleryError
+from .images import BadImage, decode
+from .pipeline import prefetch_map
+from .store import sha256_bytes
+
+EXT_BY_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp",
+                 "TIFF": ".tif", "MPO": ".jpg", "PPM": ".ppm", "ICO": ".ico"}
+
+
+@dataclass
+class IngestReport:
+    model: str
+    space: str
+    seen: int = 0
+    added: int = 0
+    duplicates: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def images_per_second(self) -> float:
+        return self.added / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "space": self.space, "seen": self.seen, "added": self.added,
+                "duplicates": self.duplicates, "skipped": len(self.skipped),
+                "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped],
+                "seconds": round(self.seconds, 3),
+                "images_per_second": round(self.images_per_second, 2),
+                "interrupted": self.interrupted}
+
+
+@dataclass
+class _Item:
+    path: Path
+    sha256: str = ""
+    status: str = "new"  # new | duplicate | skipped
+    reason: str = ""
+    data: bytes = b""
+    tensor: torch.Tensor | None = None
+    width: int = 0
+    height: int = 0
+    format: str = ""
+
+
+def collect_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand folders (recursively, sorted, hidden entries skipped); refuse missing paths."""
+    files: list[Path] = []
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise GalleryError(f"no such file or folder: {', '.join(missing)}")
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(
+                f for f in sorted(p.rglob("*"))
+                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
+        else:
+            files.append(p)
+    return files
+
+
+class _Loader:
+    """Runs in the loader thread, with its own read-only SQLite connection."""
+
+    def __init__(self, db_path: Path, model: Embedder):
+        self.db_path = db_path
+        self.model = model
+        self.local = threading.local()
+
+    def known(self, sha: str) -> bool:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True,
+                                                     check_same_thread=False, timeout=30)
+        row = conn.execute(
+            "SELECT 1 FROM images i JOIN vectors v ON v.image_id = i.id "
+            "WHERE i.sha256 = ? AND v.space = ? LIMIT 1", [sha, self.model.space]
+        ).fetchone()
+        return row is not None
+
+    def __call__(self, path: Path) -> _Item:
+        item = _Item(path)
+        try:
+            item.data = path.read_bytes()
+        except OSError as e:
+            return _Item(path, status="skipped", reason=f"unreadable: {e.strerror or e}")
+        item.sha256 = sha256_bytes(item.data)
+        if self.known(item.sha256):
+            return _Item(path, item.sha256, status="duplicate")
+        try:
+            decoded = decode(item.data, target_size=self.model.info.image_size)
+            item.tensor = self.model.preprocess(decoded.image)
+        except BadImage as e:
+            return _Item(path, item.sha256, status="skipped", reason=str(e))
+        item.width, item.height, item.format = decoded.width, decoded.height, decoded.format
+        return item
+
+
+ProgressFn = Callable[[int, int, IngestReport], None]
+
+
+def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None = None,
+           batch_size: int = 16, progress: bool = True, on_progress: ProgressFn | None = None,
+           workers: int = 1, should_stop: Callable[[], bool] | None = None) -> IngestReport:
+    files = collect_files(paths)
+    model = gallery.ensure_model(model_name)
+    report = IngestReport(model.name, model.space)
+    gallery.index(model.space)  # load or rebuild the live index before adding to it
+    loader = _Loader(gallery.catalog.path, model)
+    seen_in_run: set[str] = set()
+    batch: list[_Item] = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(files), unit="img", desc=f"indexing with {model.name}",
+               disable=not progress, dynamic_ncols=True)
+
+    def flush() -> None:
+        if not batch:
+            return
+        vectors = model.embed_batch(torch.stack([it.tensor for it in batch]))
+        for it in batch:
+            gallery.store.put(it.sha256, _ext(it), it.data)
+        with gallery.catalog.transaction():
+            ids = [
+                gallery.catalog.add_image({
+                    "sha256": it.sha256, "name": it.path.name, "ext": _ext(it),
+                    "bytes": len(it.data), "width": it.width, "height": it.height,
+                    "format": it.format, "source": str(it.path.resolve()), "added_at": time.time(),
+                })
+                for it in batch
+            ]
+            gallery.write_vectors(ids, vectors, model)
+        gallery.sync_index(model.space, ids, vectors)
+        report.added += len(batch)
+        batch.clear()
+
+    try:
+        for item in prefetch_map(loader, files, workers=workers):
+            report.seen += 1
+            if item.status == "skipped":
+                report.skipped.append((str(item.path), item.reason))
+                bar.write(f"skipped {item.path}: {item.reason}")
+            elif item.status == "duplicate" or item.sha256 in seen_in_run:
+                report.duplicates += 1
+            else:
+                seen_in_run.add(item.sha256)
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    flush()
+            bar.update(1)
+            if on_progress:
+                on_progress(report.seen, len(files), report)
+            if should_stop and should_stop():
+                report.interrupted = True
+                break
+        flush()
+    except KeyboardInterrupt:
+        report.interrupted = True
+    finally:
+        bar.close()
+        report.seconds = time.perf_counter() - t0
+        gallery.save_indexes()
+    return report
+
+
+def _ext(item: _Item) -> str:
+    return EXT_BY_FORMAT.get(item.format, item.path.suffix.lower() or ".img")

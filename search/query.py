@@ -1,0 +1,78 @@
+"""Searches: by an image file or bytes, by a gallery image, by text. Optionally logged."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .gallery import Gallery, GalleryError, SearchResult
+from .images import BadImage, decode
+from .store import sha256_bytes
+
+
+def embed_image_bytes(gallery: Gallery, data: bytes, model_name: str | None = None) -> np.ndarray:
+    model = gallery.load_model(model_name) if model_name else gallery.embedder()
+    try:
+        decoded = decode(data, target_size=model.info.image_size)
+    except BadImage as e:
+        raise GalleryError(f"cannot search with this file: {e}") from None
+    return model.embed_images([decoded.image])
+
+
+def search_bytes(gallery: Gallery, data: bytes, k: int = 10, label: str = "",
+                 log: bool = True, model_name: str | None = None) -> SearchResult:
+    model = gallery.load_model(model_name) if model_name else gallery.embedder()
+    t0 = time.perf_counter()
+    vector = embed_image_bytes(gallery, data, model.name)
+    embed_ms = (time.perf_counter() - t0) * 1000
+    result = gallery.search_vectors(vector, k, model.name, model.space)[0]
+    result.elapsed_ms += embed_ms
+    if log:
+        log_query(gallery, result, "image", sha256_bytes(data), label)
+    return result
+
+
+def search_file(gallery: Gallery, path: str | Path, k: int = 10, log: bool = True,
+                model_name: str | None = None) -> SearchResult:
+    path = Path(path)
+    if not path.is_file():
+        raise GalleryError(f"no such image file: {path}")
+    return search_bytes(gallery, path.read_bytes(), k, str(path), log, model_name)
+
+
+def search_gallery_image(gallery: Gallery, ref: str | int, k: int = 10, log: bool = True,
+                         model_name: str | None = None) -> SearchResult:
+    """"More like this" for a gallery photo: re-embedded by the query model, itself excluded."""
+    row = gallery.image_row(ref)
+    data = gallery.store.read(row.sha256, row.ext)
+    result = search_bytes(gallery, data, k + 1, f"gallery:{row.id}", log, model_name)
+    result.hits = [h for h in result.hits if h.image_id != row.id][:k]
+    for rank, hit in enumerate(result.hits, 1):
+        hit.rank = rank
+    result.k = k
+    return result
+
+
+def search_text(gallery: Gallery, text: str, k: int = 10, log: bool = True) -> SearchResult:
+    model = gallery.embedder()
+    if not model.info.has_text:
+        raise GalleryError(f"the active model {model.name} has no text tower; search by image instead")
+    t0 = time.perf_counter()
+    vector = model.embed_text([text])
+    result = gallery.search_vectors(vector, k, model.name, model.space)[0]
+    result.elapsed_ms += (time.perf_counter() - t0) * 1000
+    if log:
+        log_query(gallery, result, "text", "", text)
+    return result
+
+
+def log_query(gallery: Gallery, result: SearchResult, kind: str, query_sha: str, query: str) -> None:
+    if not gallery.catalog.get_state("log_queries", True):
+        return
+    gallery.catalog.db.execute(
+        "INSERT INTO query_log (at, model, kind, query_sha, query, k, results) VALUES (?,?,?,?,?,?,?)",
+        [time.time(), result.model, kind, query_sha, query, result.k,
+         json.dumps([h.image_id for h in result.hits])],
+    )
