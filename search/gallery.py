@@ -193,10 +193,11 @@ class Gallery:
         """After a committed write of these vectors: add them to the live index."""
         with self.lock:
             idx = self._indexes.get(space)
-            if idx is None:
+            if idx is None or idx.version + 1 != self.catalog.space_version(space):
+                self.index(space)  # first vectors of this space, or another writer: (re)load
                 return
             idx.upsert(np.asarray(image_ids), vectors)
-            idx.version = self.catalog.space_version(space)
+            idx.version += 1
 
     def save_indexes(self) -> None:
         with self.lock:

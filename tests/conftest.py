@@ -1,0 +1,55 @@
+"""Shared fixtures: real Caltech-101 photos (from ../shared), real models, temp gallery homes."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CALTECH = Path(os.environ.get("GRACEFUL_CALTECH", ROOT.parent / "shared" / "data" / "caltech101"))
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+os.environ.setdefault("GRACEFUL_THREADS", "2")
+
+
+def caltech_subset(dest: Path, split: str, classes: list[str] | int, per_class: int) -> Path:
+    """Copy `per_class` photos of each class (sorted, deterministic) into an ImageFolder."""
+    root = CALTECH / split
+    if not root.is_dir():
+        pytest.fail(f"Caltech-101 not found at {CALTECH} (set GRACEFUL_CALTECH)")
+    if isinstance(classes, int):
+        all_classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        step = max(1, len(all_classes) // classes)
+        classes = all_classes[::step][:classes]
+    for c in classes:
+        (dest / c).mkdir(parents=True, exist_ok=True)
+        for f in sorted((root / c).iterdir())[:per_class]:
+            shutil.copy(f, dest / c / f.name)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def caltech_small(tmp_path_factory) -> Path:
+    """10 classes x 30 test photos: the retrieval set."""
+    return caltech_subset(tmp_path_factory.mktemp("caltech_small"), "test", 10, 30)
+
+
+@pytest.fixture(scope="session")
+def few_photos(tmp_path_factory) -> Path:
+    """3 classes x 4 photos, for quick ingest tests."""
+    return caltech_subset(tmp_path_factory.mktemp("few"), "test",
+                          ["airplanes", "Motorbikes", "sunflower"], 4)
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    return tmp_path / "gallery"
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    from models import registry
+
+    return registry.load("lite0")

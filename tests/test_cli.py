@@ -1,0 +1,57 @@
+"""The `graceful` command line: JSON contracts that outside checks rely on."""
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from search.cli import cli
+
+
+def run(home, *args):
+    r = CliRunner().invoke(cli, ["--home", str(home), *map(str, args)], catch_exceptions=False)
+    return r
+
+
+def test_index_search_info_models_json(home, few_photos):
+    r = run(home, "index", few_photos, "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["added"] == 12 and report["skipped"] == 0 and report["model"] == "lite0"
+    assert {"seen", "duplicates", "seconds", "images_per_second", "skipped_files"} <= set(report)
+
+    query = sorted((few_photos / "Motorbikes").iterdir())[0]
+    r = run(home, "search", query, "-k", "3", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["model"] == "lite0" and out["space"] == "lite0" and out["k"] == 3
+    assert [h["rank"] for h in out["results"]] == [1, 2, 3]
+    top = out["results"][0]
+    assert top["name"] == query.name and top["score"] > 0.999
+    assert set(top) == {"rank", "image_id", "sha256", "name", "path", "score", "embedded_by"}
+
+    r = run(home, "search", "--id", top["image_id"], "-k", "2", "--json")
+    assert all(h["image_id"] != top["image_id"] for h in json.loads(r.stdout)["results"])
+
+    info = json.loads(run(home, "info", "--json").stdout)
+    assert info["images"] == 12 and info["active_model"] == "lite0" and info["space"] == "lite0"
+    assert info["index"] == {"space": "lite0", "vectors": 12, "dim": 1280}
+    assert info["vectors"] == [{"space": "lite0", "model": "lite0", "vectors": 12}]
+
+    models = json.loads(run(home, "models", "--json").stdout)
+    assert {"lite0", "lite1", "lite2"} <= {m["name"] for m in models}
+
+    text = run(home, "search", "--text", "a motorbike")
+    assert text.exit_code != 0 and "no text tower" in text.output
+
+
+def test_errors_are_one_clear_line(home, few_photos, tmp_path):
+    r = run(home, "info")
+    assert r.exit_code == 1 and "no gallery at" in r.output and "Traceback" not in r.output
+    run(home, "index", few_photos / "airplanes")
+    bad = tmp_path / "x.jpg"
+    bad.write_text("not an image")
+    r = run(home, "search", bad)
+    assert r.exit_code == 1 and "cannot search with this file" in r.output
+    r = run(home, "search", tmp_path / "missing.jpg")
+    assert r.exit_code == 1 and "no such image file" in r.output
