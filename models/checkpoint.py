@@ -39,6 +39,8 @@ class CheckpointMeta:
     metrics: dict = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     notes: str = ""
+    classes: list[str] = field(default_factory=list)  # rows of the stored classifier, if any
+    training: dict = field(default_factory=dict)  # config, data, command
 
     def to_header(self) -> dict[str, str]:
         header = {"format": FORMAT}
@@ -57,14 +59,19 @@ class CheckpointMeta:
             raise CheckpointError(f"{source}: damaged checkpoint header: {e}") from e
 
 
+AUX = "aux."  # tensors that are not part of the head (e.g. aux.classifier)
+
+
 def save_checkpoint(path: str | os.PathLike, meta: CheckpointMeta, head: torch.nn.Module,
-                    half: bool = True) -> Path:
+                    half: bool = True, aux: dict[str, torch.Tensor] | None = None) -> Path:
     """Atomic write: a crash leaves either no file or a complete one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    state = dict(head.state_dict())
+    state.update({AUX + k: v for k, v in (aux or {}).items()})
     tensors = {
         k: (v.half() if half and v.is_floating_point() else v).contiguous()
-        for k, v in head.state_dict().items()
+        for k, v in state.items()
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(tensors, str(tmp), metadata=meta.to_header())

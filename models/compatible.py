@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .checkpoint import CheckpointError, CheckpointMeta
+from .checkpoint import AUX, CheckpointError, CheckpointMeta
 from .embedder import Embedder, ModelInfo, l2_normalise
 from .heads import build_head
 
@@ -24,8 +24,9 @@ class HeadEmbedder(Embedder):
             raise CheckpointError(f"checkpoint {meta.name!r}: head output is not its declared dimension")
         self.backbone = backbone
         self.head = build_head(meta.head)
+        self.aux = {k[len(AUX):]: v for k, v in state.items() if k.startswith(AUX)}
         try:
-            self.head.load_state_dict(state)
+            self.head.load_state_dict({k: v for k, v in state.items() if not k.startswith(AUX)})
         except RuntimeError as e:
             raise CheckpointError(f"checkpoint {meta.name!r}: weights do not fit its head: {e}") from e
         self.head.eval()

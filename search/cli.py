@@ -153,6 +153,103 @@ def models_cmd(obj: Context, as_json) -> None:
     click.echo("openclip:ARCH:TAG_OR_FILE     open_clip     (any open_clip architecture; offline from a local file)")
 
 
+@cli.command("train")
+@click.option("--old", "old_name", required=True, help="The model to be compatible with (e.g. lite0).")
+@click.option("--backbone", required=True, help="The new, frozen backbone (e.g. lite2).")
+@click.option("--method", required=True, type=click.Choice(
+    ["independent", "l2", "bct", "pct", "adapter", "procrustes"]))
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="ImageFolder (one sub-folder per class); any image folder for adapter/procrustes.")
+@click.option("--out", required=True, help="Name of the new model.")
+@click.option("--eval", "eval_dir", type=click.Path(path_type=Path),
+              help="Labelled ImageFolder to measure old/old, new/old and new/new on.")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--head", type=click.Choice(["mlp", "linear"]), default="mlp", show_default=True)
+@click.option("--lam", default=1.0, show_default=True, help="Weight of the compatibility loss.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda when a GPU is present.")
+@click.option("--force", is_flag=True, help="Replace an existing model of that name.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def train_cmd(obj: Context, old_name, backbone, method, data, out, eval_dir, epochs, head, lam,
+              device, force, as_json) -> None:
+    """Train a new model whose vectors are compatible with OLD's (saved in the gallery home)."""
+    from models.compat_train import TrainRequest, train_compatible
+    from models.imagefolder import DatasetError
+    from models.train import TrainConfig
+
+    from .runtime import configure_threads
+
+    configure_threads(obj.threads)
+    req = TrainRequest(old_name, backbone, method, data, out, obj.home / "models",
+                       obj.home / "cache", eval_dir,
+                       TrainConfig(method, epochs=epochs, head=head, lam=lam, device=device),
+                       progress=True, force=force)
+    try:
+        path, meta = train_compatible(req)
+    except (DatasetError, ValueError, RuntimeError) as e:
+        fail(e)
+    if as_json:
+        emit_json({"path": str(path), "name": meta.name, "space": meta.space, "dim": meta.dim,
+                   "compatible_with": meta.compatible_with, "method": meta.method,
+                   "metrics": meta.metrics})
+        return
+    click.echo(f"saved {meta.name} ({meta.method} on {meta.backbone}, space {meta.space}) to {path}")
+    ev = meta.metrics.get("eval")
+    if ev:
+        for pair in ("old/old", "new/old", "new/new"):
+            m = ev[pair]
+            click.echo(f"  {pair:<8} top1 {m['top1']:.4f}  top5 {m['top5']:.4f}  mAP {m['map']:.4f}"
+                       + (f"  NFR {m['nfr']:.4f}  PFR {m['pfr']:.4f}" if "nfr" in m else ""))
+
+
+@cli.group("bench")
+def bench_group() -> None:
+    """Benchmarks."""
+
+
+@bench_group.command("compat")
+@click.option("--train", "train_dir", required=True, type=click.Path(path_type=Path, exists=True))
+@click.option("--test", "test_dir", required=True, type=click.Path(path_type=Path, exists=True))
+@click.option("--old-classes", default=0.5, show_default=True,
+              help="Fraction of the classes (sorted by name) the old model is trained on.")
+@click.option("--old-backbone", default="lite0", show_default=True)
+@click.option("--new-backbone", default="lite2", show_default=True)
+@click.option("--methods", default="independent,l2,bct,pct,adapter,procrustes", show_default=True)
+@click.option("--dim", default=256, show_default=True)
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path),
+              help="Feature cache (default: the gallery home's cache/).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the results here.")
+@click.pass_obj
+def bench_compat_cmd(obj: Context, train_dir, test_dir, old_classes, old_backbone, new_backbone,
+                     methods, dim, epochs, cache_dir, json_out) -> None:
+    """Old model on some classes, every method on all: compatibility, accuracy and flips."""
+    from models.compat_bench import CompatBenchConfig, run
+    from models.imagefolder import DatasetError
+
+    from .runtime import configure_threads
+
+    configure_threads(obj.threads)
+    cfg = CompatBenchConfig(train_dir, test_dir, cache_dir or obj.home / "cache", old_backbone,
+                            new_backbone, old_classes, tuple(m for m in methods.split(",") if m),
+                            dim, epochs)
+    try:
+        result = run(cfg)
+    except (DatasetError, ValueError) as e:
+        fail(e)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+    click.echo(f"{'pair':<24} {'top1':>7} {'top5':>7} {'mAP':>7} {'NFR':>7} {'PFR':>7}")
+    for pair, m in result["pairs"].items():
+        click.echo(f"{pair:<24} {m['top1']:>7.4f} {m['top5']:>7.4f} {m['map']:>7.4f} "
+                   f"{m.get('nfr', float('nan')):>7.4f} {m.get('pfr', float('nan')):>7.4f}")
+    for method, c in result["criterion"].items():
+        click.echo(f"criterion M({method},old) > M(old,old): top1 {c['top1']} ({c['top1_gain']:+.4f}), "
+                   f"mAP {c['map']} ({c['map_gain']:+.4f})")
+    click.echo(f"total {result['wall_times']['total_s']} s")
+
+
 def main() -> None:
     cli(prog_name="graceful")
 

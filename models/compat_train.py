@@ -1,0 +1,109 @@
+"""Train a model compatible with an existing one (`graceful train`), and save its checkpoint."""
+from __future__ import annotations
+
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import metrics, registry
+from .checkpoint import SUFFIX, CheckpointMeta, fingerprint, save_checkpoint
+from .compatible import HeadEmbedder
+from .embedder import Embedder
+from .features import extract, file_shas
+from .imagefolder import DatasetError, align_classes, scan
+from .train import COMPATIBLE_METHODS, LABELLED_METHODS, TrainConfig, old_classifier_rows, train_head
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass
+class TrainRequest:
+    old: str
+    backbone: str
+    method: str
+    data: Path
+    out: str
+    models_dir: Path
+    cache_dir: Path
+    eval_dir: Path | None = None
+    config: TrainConfig | None = None
+    progress: bool = True
+    force: bool = False
+
+
+def old_classifier_for(old: Embedder, classes: list[str], old_emb: np.ndarray,
+                       labels: np.ndarray) -> torch.Tensor:
+    """Trained rows where the old checkpoint stored a classifier for a class, else class means."""
+    rows = old_classifier_rows(old_emb, labels, len(classes))
+    if isinstance(old, HeadEmbedder) and "classifier" in old.aux and old.meta.classes:
+        known = {c: i for i, c in enumerate(old.meta.classes)}
+        stored = torch.nn.functional.normalize(old.aux["classifier"].float(), dim=-1)
+        for i, c in enumerate(classes):
+            if c in known:
+                rows[i] = stored[known[c]]
+    return rows
+
+
+def evaluate_pairs(old_q: np.ndarray, new_q: np.ndarray, labels: np.ndarray) -> dict:
+    ref = metrics.evaluate(old_q, old_q, labels)
+    cross = metrics.evaluate(new_q, old_q, labels)
+    own = metrics.evaluate(new_q, new_q, labels)
+    return {"old/old": ref.summary(),
+            "new/old": {**cross.summary(), **metrics.flip_rates(ref.correct_top1, cross.correct_top1)},
+            "new/new": {**own.summary(), **metrics.flip_rates(ref.correct_top1, own.correct_top1)},
+            "criterion_top1": cross.top1 > ref.top1, "criterion_map": cross.map > ref.map}
+
+
+def train_compatible(req: TrainRequest) -> tuple[Path, CheckpointMeta]:
+    if not NAME_RE.match(req.out):
+        raise ValueError(f"model name {req.out!r}: use letters, digits, '_', '.', '-' (max 64)")
+    dest = req.models_dir / f"{req.out}{SUFFIX}"
+    if dest.exists() and not req.force:
+        raise ValueError(f"a model called {req.out!r} already exists at {dest} (use --force to replace)")
+    if req.out in [e.name for e in registry.available([req.models_dir])] and not dest.exists():
+        raise ValueError(f"{req.out!r} is already the name of another model")
+    labelled = req.method in LABELLED_METHODS
+    data = scan(req.data, labelled=labelled, min_per_class=2 if labelled else 16)
+    old = registry.load(req.old, [req.models_dir])
+    backbone = registry.load(req.backbone, [req.models_dir])
+    if isinstance(backbone, HeadEmbedder):
+        raise ValueError("the backbone must be a base model (lite0/1/2 or open_clip), not a trained head")
+    t0 = time.perf_counter()
+    shas = file_shas(data.files)
+    old_emb = extract(old, data.files, req.cache_dir, progress=req.progress, shas=shas)
+    feats = extract(backbone, data.files, req.cache_dir, progress=req.progress, shas=shas)
+    compatible = req.method in COMPATIBLE_METHODS
+    cfg = req.config or TrainConfig(req.method)
+    cfg.method = req.method
+    if compatible:
+        cfg.dim = old.dim
+    w_old = old_classifier_for(old, data.classes, old_emb, data.labels) if labelled else None
+    trained = train_head(cfg, feats, data.labels if labelled else None, len(data.classes),
+                         old_emb=old_emb, old_classifier=w_old, progress=req.progress)
+    metrics_out: dict = {"train_seconds": round(trained.seconds, 2),
+                         "total_seconds": round(time.perf_counter() - t0, 2)}
+    if req.eval_dir:
+        test = scan(req.eval_dir)
+        if labelled:
+            test = align_classes(test, data.classes)
+        old_q = extract(old, test.files, req.cache_dir, progress=req.progress)
+        new_q = trained.embed(extract(backbone, test.files, req.cache_dir, progress=req.progress))
+        metrics_out["eval"] = {"data": str(req.eval_dir), "images": len(test),
+                               **evaluate_pairs(old_q, new_q, test.labels)}
+    meta = CheckpointMeta(
+        name=req.out, backbone=backbone.name, dim=cfg.dim,
+        space=old.space if compatible else req.out,
+        compatible_with=sorted({old.space, *old.info.compatible_with}) if compatible else [],
+        method=req.method, head=trained.head_spec, old_model=old.name,
+        data_fingerprint=fingerprint(sorted(shas)), metrics=metrics_out,
+        classes=data.classes if trained.classifier is not None else [],
+        training={"config": cfg.as_dict(), "data": str(req.data), "images": len(data),
+                  "classes": len(data.classes), "command": " ".join(sys.argv)},
+    )
+    aux = {"classifier": trained.classifier} if trained.classifier is not None else None
+    return save_checkpoint(dest, meta, trained.head, aux=aux), meta

@@ -1,0 +1,106 @@
+"""Backbone features, extracted once and cached on disk by (model, image sha256).
+
+The cache of a model is a folder of .npz shards (sha256s + float16 vectors), each written
+atomically; an interrupted extraction keeps every finished shard, and a re-run computes only the
+images it has not seen.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .embedder import Embedder
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+class FeatureCache:
+    def __init__(self, root: Path, model_name: str):
+        self.dir = Path(root) / _safe(model_name)
+        self._data: dict[str, np.ndarray] | None = None
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._data is None:
+            self._data = {}
+            for shard in sorted(self.dir.glob("*.npz")):
+                try:
+                    with np.load(shard) as z:
+                        self._data.update(zip(z["sha"].tolist(), z["vec"]))
+                except (OSError, ValueError, KeyError):
+                    shard.unlink(missing_ok=True)  # a damaged shard is recomputed
+        return self._data
+
+    def missing(self, shas: Sequence[str]) -> list[int]:
+        data = self._load()
+        return [i for i, s in enumerate(shas) if s not in data]
+
+    def get(self, shas: Sequence[str]) -> np.ndarray:
+        data = self._load()
+        return np.stack([data[s] for s in shas]).astype(np.float32)
+
+    def add(self, shas: Sequence[str], vectors: np.ndarray) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, sha=np.array(shas), vec=vectors.astype(np.float16))
+        name = self.dir / f"{time.time_ns()}-{len(shas)}.npz"
+        tmp = name.with_suffix(".tmp")
+        tmp.write_bytes(buf.getvalue())
+        tmp.replace(name)
+        self._load().update(zip(shas, vectors.astype(np.float16)))
+
+
+def file_shas(files: Sequence[Path]) -> list[str]:
+    return [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files]
+
+
+def extract(model: Embedder, files: Sequence[Path], cache_root: Path, batch_size: int = 32,
+            shard_size: int = 256, progress: bool = True, shas: list[str] | None = None) -> np.ndarray:
+    """Normalised features of `files` by `model`, from the cache where possible."""
+    from search.images import BadImage, decode
+    from search.pipeline import prefetch_map
+
+    cache = FeatureCache(cache_root, model.name)
+    shas = shas or file_shas(files)
+    todo = cache.missing(shas)
+    if todo:
+        def load(i: int):
+            try:
+                img = decode(Path(files[i]).read_bytes(), model.info.image_size).image
+            except BadImage as e:
+                raise BadImage(f"{files[i]}: {e}") from None
+            return i, model.preprocess(img)
+
+        bar = tqdm(total=len(todo), unit="img", desc=f"features {model.name}", disable=not progress)
+        pending_i: list[int] = []
+        pending_t: list[torch.Tensor] = []
+        done_s: list[str] = []
+        done_v: list[np.ndarray] = []
+        for i, tensor in prefetch_map(load, todo):
+            pending_i.append(i)
+            pending_t.append(tensor)
+            if len(pending_t) == batch_size:
+                done_v.append(model.embed_batch(torch.stack(pending_t)))
+                done_s += [shas[j] for j in pending_i]
+                bar.update(len(pending_t))
+                pending_i, pending_t = [], []
+                if len(done_s) >= shard_size:
+                    cache.add(done_s, np.concatenate(done_v))
+                    done_s, done_v = [], []
+        if pending_t:
+            done_v.append(model.embed_batch(torch.stack(pending_t)))
+            done_s += [shas[j] for j in pending_i]
+            bar.update(len(pending_t))
+        if done_s:
+            cache.add(done_s, np.concatenate(done_v))
+        bar.close()
+    return cache.get(shas)

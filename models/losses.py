@@ -1,0 +1,57 @@
+"""Losses for compatible training (pure functions of tensors).
+
+All classifiers are cosine classifiers: logits = scale * normalise(embedding) . normalise(W)^T.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def cosine_logits(embeddings: torch.Tensor, weights: torch.Tensor, scale: float) -> torch.Tensor:
+    return scale * F.normalize(embeddings, dim=-1) @ F.normalize(weights, dim=-1).T
+
+
+def influence_loss(new_emb: torch.Tensor, old_classifier: torch.Tensor, labels: torch.Tensor,
+                   scale: float) -> torch.Tensor:
+    """BCT: the new embedding must be classified correctly by the *frozen* old classifier."""
+    return F.cross_entropy(cosine_logits(new_emb, old_classifier.detach(), scale), labels)
+
+
+def l2_compat_loss(new_emb: torch.Tensor, old_emb: torch.Tensor) -> torch.Tensor:
+    """Regress normalised new embeddings onto the old ones (the l2 baseline, and adapters)."""
+    return (F.normalize(new_emb, dim=-1) - F.normalize(old_emb, dim=-1)).pow(2).sum(-1).mean()
+
+
+def focal_distillation(new_logits: torch.Tensor, old_logits: torch.Tensor, labels: torch.Tensor,
+                       alpha: float = 1.0, beta: float = 5.0, temperature: float = 1.0
+                       ) -> torch.Tensor:
+    """PCT's focal distillation: KL(old || new) weighted alpha + beta * [old was right]."""
+    old_right = (old_logits.argmax(-1) == labels).float()
+    weights = alpha + beta * old_right
+    kl = F.kl_div(F.log_softmax(new_logits / temperature, -1),
+                  F.log_softmax(old_logits.detach() / temperature, -1),
+                  log_target=True, reduction="none").sum(-1)
+    return (weights * kl).mean() * temperature ** 2
+
+
+def focal_feature_distillation(new_emb: torch.Tensor, old_emb: torch.Tensor, old_right: torch.Tensor,
+                               alpha: float = 0.0, beta: float = 1.0) -> torch.Tensor:
+    """Stay close to the old embedding where the old model was right (per-sample weights)."""
+    weights = alpha + beta * old_right.float()
+    dist = (F.normalize(new_emb, dim=-1) - F.normalize(old_emb.detach(), dim=-1)).pow(2).sum(-1)
+    return (weights * dist).mean()
+
+
+def info_nce(new_emb: torch.Tensor, old_emb: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+    """Contrastive alignment: each mapped new embedding must pick its own old one in the batch."""
+    logits = F.normalize(new_emb, dim=-1) @ F.normalize(old_emb.detach(), dim=-1).T / temperature
+    return F.cross_entropy(logits, torch.arange(len(new_emb), device=new_emb.device))
+
+
+def class_mean_classifier(old_emb: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Synthesised old-classifier rows: the normalised mean old embedding of each class."""
+    emb = F.normalize(old_emb.float(), dim=-1)
+    sums = torch.zeros(n_classes, emb.shape[1]).index_add_(0, labels, emb)
+    counts = torch.bincount(labels, minlength=n_classes).clamp(min=1).unsqueeze(1)
+    return F.normalize(sums / counts, dim=-1)
