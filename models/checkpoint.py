@@ -77,6 +77,7 @@ def save_checkpoint(path: str | os.PathLike, meta: CheckpointMeta, head: torch.n
     save_file(tensors, str(tmp), metadata=meta.to_header())
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path
 

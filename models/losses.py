@@ -55,3 +55,17 @@ def class_mean_classifier(old_emb: torch.Tensor, labels: torch.Tensor, n_classes
     sums = torch.zeros(n_classes, emb.shape[1]).index_add_(0, labels, emb)
     counts = torch.bincount(labels, minlength=n_classes).clamp(min=1).unsqueeze(1)
     return F.normalize(sums / counts, dim=-1)
+
+
+def focal_rank_distillation(new_emb: torch.Tensor, old_emb: torch.Tensor, weights: torch.Tensor,
+                            temperature: float = 0.05) -> torch.Tensor:
+    """Retrieval-aware focal distillation: within the batch, the new query's similarity
+    distribution over the *old* embeddings (the gallery it will search) must match the old
+    query's, weighted per sample (alpha + beta * [old was right]). Self-matches are masked."""
+    old = F.normalize(old_emb.detach(), dim=-1)
+    mask = torch.eye(len(old), dtype=torch.bool, device=old.device)
+    target = (old @ old.T / temperature).masked_fill(mask, -1e4)
+    pred = (F.normalize(new_emb, dim=-1) @ old.T / temperature).masked_fill(mask, -1e4)
+    kl = F.kl_div(F.log_softmax(pred, -1), F.log_softmax(target, -1), log_target=True,
+                  reduction="none").sum(-1)
+    return (weights * kl).mean()

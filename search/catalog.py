@@ -34,10 +34,11 @@ def _migrate_to_1(db: sqlite_utils.Database) -> None:
     db["images"].create_index(["sha256"], unique=True)
     db["vectors"].create(
         {"image_id": int, "model": str, "space": str, "dim": int, "vector": bytes,
-         "created_at": float},
+         "created_at": float, "seq": int},
         pk=("image_id", "model"), foreign_keys=[("image_id", "images", "id")],
     )
     db["vectors"].create_index(["space", "image_id"])
+    db["vectors"].create_index(["space", "seq"])
     db["spaces"].create({"space": str, "dim": int, "version": int}, pk="space")
     db["models"].create(
         {"name": str, "space": str, "dim": int, "kind": str, "compatible_with": str,
@@ -166,17 +167,21 @@ class Catalog:
     def put_vectors(self, image_ids: list[int], vectors: np.ndarray, model: str, space: str) -> None:
         """Store vectors (call inside a transaction); bumps the space's version."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        now = time.time()
-        self.db.conn.executemany(
-            "INSERT OR REPLACE INTO vectors (image_id, model, space, dim, vector, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [(int(i), model, space, vectors.shape[1], v.tobytes(), now)
-             for i, v in zip(image_ids, vectors)],
-        )
+        dim = self.space_dim(space)
+        if dim is not None and dim != vectors.shape[1]:
+            raise ValueError(f"space {space!r} holds {dim}-d vectors, not {vectors.shape[1]}-d")
         self.db.conn.execute(
             "INSERT INTO spaces (space, dim, version) VALUES (?, ?, 1) "
             "ON CONFLICT(space) DO UPDATE SET version = version + 1",
             [space, vectors.shape[1]],
+        )
+        seq = self.space_version(space)  # every write of a space gets the next sequence number
+        now = time.time()
+        self.db.conn.executemany(
+            "INSERT OR REPLACE INTO vectors (image_id, model, space, dim, vector, created_at, seq) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(int(i), model, space, vectors.shape[1], v.tobytes(), now, seq)
+             for i, v in zip(image_ids, vectors)],
         )
 
     def space_version(self, space: str) -> int:
@@ -187,16 +192,19 @@ class Catalog:
         row = self.db.execute("SELECT dim FROM spaces WHERE space = ?", [space]).fetchone()
         return row[0] if row else None
 
-    def serving_vectors(self, space: str, batch: int = 20000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) of the vector that serves each image in `space`: its newest one."""
+    def serving_vectors(self, space: str, after_seq: int = 0, batch: int = 20000
+                        ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of the vector that serves each image in `space`: its newest one.
+
+        With `after_seq`, only images whose serving vector was written after that version."""
         dim = self.space_dim(space)
         if dim is None:
             return
         cursor = self.db.execute(
-            "SELECT image_id, vector FROM vectors v WHERE space = ? AND rowid = ("
+            "SELECT image_id, vector FROM vectors v WHERE space = ? AND seq > ? AND rowid = ("
             " SELECT w.rowid FROM vectors w WHERE w.image_id = v.image_id AND w.space = v.space"
-            " ORDER BY w.created_at DESC, w.rowid DESC LIMIT 1) ORDER BY image_id",
-            [space],
+            " ORDER BY w.seq DESC, w.rowid DESC LIMIT 1) ORDER BY image_id",
+            [space, after_seq],
         )
         while rows := cursor.fetchmany(batch):
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
@@ -227,7 +235,7 @@ class Catalog:
         marks = ",".join("?" * len(image_ids))
         rows = self.db.execute(
             f"SELECT image_id, model FROM vectors WHERE space = ? AND image_id IN ({marks}) "
-            "ORDER BY created_at, rowid", [space, *map(int, image_ids)]
+            "ORDER BY seq, rowid", [space, *map(int, image_ids)]
         ).fetchall()
         return dict(rows)  # later rows (newer) win
 

@@ -130,6 +130,20 @@ def info_cmd(obj: Context, as_json) -> None:
     click.echo(f"index        {info['index']['vectors']} vectors, {info['index']['dim']}-d")
     for row in info["vectors"]:
         click.echo(f"vectors      {row['vectors']:>7} by {row['model']} in space {row['space']}")
+    matrix = info["compatibility"]
+    if matrix["models"]:
+        click.echo("compatibility (query model x gallery space; new/old top-1 where measured):")
+        width = max(len(m) for m in matrix["models"]) + 2
+        click.echo(" " * width + "".join(f"{s:>14}" for s in matrix["spaces"]))
+        for name in matrix["models"]:
+            cells = []
+            for space in matrix["spaces"]:
+                c = matrix["cells"][name][space]
+                text = "-" if not c["compatible"] else ("native" if c.get("native") else "yes")
+                if c.get("measured") and c["measured"].get("new/old"):
+                    text = f"yes {c['measured']['new/old']['top1']:.3f}"
+                cells.append(f"{text:>14}")
+            click.echo(f"{name:<{width}}" + "".join(cells))
 
 
 @cli.command("models")
@@ -151,6 +165,169 @@ def models_cmd(obj: Context, as_json) -> None:
         compat = f" compatible with {', '.join(r['compatible_with'])}" if r["compatible_with"] else ""
         click.echo(f"{r['name']:<28} {r['kind']:<13} space {r['space']:<12} {r['dim']}-d{compat}")
     click.echo("openclip:ARCH:TAG_OR_FILE     open_clip     (any open_clip architecture; offline from a local file)")
+
+
+@cli.command("upgrade")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Switch even when the pre-flight check fails.")
+@click.option("--dry-run", is_flag=True, help="Run the pre-flight check only.")
+@click.option("--sample", default=48, show_default=True, help="Photos in the pre-flight sample.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def upgrade_cmd(obj: Context, name, force, dry_run, sample, as_json) -> None:
+    """Make NAME the query model, instantly, when it is compatible with the gallery's space."""
+    from .upgrade import upgrade
+
+    try:
+        result = upgrade(obj.gallery(), name, force=force, dry_run=dry_run, sample=sample)
+    except GalleryError as e:
+        fail(e)
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    p = result.preflight
+    click.echo(f"pre-flight: {p.self_recall:.0%} of {p.sample} sampled photos found their own vector "
+               f"in the top {p.top} (need {p.threshold:.0%}), mean cosine {p.mean_cosine:.3f}: "
+               f"{'passed' if p.passed else 'FAILED (forced)'}")
+    if result.changed:
+        click.echo(f"upgraded {result.previous} -> {result.model} in {result.switch_ms:.1f} ms "
+                   f"(space {result.space}, 0 vectors recomputed)")
+    for note in result.notes:
+        click.echo(note)
+
+
+@cli.command("rollback")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def rollback_cmd(obj: Context, as_json) -> None:
+    """Go back to the previous query model, instantly."""
+    from .upgrade import rollback
+
+    try:
+        result = rollback(obj.gallery())
+    except GalleryError as e:
+        fail(e)
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    click.echo(f"rolled back {result.previous} -> {result.model} in {result.switch_ms:.1f} ms")
+    click.echo(f"{result.kept_vectors} vectors computed by {result.previous} stay searchable (same space)"
+               if result.kept_vectors else "no vectors of the rolled-back model are in this space")
+    if result.need_reembed:
+        click.echo(f"{result.need_reembed} photos have no {result.model} vector: run `graceful backfill`")
+
+
+@cli.command("backfill")
+@click.option("--order", type=click.Choice(["random", "oldest", "most-retrieved", "uncertainty"]),
+              default="random", show_default=True)
+@click.option("--limit", type=int, help="Re-embed at most this many photos now.")
+@click.option("--status", "show_status", is_flag=True, help="Only show how far backfill is.")
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def backfill_cmd(obj: Context, order, limit, show_status, batch_size, as_json) -> None:
+    """Optional: re-embed older vectors with the active model (resumable; search stays up)."""
+    from . import backfill as bf
+
+    try:
+        gallery = obj.gallery()
+        if show_status:
+            emit_json(bf.status(gallery)) if as_json else click.echo(
+                " ".join(f"{k}={v}" for k, v in bf.status(gallery).items()))
+            return
+        state = bf.backfill(gallery, order, limit, batch_size, progress=True)
+        st = bf.status(gallery)
+    except GalleryError as e:
+        fail(e)
+    if as_json:
+        emit_json({**state.as_dict(), "status": st})
+    else:
+        click.echo(f"re-embedded {state.done} photos with {state.model} in {state.seconds:.1f} s "
+                   f"({state.rate:.1f} img/s); {st['fraction_backfilled']:.0%} of the gallery is "
+                   f"now embedded by {st['model']}")
+    if state.interrupted:
+        click.echo("interrupted: run the same command again to resume", err=True)
+        sys.exit(130)
+
+
+@cli.command("reembed")
+@click.argument("name")
+@click.option("--no-switch", is_flag=True, help="Build the new index but keep the current model.")
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def reembed_cmd(obj: Context, name, no_switch, batch_size, as_json) -> None:
+    """Classic path for an incompatible model: re-embed every photo into a second index while
+    search keeps serving the current one; switch atomically when complete (resumable)."""
+    from .reembed import reembed
+
+    try:
+        state, switched = reembed(obj.gallery(), name, batch_size, True, not no_switch)
+    except GalleryError as e:
+        fail(e)
+    if as_json:
+        emit_json({**state.as_dict(), "switched": switched})
+    else:
+        click.echo(f"re-embedded {state.done} photos with {state.model} in {state.seconds:.1f} s"
+                   + ("; switched to it" if switched else ""))
+    if state.interrupted:
+        click.echo("interrupted: run the same command again to resume", err=True)
+        sys.exit(130)
+
+
+@cli.command("compare")
+@click.option("--old", "old_name", help="Default: the previous model.")
+@click.option("--new", "new_name", help="Default: the active model.")
+@click.option("--queries", type=click.Path(path_type=Path),
+              help="Folder of query photos; an ImageFolder (sub-folder per class) adds metrics.")
+@click.option("--log", "from_log", is_flag=True, help="Use the searches recorded in the query log.")
+@click.option("-k", default=10, show_default=True)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the report here.")
+@click.pass_obj
+def compare_cmd(obj: Context, old_name, new_name, queries, from_log, k, json_out) -> None:
+    """Per query: results gained and lost between two models; flip rates when labelled."""
+    from . import compare as cmp
+
+    if bool(queries) == bool(from_log):
+        raise click.UsageError("give one of --queries DIR or --log")
+    try:
+        gallery = obj.gallery()
+        history = gallery.catalog.get_state("model_history", [])
+        old_name = old_name or (history[-1] if history else None)
+        new_name = new_name or gallery.active_model
+        if not old_name:
+            raise GalleryError("no previous model to compare with: give --old NAME")
+        qs = cmp.queries_from_folder(queries) if queries else cmp.queries_from_log(gallery)
+        report = cmp.compare(gallery, old_name, new_name, qs, k)
+    except GalleryError as e:
+        fail(e)
+    if json_out:
+        Path(json_out).write_text(json.dumps(report, indent=1))
+    s = report["summary"]
+    click.echo(f"{s['queries']} queries, {s['old']} vs {s['new']}, top-{s['k']}: overlap "
+               f"{s['overlap_at_k']:.3f}, {s['gained']} results gained, {s['lost']} lost")
+    if s["labelled"]:
+        for side in ("old_metrics", "new_metrics"):
+            m = s[side]
+            click.echo(f"  {s[side[:3]]:<24} top1 {m['top1']:.4f} top5 {m['top5']:.4f} mAP {m['map']:.4f}")
+        click.echo(f"  NFR {s['nfr']:.4f}  PFR {s['pfr']:.4f}")
+    click.echo(f"report: {report.get('path')}")
+
+
+@cli.command("log")
+@click.argument("switch", type=click.Choice(["on", "off", "status"]), default="status")
+@click.pass_obj
+def log_cmd(obj: Context, switch) -> None:
+    """Turn the query log (used by `compare --log`) on or off for this gallery."""
+    try:
+        gallery = obj.gallery()
+    except GalleryError as e:
+        fail(e)
+    if switch != "status":
+        gallery.catalog.set_state("log_queries", switch == "on")
+    n = gallery.catalog.db.execute("SELECT count(*) FROM query_log").fetchone()[0]
+    click.echo(f"query log {'on' if gallery.catalog.get_state('log_queries', True) else 'off'}, "
+               f"{n} searches recorded")
 
 
 @cli.command("train")

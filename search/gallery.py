@@ -64,6 +64,7 @@ class Gallery:
         self.home = Path(home)
         self.catalog = catalog
         self.store = ImageStore(self.home / "images")
+        self.queries_store = ImageStore(self.home / "queries")
         self.index_dir = self.home / "index"
         self.models_dir = self.home / "models"
         self.cache_dir = self.home / "cache"
@@ -172,7 +173,10 @@ class Gallery:
             return None
         with self.lock:
             current = self._indexes.get(space)
-            if current is None or current.version != self.catalog.space_version(space):
+            version = self.catalog.space_version(space)
+            if current is not None and current.version < version:
+                current.catch_up(self.catalog)  # another process (or job) wrote vectors
+            elif current is None or current.version != version:
                 current, _ = SpaceIndex.open(self.catalog, self.index_dir, space)
                 self._indexes[space] = current
             return current
@@ -194,7 +198,7 @@ class Gallery:
         with self.lock:
             idx = self._indexes.get(space)
             if idx is None or idx.version + 1 != self.catalog.space_version(space):
-                self.index(space)  # first vectors of this space, or another writer: (re)load
+                self.index(space)  # first vectors of this space, or another writer: catch up
                 return
             idx.upsert(np.asarray(image_ids), vectors)
             idx.version += 1
@@ -226,6 +230,25 @@ class Gallery:
             ]
             results.append(SearchResult(model, space, k, elapsed, hits))
         return results
+
+    def save_query_image(self, data: bytes) -> str:
+        """Keep a searched-with image so the query log can be replayed (`compare --log`)."""
+        from .store import sha256_bytes
+
+        sha = sha256_bytes(data)
+        self.queries_store.put(sha, ".img", data)
+        return sha
+
+    def read_query_image(self, sha: str) -> bytes | None:
+        try:
+            return self.queries_store.read(sha, ".img")
+        except OSError:
+            pass
+        row = self.catalog.image_id(sha)
+        if row is not None:
+            r = self.catalog.images([row])[row]
+            return self.store.read(r.sha256, r.ext)
+        return None
 
     def image_path(self, row: ImageRow) -> Path:
         return self.store.path(row.sha256, row.ext)
@@ -260,4 +283,30 @@ class Gallery:
             "vectors": self.catalog.vector_counts(),
             "models": self.catalog.models(),
             "model_history": self.catalog.get_state("model_history", []),
+            "compatibility": self.compatibility_matrix(),
         }
+
+    def compatibility_matrix(self) -> dict:
+        """Query model x gallery space: can its queries search that space's vectors, and what was
+        measured when it was trained (checkpoint metrics), if anything."""
+        spaces = sorted({r["space"] for r in self.catalog.vector_counts()})
+        models = self.catalog.models()
+        cells = {}
+        for m in models:
+            row = {}
+            for space in spaces:
+                if m["space"] != space:
+                    row[space] = {"compatible": False}
+                    continue
+                cell = {"compatible": True, "native": m["name"] == space}
+                try:
+                    entry = self.resolve_model(m["name"])
+                    ev = (entry.meta.metrics.get("eval") if entry.meta else None) or {}
+                    if ev:
+                        cell["measured"] = {"data": ev.get("data"), "old/old": ev.get("old/old"),
+                                            "new/old": ev.get("new/old")}
+                except GalleryError:
+                    cell["missing"] = True
+                row[space] = cell
+            cells[m["name"]] = row
+        return {"spaces": spaces, "models": [m["name"] for m in models], "cells": cells}

@@ -84,13 +84,29 @@ class SpaceIndex:
                 index.index.add_with_ids(vectors, ids)
         return index
 
+    def catch_up(self, catalog: Catalog) -> int:
+        """Apply the vectors written since this index's version (by any process)."""
+        with catalog.snapshot():
+            version = catalog.space_version(space := self.space)
+            n = 0
+            for ids, vectors in catalog.serving_vectors(space, after_seq=self.version):
+                self.upsert(ids, vectors)
+                n += len(ids)
+            self.version = version
+        return n
+
     @classmethod
     def open(cls, catalog: Catalog, folder: Path, space: str) -> tuple["SpaceIndex", str]:
         """Load the saved index if it is current, else rebuild it; says which it did."""
         loaded = cls.load(folder, space)
-        if loaded is not None and loaded.version == catalog.space_version(space):
+        current = catalog.space_version(space)
+        if loaded is not None and loaded.version == current:
             return loaded, "loaded"
-        why = "missing or unreadable" if loaded is None else "stale"
+        if loaded is not None and loaded.version < current:
+            n = loaded.catch_up(catalog)
+            loaded.save(folder)
+            return loaded, f"caught up ({n} vectors)"
+        why = "missing or unreadable" if loaded is None else "ahead of the catalog"
         index = cls.build(catalog, space)
         index.save(folder)
         return index, f"rebuilt ({why})"

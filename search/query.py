@@ -29,8 +29,11 @@ def search_bytes(gallery: Gallery, data: bytes, k: int = 10, label: str = "",
     embed_ms = (time.perf_counter() - t0) * 1000
     result = gallery.search_vectors(vector, k, model.name, model.space)[0]
     result.elapsed_ms += embed_ms
-    if log:
-        log_query(gallery, result, "image", sha256_bytes(data), label)
+    if log and gallery.catalog.get_state("log_queries", True):
+        sha = sha256_bytes(data)
+        if gallery.catalog.image_id(sha) is None:
+            gallery.save_query_image(data)
+        log_query(gallery, result, "image", sha, label)
     return result
 
 

@@ -1,0 +1,407 @@
+"""Graceful: the Streamlit app. `streamlit run app.py`
+
+Thin views over the same engine as the CLI (`search/`, `models/`). One engine per process
+(`st.cache_resource`), guarded by its lock; background jobs get their own connection.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from search.gallery import Gallery, GalleryError, default_home
+from search.jobs import JobRunner, backfill_job
+from search.runtime import configure_threads
+
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+PAGE_SIZE = 24
+PAGES = ["Gallery", "Search", "Models", "Compare"]
+
+st.set_page_config(page_title="Graceful", page_icon="🔎", layout="wide")
+
+
+# -- shared engine ----------------------------------------------------------------------------
+@st.cache_resource
+def engine(home: str) -> Gallery:
+    configure_threads()
+    return Gallery.open(home, create=True)
+
+
+@st.cache_resource
+def job_runner() -> JobRunner:
+    return JobRunner()
+
+
+@st.cache_data(max_entries=4096, show_spinner=False)
+def thumbnail(path: str, size: int = 256) -> bytes | None:
+    try:
+        with Image.open(path) as im:
+            from PIL import ImageOps
+
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            im.thumbnail((size, size))
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=85)
+            return buf.getvalue()
+    except OSError:
+        return None
+
+
+def home() -> str:
+    return str(os.environ.get("GRACEFUL_HOME") or default_home())
+
+
+def gallery() -> Gallery:
+    return engine(home())
+
+
+def guarded(fn, *args, **kwargs):
+    """Run engine calls under the lock; show errors as messages, never as tracebacks."""
+    g = gallery()
+    try:
+        with g.lock:
+            return fn(*args, **kwargs)
+    except GalleryError as e:
+        st.error(str(e))
+    except Exception as e:  # noqa: BLE001 - a user must never see a stack trace
+        st.error(f"Something went wrong: {e}")
+    return None
+
+
+# -- small views ------------------------------------------------------------------------------
+def show_grid(hits, columns: int = 6, highlight: dict[int, str] | None = None, key: str = "grid",
+              similar_buttons: bool = True) -> None:
+    cols = st.columns(columns)
+    for n, hit in enumerate(hits):
+        with cols[n % columns]:
+            data = thumbnail(hit["path"])
+            if data:
+                st.image(data, width="stretch")
+            color = (highlight or {}).get(hit["image_id"])
+            caption = f"#{hit['image_id']} {hit['name'][:24]}"
+            if "score" in hit:
+                caption += f" · {hit['score']:.3f}"
+            if hit.get("embedded_by"):
+                caption += f" · {hit['embedded_by']}"
+            st.markdown(f":{color}[{caption}]" if color else caption)
+            if similar_buttons and st.button("Similar", key=f"{key}-sim-{hit['image_id']}-{n}"):
+                st.session_state.similar_to = hit["image_id"]
+                st.session_state.page = "Search"
+                st.rerun()
+
+
+def ingest_uploads(files) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="graceful-upload-"))
+    rejected = []
+    for n, f in enumerate(files):
+        data = f.getvalue()
+        if len(data) > MAX_UPLOAD_BYTES:
+            rejected.append((f.name, f"larger than {MAX_UPLOAD_BYTES // 2**20} MiB"))
+            continue
+        dest = tmp / f"{n:05d}" / Path(f.name).name  # one folder each: same names never collide
+        dest.parent.mkdir()
+        dest.write_bytes(data)
+    try:
+        run_ingest([tmp], rejected)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_ingest(paths, rejected=None) -> None:
+    from search.ingest import ingest
+
+    for p in paths:
+        if not Path(p).exists():
+            st.error(f"No such file or folder on the server: {p}")
+            return
+    bar = st.progress(0.0, text="Indexing…")
+
+    def progress(done, total, report):
+        bar.progress(done / max(total, 1), text=f"Indexing {done}/{total}")
+
+    report = guarded(ingest, gallery(), paths, None, progress=False, on_progress=progress)
+    if report is None:
+        return
+    bar.progress(1.0, text="Done")
+    st.success(f"Added {report.added} photos · {report.duplicates} already in the gallery · "
+               f"{len(report.skipped) + len(rejected or [])} skipped · {report.images_per_second:.1f} img/s")
+    skipped = [(Path(p).name, r) for p, r in report.skipped] + list(rejected or [])
+    if skipped:
+        st.warning("Skipped files:")
+        st.dataframe(pd.DataFrame(skipped, columns=["file", "reason"]), hide_index=True)
+
+
+# -- pages ------------------------------------------------------------------------------------
+def page_gallery() -> None:
+    g = gallery()
+    st.header("Gallery")
+    n = g.catalog.count_images()
+    if n == 0:
+        st.info("**Welcome to Graceful.** Your gallery is empty. Drop photos below, or index a "
+                "folder on this server. Photos are embedded with the offline default model "
+                "(EfficientNet-Lite0); later you can upgrade the model without re-indexing.")
+    with st.expander("Add photos", expanded=n == 0):
+        files = st.file_uploader("Drop photos here", accept_multiple_files=True,
+                                 type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"],
+                                 key="uploads")
+        if files and st.button(f"Add {len(files)} photos to the gallery", key="add-uploads"):
+            ingest_uploads(files)
+        folder = st.text_input("…or index a folder on the server", key="folder",
+                               placeholder="/path/to/photos")
+        if folder and st.button("Index folder", key="index-folder"):
+            run_ingest([folder])
+    n = g.catalog.count_images()
+    if n == 0:
+        return
+    st.caption(f"{n} photos · active model **{g.active_model}** (space {g.space})")
+    pages = max(1, -(-n // PAGE_SIZE))
+    page = st.number_input("Page", 1, pages, 1, key="gallery-page") if pages > 1 else 1
+    rows = g.catalog.list_images((page - 1) * PAGE_SIZE, PAGE_SIZE)
+    by = g.catalog.serving_model_of([r.id for r in rows], g.space)
+    show_grid([{"image_id": r.id, "name": r.name, "path": str(g.image_path(r)),
+                "embedded_by": by.get(r.id, "—")} for r in rows], key="gallery")
+
+
+def page_search() -> None:
+    from search import query
+
+    g = gallery()
+    st.header("Search")
+    if g.catalog.count_images() == 0:
+        st.info("The gallery is empty: add photos on the Gallery page first.")
+        return
+    model = guarded(g.embedder)
+    if model is None:
+        return
+    st.caption(f"Queries use **{model.name}** (space {model.space})")
+    k = st.slider("Results", 4, 48, 12, step=4, key="k")
+    result = None
+    up = st.file_uploader("Search by photo", type=["jpg", "jpeg", "png", "webp", "bmp", "gif"],
+                          key="query-upload")
+    if up is not None:
+        data = up.getvalue()
+        if len(data) > MAX_UPLOAD_BYTES:
+            st.error("That file is too large.")
+        else:
+            st.image(data, width=160, caption="query")
+            result = guarded(query.search_bytes, g, data, k, up.name)
+    if model.info.has_text:
+        text = st.text_input("…or describe what you are looking for", key="query-text")
+        if text:
+            result = guarded(query.search_text, g, text, k)
+    similar = st.session_state.get("similar_to")
+    if result is None and similar:
+        row = guarded(g.image_row, similar)
+        if row:
+            st.image(thumbnail(str(g.image_path(row))), width=160, caption=f"similar to #{row.id}")
+            result = guarded(query.search_gallery_image, g, similar, k)
+    if result is not None:
+        st.subheader(f"{len(result.hits)} results · {result.model} · {result.elapsed_ms:.0f} ms")
+        show_grid([h.as_dict() for h in result.hits], key="results")
+
+
+def page_models() -> None:
+    from models import registry
+    from search import backfill as bf
+    from search.upgrade import rollback, upgrade
+
+    g = gallery()
+    st.header("Models")
+    entries = registry.available(g.model_dirs)
+    active, space = g.active_model, g.space
+    st.markdown(f"Active model: **{active or '—'}** · gallery space **{space or '—'}**")
+    table = pd.DataFrame([{
+        "model": e.name, "kind": e.kind, "space": e.space, "dim": e.dim,
+        "compatible with": ", ".join(e.compatible_with),
+        "can query this gallery": "active" if e.name == active else
+        ("yes, instantly" if e.space == space else "needs re-embed"),
+    } for e in entries])
+    st.dataframe(table, hide_index=True, width="stretch")
+    if active is None:
+        st.info("Index photos first; then upgrades appear here.")
+        return
+
+    st.subheader("Upgrade")
+    choices = [e.name for e in entries if e.name != active]
+    target = st.selectbox("New model", choices, key="upgrade-target",
+                          index=choices.index("lite2-compat-lite0") if "lite2-compat-lite0" in choices else 0)
+    c1, c2, c3 = st.columns(3)
+    if c1.button("Check compatibility", key="dry-run"):
+        r = guarded(upgrade, g, target, dry_run=True)
+        if r:
+            show_preflight(r.preflight)
+    if c2.button("Upgrade", type="primary", key="upgrade"):
+        r = guarded(upgrade, g, target)
+        if r:
+            show_preflight(r.preflight)
+            st.success(f"Upgraded {r.previous} → {r.model} in {r.switch_ms:.1f} ms; "
+                       f"0 vectors recomputed.")
+    history = g.catalog.get_state("model_history", [])
+    if c3.button(f"Roll back to {history[-1]}" if history else "Roll back", disabled=not history,
+                 key="rollback"):
+        r = guarded(rollback, g)
+        if r:
+            st.success(f"Rolled back {r.previous} → {r.model} in {r.switch_ms:.1f} ms; "
+                       f"{r.kept_vectors} vectors of {r.previous} stay searchable.")
+            if r.need_reembed:
+                st.warning(f"{r.need_reembed} photos have no {r.model} vector: run the backfill.")
+
+    st.subheader("Backfill (optional)")
+    status = guarded(bf.status, g) or {}
+    st.caption(f"{status.get('fraction_backfilled', 0):.0%} of the gallery is embedded by "
+               f"{status.get('model')} · {status.get('older_vectors', 0)} older vectors · "
+               f"{status.get('missing', 0)} missing")
+    runner = job_runner()
+    order = st.selectbox("Order", bf.ORDERS, key="backfill-order")
+    b1, b2 = st.columns(2)
+    if b1.button("Start / resume backfill", key="backfill-start"):
+        runner.start("backfill", backfill_job(g.home, order))
+    if b2.button("Pause", key="backfill-pause"):
+        job = runner.get("backfill")
+        if job:
+            job.stop()
+    backfill_progress()
+
+    with st.expander("Train a compatible adapter on this gallery (unlabelled)"):
+        st.caption("Learns a map from a new frozen backbone into the gallery's space from the "
+                   "gallery's own photos, so the new backbone can query the old vectors.")
+        backbone = st.selectbox("Backbone", [e.name for e in entries if e.kind != "compatible"
+                                             and e.name != active], key="adapter-backbone")
+        name = st.text_input("Name", f"{backbone}-adapter-{active}", key="adapter-name")
+        if st.button("Train adapter", key="adapter-train"):
+            train_adapter(g, backbone, name)
+
+
+@st.fragment(run_every=1.0)
+def backfill_progress() -> None:
+    job = job_runner().get("backfill")
+    if job is None:
+        return
+    eta = f" · ETA {job.eta_seconds:.0f} s" if job.eta_seconds else ""
+    st.progress(job.fraction, text=f"Backfill {job.status}: {job.done}/{job.total} · "
+                                   f"{job.rate:.1f} img/s{eta}")
+    if job.status == "failed":
+        st.error(job.message)
+
+
+def show_preflight(p) -> None:
+    verdict = "passed ✅" if p.passed else "failed ❌"
+    st.info(f"Pre-flight {verdict}: {p.self_recall:.0%} of {p.sample} sampled photos found their "
+            f"own stored vector in the top {p.top} (need {p.threshold:.0%}); mean cosine "
+            f"{p.mean_cosine:.3f}.")
+
+
+def train_adapter(g: Gallery, backbone: str, name: str) -> None:
+    from models.compat_train import TrainRequest, train_compatible
+
+    with st.spinner("Extracting features and training (a few minutes on CPU)…"):
+        req = TrainRequest(g.active_model, backbone, "adapter", g.store.root, name, g.models_dir,
+                           g.cache_dir, progress=False)
+        try:
+            path, meta = train_compatible(req)
+        except Exception as e:  # noqa: BLE001
+            st.error(str(e))
+            return
+    st.success(f"Trained {meta.name} (space {meta.space}). Upgrade to it above.")
+
+
+def page_compare() -> None:
+    from search import compare as cmp
+
+    g = gallery()
+    st.header("Compare")
+    models = [m["name"] for m in g.catalog.models()]
+    if len(models) < 2:
+        st.info("Compare needs two models: upgrade the gallery's model first (Models page).")
+        return
+    history = g.catalog.get_state("model_history", [])
+    default_old = history[-1] if history else models[0]
+    c1, c2 = st.columns(2)
+    old = c1.selectbox("Old model", models, index=models.index(default_old), key="cmp-old")
+    new = c2.selectbox("New model", models, index=models.index(g.active_model), key="cmp-new")
+    source = st.radio("Queries", ["Logged searches", "Upload a query set", "Labelled folder"],
+                      horizontal=True, key="cmp-source")
+    k = st.slider("Top-k", 1, 20, 5, key="cmp-k")
+    queries = None
+    if source == "Upload a query set":
+        files = st.file_uploader("Query photos", accept_multiple_files=True, key="cmp-upload")
+        queries = [cmp.Query(f.name, f.getvalue()) for f in files or []]
+    elif source == "Labelled folder":
+        folder = st.text_input("ImageFolder path (one sub-folder per class)", key="cmp-folder")
+        if folder:
+            queries = guarded(cmp.queries_from_folder, Path(folder))
+    if st.button("Run comparison", type="primary", key="cmp-run"):
+        if source == "Logged searches":
+            queries = guarded(cmp.queries_from_log, g)
+        if queries:
+            report = guarded(cmp.compare, g, old, new, queries, k)
+            if report:
+                st.session_state.report = report
+    report = st.session_state.get("report") or cmp.latest_report(g)
+    if report:
+        show_report(g, report)
+
+
+def show_report(g: Gallery, report: dict) -> None:
+    s = report["summary"]
+    st.subheader(f"{s['old']} → {s['new']} · {s['queries']} queries · top-{s['k']}")
+    cols = st.columns(5)
+    cols[0].metric("overlap@k", f"{s['overlap_at_k']:.2f}")
+    cols[1].metric("results gained", s["gained"])
+    cols[2].metric("results lost", s["lost"])
+    if s.get("labelled"):
+        cols[3].metric("NFR (negative flips)", f"{s['nfr']:.3f}")
+        cols[4].metric("PFR (positive flips)", f"{s['pfr']:.3f}")
+        st.dataframe(pd.DataFrame([{"model": s["old"], **s["old_metrics"]},
+                                   {"model": s["new"], **s["new_metrics"]}]), hide_index=True)
+    rows = report["queries"]
+    df = pd.DataFrame([{"query": r["query"], "gained": len(r["gained"]), "lost": len(r["lost"]),
+                        "overlap": r["overlap"], "old right": r.get("old_correct"),
+                        "new right": r.get("new_correct")} for r in rows])
+    df = df.sort_values("lost", ascending=False, kind="stable")
+    st.bar_chart(df.set_index("query")[["gained", "lost"]].head(40), color=["#2e7d32", "#c62828"])
+    st.dataframe(df, hide_index=True, width="stretch")
+    d1, d2 = st.columns(2)
+    d1.download_button("Export CSV", df.to_csv(index=False), "comparison.csv", "text/csv")
+    d2.download_button("Export JSON", json.dumps(report, indent=1), "comparison.json",
+                       "application/json")
+    pick = st.selectbox("Inspect a query (most lost first)", df["query"].tolist(), key="cmp-pick")
+    row = next(r for r in rows if r["query"] == pick)
+    images = g.catalog.images(set(row["old"]) | set(row["new"]))
+    lost, gained = set(row["lost"]), set(row["gained"])
+
+    def hits(ids):
+        return [{"image_id": i, "name": images[i].name, "path": str(g.image_path(images[i]))}
+                for i in ids if i in images]
+
+    left, right = st.columns(2)
+    with left:
+        st.markdown(f"**{report['summary']['old']}** (lost in :red[red])")
+        show_grid(hits(row["old"]), 3, {i: "red" for i in lost}, key="cmp-old", similar_buttons=False)
+    with right:
+        st.markdown(f"**{report['summary']['new']}** (gained in :green[green])")
+        show_grid(hits(row["new"]), 3, {i: "green" for i in gained}, key="cmp-new",
+                  similar_buttons=False)
+
+
+# -- layout -----------------------------------------------------------------------------------
+def main() -> None:
+    st.sidebar.title("Graceful")
+    st.sidebar.caption("Upgrade your image-search model without re-indexing.")
+    if "page" not in st.session_state:
+        st.session_state.page = "Gallery"
+    page = st.sidebar.radio("Page", PAGES, key="page")
+    g = gallery()
+    st.sidebar.caption(f"Gallery: `{g.home}`")
+    {"Gallery": page_gallery, "Search": page_search, "Models": page_models,
+     "Compare": page_compare}[page]()
+
+
+main()

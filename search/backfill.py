@@ -1,0 +1,99 @@
+"""Optional, progressive backfill: re-embed the vectors of older models with the active one.
+
+After a compatible upgrade nothing *needs* recomputing; backfill only lifts quality further.
+Images with no vector in the active space at all (after a rollback across spaces) come first.
+The order of the rest: random, oldest, most-retrieved (query log) or uncertainty (stored vectors
+whose nearest neighbour is least certain first).
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Callable
+
+import numpy as np
+
+from .embedjob import JobProgress, embed_stored
+from .gallery import Gallery, GalleryError
+
+ORDERS = ("random", "oldest", "most-retrieved", "uncertainty")
+
+
+def candidates(gallery: Gallery, order: str = "random", seed: int = 0) -> tuple[list[int], list[int]]:
+    """(images missing from the active space, images served by an older model's vector), ordered."""
+    if order not in ORDERS:
+        raise GalleryError(f"unknown backfill order {order!r}; choose from {', '.join(ORDERS)}")
+    model, space = gallery.active_model, gallery.space
+    db = gallery.catalog.db
+    missing = [r[0] for r in db.execute(
+        "SELECT id FROM images WHERE id NOT IN (SELECT image_id FROM vectors WHERE space = ?) "
+        "ORDER BY id", [space])]
+    rows = db.execute(
+        "SELECT id, added_at FROM images WHERE id IN (SELECT image_id FROM vectors WHERE space = ?)"
+        " AND id NOT IN (SELECT image_id FROM vectors WHERE model = ?) ORDER BY id",
+        [space, model]).fetchall()
+    stale = [r[0] for r in rows]
+    if order == "random":
+        stale = list(np.random.default_rng(seed).permutation(stale)) if stale else []
+    elif order == "oldest":
+        stale = [i for i, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
+    elif order == "most-retrieved":
+        counts: Counter = Counter()
+        for (results,) in db.execute("SELECT results FROM query_log"):
+            counts.update(json.loads(results))
+        stale = sorted(stale, key=lambda i: (-counts.get(i, 0), i))
+    elif order == "uncertainty" and stale:
+        idx = gallery.index(space)
+        vecs = np.stack([idx.index.reconstruct(int(i)) for i in stale])
+        scores, _ = idx.search(vecs, 3)
+        margin = scores[:, 1] - scores[:, 2] if scores.shape[1] >= 3 else scores[:, -1]
+        stale = [stale[j] for j in np.argsort(margin, kind="stable")]
+    return missing, [int(i) for i in stale]
+
+
+def backfill(gallery: Gallery, order: str = "random", limit: int | None = None,
+             batch_size: int = 16, progress: bool = True,
+             should_stop: Callable[[], bool] | None = None,
+             on_progress: Callable[[JobProgress], None] | None = None) -> JobProgress:
+    missing, stale = candidates(gallery, order)
+    todo = (missing + stale)[: limit if limit is not None else None]
+    model = gallery.embedder()
+    gallery.catalog.log_event("backfill-start", model=model.name, order=order, todo=len(todo),
+                              missing=len(missing), stale=len(stale))
+    state = embed_stored(gallery, model, todo, "backfill", batch_size, progress, should_stop,
+                         on_progress)
+    gallery.catalog.log_event("backfill-stop", model=model.name, **state.as_dict())
+    return state
+
+
+def status(gallery: Gallery) -> dict:
+    missing, stale = candidates(gallery, "oldest")
+    total = gallery.catalog.count_images()
+    by_active = total - len(missing) - len(stale)
+    return {"model": gallery.active_model, "space": gallery.space, "images": total,
+            "by_active_model": by_active, "older_vectors": len(stale), "missing": len(missing),
+            "fraction_backfilled": round(by_active / total, 4) if total else 1.0}
+
+
+def quality_curve(old_vecs: np.ndarray, new_vecs: np.ndarray, labels: np.ndarray,
+                  order: np.ndarray, steps: int = 10) -> list[dict]:
+    """FastFill-style curve: new-model queries against a gallery backfilled in `order`.
+
+    Rows i of old_vecs/new_vecs are the same image; queries are all new vectors (leave-one-out)."""
+    from models import metrics
+
+    curve = []
+    for s in range(steps + 1):
+        n = int(round(len(order) * s / steps))
+        gallery = old_vecs.copy()
+        gallery[order[:n]] = new_vecs[order[:n]]
+        r = metrics.evaluate(new_vecs, gallery, labels)
+        curve.append({"fraction": round(n / len(order), 4), "top1": round(r.top1, 4),
+                      "map": round(r.map, 4)})
+    return curve
+
+
+def area_under_curve(curve: list[dict], key: str = "map") -> float:
+    x = np.array([c["fraction"] for c in curve])
+    y = np.array([c[key] for c in curve])
+    return round(float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2)), 4)

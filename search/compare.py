@@ -1,0 +1,147 @@
+"""Compare two models on a query set against the current gallery: per query, what was gained
+and lost in the top-k; with labels (ImageFolder queries), top-1/top-5/mAP and flip rates."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, asdict
+from pathlib import Path
+
+import numpy as np
+
+from models import metrics
+from models.imagefolder import IMAGE_SUFFIXES
+
+from .fsutil import atomic_write_bytes
+from .gallery import Gallery, GalleryError
+from .images import BadImage, decode
+from .store import sha256_bytes
+
+FULL_RANKING_MAX = 20000  # mAP over the full ranking up to this many gallery vectors, else mAP@100
+
+
+@dataclass
+class Query:
+    name: str
+    data: bytes
+    label: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        return sha256_bytes(self.data)
+
+
+def queries_from_folder(folder: Path) -> list[Query]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise GalleryError(f"no such folder: {folder}")
+    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    labelled = all(f.parent != folder for f in files) and files
+    return [Query(str(f.relative_to(folder)), f.read_bytes(), f.parent.name if labelled else None)
+            for f in files]
+
+
+def queries_from_log(gallery: Gallery, limit: int = 200) -> list[Query]:
+    out, seen = [], set()
+    for query, sha in gallery.catalog.db.execute(
+            "SELECT query, query_sha FROM query_log WHERE kind = 'image' ORDER BY id DESC"):
+        if sha in seen:
+            continue
+        seen.add(sha)
+        data = gallery.read_query_image(sha)
+        if data is not None:
+            out.append(Query(query or sha[:12], data))
+        if len(out) >= limit:
+            break
+    if not out:
+        raise GalleryError("the query log has no image searches yet: search first, or give --queries DIR")
+    return out
+
+
+def gallery_labels(gallery: Gallery) -> dict[int, str]:
+    """A gallery photo's label: the name of the folder it was indexed from."""
+    return {i: Path(src).parent.name for i, src in gallery.catalog.db.execute("SELECT id, source FROM images")}
+
+
+def _rank(gallery: Gallery, model_name: str, queries: list[Query], depth: int, exclude: list[int | None]):
+    model = gallery.load_model(model_name)
+    idx = gallery.index(model.space)
+    if idx is None:
+        raise GalleryError(f"the gallery has no vectors in {model_name}'s space {model.space!r}")
+    images, ok = [], []
+    for q in queries:
+        try:
+            images.append(decode(q.data, model.info.image_size).image)
+            ok.append(True)
+        except BadImage:
+            ok.append(False)
+    vectors = model.embed_images(images)
+    _, found = idx.search(vectors, min(depth + 1, idx.ntotal))
+    ranked, j = [], 0
+    for q_ok, own in zip(ok, exclude):
+        if not q_ok:
+            ranked.append(None)
+            continue
+        ranked.append([int(i) for i in found[j] if i >= 0 and int(i) != own][:depth])
+        j += 1
+    return ranked, model.space
+
+
+def compare(gallery: Gallery, old: str, new: str, queries: list[Query], k: int = 10,
+            save: bool = True) -> dict:
+    t0 = time.perf_counter()
+    if not queries:
+        raise GalleryError("no queries to compare on")
+    own = [gallery.catalog.image_id(q.sha256) for q in queries]
+    labelled = all(q.label is not None for q in queries)
+    ntotal = gallery.catalog.count_images()
+    depth = (ntotal if ntotal <= FULL_RANKING_MAX else 100) if labelled else k
+    old_ranked, old_space = _rank(gallery, old, queries, depth, own)
+    new_ranked, new_space = _rank(gallery, new, queries, depth, own)
+    labels = gallery_labels(gallery) if labelled else {}
+    rows, old_rel, new_rel = [], [], []
+    for q, o, n in zip(queries, old_ranked, new_ranked):
+        if o is None or n is None:
+            continue
+        ok, nk = o[:k], n[:k]
+        row = {"query": q.name, "label": q.label, "old": ok, "new": nk,
+               "gained": [i for i in nk if i not in ok], "lost": [i for i in ok if i not in nk],
+               "overlap": metrics.overlap_at_k(ok, nk, k)}
+        if labelled:
+            ro = np.array([labels.get(i) == q.label for i in o])
+            rn = np.array([labels.get(i) == q.label for i in n])
+            row["old_correct"], row["new_correct"] = bool(ro[:1].any()), bool(rn[:1].any())
+            old_rel.append(ro)
+            new_rel.append(rn)
+        rows.append(row)
+    summary = {
+        "old": old, "new": new, "old_space": old_space, "new_space": new_space, "k": k,
+        "queries": len(rows), "skipped_queries": len(queries) - len(rows),
+        "overlap_at_k": round(float(np.mean([r["overlap"] for r in rows])), 4) if rows else 0.0,
+        "gained": sum(len(r["gained"]) for r in rows), "lost": sum(len(r["lost"]) for r in rows),
+        "labelled": bool(labelled),
+    }
+    if labelled and rows:
+        for side, rel in (("old_metrics", old_rel), ("new_metrics", new_rel)):
+            width = max(len(r) for r in rel)
+            m = np.zeros((len(rel), width), bool)
+            for i, r in enumerate(rel):
+                m[i, : len(r)] = r
+            summary[side] = {"top1": round(float(m[:, 0].mean()), 4),
+                             "top5": round(float(m[:, :5].any(1).mean()), 4),
+                             "map": round(float(metrics.average_precision(m).mean()), 4),
+                             "map_depth": "full" if depth >= ntotal - 1 else depth}
+        summary.update(metrics.flip_rates(np.array([r["old_correct"] for r in rows]),
+                                          np.array([r["new_correct"] for r in rows])))
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    report = {"summary": summary, "queries": rows, "created_at": time.time()}
+    if save:
+        path = gallery.reports_dir / f"compare-{time.strftime('%Y%m%d-%H%M%S')}-{old}-vs-{new}.json".replace(":", "_").replace("/", "_")
+        atomic_write_bytes(path, json.dumps(report, indent=1).encode())
+        report["path"] = str(path)
+    return report
+
+
+def latest_report(gallery: Gallery) -> dict | None:
+    reports = sorted(gallery.reports_dir.glob("compare-*.json"))
+    return json.loads(reports[-1].read_text()) if reports else None

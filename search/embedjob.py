@@ -1,0 +1,117 @@
+"""Re-embed stored gallery images with a model, batch by batch (backfill and re-embed share it).
+
+Each batch is one transaction; the live index is updated after each commit, so searches stay
+consistent and available. Killing the job loses at most the batch in flight; progress is
+derived from the catalog, so re-running resumes.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, asdict
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from models.embedder import Embedder
+
+from .gallery import Gallery
+from .images import BadImage, decode
+from .pipeline import prefetch_map
+
+
+@dataclass
+class JobProgress:
+    job: str
+    model: str
+    total: int
+    done: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.seconds if self.seconds else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        return (self.total - self.done) / self.rate if self.rate else None
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["images_per_second"] = round(self.rate, 2)
+        d["eta_seconds"] = round(self.eta_seconds, 1) if self.eta_seconds is not None else None
+        return d
+
+
+def embed_stored(gallery: Gallery, model: Embedder, image_ids: list[int], job: str,
+                 batch_size: int = 16, progress: bool = True,
+                 should_stop: Callable[[], bool] | None = None,
+                 on_progress: Callable[[JobProgress], None] | None = None) -> JobProgress:
+    state = JobProgress(job, model.name, len(image_ids))
+    rows = gallery.catalog.images(image_ids)
+
+    def load(image_id: int):
+        row = rows[image_id]
+        try:
+            data = gallery.store.read(row.sha256, row.ext)
+            return image_id, model.preprocess(decode(data, model.info.image_size).image)
+        except (OSError, BadImage):
+            return image_id, None
+
+    gallery.index(model.space)
+    bar = tqdm(total=len(image_ids), unit="img", desc=f"{job} with {model.name}", disable=not progress)
+    t0 = time.perf_counter()
+    batch_ids: list[int] = []
+    batch: list[torch.Tensor] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        vectors = model.embed_batch(torch.stack(batch))
+        with gallery.catalog.transaction():
+            gallery.write_vectors(batch_ids, vectors, model)
+            gallery.catalog.db.execute(
+                "INSERT OR REPLACE INTO jobs (name, state, updated_at) VALUES (?, ?, ?)",
+                [job, _json({"model": model.name, **state.as_dict(), "done": state.done + len(batch)}),
+                 time.time()])
+        gallery.sync_index(model.space, batch_ids, vectors)
+        state.done += len(batch)
+        bar.update(len(batch))
+        batch_ids.clear()
+        batch.clear()
+
+    try:
+        for image_id, tensor in prefetch_map(load, [i for i in image_ids if i in rows]):
+            if tensor is None:
+                state.failed += 1
+                bar.update(1)
+                continue
+            batch_ids.append(image_id)
+            batch.append(tensor)
+            if len(batch) >= batch_size:
+                flush()
+                state.seconds = time.perf_counter() - t0
+                if on_progress:
+                    on_progress(state)
+                if should_stop and should_stop():
+                    state.interrupted = True
+                    break
+        else:
+            flush()
+    except KeyboardInterrupt:
+        state.interrupted = True
+    finally:
+        bar.close()
+        state.seconds = time.perf_counter() - t0
+        gallery.save_indexes()
+    if on_progress:
+        on_progress(state)
+    return state
+
+
+def _json(d: dict) -> str:
+    import json
+
+    return json.dumps(d)

@@ -1,0 +1,95 @@
+"""Background jobs for long-running work started from the app (backfill, training).
+
+A job runs in a daemon thread with its *own* Gallery (own SQLite connection), so it never
+shares a transaction with the foreground. Stopping is cooperative (checked every batch); since
+every job derives its progress from the catalog, pause = stop and resume = start again.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass
+class Job:
+    name: str
+    started_at: float = field(default_factory=time.time)
+    done: int = 0
+    total: int = 0
+    rate: float = 0.0
+    eta_seconds: float | None = None
+    status: str = "running"  # running | stopping | stopped | finished | failed
+    message: str = ""
+    result: Any = None
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.running:
+            self.status = "stopping"
+
+    def should_stop(self) -> bool:
+        return self._stop.is_set()
+
+
+class JobRunner:
+    """At most one job per name; shared by all sessions of the app process."""
+
+    def __init__(self):
+        self.jobs: dict[str, Job] = {}
+        self.lock = threading.Lock()
+
+    def get(self, name: str) -> Job | None:
+        return self.jobs.get(name)
+
+    def start(self, name: str, work: Callable[[Job], Any]) -> Job:
+        with self.lock:
+            current = self.jobs.get(name)
+            if current and current.running:
+                return current
+            job = Job(name)
+
+            def run() -> None:
+                try:
+                    job.result = work(job)
+                    job.status = "stopped" if job.should_stop() else "finished"
+                except Exception as e:  # shown to the user as a message, never a traceback
+                    job.status = "failed"
+                    job.message = str(e) or e.__class__.__name__
+                    traceback.print_exc()
+
+            job._thread = threading.Thread(target=run, name=f"graceful-job-{name}", daemon=True)
+            self.jobs[name] = job
+            job._thread.start()
+            return job
+
+
+def backfill_job(home: Path, order: str, limit: int | None = None) -> Callable[[Job], Any]:
+    def work(job: Job):
+        from . import backfill as bf
+        from .gallery import Gallery
+
+        gallery = Gallery.open(home)
+        try:
+            def progress(state):
+                job.done, job.total = state.done, state.total
+                job.rate, job.eta_seconds = state.rate, state.eta_seconds
+
+            return bf.backfill(gallery, order, limit, progress=False, should_stop=job.should_stop,
+                               on_progress=progress).as_dict()
+        finally:
+            gallery.close()
+    return work

@@ -1,0 +1,264 @@
+"""Upgrade engine on real photos and the shipped compatible model: upgrade without re-indexing,
+refusals, mixed galleries, rollback, backfill, re-embed, comparison, and kill -9 safety."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search import backfill as bf
+from search.compare import compare, queries_from_folder, queries_from_log
+from search.gallery import Gallery, GalleryError
+from search.ingest import ingest
+from search.query import search_file
+from search.reembed import reembed
+from search.upgrade import rollback, upgrade
+
+from conftest import caltech_subset
+from test_models import make_checkpoint
+
+SHIPPED = "lite2-compat-lite0"
+
+
+@pytest.fixture(scope="module")
+def upgrade_photos(tmp_path_factory) -> Path:
+    """6 classes x 8 photos indexed before the upgrade; 6 x 3 more added after it."""
+    root = tmp_path_factory.mktemp("upgrade")
+    before = caltech_subset(root / "before", "test", 6, 8)
+    after_all = caltech_subset(root / "after_all", "test", 6, 11)
+    after = root / "after"
+    for f in after_all.rglob("*.jpg"):
+        if not (before / f.parent.name / f.name).exists():
+            (after / f.parent.name).mkdir(parents=True, exist_ok=True)
+            f.rename(after / f.parent.name / f.name)
+    return root
+
+
+@pytest.fixture
+def lite0_gallery(home, upgrade_photos) -> Gallery:
+    g = Gallery.open(home, create=True)
+    ingest(g, [upgrade_photos / "before"], progress=False)
+    return g
+
+
+def counts(g: Gallery) -> dict:
+    return {(r["model"], r["space"]): r["vectors"] for r in g.catalog.vector_counts()}
+
+
+def test_upgrade_recomputes_nothing_and_mixes_new_photos(lite0_gallery, upgrade_photos):
+    g = lite0_gallery
+    n = g.catalog.count_images()
+    before = counts(g)
+    result = upgrade(g, SHIPPED)
+    assert result.changed and result.previous == "lite0" and result.space == "lite0"
+    assert result.preflight.passed and result.preflight.self_recall >= 0.5
+    assert counts(g) == before  # no vector recomputed
+    assert g.active_model == SHIPPED and g.space == "lite0"
+    # queries by the new model search the old vectors directly
+    q = next((upgrade_photos / "before").rglob("*.jpg"))
+    hits = search_file(g, q, k=5).hits
+    assert hits[0].name == q.name and hits[0].embedded_by == "lite0"
+    # new photos are embedded by the new model into the same index: a mixed gallery
+    report = ingest(g, [upgrade_photos / "after"], progress=False)
+    assert report.model == SHIPPED and report.added > 0
+    assert counts(g)[(SHIPPED, "lite0")] == report.added
+    assert g.index().ntotal == n + report.added
+    q2 = next((upgrade_photos / "after").rglob("*.jpg"))
+    res = search_file(g, q2, k=10)
+    assert res.hits[0].name == q2.name and res.hits[0].embedded_by == SHIPPED
+    assert {"lite0", SHIPPED} <= {h.embedded_by for h in res.hits}  # both kinds of vectors
+
+    # rollback: instant, the new model's vectors stay searchable (same space)
+    rb = rollback(g)
+    assert rb.model == "lite0" and rb.kept_vectors == report.added and rb.need_reembed == 0
+    assert g.active_model == "lite0"
+    assert search_file(g, q2, k=1).hits[0].name == q2.name
+    with pytest.raises(GalleryError, match="nothing to roll back"):
+        rollback(g)
+
+
+def test_refusals_change_nothing(lite0_gallery, tmp_path):
+    g = lite0_gallery
+    state = (g.active_model, counts(g), g.catalog.get_state("model_history", []))
+    with pytest.raises(GalleryError, match="unknown model"):
+        upgrade(g, "lite7")
+    with pytest.raises(GalleryError, match="space 'lite2'.*reembed"):
+        upgrade(g, "lite2")
+    corrupt = tmp_path / "broken.safetensors"
+    corrupt.write_bytes(b"\x00" * 64)
+    with pytest.raises(GalleryError):
+        upgrade(g, str(corrupt))
+    g.models_dir.mkdir(parents=True, exist_ok=True)
+    make_checkpoint(g.models_dir / "liar.safetensors", dim=1280, name="liar")  # random head, claims lite0
+    with pytest.raises(GalleryError, match="pre-flight check failed: only \\d+% of \\d+"):
+        upgrade(g, "liar")
+    dry = upgrade(g, SHIPPED, dry_run=True)
+    assert not dry.changed and dry.preflight.passed
+    assert (g.active_model, counts(g), g.catalog.get_state("model_history", [])) == state
+    forced = upgrade(g, "liar", force=True)
+    assert forced.changed and forced.forced and g.active_model == "liar"
+
+
+def test_backfill_orders_limit_and_status(lite0_gallery):
+    g = lite0_gallery
+    upgrade(g, SHIPPED)
+    n = g.catalog.count_images()
+    for order in bf.ORDERS:
+        missing, stale = bf.candidates(g, order)
+        assert missing == [] and sorted(stale) == sorted(range(1, n + 1))
+    state = bf.backfill(g, "uncertainty", limit=10, progress=False)
+    assert state.done == 10
+    st = bf.status(g)
+    assert st["by_active_model"] == 10 and st["older_vectors"] == n - 10
+    assert g.index().ntotal == n  # replaced, not added
+    bf.backfill(g, "oldest", progress=False)
+    assert bf.status(g)["fraction_backfilled"] == 1.0
+    assert bf.backfill(g, progress=False).done == 0  # nothing left
+
+
+def test_backfill_quality_curve_and_auc():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(5), 10)
+    centers = rng.standard_normal((5, 16))
+    new = centers[labels] + 0.3 * rng.standard_normal((50, 16))
+    old = rng.standard_normal((50, 16))  # useless old vectors
+    new /= np.linalg.norm(new, axis=1, keepdims=True)
+    old /= np.linalg.norm(old, axis=1, keepdims=True)
+    curve = bf.quality_curve(old.astype(np.float32), new.astype(np.float32), labels, np.arange(50), 5)
+    assert [c["fraction"] for c in curve] == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert curve[-1]["map"] > curve[0]["map"] + 0.3
+    assert 0 < bf.area_under_curve(curve) < 1
+
+
+def test_reembed_incompatible_model_alongside_then_switch(lite0_gallery, upgrade_photos):
+    g = lite0_gallery
+    n = g.catalog.count_images()
+    q = next((upgrade_photos / "before").rglob("*.jpg"))
+    seen = []
+
+    def during(state):
+        # searches keep being served from the current space while the new index is built
+        seen.append((g.active_model, search_file(g, q, k=1, log=False).hits[0].name))
+
+    state, switched = reembed(g, "lite1", batch_size=8, progress=False, on_progress=during)
+    assert switched and state.done == n and g.active_model == "lite1" and g.space == "lite1"
+    assert all(m == "lite0" and name == q.name for m, name in seen[:-1])
+    assert counts(g)[("lite0", "lite0")] == n and counts(g)[("lite1", "lite1")] == n
+    assert search_file(g, q, k=1).hits[0].embedded_by == "lite1"
+    rb = rollback(g)
+    assert rb.model == "lite0" and g.space == "lite0" and rb.kept_vectors == 0
+
+
+def test_compare_labelled_queries_and_log(lite0_gallery, upgrade_photos, tmp_path):
+    g = lite0_gallery
+    upgrade(g, SHIPPED)
+    queries = queries_from_folder(upgrade_photos / "after")
+    assert queries and all(q.label for q in queries)
+    report = compare(g, "lite0", SHIPPED, queries, k=5)
+    s = report["summary"]
+    assert s["labelled"] and s["queries"] == len(queries) and 0 <= s["overlap_at_k"] <= 1
+    assert {"nfr", "pfr", "old_metrics", "new_metrics"} <= set(s)
+    assert s["new_metrics"]["map_depth"] == "full"
+    row = report["queries"][0]
+    assert set(row["gained"]) == set(row["new"]) - set(row["old"])
+    assert set(row["lost"]) == set(row["old"]) - set(row["new"])
+    assert Path(report["path"]).exists()
+    # the query log replays real searches
+    for f in list((upgrade_photos / "after").rglob("*.jpg"))[:3]:
+        search_file(g, f, k=3)
+    logged = queries_from_log(g)
+    assert len(logged) == 3
+    rep = compare(g, "lite0", SHIPPED, logged, k=3, save=False)
+    assert rep["summary"]["queries"] == 3 and not rep["summary"]["labelled"]
+
+
+def _run_and_kill(cmd: list[str], env: dict, ready, timeout: float = 180) -> int:
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if ready():
+                proc.send_signal(signal.SIGKILL)
+                break
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.05)
+    proc.wait()
+    return proc.returncode
+
+
+def _n_vectors(home: Path, model: str) -> int:
+    with sqlite3.connect(home / "catalog.db") as db:
+        return db.execute("SELECT count(*) FROM vectors WHERE model = ?", [model]).fetchone()[0]
+
+
+def _integrity(home: Path) -> str:
+    with sqlite3.connect(home / "catalog.db") as db:
+        return db.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos):
+    g = Gallery.open(home, create=True)
+    ingest(g, [upgrade_photos / "before", upgrade_photos / "after"], progress=False)
+    n = g.catalog.count_images()
+    upgrade(g, SHIPPED)
+    g.close()
+    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
+    cli = [sys.executable, "-m", "search.cli"]
+
+    rc = _run_and_kill([*cli, "backfill", "--batch-size", "4"], env,
+                       lambda: _n_vectors(home, SHIPPED) >= 8)
+    assert rc == -signal.SIGKILL
+    assert _integrity(home) == "ok"
+    g = Gallery.open(home)
+    done = bf.status(g)["by_active_model"]
+    assert 8 <= done < n
+    assert g.index().ntotal == n  # consistent: every photo searchable exactly once
+    assert search_file(g, next((upgrade_photos / "after").rglob("*.jpg")), k=1).hits[0].score > 0.99
+    state = bf.backfill(g, progress=False)
+    assert state.done == n - done  # resumed: nothing re-embedded twice
+    assert _n_vectors(home, SHIPPED) == n
+    g.close()
+
+    rc = _run_and_kill([*cli, "reembed", "lite1", "--batch-size", "4"], env,
+                       lambda: _n_vectors(home, "lite1") >= 8)
+    assert rc == -signal.SIGKILL
+    assert _integrity(home) == "ok"
+    g = Gallery.open(home)
+    assert g.active_model == SHIPPED and g.index().ntotal == n  # still serving the old space
+    partial = _n_vectors(home, "lite1")
+    state, switched = reembed(g, "lite1", progress=False)
+    assert switched and state.done == n - partial and _n_vectors(home, "lite1") == n
+    assert g.index().ntotal == n and g.space == "lite1"
+
+
+def test_kill_9_during_upgrade_leaves_old_or_new_state(home, upgrade_photos):
+    g = Gallery.open(home, create=True)
+    ingest(g, [upgrade_photos / "before"], progress=False)
+    g.close()
+    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
+    outcomes = set()
+    for delay in (1.0, 3.0, 6.0):
+        proc = subprocess.Popen([sys.executable, "-m", "search.cli", "upgrade", SHIPPED], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert _integrity(home) == "ok"
+        g = Gallery.open(home)
+        active, history = g.active_model, g.catalog.get_state("model_history", [])
+        assert (active, history) in {("lite0", []), (SHIPPED, ["lite0"])}
+        assert g.index().ntotal == 48
+        outcomes.add(active)
+        if active == SHIPPED:
+            rollback(g)
+        g.close()
+    assert "lite0" in outcomes
