@@ -45,8 +45,7 @@ def thumbnail(path: str, size: int = 256) -> bytes | None:
         with Image.open(path) as im:
             from PIL import ImageOps
 
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            im.thumbnail((size, size))
+            im = ImageOps.fit(ImageOps.exif_transpose(im).convert("RGB"), (size, size))
             buf = io.BytesIO()
             im.save(buf, "JPEG", quality=85)
             return buf.getvalue()
@@ -214,6 +213,8 @@ def page_models() -> None:
 
     g = gallery()
     st.header("Models")
+    for kind, text in st.session_state.pop("flash", []):
+        getattr(st, kind)(text)
     entries = registry.available(g.model_dirs)
     active, space = g.active_model, g.space
     st.markdown(f"Active model: **{active or '—'}** · gallery space **{space or '—'}**")
@@ -240,18 +241,20 @@ def page_models() -> None:
     if c2.button("Upgrade", type="primary", key="upgrade"):
         r = guarded(upgrade, g, target)
         if r:
-            show_preflight(r.preflight)
-            st.success(f"Upgraded {r.previous} → {r.model} in {r.switch_ms:.1f} ms; "
-                       f"0 vectors recomputed.")
+            flash(("info", preflight_text(r.preflight)),
+                  ("success", f"Upgraded {r.previous} → {r.model} in {r.switch_ms:.1f} ms; "
+                              f"0 vectors recomputed."))
     history = g.catalog.get_state("model_history", [])
     if c3.button(f"Roll back to {history[-1]}" if history else "Roll back", disabled=not history,
                  key="rollback"):
         r = guarded(rollback, g)
         if r:
-            st.success(f"Rolled back {r.previous} → {r.model} in {r.switch_ms:.1f} ms; "
-                       f"{r.kept_vectors} vectors of {r.previous} stay searchable.")
+            msgs = [("success", f"Rolled back {r.previous} → {r.model} in {r.switch_ms:.1f} ms; "
+                                f"{r.kept_vectors} vectors of {r.previous} stay searchable.")]
             if r.need_reembed:
-                st.warning(f"{r.need_reembed} photos have no {r.model} vector: run the backfill.")
+                msgs.append(("warning", f"{r.need_reembed} photos have no {r.model} vector: "
+                                        "run the backfill."))
+            flash(*msgs)
 
     st.subheader("Backfill (optional)")
     status = guarded(bf.status, g) or {}
@@ -291,11 +294,21 @@ def backfill_progress() -> None:
         st.error(job.message)
 
 
-def show_preflight(p) -> None:
-    verdict = "passed ✅" if p.passed else "failed ❌"
-    st.info(f"Pre-flight {verdict}: {p.self_recall:.0%} of {p.sample} sampled photos found their "
+def flash(*messages: tuple[str, str]) -> None:
+    """Show messages after a rerun, so the page above them already reflects the change."""
+    st.session_state.flash = list(messages)
+    st.rerun()
+
+
+def preflight_text(p) -> str:
+    verdict = "passed" if p.passed else "FAILED"
+    return (f"Pre-flight {verdict}: {p.self_recall:.0%} of {p.sample} sampled photos found their "
             f"own stored vector in the top {p.top} (need {p.threshold:.0%}); mean cosine "
             f"{p.mean_cosine:.3f}.")
+
+
+def show_preflight(p) -> None:
+    (st.info if p.passed else st.warning)(preflight_text(p))
 
 
 def train_adapter(g: Gallery, backbone: str, name: str) -> None:

@@ -33,6 +33,7 @@ class CompatBenchConfig:
     dim: int = 256
     epochs: int = 30
     slerp_t: float = 0.5
+    loss: str = "ce"
     progress: bool = True
     overrides: dict = field(default_factory=dict)  # per-method TrainConfig fields
 
@@ -93,7 +94,8 @@ def run(cfg: CompatBenchConfig) -> dict:
     criteria: dict[str, dict] = {}
     train_seconds = {"old": round(old.seconds, 2)}
     for method in cfg.methods:
-        mcfg = TrainConfig(method, dim=cfg.dim, epochs=cfg.epochs, **cfg.overrides.get(method, {}))
+        mcfg = TrainConfig(method, dim=cfg.dim, epochs=cfg.epochs, loss=cfg.loss,
+                           **cfg.overrides.get(method, {}))
         trained = train_head(mcfg, feats.new_train, train.labels, n_classes, old_emb=old_train_emb,
                              old_classifier=w_old, progress=cfg.progress)
         train_seconds[method] = round(trained.seconds, 2)
@@ -118,7 +120,7 @@ def run(cfg: CompatBenchConfig) -> dict:
                    "old_backbone": cfg.old_backbone, "new_backbone": cfg.new_backbone,
                    "old_classes": cfg.old_classes, "n_classes": n_classes, "n_old_classes": n_old,
                    "train_images": len(train), "test_images": len(test), "dim": cfg.dim,
-                   "epochs": cfg.epochs, "methods": list(cfg.methods)},
+                   "epochs": cfg.epochs, "methods": list(cfg.methods), "loss": cfg.loss},
         "pairs": pairs,
         "criterion": criteria,
         "compatible_methods": [m for m in cfg.methods if m in COMPATIBLE_METHODS],

@@ -18,6 +18,13 @@ def influence_loss(new_emb: torch.Tensor, old_classifier: torch.Tensor, labels: 
     return F.cross_entropy(cosine_logits(new_emb, old_classifier.detach(), scale), labels)
 
 
+def least_squares(cosines: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """LQF's least-squares classification loss: regress the cosine scores (in [-1, 1]) onto
+    one-hot targets."""
+    target = F.one_hot(labels, cosines.shape[-1]).float()
+    return (cosines - target).pow(2).sum(-1).mean()
+
+
 def l2_compat_loss(new_emb: torch.Tensor, old_emb: torch.Tensor) -> torch.Tensor:
     """Regress normalised new embeddings onto the old ones (the l2 baseline, and adapters)."""
     return (F.normalize(new_emb, dim=-1) - F.normalize(old_emb, dim=-1)).pow(2).sum(-1).mean()

@@ -48,17 +48,26 @@ class TrainConfig:
     pct_mode: str = "rank"  # "rank": retrieval-aware (default); "kl": classifier KL (Yan et al.)
     pct_rank_temperature: float = 0.05
     nce_temperature: float = 0.02
+    # "ce": cross-entropy; "lqf": LQF-style linearised fine-tuning of the head: leaky-ReLU MLP,
+    # least-squares loss on the (cosine) logits against one-hot targets, Adam's diagonal
+    # preconditioning (Achille et al. use a Kronecker-factored one; see docs/BENCHMARKS.md).
+    loss: str = "ce"
     seed: int = 0
     device: str = "cpu"
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.loss not in ("ce", "lqf"):
+            raise ValueError(f"unknown loss {self.loss!r}; choose ce or lqf")
 
     def head_spec(self, in_dim: int) -> dict:
         if self.head == "linear":
             return {"type": "linear", "in_dim": in_dim, "out_dim": self.dim}
-        return {"type": "mlp", "in_dim": in_dim, "out_dim": self.dim, "hidden": self.hidden}
+        spec = {"type": "mlp", "in_dim": in_dim, "out_dim": self.dim, "hidden": self.hidden}
+        if self.loss == "lqf":
+            spec["negative_slope"] = 0.1
+        return spec
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -197,11 +206,17 @@ def _method_loss(cfg: TrainConfig, emb, idx, y_all, old_all, w_old, classifier,
         old = old_all[idx]
         return losses.l2_compat_loss(emb, old) + losses.info_nce(emb, old, cfg.nce_temperature)
     y = y_all[idx]
-    loss = F.cross_entropy(losses.cosine_logits(emb, classifier, cfg.scale), y)
+    if cfg.loss == "lqf":
+        def classify(logits, target):
+            return losses.least_squares(logits / cfg.scale, target)
+    else:
+        classify = F.cross_entropy
+    loss = classify(losses.cosine_logits(emb, classifier, cfg.scale), y)
     if cfg.method == "l2":
         loss = loss + cfg.lam * losses.l2_compat_loss(emb, old_all[idx])
     elif cfg.method in ("bct", "pct"):
-        loss = loss + cfg.lam * losses.influence_loss(emb, w_old, y, cfg.scale)
+        # the influence loss: the frozen old classifier must classify the new embedding
+        loss = loss + cfg.lam * classify(losses.cosine_logits(emb, w_old.detach(), cfg.scale), y)
     if cfg.method == "pct":
         old = old_all[idx]
         old_logits = losses.cosine_logits(old, w_old, cfg.scale)

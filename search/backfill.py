@@ -62,7 +62,7 @@ def backfill(gallery: Gallery, order: str = "random", limit: int | None = None,
                               missing=len(missing), stale=len(stale))
     state = embed_stored(gallery, model, todo, "backfill", batch_size, progress, should_stop,
                          on_progress)
-    gallery.catalog.log_event("backfill-stop", model=model.name, **state.as_dict())
+    gallery.catalog.log_event("backfill-stop", **state.as_dict())
     return state
 
 

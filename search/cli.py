@@ -171,7 +171,7 @@ def models_cmd(obj: Context, as_json) -> None:
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Switch even when the pre-flight check fails.")
 @click.option("--dry-run", is_flag=True, help="Run the pre-flight check only.")
-@click.option("--sample", default=48, show_default=True, help="Photos in the pre-flight sample.")
+@click.option("--sample", default=24, show_default=True, help="Photos in the pre-flight sample.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def upgrade_cmd(obj: Context, name, force, dry_run, sample, as_json) -> None:
@@ -343,12 +343,13 @@ def log_cmd(obj: Context, switch) -> None:
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--head", type=click.Choice(["mlp", "linear"]), default="mlp", show_default=True)
 @click.option("--lam", default=1.0, show_default=True, help="Weight of the compatibility loss.")
+@click.option("--loss", type=click.Choice(["ce", "lqf"]), default="ce", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, or cuda when a GPU is present.")
 @click.option("--force", is_flag=True, help="Replace an existing model of that name.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def train_cmd(obj: Context, old_name, backbone, method, data, out, eval_dir, epochs, head, lam,
-              device, force, as_json) -> None:
+              loss, device, force, as_json) -> None:
     """Train a new model whose vectors are compatible with OLD's (saved in the gallery home)."""
     from models.compat_train import TrainRequest, train_compatible
     from models.imagefolder import DatasetError
@@ -359,7 +360,8 @@ def train_cmd(obj: Context, old_name, backbone, method, data, out, eval_dir, epo
     configure_threads(obj.threads)
     req = TrainRequest(old_name, backbone, method, data, out, obj.home / "models",
                        obj.home / "cache", eval_dir,
-                       TrainConfig(method, epochs=epochs, head=head, lam=lam, device=device),
+                       TrainConfig(method, epochs=epochs, head=head, lam=lam, loss=loss,
+                                   device=device),
                        progress=True, force=force)
     try:
         path, meta = train_compatible(req)
@@ -396,10 +398,12 @@ def bench_group() -> None:
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path),
               help="Feature cache (default: the gallery home's cache/).")
+@click.option("--loss", type=click.Choice(["ce", "lqf"]), default="ce", show_default=True,
+              help="Classification loss of the new heads: cross-entropy or LQF least squares.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the results here.")
 @click.pass_obj
 def bench_compat_cmd(obj: Context, train_dir, test_dir, old_classes, old_backbone, new_backbone,
-                     methods, dim, epochs, cache_dir, json_out) -> None:
+                     methods, dim, epochs, cache_dir, loss, json_out) -> None:
     """Old model on some classes, every method on all: compatibility, accuracy and flips."""
     from models.compat_bench import CompatBenchConfig, run
     from models.imagefolder import DatasetError
@@ -409,7 +413,7 @@ def bench_compat_cmd(obj: Context, train_dir, test_dir, old_classes, old_backbon
     configure_threads(obj.threads)
     cfg = CompatBenchConfig(train_dir, test_dir, cache_dir or obj.home / "cache", old_backbone,
                             new_backbone, old_classes, tuple(m for m in methods.split(",") if m),
-                            dim, epochs)
+                            dim, epochs, loss=loss)
     try:
         result = run(cfg)
     except (DatasetError, ValueError) as e:
@@ -425,6 +429,68 @@ def bench_compat_cmd(obj: Context, train_dir, test_dir, old_classes, old_backbon
         click.echo(f"criterion M({method},old) > M(old,old): top1 {c['top1']} ({c['top1_gain']:+.4f}), "
                    f"mAP {c['map']} ({c['map_gain']:+.4f})")
     click.echo(f"total {result['wall_times']['total_s']} s")
+
+
+def _gen_config(obj: Context, train_dir, test_dir, cache_dir, loss):
+    from models.generations_bench import GenConfig
+
+    from .runtime import configure_threads
+
+    configure_threads(obj.threads)
+    return GenConfig(train_dir, test_dir, cache_dir or obj.home / "cache", loss=loss)
+
+
+def _write(json_out, result) -> None:
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(result, indent=2))
+
+
+_bench_data = [
+    click.option("--train", "train_dir", required=True, type=click.Path(path_type=Path, exists=True)),
+    click.option("--test", "test_dir", required=True, type=click.Path(path_type=Path, exists=True)),
+    click.option("--cache", "cache_dir", type=click.Path(path_type=Path)),
+    click.option("--loss", type=click.Choice(["ce", "lqf"]), default="ce", show_default=True),
+    click.option("--json", "json_out", type=click.Path(path_type=Path)),
+]
+
+
+def bench_data(fn):
+    for option in reversed(_bench_data):
+        fn = option(fn)
+    return fn
+
+
+@bench_group.command("chain")
+@bench_data
+@click.pass_obj
+def bench_chain_cmd(obj: Context, train_dir, test_dir, cache_dir, loss, json_out) -> None:
+    """v1 -> v2 -> v3 (lite0 -> lite1 -> lite2, classes growing): matrix and compatibility tax."""
+    from models.generations_bench import chain
+
+    result = chain(_gen_config(obj, train_dir, test_dir, cache_dir, loss))
+    _write(json_out, result)
+    gals = ["v1", "v2", "v3"]
+    click.echo("top-1 (mAP): query model x gallery model")
+    click.echo(f"{'':<12}" + "".join(f"{g:>18}" for g in gals))
+    for q, row in result["matrix"].items():
+        click.echo(f"{q:<12}" + "".join(f"{row[g]['top1']:>9.4f} ({row[g]['map']:.4f})" for g in gals))
+    for gen, t in result["compatibility_tax"].items():
+        click.echo(f"compatibility tax {gen}: top-1 {t['top1']:+.4f}, mAP {t['map']:+.4f}")
+
+
+@bench_group.command("hetero")
+@bench_data
+@click.pass_obj
+def bench_hetero_cmd(obj: Context, train_dir, test_dir, cache_dir, loss, json_out) -> None:
+    """Small query models compatible with a large gallery model: accuracy vs images/s."""
+    from models.generations_bench import hetero
+
+    result = hetero(_gen_config(obj, train_dir, test_dir, cache_dir, loss))
+    _write(json_out, result)
+    for r in result["rows"]:
+        click.echo(f"{r['query_model']:<30} top1 {r['top1']:.4f} mAP {r['map']:.4f} "
+                   f"{r['images_per_s']:>7.1f} img/s")
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from models.embedder import Embedder
 from .gallery import Gallery, GalleryError
 from .images import BadImage, decode
 
-PREFLIGHT_SAMPLE = 48
+PREFLIGHT_SAMPLE = 24
 PREFLIGHT_TOP = 10
 # Share of sampled photos that, embedded by the new model, must find their own old vector in the
 # top PREFLIGHT_TOP. The shipped lite2->lite0 model scores ~0.9 on Caltech-101; an
@@ -69,16 +69,25 @@ def preflight(gallery: Gallery, model: Embedder, sample: int = PREFLIGHT_SAMPLE,
     if idx is None or len(ids) == 0:
         return Preflight(0, 1.0, top, 1.0, PREFLIGHT_MIN_RECALL, True, 0.0)
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(ids, size=min(sample, len(ids)), replace=False)
-    rows = gallery.catalog.images(chosen.tolist())
     images, kept = [], []
-    for i in chosen:
-        row = rows.get(int(i))
-        try:
-            images.append(decode(gallery.store.read(row.sha256, row.ext), model.info.image_size).image)
-            kept.append(int(i))
-        except (OSError, BadImage, AttributeError):
-            continue  # a missing store file is not the model's fault
+    # Walk a random order until `sample` photos decoded; unreadable store files are passed over
+    # (they are not the model's fault) without shrinking the sample.
+    order = rng.permutation(ids)
+    for start in range(0, min(len(order), sample * 10), sample):
+        chunk = order[start:start + sample].tolist()
+        rows = gallery.catalog.images(chunk)
+        for i in chunk:
+            row = rows.get(int(i))
+            try:
+                data = gallery.store.read(row.sha256, row.ext)
+                images.append(decode(data, model.info.image_size).image)
+                kept.append(int(i))
+            except (OSError, BadImage, AttributeError):
+                continue
+            if len(kept) == sample:
+                break
+        if len(kept) == sample:
+            break
     vectors = model.embed_images(images)
     _, found = idx.search(vectors, top)
     recall = float(np.mean([k in f for k, f in zip(kept, found)])) if kept else 0.0

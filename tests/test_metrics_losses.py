@@ -99,3 +99,9 @@ def test_slerp_endpoints_and_midpoint():
     a, b = unit([1, 0]), unit([0, 1])
     assert np.allclose(slerp(a, b, 0), a) and np.allclose(slerp(a, b, 1), b)
     assert np.allclose(slerp(a, b, 0.5), unit([1, 1]), atol=1e-6)
+
+
+def test_least_squares_loss_by_hand():
+    cos = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]])
+    loss = losses.least_squares(cos, torch.tensor([0, 1]))
+    assert float(loss) == pytest.approx((0 + (0.25 + 0.25)) / 2)

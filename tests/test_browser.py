@@ -1,0 +1,108 @@
+"""End to end in a real headless Chromium (Debian's), driven by Playwright: start the app on a
+free localhost port, upload photos, search, upgrade, compare, roll back. Screenshots go to
+docs/screenshots/ (README shows them)."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "docs" / "screenshots"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(home):
+    if not shutil.which("chromium"):
+        pytest.fail("Debian's chromium is required for the browser test (apt-get install chromium)")
+    port = free_port()
+    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2",
+           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("the app did not start: " + proc.stdout.read().decode()[-2000:])
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_browser_upload_search_upgrade_compare_rollback(server, few_photos):
+    from playwright.sync_api import expect, sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    photos = sorted(few_photos.rglob("*.jpg"))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        page.goto(server)
+        expect(page.get_by_text("Welcome to Graceful.")).to_be_visible()
+        page.screenshot(path=SHOTS / "0-empty.png")
+
+        sidebar = page.get_by_test_id("stSidebar")
+
+        def go(name: str) -> None:
+            sidebar.get_by_text(name, exact=True).click()
+            expect(page.get_by_role("heading", name=name)).to_be_visible()
+
+        page.locator("input[type=file]").first.set_input_files([str(f) for f in photos])
+        page.get_by_role("button", name=re.compile(r"Add 12 photos")).click()
+        expect(page.get_by_text(re.compile(r"Added 12 photos"))).to_be_visible()
+        expect(page.get_by_text("12 photos · active model")).to_be_visible()
+        page.wait_for_timeout(1500)  # thumbnails
+        page.screenshot(path=SHOTS / "1-gallery.png", full_page=True)
+
+        go("Search")
+        page.locator("input[type=file]").first.set_input_files(str(photos[0]))
+        expect(page.get_by_text(re.compile(r"12 results · lite0"))).to_be_visible()
+        page.wait_for_timeout(1500)
+        page.screenshot(path=SHOTS / "2-search.png", full_page=True)
+
+        go("Models")
+        page.get_by_role("button", name="Upgrade", exact=True).click()
+        expect(page.get_by_text(re.compile(r"Upgraded lite0 → lite2-compat-lite0"))).to_be_visible()
+        expect(page.get_by_text(re.compile(r"Pre-flight passed"))).to_be_visible()
+        page.screenshot(path=SHOTS / "3-models.png", full_page=True)
+
+        go("Compare")
+        page.get_by_role("button", name="Run comparison").click()
+        expect(page.get_by_text(re.compile(r"lite0 → lite2-compat-lite0 · 1 queries"))).to_be_visible()
+        page.wait_for_timeout(1500)
+        page.screenshot(path=SHOTS / "4-compare.png", full_page=True)
+
+        go("Models")
+        page.get_by_role("button", name=re.compile(r"Roll back to lite0")).click()
+        expect(page.get_by_text(re.compile(r"Rolled back lite2-compat-lite0 → lite0"))).to_be_visible()
+        expect(page.get_by_text("Traceback")).to_have_count(0)
+        browser.close()
