@@ -55,10 +55,11 @@ def upgrade_times(sizes: list[int], new_rate: float) -> list[dict]:
     The pre-flight's embedding part touches 48 photos whatever the gallery size, so it is timed
     once, by a real upgrade() of a real 48-photo gallery. Each synthetic gallery (48 real
     photos + random lite0 vectors) times the parts that could grow with N: the pre-flight's
-    index search for 48 queries and the switch transaction, run by upgrade(--force) itself."""
+    index search for its sample of queries and the switch transaction, run by
+    upgrade(--force) itself."""
     from search.gallery import Gallery
     from search.ingest import ingest
-    from search.upgrade import upgrade
+    from search.upgrade import PREFLIGHT_SAMPLE, upgrade
 
     real = caltech_files("test", 48)
     home = Path(tempfile.mkdtemp(prefix="graceful-bench-up-"))
@@ -79,7 +80,7 @@ def upgrade_times(sizes: list[int], new_rate: float) -> list[dict]:
         try:
             g = synthetic_gallery(home, size, real)
             idx = g.index()
-            queries = np.stack([idx.index.reconstruct(i) for i in range(1, 49)])
+            queries = np.stack([idx.index.reconstruct(i) for i in range(1, PREFLIGHT_SAMPLE + 1)])
             t = time.perf_counter()
             idx.search(queries, 10)
             search_s = time.perf_counter() - t

@@ -37,8 +37,9 @@ def _migrate_to_1(db: sqlite_utils.Database) -> None:
          "created_at": float, "seq": int},
         pk=("image_id", "model"), foreign_keys=[("image_id", "images", "id")],
     )
-    db["vectors"].create_index(["space", "image_id"])
+    db["vectors"].create_index(["space", "image_id", "seq"])
     db["vectors"].create_index(["space", "seq"])
+    db["vectors"].create_index(["model"])
     db["spaces"].create({"space": str, "dim": int, "version": int}, pk="space")
     db["models"].create(
         {"name": str, "space": str, "dim": int, "kind": str, "compatible_with": str,
@@ -200,11 +201,14 @@ class Catalog:
         dim = self.space_dim(space)
         if dim is None:
             return
+        # Each write of a space has its own seq and names an image at most once, so
+        # (image_id, max seq) identifies one row.
         cursor = self.db.execute(
-            "SELECT image_id, vector FROM vectors v WHERE space = ? AND seq > ? AND rowid = ("
-            " SELECT w.rowid FROM vectors w WHERE w.image_id = v.image_id AND w.space = v.space"
-            " ORDER BY w.seq DESC, w.rowid DESC LIMIT 1) ORDER BY image_id",
-            [space, after_seq],
+            "SELECT v.image_id, v.vector FROM vectors v JOIN ("
+            " SELECT image_id, max(seq) AS newest FROM vectors WHERE space = ? GROUP BY image_id"
+            ") m ON v.image_id = m.image_id AND v.seq = m.newest "
+            "WHERE v.space = ? AND m.newest > ? ORDER BY v.image_id",
+            [space, space, after_seq],
         )
         while rows := cursor.fetchmany(batch):
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
