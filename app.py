@@ -17,7 +17,7 @@ import streamlit as st
 from PIL import Image
 
 from search.gallery import Gallery, GalleryError, default_home
-from search.jobs import JobRunner, backfill_job
+from search.jobs import JobRunner, backfill_job, reembed_job
 from search.runtime import configure_threads
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
@@ -244,6 +244,14 @@ def page_models() -> None:
             flash(("info", preflight_text(r.preflight)),
                   ("success", f"Upgraded {r.previous} → {r.model} in {r.switch_ms:.1f} ms; "
                               f"0 vectors recomputed."))
+    target_entry = next((e for e in entries if e.name == target), None)
+    if target_entry is not None and target_entry.space not in (None, space):
+        st.caption(f"{target} lives in space {target_entry.space}: it cannot search this gallery's "
+                   "vectors. Re-embed every photo into a second index alongside; search keeps "
+                   "using the current one until it is complete, then switches.")
+        if st.button(f"Re-embed the gallery with {target}", key="reembed-start"):
+            job_runner().start("reembed", reembed_job(g.home, target))
+        job_progress("reembed")
     history = g.catalog.get_state("model_history", [])
     if c3.button(f"Roll back to {history[-1]}" if history else "Roll back", disabled=not history,
                  key="rollback"):
@@ -270,7 +278,21 @@ def page_models() -> None:
         job = runner.get("backfill")
         if job:
             job.stop()
-    backfill_progress()
+    job_progress("backfill")
+
+    st.subheader("Compatibility matrix")
+    matrix = g.compatibility_matrix()
+    if matrix["models"]:
+        def cell(c):
+            if not c["compatible"]:
+                return "—"
+            m = (c.get("measured") or {}).get("new/old")
+            return f"yes (top-1 {m['top1']:.3f})" if m else ("native" if c.get("native") else "yes")
+        st.dataframe(pd.DataFrame({sp: {name: cell(matrix["cells"][name][sp]) for name in matrix["models"]}
+                                   for sp in matrix["spaces"]}), width="stretch")
+        st.caption("Rows: query models this gallery has used; columns: spaces its vectors live "
+                   "in. Generations and devices are benchmarked by `graceful bench chain` and "
+                   "`graceful bench hetero` (docs/BENCHMARKS.md).")
 
     with st.expander("Train a compatible adapter on this gallery (unlabelled)"):
         st.caption("Learns a map from a new frozen backbone into the gallery's space from the "
@@ -283,15 +305,17 @@ def page_models() -> None:
 
 
 @st.fragment(run_every=1.0)
-def backfill_progress() -> None:
-    job = job_runner().get("backfill")
+def job_progress(name: str) -> None:
+    job = job_runner().get(name)
     if job is None:
         return
     eta = f" · ETA {job.eta_seconds:.0f} s" if job.eta_seconds else ""
-    st.progress(job.fraction, text=f"Backfill {job.status}: {job.done}/{job.total} · "
+    st.progress(job.fraction, text=f"{name.capitalize()} {job.status}: {job.done}/{job.total} · "
                                    f"{job.rate:.1f} img/s{eta}")
     if job.status == "failed":
         st.error(job.message)
+    elif job.message:
+        st.caption(job.message)
 
 
 def flash(*messages: tuple[str, str]) -> None:

@@ -93,3 +93,23 @@ def backfill_job(home: Path, order: str, limit: int | None = None) -> Callable[[
         finally:
             gallery.close()
     return work
+
+
+def reembed_job(home: Path, name: str) -> Callable[[Job], Any]:
+    def work(job: Job):
+        from .gallery import Gallery
+        from .reembed import reembed
+
+        gallery = Gallery.open(home)
+        try:
+            def progress(state):
+                job.done, job.total = state.done, state.total
+                job.rate, job.eta_seconds = state.rate, state.eta_seconds
+
+            state, switched = reembed(gallery, name, progress=False, should_stop=job.should_stop,
+                                      on_progress=progress)
+            job.message = f"switched to {name}" if switched else ""
+            return {**state.as_dict(), "switched": switched}
+        finally:
+            gallery.close()
+    return work

@@ -1,6 +1,7 @@
 """The Streamlit app's pages through streamlit.testing.v1.AppTest (real engine, real models)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,15 @@ def test_upload_search_upgrade_compare_rollback(app, few_photos, tmp_path):
     assert not app.exception
     out = text_of(app)
     assert "Pre-flight passed" in out and "Upgraded lite0 → lite2-compat-lite0" in out
+
+    # the optional background backfill runs in a thread with its own connection
+    app.button(key="backfill-start").click().run()
+    deadline = time.time() + 120
+    while "100% of the gallery is embedded by lite2-compat-lite0" not in text_of(app):
+        assert time.time() < deadline, text_of(app)
+        time.sleep(0.5)
+        app.run()
+    assert "compatibility matrix" in text_of(app).lower()
 
     page(app, "Search")  # the logged search from before feeds the comparison
     page(app, "Compare")
