@@ -294,14 +294,38 @@ def page_models() -> None:
                    "in. Generations and devices are benchmarked by `graceful bench chain` and "
                    "`graceful bench hetero` (docs/BENCHMARKS.md).")
 
-    with st.expander("Train a compatible adapter on this gallery (unlabelled)"):
-        st.caption("Learns a map from a new frozen backbone into the gallery's space from the "
-                   "gallery's own photos, so the new backbone can query the old vectors.")
-        backbone = st.selectbox("Backbone", [e.name for e in entries if e.kind != "compatible"
-                                             and e.name != active], key="adapter-backbone")
-        name = st.text_input("Name", f"{backbone}-adapter-{active}", key="adapter-name")
-        if st.button("Train adapter", key="adapter-train"):
-            train_adapter(g, backbone, name)
+    with st.expander("Train a compatible model"):
+        st.caption("A new frozen backbone plus a small head trained so its vectors live in this "
+                   "gallery's space: `adapter` learns from the gallery's own photos (no labels); "
+                   "`bct` / `pct` need a labelled folder (one sub-folder per class). `lqf` uses "
+                   "LQF-style least-squares heads (docs/BENCHMARKS.md).")
+        t1, t2, t3 = st.columns(3)
+        method = t1.selectbox("Method", ["adapter", "bct", "pct"], key="train-method")
+        backbone = t2.selectbox("Backbone", [e.name for e in entries if e.kind != "compatible"
+                                             and e.name != active], key="train-backbone")
+        loss = t3.selectbox("Loss", ["ce", "lqf"], key="train-loss")
+        folder = "" if method == "adapter" else st.text_input(
+            "Labelled folder on the server", key="train-folder", placeholder="/path/to/ImageFolder")
+        name = st.text_input("Name", f"{backbone}-{method}-{active}", key="train-name")
+        if st.button("Train", key="train-start", disabled=method != "adapter" and not folder):
+            data = g.store.root if method == "adapter" else Path(folder)
+            job_runner().start("train", train_job(g, method, backbone, loss, data, name))
+        job_progress("train")
+
+
+def train_job(g: Gallery, method: str, backbone: str, loss: str, data: Path, name: str):
+    from models.compat_train import TrainRequest, train_compatible
+    from models.train import TrainConfig
+
+    req = TrainRequest(g.active_model, backbone, method, data, name, g.models_dir, g.cache_dir,
+                       config=TrainConfig(method, loss=loss), progress=False)
+
+    def work(job):
+        path, meta = train_compatible(req)
+        job.done = job.total = 1
+        job.message = f"trained {meta.name} (space {meta.space}): upgrade to it above"
+        return str(path)
+    return work
 
 
 @st.fragment(run_every=1.0)
@@ -310,8 +334,11 @@ def job_progress(name: str) -> None:
     if job is None:
         return
     eta = f" · ETA {job.eta_seconds:.0f} s" if job.eta_seconds else ""
-    st.progress(job.fraction, text=f"{name.capitalize()} {job.status}: {job.done}/{job.total} · "
-                                   f"{job.rate:.1f} img/s{eta}")
+    if job.total:
+        st.progress(job.fraction, text=f"{name.capitalize()} {job.status}: {job.done}/{job.total}"
+                                       f" · {job.rate:.1f} img/s{eta}")
+    else:
+        st.caption(f"{name.capitalize()} {job.status}…")
     if job.status == "failed":
         st.error(job.message)
     elif job.message:
@@ -333,20 +360,6 @@ def preflight_text(p) -> str:
 
 def show_preflight(p) -> None:
     (st.info if p.passed else st.warning)(preflight_text(p))
-
-
-def train_adapter(g: Gallery, backbone: str, name: str) -> None:
-    from models.compat_train import TrainRequest, train_compatible
-
-    with st.spinner("Extracting features and training (a few minutes on CPU)…"):
-        req = TrainRequest(g.active_model, backbone, "adapter", g.store.root, name, g.models_dir,
-                           g.cache_dir, progress=False)
-        try:
-            path, meta = train_compatible(req)
-        except Exception as e:  # noqa: BLE001
-            st.error(str(e))
-            return
-    st.success(f"Trained {meta.name} (space {meta.space}). Upgrade to it above.")
 
 
 def page_compare() -> None:

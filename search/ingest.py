@@ -7,6 +7,7 @@ already there and picks up the rest. The FAISS index is a cache, rebuilt if it i
 from __future__ import annotations
 
 import sqlite3
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -161,7 +162,7 @@ def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None
             report.seen += 1
             if item.status == "skipped":
                 report.skipped.append((str(item.path), item.reason))
-                bar.write(f"skipped {item.path}: {item.reason}")
+                bar.write(f"skipped {item.path}: {item.reason}", file=sys.stderr)
             elif item.status == "duplicate" or item.sha256 in seen_in_run:
                 report.duplicates += 1
             else:

@@ -84,3 +84,12 @@ def test_upload_search_upgrade_compare_rollback(app, few_photos, tmp_path):
     page(app, "Models")
     app.button(key="rollback").click().run()
     assert "Rolled back lite2-compat-lite0 → lite0" in text_of(app)
+
+    # training an adapter on a gallery too small for it fails with a clear message
+    app.selectbox(key="train-backbone").set_value("lite1").run()
+    app.button(key="train-start").click().run()
+    deadline = time.time() + 120
+    while "need at least 16" not in text_of(app):
+        assert time.time() < deadline, text_of(app)
+        time.sleep(0.5)
+        app.run()
