@@ -13,20 +13,20 @@ ROOT = Path(__file__).resolve().parent.parent
 CALTECH = Path(os.environ.get("GRACEFUL_CALTECH", ROOT.parent / "shared" / "data" / "caltech101"))
 
 
-def rss_mib() -> float:
+def _status_mib(key: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def rss_mib() -> float:
+    return _status_mib("VmRSS")
 
 
 def peak_rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return _status_mib("VmHWM")
 
 
 def percentiles(seconds: list[float]) -> dict:

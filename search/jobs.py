@@ -77,39 +77,40 @@ class JobRunner:
             return job
 
 
+def _progress_into(job: Job) -> Callable[[Any], None]:
+    """An embed-job progress callback that mirrors its state into `job`."""
+    def progress(state) -> None:
+        job.done, job.total = state.done, state.total
+        job.rate, job.eta_seconds = state.rate, state.eta_seconds
+    return progress
+
+
+def _in_own_gallery(home: Path, fn: Callable[[Any], Any]) -> Any:
+    from .gallery import Gallery
+
+    gallery = Gallery.open(home)
+    try:
+        return fn(gallery)
+    finally:
+        gallery.close()
+
+
 def backfill_job(home: Path, order: str, limit: int | None = None) -> Callable[[Job], Any]:
     def work(job: Job):
         from . import backfill as bf
-        from .gallery import Gallery
 
-        gallery = Gallery.open(home)
-        try:
-            def progress(state):
-                job.done, job.total = state.done, state.total
-                job.rate, job.eta_seconds = state.rate, state.eta_seconds
-
-            return bf.backfill(gallery, order, limit, progress=False, should_stop=job.should_stop,
-                               on_progress=progress).as_dict()
-        finally:
-            gallery.close()
+        return _in_own_gallery(home, lambda g: bf.backfill(
+            g, order, limit, progress=False, should_stop=job.should_stop,
+            on_progress=_progress_into(job)).as_dict())
     return work
 
 
 def reembed_job(home: Path, name: str) -> Callable[[Job], Any]:
     def work(job: Job):
-        from .gallery import Gallery
         from .reembed import reembed
 
-        gallery = Gallery.open(home)
-        try:
-            def progress(state):
-                job.done, job.total = state.done, state.total
-                job.rate, job.eta_seconds = state.rate, state.eta_seconds
-
-            state, switched = reembed(gallery, name, progress=False, should_stop=job.should_stop,
-                                      on_progress=progress)
-            job.message = f"switched to {name}" if switched else ""
-            return {**state.as_dict(), "switched": switched}
-        finally:
-            gallery.close()
+        state, switched = _in_own_gallery(home, lambda g: reembed(
+            g, name, progress=False, should_stop=job.should_stop, on_progress=_progress_into(job)))
+        job.message = f"switched to {name}" if switched else ""
+        return {**state.as_dict(), "switched": switched}
     return work

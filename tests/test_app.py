@@ -32,6 +32,15 @@ def text_of(at: AppTest) -> str:
     return "\n".join(str(p) for p in parts)
 
 
+def wait_for(at: AppTest, text: str, timeout: float = 120) -> None:
+    """Rerun the page until a background job's outcome shows up."""
+    deadline = time.time() + timeout
+    while text not in text_of(at):
+        assert time.time() < deadline, text_of(at)
+        time.sleep(0.5)
+        at.run()
+
+
 def test_empty_gallery_is_friendly(app):
     assert "gallery is empty" in text_of(app)
     for name in ("Search", "Models", "Compare"):
@@ -67,11 +76,7 @@ def test_upload_search_upgrade_compare_rollback(app, few_photos, tmp_path):
 
     # the optional background backfill runs in a thread with its own connection
     app.button(key="backfill-start").click().run()
-    deadline = time.time() + 120
-    while "100% of the gallery is embedded by lite2-compat-lite0" not in text_of(app):
-        assert time.time() < deadline, text_of(app)
-        time.sleep(0.5)
-        app.run()
+    wait_for(app, "100% of the gallery is embedded by lite2-compat-lite0")
     assert "compatibility matrix" in text_of(app).lower()
 
     page(app, "Search")  # the logged search from before feeds the comparison
@@ -88,8 +93,4 @@ def test_upload_search_upgrade_compare_rollback(app, few_photos, tmp_path):
     # training an adapter on a gallery too small for it fails with a clear message
     app.selectbox(key="train-backbone").set_value("lite1").run()
     app.button(key="train-start").click().run()
-    deadline = time.time() + 120
-    while "need at least 16" not in text_of(app):
-        assert time.time() < deadline, text_of(app)
-        time.sleep(0.5)
-        app.run()
+    wait_for(app, "need at least 16")
