@@ -397,6 +397,21 @@ def page_compare() -> None:
     report = st.session_state.get("report") or cmp.latest_report(g)
     if report:
         show_report(g, report)
+    show_backfill_curve(g)
+
+
+def show_backfill_curve(g: Gallery) -> None:
+    from search.backfill import latest_curve
+
+    curve = latest_curve(g)
+    if not curve:
+        st.caption("Run `graceful backfill --curve LABELLED_DIR` to record quality vs fraction "
+                   "backfilled; the curve appears here.")
+        return
+    st.subheader(f"Backfill curve · {curve['model']} · order {curve['order']}")
+    df = pd.DataFrame(curve["curve"]).set_index("fraction")[["top1", "map"]]
+    st.line_chart(df)
+    st.caption(f"{curve['queries']} labelled queries · area under the mAP curve {curve['auc_map']:.4f}")
 
 
 def show_report(g: Gallery, report: dict) -> None:

@@ -8,12 +8,15 @@ whose nearest neighbour is least certain first).
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from .embedjob import JobProgress, embed_stored
+from .fsutil import atomic_write_bytes
 from .gallery import Gallery, GalleryError
 
 ORDERS = ("random", "oldest", "most-retrieved", "uncertainty")
@@ -51,18 +54,73 @@ def candidates(gallery: Gallery, order: str = "random", seed: int = 0) -> tuple[
     return missing, [int(i) for i in stale]
 
 
+class CurveRecorder:
+    """Records retrieval quality of labelled queries (embedded once by the active model)
+    against the live gallery as backfill progresses: the FastFill-style curve of a real run."""
+
+    def __init__(self, gallery: Gallery, queries_dir: Path, points: int = 10):
+        from .compare import embed_queries, gallery_labels, queries_from_folder
+
+        queries = queries_from_folder(queries_dir)
+        if not queries or any(q.label is None for q in queries):
+            raise GalleryError(f"{queries_dir}: the curve needs labelled queries (one sub-folder per class)")
+        self.gallery = gallery
+        vectors, ok, model = embed_queries(gallery, gallery.active_model, queries)
+        kept = [q for q, q_ok in zip(queries, ok) if q_ok]
+        self.vectors, self.space = vectors, model.space
+        self.labels = [q.label for q in kept]
+        self.own = [gallery.catalog.image_id(q.sha256) for q in kept]
+        self.gallery_labels = gallery_labels(gallery)
+        self.points = points
+        self.curve: list[dict] = []
+
+    def measure(self) -> dict:
+        from .compare import FULL_RANKING_MAX, rank_vectors, relevance_metrics
+
+        n = self.gallery.catalog.count_images()
+        depth = n if n <= FULL_RANKING_MAX else 100
+        ranked = rank_vectors(self.gallery, self.vectors, self.space, depth, self.own)
+        rel = [np.array([self.gallery_labels.get(i) == lab for i in r]) for r, lab in zip(ranked, self.labels)]
+        point = {"fraction": status(self.gallery)["fraction_backfilled"],
+                 **relevance_metrics(rel, "full" if depth >= n - 1 else depth)}
+        self.curve.append(point)
+        return point
+
+    def report(self) -> dict:
+        return {"model": self.gallery.active_model, "queries": len(self.labels),
+                "curve": self.curve, "auc_map": area_under_curve(self.curve, "map"),
+                "auc_top1": area_under_curve(self.curve, "top1")}
+
+
 def backfill(gallery: Gallery, order: str = "random", limit: int | None = None,
              batch_size: int = 16, progress: bool = True,
              should_stop: Callable[[], bool] | None = None,
-             on_progress: Callable[[JobProgress], None] | None = None) -> JobProgress:
+             on_progress: Callable[[JobProgress], None] | None = None,
+             curve: CurveRecorder | None = None) -> JobProgress:
     missing, stale = candidates(gallery, order)
     todo = (missing + stale)[: limit if limit is not None else None]
     model = gallery.embedder()
     gallery.catalog.log_event("backfill-start", model=model.name, order=order, todo=len(todo),
                               missing=len(missing), stale=len(stale))
+    progress_cb = on_progress
+    if curve is not None:
+        curve.measure()
+        step = max(1, len(todo) // curve.points)
+        next_at, last = [step], [0]
+
+        def progress_cb(state: JobProgress) -> None:
+            if state.done != last[0] and (state.done >= next_at[0] or state.done == state.total):
+                curve.measure()
+                next_at[0], last[0] = state.done + step, state.done
+            if on_progress:
+                on_progress(state)
     state = embed_stored(gallery, model, todo, "backfill", batch_size, progress, should_stop,
-                         on_progress)
+                         progress_cb)
     gallery.catalog.log_event("backfill-stop", **state.as_dict())
+    if curve is not None:
+        report = {**curve.report(), "order": order, "created_at": time.time()}
+        path = gallery.reports_dir / f"backfill-curve-{time.strftime('%Y%m%d-%H%M%S')}-{order}.json"
+        atomic_write_bytes(path, json.dumps(report, indent=1).encode())
     return state
 
 
@@ -97,3 +155,8 @@ def area_under_curve(curve: list[dict], key: str = "map") -> float:
     x = np.array([c["fraction"] for c in curve])
     y = np.array([c[key] for c in curve])
     return round(float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2)), 4)
+
+
+def latest_curve(gallery: Gallery) -> dict | None:
+    reports = sorted(gallery.reports_dir.glob("backfill-curve-*.json"))
+    return json.loads(reports[-1].read_text()) if reports else None

@@ -222,10 +222,12 @@ def rollback_cmd(obj: Context, as_json) -> None:
               default="random", show_default=True)
 @click.option("--limit", type=int, help="Re-embed at most this many photos now.")
 @click.option("--status", "show_status", is_flag=True, help="Only show how far backfill is.")
+@click.option("--curve", "curve_dir", type=click.Path(path_type=Path),
+              help="Labelled query folder: record quality vs fraction backfilled (saved report).")
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def backfill_cmd(obj: Context, order, limit, show_status, batch_size, as_json) -> None:
+def backfill_cmd(obj: Context, order, limit, show_status, curve_dir, batch_size, as_json) -> None:
     """Optional: re-embed older vectors with the active model (resumable; search stays up)."""
     from . import backfill as bf
 
@@ -235,16 +237,21 @@ def backfill_cmd(obj: Context, order, limit, show_status, batch_size, as_json) -
             emit_json(bf.status(gallery)) if as_json else click.echo(
                 " ".join(f"{k}={v}" for k, v in bf.status(gallery).items()))
             return
-        state = bf.backfill(gallery, order, limit, batch_size, progress=True)
+        curve = bf.CurveRecorder(gallery, curve_dir) if curve_dir else None
+        state = bf.backfill(gallery, order, limit, batch_size, progress=True, curve=curve)
         st = bf.status(gallery)
     except GalleryError as e:
         fail(e)
     if as_json:
-        emit_json({**state.as_dict(), "status": st})
+        emit_json({**state.as_dict(), "status": st, **({"curve": curve.report()} if curve else {})})
     else:
         click.echo(f"re-embedded {state.done} photos with {state.model} in {state.seconds:.1f} s "
                    f"({state.rate:.1f} img/s); {st['fraction_backfilled']:.0%} of the gallery is "
                    f"now embedded by {st['model']}")
+        if curve:
+            for p in curve.curve:
+                click.echo(f"  {p['fraction']:>6.1%} backfilled: top-1 {p['top1']:.4f}  mAP {p['map']:.4f}")
+            click.echo(f"  area under the mAP curve {curve.report()['auc_map']:.4f}")
     if state.interrupted:
         click.echo("interrupted: run the same command again to resume", err=True)
         sys.exit(130)

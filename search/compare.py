@@ -63,11 +63,9 @@ def gallery_labels(gallery: Gallery) -> dict[int, str]:
     return {i: Path(src).parent.name for i, src in gallery.catalog.db.execute("SELECT id, source FROM images")}
 
 
-def _rank(gallery: Gallery, model_name: str, queries: list[Query], depth: int, exclude: list[int | None]):
+def embed_queries(gallery: Gallery, model_name: str, queries: list[Query]):
+    """(vectors of the decodable queries, mask of which were decodable, the model)."""
     model = gallery.load_model(model_name)
-    idx = gallery.index(model.space)
-    if idx is None:
-        raise GalleryError(f"the gallery has no vectors in {model_name}'s space {model.space!r}")
     images, ok = [], []
     for q in queries:
         try:
@@ -75,16 +73,34 @@ def _rank(gallery: Gallery, model_name: str, queries: list[Query], depth: int, e
             ok.append(True)
         except BadImage:
             ok.append(False)
-    vectors = model.embed_images(images)
+    return model.embed_images(images), ok, model
+
+
+def rank_vectors(gallery: Gallery, vectors: np.ndarray, space: str, depth: int,
+                 exclude: list[int | None]) -> list[list[int]]:
+    """Gallery ids by decreasing similarity for each query vector, its own image left out."""
+    idx = gallery.index(space)
+    if idx is None:
+        raise GalleryError(f"the gallery has no vectors in space {space!r}")
     _, found = idx.search(vectors, min(depth + 1, idx.ntotal))
-    ranked, j = [], 0
-    for q_ok, own in zip(ok, exclude):
-        if not q_ok:
-            ranked.append(None)
-            continue
-        ranked.append([int(i) for i in found[j] if i >= 0 and int(i) != own][:depth])
-        j += 1
-    return ranked, model.space
+    return [[int(i) for i in row if i >= 0 and int(i) != own][:depth]
+            for row, own in zip(found, exclude)]
+
+
+def relevance_metrics(relevant: list[np.ndarray], depth_label) -> dict:
+    width = max(len(r) for r in relevant)
+    m = np.zeros((len(relevant), width), bool)
+    for i, r in enumerate(relevant):
+        m[i, : len(r)] = r
+    return {"top1": round(float(m[:, 0].mean()), 4), "top5": round(float(m[:, :5].any(1).mean()), 4),
+            "map": round(float(metrics.average_precision(m).mean()), 4), "map_depth": depth_label}
+
+
+def _rank(gallery: Gallery, model_name: str, queries: list[Query], depth: int, exclude: list[int | None]):
+    vectors, ok, model = embed_queries(gallery, model_name, queries)
+    kept = [own for own, q_ok in zip(exclude, ok) if q_ok]
+    ranked = iter(rank_vectors(gallery, vectors, model.space, depth, kept) if kept else [])
+    return [next(ranked) if q_ok else None for q_ok in ok], model.space
 
 
 def compare(gallery: Gallery, old: str, new: str, queries: list[Query], k: int = 10,
@@ -122,15 +138,9 @@ def compare(gallery: Gallery, old: str, new: str, queries: list[Query], k: int =
         "labelled": bool(labelled),
     }
     if labelled and rows:
-        for side, rel in (("old_metrics", old_rel), ("new_metrics", new_rel)):
-            width = max(len(r) for r in rel)
-            m = np.zeros((len(rel), width), bool)
-            for i, r in enumerate(rel):
-                m[i, : len(r)] = r
-            summary[side] = {"top1": round(float(m[:, 0].mean()), 4),
-                             "top5": round(float(m[:, :5].any(1).mean()), 4),
-                             "map": round(float(metrics.average_precision(m).mean()), 4),
-                             "map_depth": "full" if depth >= ntotal - 1 else depth}
+        depth_label = "full" if depth >= ntotal - 1 else depth
+        summary["old_metrics"] = relevance_metrics(old_rel, depth_label)
+        summary["new_metrics"] = relevance_metrics(new_rel, depth_label)
         summary.update(metrics.flip_rates(np.array([r["old_correct"] for r in rows]),
                                           np.array([r["new_correct"] for r in rows])))
     summary["seconds"] = round(time.perf_counter() - t0, 2)

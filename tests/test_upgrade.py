@@ -133,6 +133,22 @@ def test_backfill_orders_limit_and_status(lite0_gallery):
     assert bf.backfill(g, progress=False).done == 0  # nothing left
 
 
+def test_backfill_records_its_quality_curve(lite0_gallery, upgrade_photos):
+    g = lite0_gallery
+    upgrade(g, SHIPPED)
+    curve = bf.CurveRecorder(g, upgrade_photos / "after", points=4)
+    state = bf.backfill(g, "random", batch_size=8, progress=False, curve=curve)
+    assert state.done == g.catalog.count_images()
+    fractions = [p["fraction"] for p in curve.curve]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert len(fractions) >= 4 and all(0 <= p["map"] <= 1 for p in curve.curve)
+    saved = bf.latest_curve(g)
+    assert saved["curve"] == curve.curve and saved["order"] == "random"
+    assert 0 < saved["auc_map"] <= 1
+    with pytest.raises(GalleryError, match="labelled"):
+        bf.CurveRecorder(g, upgrade_photos / "after" / "Faces")
+
+
 def test_backfill_quality_curve_and_auc():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(5), 10)
