@@ -1,6 +1,6 @@
 """Gallery-core benchmark: ingest vs pure forward speed, query latency vs raw FAISS, memory.
 
-    python bench/core.py --images 800 --sizes 10000,100000,1000000 --json bench/out/core.json
+    python bench/core.py --images 800 --sizes 10000,100000,1000000 --repeat 100 --json bench/out/core.json
 """
 from __future__ import annotations
 
@@ -49,13 +49,14 @@ def forward_vs_ingest(n_images: int, model_name: str, batch: int) -> dict:
         g = Gallery.open(home, create=True)
         rss_before = rss_mib()
         report = ingest(g, files, model_name, batch_size=batch, progress=False, on_progress=sample)
+        _, real_vectors = g.catalog.vectors_by_model(model_name)
     finally:
         shutil.rmtree(home, ignore_errors=True)
     xs = np.array([s[0] for s in rss_samples], float)
     ys = np.array([s[1] for s in rss_samples], float)
     half = len(ys) // 2
     slope = float(np.polyfit(xs[half:], ys[half:], 1)[0] * 1000) if len(ys) >= 4 else float("nan")
-    return {
+    return real_vectors, {
         "model": model_name, "images": len(files), "batch": batch,
         "forward_images_per_s": round(forward, 2),
         "ingest_images_per_s": round(report.images_per_second, 2),
@@ -66,15 +67,23 @@ def forward_vs_ingest(n_images: int, model_name: str, batch: int) -> dict:
     }
 
 
-def query_latency(size: int, dim: int, repeat: int, embed_ms: float) -> dict:
-    import faiss
+def synthetic_vectors(centers: np.ndarray, n: int, rng, noise: float = 0.02) -> np.ndarray:
+    """Photo-like vectors: real lite0 embeddings plus noise (random Gaussians in 1280-d have no
+    neighbourhood structure, which would make any approximate index look arbitrarily bad)."""
+    x = centers[rng.integers(0, len(centers), n)]
+    x = x + noise * rng.standard_normal(x.shape, dtype=np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
+
+def query_latency(size: int, repeat: int, embed_ms: float, centers: np.ndarray,
+                  kinds: tuple[str, ...]) -> dict:
     from search.gallery import Gallery
-    from search.index import SpaceIndex
+    from search.index import SpaceIndex, train_ivf
 
+    dim = centers.shape[1]
     rng = np.random.default_rng(size)
-    rss0 = rss_mib()
     home = Path(tempfile.mkdtemp(prefix="graceful-bench-q-"))
+    out: dict = {"vectors": size, "dim": dim}
     try:
         g = Gallery.open(home, create=True)
         with g.catalog.transaction():
@@ -84,30 +93,46 @@ def query_latency(size: int, dim: int, repeat: int, embed_ms: float) -> dict:
                 ((i, f"{i:064x}", f"img{i}.jpg") for i in range(size)),
             )
             g.catalog.db.execute("INSERT INTO spaces (space, dim, version) VALUES ('synthetic', ?, 1)", [dim])
-        idx = SpaceIndex("synthetic", dim, version=1)
-        chunk = 50_000
-        for start in range(0, size, chunk):
-            x = rng.standard_normal((min(chunk, size - start), dim), dtype=np.float32)
-            x /= np.linalg.norm(x, axis=1, keepdims=True)
-            idx.index.add_with_ids(x, np.arange(start, start + len(x), dtype=np.int64))
-        g._indexes["synthetic"] = idx
-        serving_rss = rss_mib() - rss0
-        queries = rng.standard_normal((repeat, dim), dtype=np.float32)
-        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-        raw = faiss.downcast_index(idx.index)
-        it = iter(range(10**9))
-        raw_t = timed(lambda: raw.search(queries[next(it) % repeat][None], 10), repeat)
-        it2 = iter(range(10**9))
-        ours_t = timed(lambda: g.search_vectors(queries[next(it2) % repeat][None], 10, "bench",
-                                                "synthetic"), repeat)
-        raw_p, ours_p = percentiles(raw_t), percentiles(ours_t)
-        return {
-            "vectors": size, "dim": dim,
-            "raw_faiss": raw_p, "graceful_search": ours_p,
-            "search_over_raw_p50": round(ours_p["p50_ms"] / raw_p["p50_ms"], 3),
-            "query_p50_ms_incl_embed": round(embed_ms + ours_p["p50_ms"], 2),
-            "serving_rss_mib": round(serving_rss, 1),
-        }
+        queries = synthetic_vectors(centers, repeat, rng)
+        exact_ids = None
+        for kind in kinds:
+            rss0 = rss_mib()
+            t0 = time.perf_counter()
+            if kind == "ivf":
+                sample = synthetic_vectors(centers, min(size, 200_000), np.random.default_rng(1))
+                idx = SpaceIndex("synthetic", dim, train_ivf(sample), version=1, kind="ivf")
+                del sample
+            else:
+                idx = SpaceIndex("synthetic", dim, version=1)
+            gen = np.random.default_rng(size + 1)  # the same vectors for every kind
+            for start in range(0, size, 50_000):
+                x = synthetic_vectors(centers, min(50_000, size - start), gen)
+                idx.index.add_with_ids(x, np.arange(start, start + len(x), dtype=np.int64))
+            build_s = time.perf_counter() - t0
+            g._indexes["synthetic"] = idx
+            raw = idx.index
+            it = iter(range(10**9))
+            raw_t = timed(lambda: raw.search(queries[next(it) % repeat][None], 10), repeat)
+            it2 = iter(range(10**9))
+            ours_t = timed(lambda: g.search_vectors(queries[next(it2) % repeat][None], 10, "bench",
+                                                    "synthetic"), repeat)
+            _, ids = raw.search(queries, 10)
+            if exact_ids is None:
+                exact_ids = ids
+            raw_p, ours_p = percentiles(raw_t), percentiles(ours_t)
+            out[kind] = {
+                "raw_faiss": raw_p, "graceful_search": ours_p,
+                "search_over_raw_p50": round(ours_p["p50_ms"] / raw_p["p50_ms"], 3),
+                "query_p50_ms_incl_embed": round(embed_ms + ours_p["p50_ms"], 2),
+                "recall_at_10_vs_flat": round(float(np.mean(
+                    [len(set(a) & set(b)) / 10 for a, b in zip(ids, exact_ids)])), 4),
+                "build_s": round(build_s, 1),
+                "serving_rss_mib": round(rss_mib() - rss0, 1),
+            }
+            print(size, kind, out[kind], flush=True)
+            g._indexes.clear()
+            del idx, raw
+        return out
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -133,15 +158,18 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--repeat", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--kinds", default="flat,ivf", help="index kinds to time (flat first)")
     ap.add_argument("--json")
     args = ap.parse_args()
     configure_threads(args.threads)
     out = {"machine": machine(), "command": " ".join(sys.argv)}
-    out["ingest"] = forward_vs_ingest(args.images, args.model, args.batch)
+    centers, out["ingest"] = forward_vs_ingest(args.images, args.model, args.batch)
     out["peak_rss_after_ingest_mib"] = round(peak_rss_mib(), 1)
     out["embed_one_image"] = single_image_embed_ms(args.model)
     embed_ms = out["embed_one_image"]["decode_and_forward"]["p50_ms"]
-    out["query"] = [query_latency(int(s), 1280, args.repeat, embed_ms) for s in args.sizes.split(",")]
+    kinds = tuple(args.kinds.split(","))
+    out["query"] = [query_latency(int(s), args.repeat, embed_ms, centers, kinds)
+                    for s in args.sizes.split(",")]
     out["peak_rss_mib"] = round(peak_rss_mib(), 1)
     write_json(args.json, out)
 

@@ -157,6 +157,21 @@ class Catalog:
         cursor = self.db.execute(f"SELECT * FROM images WHERE id IN ({marks})", ids)
         return {r[0]: ImageRow(*r) for r in cursor.fetchall()}
 
+    def hit_rows(self, ids: Iterable[int], space: str) -> tuple[dict[int, ImageRow], dict[int, str]]:
+        """Image rows of search hits and the model whose vector served each, in one query."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}, {}
+        marks = ",".join("?" * len(ids))
+        cursor = self.db.execute(
+            f"SELECT i.*, (SELECT v.model FROM vectors v WHERE v.image_id = i.id AND v.space = ? "
+            f"ORDER BY v.seq DESC LIMIT 1) FROM images i WHERE i.id IN ({marks})", [space, *ids])
+        rows, models = {}, {}
+        for r in cursor.fetchall():
+            rows[r[0]] = ImageRow(*r[:-1])
+            models[r[0]] = r[-1] or "?"
+        return rows, models
+
     def list_images(self, offset: int = 0, limit: int = 50) -> list[ImageRow]:
         cursor = self.db.execute("SELECT * FROM images ORDER BY id LIMIT ? OFFSET ?", [limit, offset])
         return [ImageRow(*r) for r in cursor.fetchall()]
@@ -262,7 +277,13 @@ class Catalog:
         return rows
 
     def model(self, name: str) -> dict | None:
-        return next((m for m in self.models() if m["name"] == name), None)
+        row = self.db.execute("SELECT * FROM models WHERE name = ?", [name]).fetchone()
+        if row is None:
+            return None
+        m = dict(zip([d[0] for d in self.db.execute("SELECT * FROM models LIMIT 0").description], row))
+        m["compatible_with"] = json.loads(m["compatible_with"])
+        m.pop("info", None)
+        return m
 
 
 class _Transaction:

@@ -167,6 +167,27 @@ def models_cmd(obj: Context, as_json) -> None:
     click.echo("openclip:ARCH:TAG_OR_FILE     open_clip     (any open_clip architecture; offline from a local file)")
 
 
+@cli.command("reindex")
+@click.option("--kind", type=click.Choice(["flat", "ivf", "auto"]),
+              help="flat: exact (default); ivf: approximate, for large galleries; auto: ivf from "
+                   "50k vectors. Kept for this gallery.")
+@click.pass_obj
+def reindex_cmd(obj: Context, kind) -> None:
+    """Rebuild the search index of the active space from the catalog."""
+    import time as _time
+
+    try:
+        gallery = obj.gallery()
+        if gallery.space is None:
+            raise GalleryError("the gallery is empty: nothing to index")
+        t0 = _time.perf_counter()
+        built = gallery.rebuild_index(kind=kind)
+    except GalleryError as e:
+        fail(e)
+    click.echo(f"rebuilt the {gallery.space} index ({built}, setting {gallery.index_kind}) with "
+               f"{gallery.index().ntotal} vectors in {_time.perf_counter() - t0:.1f} s")
+
+
 @cli.command("upgrade")
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Switch even when the pre-flight check fails.")

@@ -169,25 +169,38 @@ class Gallery:
     def index(self, space: str | None = None) -> SpaceIndex | None:
         """The in-memory index of `space` (default: the active one), refreshed if stale."""
         space = space or self.space
-        if space is None or self.catalog.space_dim(space) is None:
+        if space is None:
             return None
         with self.lock:
             current = self._indexes.get(space)
-            version = self.catalog.space_version(space)
+            version = self.catalog.space_version(space)  # the one query of a warm search
+            if version == 0:
+                return None  # no vectors in this space
             if current is not None and current.version < version:
                 current.catch_up(self.catalog)  # another process (or job) wrote vectors
             elif current is None or current.version != version:
-                current, _ = SpaceIndex.open(self.catalog, self.index_dir, space)
+                current, _ = SpaceIndex.open(self.catalog, self.index_dir, space, self.index_kind)
                 self._indexes[space] = current
             return current
 
-    def rebuild_index(self, space: str | None = None) -> str:
+    @property
+    def index_kind(self) -> str:
+        return self.catalog.get_state("index_kind", "flat")
+
+    def rebuild_index(self, space: str | None = None, kind: str | None = None) -> str:
+        """Rebuild the index of `space` from the catalog (optionally switching its kind)."""
         space = space or self.space
         with self.lock:
+            if kind is not None:
+                from .index import effective_kind
+
+                effective_kind(kind, 0)  # validates
+                self.catalog.set_state("index_kind", kind)
             self._indexes.pop(space, None)
-            idx, how = SpaceIndex.open(self.catalog, self.index_dir, space)
+            idx = SpaceIndex.build(self.catalog, space, self.index_kind)
+            idx.save(self.index_dir)
             self._indexes[space] = idx
-            return how
+            return idx.kind
 
     def write_vectors(self, image_ids: list[int], vectors: np.ndarray, model: Embedder) -> None:
         """Store vectors and update the live index of their space (caller holds a transaction)."""
@@ -218,8 +231,7 @@ class Gallery:
         if idx is None:
             raise GalleryError("the gallery is empty: index some photos first")
         scores, ids = idx.search(queries, k)
-        rows = self.catalog.images({int(i) for i in ids.ravel() if i >= 0})
-        by = self.catalog.serving_model_of(list(rows), space)
+        rows, by = self.catalog.hit_rows({int(i) for i in ids.ravel() if i >= 0}, space)
         elapsed = (time.perf_counter() - t0) * 1000
         results = []
         for srow, irow in zip(scores, ids):
@@ -280,6 +292,7 @@ class Gallery:
             "space": space,
             "index": {"space": space, "vectors": idx.ntotal if idx else 0,
                       "dim": idx.dim if idx else None},
+            "index_kind": {"setting": self.index_kind, "built": idx.kind if idx else None},
             "vectors": self.catalog.vector_counts(),
             "models": self.catalog.models(),
             "model_history": self.catalog.get_state("model_history", []),

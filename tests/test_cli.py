@@ -41,6 +41,10 @@ def test_index_search_info_models_json(home, few_photos):
     models = json.loads(run(home, "models", "--json").stdout)
     assert {"lite0", "lite1", "lite2"} <= {m["name"] for m in models}
 
+    r = run(home, "reindex", "--kind", "auto")
+    assert r.exit_code == 0 and "(flat, setting auto) with 12 vectors" in r.output
+    assert json.loads(run(home, "info", "--json").stdout)["index_kind"] == {"setting": "auto", "built": "flat"}
+
     text = run(home, "search", "--text", "a motorbike")
     assert text.exit_code != 0 and "no text tower" in text.output
 

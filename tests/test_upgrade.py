@@ -247,9 +247,7 @@ def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos):
     done = bf.status(g)["by_active_model"]
     assert 8 <= done < n
     assert g.index().ntotal == n  # consistent: every photo searchable exactly once
-    import faiss
-
-    indexed = set(faiss.vector_to_array(g.index().index.id_map).tolist())
+    indexed = set(g.index().ids().tolist())
     assert indexed == {r[0] for r in g.catalog.db.execute("SELECT id FROM images")}
     assert len(search_file(g, next((upgrade_photos / "after").rglob("*.jpg")), k=5).hits) == 5
     state = bf.backfill(g, progress=False)

@@ -1,0 +1,69 @@
+"""The index kinds: exact flat (default) and IVF for large galleries, both rebuilt from and
+kept in step with the catalog."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from search.gallery import Gallery
+from search.index import SpaceIndex, effective_kind
+
+
+def clustered(n: int, dim: int = 64, centers: int = 200, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centers, dim)).astype(np.float32)
+    x = c[rng.integers(0, centers, n)] + 0.3 * rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def big_gallery(home) -> tuple[Gallery, np.ndarray]:
+    g = Gallery.open(home, create=True)
+    n = 12_000
+    x = clustered(n)
+    with g.catalog.transaction():
+        g.catalog.db.conn.executemany(
+            "INSERT INTO images (sha256, name, ext) VALUES (?, ?, '.jpg')",
+            ((f"{i:064x}", f"{i}.jpg") for i in range(n)))
+        g.catalog.put_vectors(list(range(1, n + 1)), x, "synthetic", "s")
+    return g, x
+
+
+def test_effective_kind():
+    assert effective_kind("flat", 10**7) == "flat"
+    assert effective_kind("ivf", 500) == "flat" and effective_kind("ivf", 20_000) == "ivf"
+    assert effective_kind("auto", 49_999) == "flat" and effective_kind("auto", 50_000) == "ivf"
+    with pytest.raises(ValueError):
+        effective_kind("hnsw", 1)
+
+
+def test_ivf_index_is_searchable_persistent_and_kept_in_step(big_gallery):
+    g, x = big_gallery
+    exact = SpaceIndex.build(g.catalog, "s", "flat")
+    assert g.rebuild_index("s", kind="ivf") == "ivf"
+    idx = g.index("s")
+    assert idx.kind == "ivf" and idx.ntotal == len(x)
+    assert sorted(idx.ids().tolist()) == list(range(1, len(x) + 1))
+    q = x[:200]
+    _, approx_ids = idx.search(q, 10)
+    _, exact_ids = exact.search(q, 10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx_ids, exact_ids)])
+    assert recall > 0.9, recall
+    assert np.allclose(idx.index.reconstruct(5), x[4], atol=1e-6)
+    # a re-embedded vector replaces the old one in place
+    new = clustered(1, seed=7)
+    with g.catalog.transaction():
+        g.catalog.put_vectors([5], new, "synthetic-v2", "s")
+    g.sync_index("s", [5], new)
+    assert idx.ntotal == len(x) and np.allclose(idx.index.reconstruct(5), new[0], atol=1e-6)
+    g.save_indexes()
+    loaded, how = SpaceIndex.open(g.catalog, g.index_dir, "s", "ivf")
+    assert how == "loaded" and loaded.kind == "ivf" and loaded.ntotal == len(x)
+    assert loaded.index.nprobe == idx.index.nprobe and len(loaded.ids()) == len(x)
+    # another process writes: the loaded index catches up
+    with g.catalog.transaction():
+        g.catalog.put_vectors([6], new, "synthetic-v2", "s")
+    assert loaded.catch_up(g.catalog) == 1 and np.allclose(loaded.index.reconstruct(6), new[0], atol=1e-6)
+    # back to exact
+    assert g.rebuild_index("s", kind="flat") == "flat"
+    assert g.index("s").kind == "flat" and g.info()["index_kind"]["setting"] == "flat"
