@@ -128,19 +128,31 @@ def run_ingest(paths, rejected=None) -> None:
     report = guarded(ingest, gallery(), paths, None, progress=False, on_progress=progress)
     if report is None:
         return
-    bar.progress(1.0, text="Done")
-    st.success(f"Added {report.added} photos · {report.duplicates} already in the gallery · "
-               f"{len(report.skipped) + len(rejected or [])} skipped · {report.images_per_second:.1f} img/s")
     skipped = [(Path(p).name, r) for p, r in report.skipped] + list(rejected or [])
-    if skipped:
-        st.warning("Skipped files:")
-        st.dataframe(pd.DataFrame(skipped, columns=["file", "reason"]), hide_index=True)
+    # Show the outcome after a rerun, so the page (count, grid) already includes the new photos
+    # and the uploader is emptied.
+    st.session_state.ingest_result = {
+        "text": f"Added {report.added} photos · {report.duplicates} already in the gallery · "
+                f"{len(skipped)} skipped · {report.images_per_second:.1f} img/s",
+        "skipped": skipped}
+    st.session_state.upload_round = st.session_state.get("upload_round", 0) + 1
+    st.rerun()
+
+
+def show_ingest_result() -> None:
+    result = st.session_state.pop("ingest_result", None)
+    if result:
+        st.success(result["text"])
+        if result["skipped"]:
+            st.warning("Skipped files:")
+            st.dataframe(pd.DataFrame(result["skipped"], columns=["file", "reason"]), hide_index=True)
 
 
 # -- pages ------------------------------------------------------------------------------------
 def page_gallery() -> None:
     g = gallery()
     st.header("Gallery")
+    show_ingest_result()
     n = g.catalog.count_images()
     if n == 0:
         st.info("**Welcome to Graceful.** Your gallery is empty. Drop photos below, or index a "
@@ -149,7 +161,7 @@ def page_gallery() -> None:
     with st.expander("Add photos", expanded=n == 0):
         files = st.file_uploader("Drop photos here", accept_multiple_files=True,
                                  type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"],
-                                 key="uploads")
+                                 key=f"uploads-{st.session_state.get('upload_round', 0)}")
         if files and st.button(f"Add {len(files)} photos to the gallery", key="add-uploads"):
             ingest_uploads(files)
         folder = st.text_input("…or index a folder on the server", key="folder",

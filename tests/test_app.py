@@ -52,13 +52,14 @@ def test_upload_search_upgrade_compare_rollback(app, few_photos, tmp_path):
     files = sorted(few_photos.rglob("*.jpg"))
     uploads = [(f.name, f.read_bytes(), "image/jpeg") for f in files]
     uploads.append(("broken.jpg", b"definitely not a jpeg", "image/jpeg"))
-    app.file_uploader(key="uploads").set_value(uploads).run()
+    app.file_uploader(key="uploads-0").set_value(uploads).run()
     app.button(key="add-uploads").click().run()
     assert not app.exception
     out = text_of(app)
     assert "Added 12 photos" in out and "1 skipped" in out
     assert "broken.jpg" in app.dataframe[0].value["file"].tolist()
-    assert "12 photos" in text_of(app)
+    assert "12 photos" in text_of(app) and "gallery is empty" not in text_of(app)
+    assert len(app.file_uploader(key="uploads-1").value or []) == 0  # emptied for the next batch
 
     page(app, "Search")
     query = files[0]
