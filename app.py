@@ -17,7 +17,7 @@ import streamlit as st
 from PIL import Image
 
 from search.gallery import Gallery, GalleryError, default_home
-from search.jobs import JobRunner, backfill_job, reembed_job
+from search.jobs import JobRunner, backfill_job, generations_job, reembed_job
 from search.runtime import configure_threads
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
@@ -302,9 +302,8 @@ def page_models() -> None:
             return f"yes (top-1 {m['top1']:.3f})" if m else ("native" if c.get("native") else "yes")
         st.dataframe(pd.DataFrame({sp: {name: cell(matrix["cells"][name][sp]) for name in matrix["models"]}
                                    for sp in matrix["spaces"]}), width="stretch")
-        st.caption("Rows: query models this gallery has used; columns: spaces its vectors live "
-                   "in. Generations and devices are benchmarked by `graceful bench chain` and "
-                   "`graceful bench hetero` (docs/BENCHMARKS.md).")
+        st.caption("Rows: query models this gallery has used; columns: spaces its vectors live in.")
+    generations_section(g)
 
     with st.expander("Train a compatible model"):
         st.caption("A new frozen backbone plus a small head trained so its vectors live in this "
@@ -323,6 +322,41 @@ def page_models() -> None:
             data = g.store.root if method == "adapter" else Path(folder)
             job_runner().start("train", train_job(g, method, backbone, loss, data, name))
         job_progress("train")
+
+
+def generations_section(g: Gallery) -> None:
+    """Many generations (v1 -> v2 -> v3) and many devices (small query, large gallery models)."""
+    with st.expander("Generations and devices (benchmarks on a labelled train/test pair)"):
+        st.caption("`chain`: lite0 -> lite1 -> lite2 with growing classes: compatibility matrix and "
+                   "the compatibility tax. `hetero`: lite0/lite1 query models compatible with a "
+                   "lite2 gallery model: accuracy vs images/s. Both also run from the CLI "
+                   "(`graceful bench chain|hetero`).")
+        c1, c2 = st.columns(2)
+        train = c1.text_input("Train folder (ImageFolder)", key="gen-train")
+        test = c2.text_input("Test folder (same classes)", key="gen-test")
+        k1, k2 = st.columns(2)
+        kind = k1.selectbox("Benchmark", ["chain", "hetero"], key="gen-kind")
+        loss = k2.selectbox("Head loss", ["ce", "lqf"], key="gen-loss")
+        if st.button("Run benchmark", key="gen-start", disabled=not (train and test)):
+            if not (Path(train).is_dir() and Path(test).is_dir()):
+                st.error("Both folders must exist on the server.")
+            else:
+                out = g.reports_dir / f"bench-{kind}-{loss}.json"
+                job_runner().start(f"bench-{kind}", generations_job(
+                    kind, Path(train), Path(test), g.cache_dir, loss, out))
+        job_progress(f"bench-{kind}")
+        for path in sorted(g.reports_dir.glob("bench-*.json")):
+            result = json.loads(path.read_text())
+            st.markdown(f"**{path.stem}**")
+            if "matrix" in result:
+                st.dataframe(pd.DataFrame({gal: {q: f"{row[gal]['top1']:.3f} ({row[gal]['map']:.3f})"
+                                                 for q, row in result["matrix"].items()}
+                                           for gal in ("v1", "v2", "v3")}), width="stretch")
+                st.caption("top-1 (mAP), query model x gallery model · compatibility tax: " + ", ".join(
+                    f"{gen} top-1 {t['top1']:+.4f}" for gen, t in result["compatibility_tax"].items()))
+            else:
+                st.dataframe(pd.DataFrame(result["rows"])[["query_model", "top1", "map", "images_per_s"]],
+                             hide_index=True, width="stretch")
 
 
 def train_job(g: Gallery, method: str, backbone: str, loss: str, data: Path, name: str):

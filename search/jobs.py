@@ -114,3 +114,22 @@ def reembed_job(home: Path, name: str) -> Callable[[Job], Any]:
         job.message = f"switched to {name}" if switched else ""
         return {**state.as_dict(), "switched": switched}
     return work
+
+
+def generations_job(kind: str, train_dir: Path, test_dir: Path, cache_dir: Path, loss: str,
+                    out_path: Path) -> Callable[[Job], Any]:
+    """Run `graceful bench chain|hetero` in the background and save its JSON for the app."""
+    def work(job: Job):
+        import json
+
+        from models.generations_bench import GenConfig, chain, hetero
+
+        cfg = GenConfig(Path(train_dir), Path(test_dir), cache_dir, loss=loss, progress=False)
+        result = (chain if kind == "chain" else hetero)(cfg)
+        result["loss"] = loss
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result, indent=1))
+        job.done = job.total = 1
+        job.message = f"saved {out_path.name}"
+        return result
+    return work

@@ -95,3 +95,24 @@ def test_upload_search_upgrade_compare_rollback(app, few_photos, tmp_path):
     app.selectbox(key="train-backbone").set_value("lite1").run()
     app.button(key="train-start").click().run()
     wait_for(app, "need at least 16")
+
+
+def test_generations_benchmark_runs_from_the_models_page(app, few_photos, tmp_path):
+    from conftest import caltech_subset
+
+    classes = ["airplanes", "Motorbikes", "sunflower"]
+    train = caltech_subset(tmp_path / "train", "train", classes, 6)
+    test = caltech_subset(tmp_path / "test", "test", classes, 4)
+    app.file_uploader(key="uploads-0").set_value(
+        [(f.name, f.read_bytes(), "image/jpeg") for f in sorted(few_photos.rglob("*.jpg"))]).run()
+    app.button(key="add-uploads").click().run()
+    page(app, "Models")
+    app.text_input(key="gen-train").set_value(str(train)).run()
+    app.text_input(key="gen-test").set_value(str(test)).run()
+    app.selectbox(key="gen-kind").set_value("hetero").run()
+    app.button(key="gen-start").click().run()
+    wait_for(app, "bench-hetero-ce", timeout=300)
+    table = app.dataframe[-1].value
+    assert list(table["query_model"]) == ["lite2 (cloud, same model)", "lite1 compatible with cloud",
+                                          "lite0 compatible with cloud"]
+    assert (table["images_per_s"] > 0).all()
