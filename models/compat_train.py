@@ -34,6 +34,7 @@ class TrainRequest:
     config: TrainConfig | None = None
     progress: bool = True
     force: bool = False
+    finetune_blocks: int = 0  # > 0: also fine-tune the backbone's last blocks (GPU recommended)
 
 
 def old_classifier_for(old: Embedder, classes: list[str], old_emb: np.ndarray,
@@ -76,15 +77,24 @@ def train_compatible(req: TrainRequest) -> tuple[Path, CheckpointMeta]:
     t0 = time.perf_counter()
     shas = file_shas(data.files)
     old_emb = extract(old, data.files, req.cache_dir, progress=req.progress, shas=shas)
-    feats = extract(backbone, data.files, req.cache_dir, progress=req.progress, shas=shas)
     compatible = req.method in COMPATIBLE_METHODS
     cfg = req.config or TrainConfig(req.method)
     cfg.method = req.method
     if compatible:
         cfg.dim = old.dim
     w_old = old_classifier_for(old, data.classes, old_emb, data.labels) if labelled else None
-    trained = train_head(cfg, feats, data.labels if labelled else None, len(data.classes),
-                         old_emb=old_emb, old_classifier=w_old, progress=req.progress)
+    tuned_state: dict = {}
+    if req.finetune_blocks:
+        from .finetune import apply_backbone_state, finetune
+
+        trained, tuned_state = finetune(cfg, backbone, data.files, data.labels, len(data.classes),
+                                        old_emb, w_old, req.finetune_blocks, req.progress)
+        new_backbone = apply_backbone_state(backbone, tuned_state)
+    else:
+        feats = extract(backbone, data.files, req.cache_dir, progress=req.progress, shas=shas)
+        trained = train_head(cfg, feats, data.labels if labelled else None, len(data.classes),
+                             old_emb=old_emb, old_classifier=w_old, progress=req.progress)
+        new_backbone = backbone
     metrics_out: dict = {"train_seconds": round(trained.seconds, 2),
                          "total_seconds": round(time.perf_counter() - t0, 2)}
     if req.eval_dir:
@@ -92,7 +102,13 @@ def train_compatible(req: TrainRequest) -> tuple[Path, CheckpointMeta]:
         if labelled:
             test = align_classes(test, data.classes)
         old_q = extract(old, test.files, req.cache_dir, progress=req.progress)
-        new_q = trained.embed(extract(backbone, test.files, req.cache_dir, progress=req.progress))
+        if req.finetune_blocks:  # a tuned backbone's features are not the cached ones
+            from search.images import decode
+
+            new_q = trained.embed(new_backbone.embed_images(
+                [decode(f.read_bytes(), backbone.info.image_size).image for f in test.files]))
+        else:
+            new_q = trained.embed(extract(backbone, test.files, req.cache_dir, progress=req.progress))
         metrics_out["eval"] = {"data": str(req.eval_dir), "images": len(test),
                                **evaluate_pairs(old_q, new_q, test.labels)}
     meta = CheckpointMeta(
@@ -103,7 +119,9 @@ def train_compatible(req: TrainRequest) -> tuple[Path, CheckpointMeta]:
         data_fingerprint=fingerprint(sorted(shas)), metrics=metrics_out,
         classes=data.classes if trained.classifier is not None else [],
         training={"config": cfg.as_dict(), "data": str(req.data), "images": len(data),
-                  "classes": len(data.classes), "command": " ".join(sys.argv)},
+                  "classes": len(data.classes), "command": " ".join(sys.argv),
+                  "finetune_blocks": req.finetune_blocks},
     )
-    aux = {"classifier": trained.classifier} if trained.classifier is not None else None
+    aux = {"classifier": trained.classifier} if trained.classifier is not None else {}
+    aux.update({k: v for k, v in tuned_state.items()})  # "backbone.<module>.<tensor>"
     return save_checkpoint(dest, meta, trained.head, aux=aux), meta

@@ -22,9 +22,18 @@ class HeadEmbedder(Embedder):
             )
         if meta.head.get("out_dim") != meta.dim:
             raise CheckpointError(f"checkpoint {meta.name!r}: head output is not its declared dimension")
+        tuned = {k[len(AUX):]: v for k, v in state.items() if k.startswith(AUX + "backbone.")}
+        if tuned:  # the checkpoint fine-tuned the backbone's last blocks
+            from .finetune import apply_backbone_state
+
+            try:
+                backbone = apply_backbone_state(backbone, tuned)
+            except (ValueError, RuntimeError) as e:
+                raise CheckpointError(f"checkpoint {meta.name!r}: {e}") from e
         self.backbone = backbone
         self.head = build_head(meta.head)
-        self.aux = {k[len(AUX):]: v for k, v in state.items() if k.startswith(AUX)}
+        self.aux = {k[len(AUX):]: v for k, v in state.items()
+                    if k.startswith(AUX) and not k.startswith(AUX + "backbone.")}
         try:
             self.head.load_state_dict({k: v for k, v in state.items() if not k.startswith(AUX)})
         except RuntimeError as e:

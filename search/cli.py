@@ -373,11 +373,14 @@ def log_cmd(obj: Context, switch) -> None:
 @click.option("--lam", default=1.0, show_default=True, help="Weight of the compatibility loss.")
 @click.option("--loss", type=click.Choice(["ce", "lqf"]), default="ce", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, or cuda when a GPU is present.")
+@click.option("--finetune-blocks", default=0, show_default=True,
+              help="Also fine-tune the backbone's last N blocks on augmented images (slow on a CPU; "
+                   "use --device cuda on a GPU). 0 = frozen backbone, cached features.")
 @click.option("--force", is_flag=True, help="Replace an existing model of that name.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def train_cmd(obj: Context, old_name, backbone, method, data, out, eval_dir, epochs, head, lam,
-              loss, device, force, as_json) -> None:
+              loss, device, finetune_blocks, force, as_json) -> None:
     """Train a new model whose vectors are compatible with OLD's (saved in the gallery home)."""
     from models.compat_train import TrainRequest, train_compatible
     from models.imagefolder import DatasetError
@@ -390,7 +393,7 @@ def train_cmd(obj: Context, old_name, backbone, method, data, out, eval_dir, epo
                        obj.home / "cache", eval_dir,
                        TrainConfig(method, epochs=epochs, head=head, lam=lam, loss=loss,
                                    device=device),
-                       progress=True, force=force)
+                       progress=True, force=force, finetune_blocks=finetune_blocks)
     try:
         path, meta = train_compatible(req)
     except (DatasetError, ValueError, RuntimeError) as e:

@@ -66,6 +66,7 @@ def test_browser_upload_search_upgrade_compare_rollback(server, few_photos):
         browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(120_000)
+        expect.set_options(timeout=60_000)
         page.goto(server)
         expect(page.get_by_text("Welcome to Graceful.")).to_be_visible()
         page.screenshot(path=SHOTS / "0-empty.png")
@@ -84,7 +85,8 @@ def test_browser_upload_search_upgrade_compare_rollback(server, few_photos):
         page.screenshot(path=SHOTS / "1-gallery.png", full_page=True)
 
         go("Search")
-        page.locator("input[type=file]").first.set_input_files(str(photos[0]))
+        uploader = page.get_by_test_id("stFileUploader").filter(has_text="Search by photo")
+        uploader.locator("input[type=file]").set_input_files(str(photos[0]))
         expect(page.get_by_text(re.compile(r"12 results · lite0"))).to_be_visible()
         page.wait_for_timeout(1500)
         page.screenshot(path=SHOTS / "2-search.png", full_page=True)

@@ -70,3 +70,41 @@ def test_bad_training_data_is_a_clear_error(tmp_path):
                                  "--backbone", "lite2", "--method", "bct", "--data", str(tmp_path),
                                  "--out", "x"])
     assert r.exit_code == 1 and "ImageFolder" in r.output
+
+
+def test_finetuning_the_last_backbone_block(tmp_path):
+    """The GPU option, exercised on the CPU with a few photos: the checkpoint carries the tuned
+    tensors only, and loading it gives a private backbone copy that differs from the shared one."""
+    import numpy as np
+    import torch
+
+    from models import registry
+    from search.images import decode
+
+    train = caltech_subset(tmp_path / "train", "train", ["airplanes", "Motorbikes", "sunflower"], 6)
+    home = tmp_path / "home"
+    r = CliRunner().invoke(cli, ["--home", str(home), "train", "--old", "lite0", "--backbone", "lite0",
+                                 "--method", "bct", "--data", str(train), "--out", "tuned",
+                                 "--epochs", "1", "--finetune-blocks", "1", "--json"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    path = home / "models" / "tuned.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+    tuned_keys = [k for k in keys if k.startswith("aux.backbone.")]
+    assert tuned_keys and all(k.split(".")[2] in ("blocks", "conv_head", "bn2") for k in tuned_keys)
+    assert not any(k.startswith("aux.backbone.blocks.0.") for k in keys)  # frozen stages not stored
+    assert read_meta(path).training["finetune_blocks"] == 1
+    model = registry.load("tuned", [home / "models"])
+    base = registry.load("lite0")
+    assert model.backbone is not base and model.backbone.model is not base.model
+    img = [decode(next(iter(sorted((train / "airplanes").iterdir()))).read_bytes()).image]
+    x = torch.stack([base.preprocess(i) for i in img])
+    with torch.no_grad():
+        tuned_f = model.backbone.forward_features(x)
+        base_f = base.forward_features(x)
+    assert not torch.allclose(tuned_f, base_f)  # the last block really changed
+    v = model.embed_images(img)
+    assert v.shape == (1, 1280) and np.isclose(np.linalg.norm(v), 1, atol=1e-5)
