@@ -59,3 +59,22 @@ def test_errors_are_one_clear_line(home, few_photos, tmp_path):
     assert r.exit_code == 1 and "cannot search with this file" in r.output
     r = run(home, "search", tmp_path / "missing.jpg")
     assert r.exit_code == 1 and "no such image file" in r.output
+
+
+def test_text_search_with_an_open_clip_gallery(home, few_photos, tmp_path):
+    """A gallery indexed by an open_clip model (offline: random weights from a local file)
+    searches by text through the same CLI."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(0)
+    model, _, _ = open_clip.create_model_and_transforms("ViT-S-32", pretrained=None)
+    weights = tmp_path / "vit-s-32.pt"
+    torch.save(model.state_dict(), weights)
+    name = f"openclip:ViT-S-32:{weights}"
+    r = run(home, "index", few_photos, "--model", name, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["model"] == name
+    out = json.loads(run(home, "search", "--text", "a sunflower", "-k", "4", "--json").stdout)
+    assert out["model"] == name and len(out["results"]) == 4
+    assert out["space"].startswith("openclip:ViT-S-32:file-")
