@@ -91,13 +91,16 @@ def finetune(cfg: TrainConfig, backbone: Embedder, files: list[Path], labels: np
         {"params": [*head.parameters(), classifier], "lr": cfg.lr},
         {"params": tail_params, "lr": cfg.lr * 0.05},
     ], weight_decay=cfg.weight_decay)
-    images = [decode(Path(f).read_bytes(), backbone.info.image_size * 2).image for f in files]
+    size = backbone.info.image_size
+
+    def load(i: int) -> torch.Tensor:  # decoded per batch: memory stays flat on large sets
+        return aug(decode(Path(files[i]).read_bytes(), size).image)
     y_all = torch.as_tensor(labels, device=dev)
     old_all = torch.as_tensor(old_emb, dtype=torch.float32, device=dev) if old_emb is not None else None
     w_old = old_classifier.to(dev) if old_classifier is not None else None
     old_right = torch.as_tensor(loo_correct(old_emb, labels), device=dev) if cfg.method == "pct" else None
-    aug = augment(backbone.info.image_size)
-    n = len(images)
+    aug = augment(size)
+    n = len(files)
     steps = cfg.epochs * math.ceil(n / cfg.batch_size)
     bar = tqdm(total=steps, desc=f"fine-tuning {cfg.method} (+{blocks} blocks)", disable=not progress)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -111,7 +114,7 @@ def finetune(cfg: TrainConfig, backbone: Embedder, files: list[Path], labels: np
         total = 0.0
         for s in range(0, n, cfg.batch_size):
             idx = perm[s:s + cfg.batch_size]
-            batch = torch.stack(list(prefetch_map(lambda i: aug(images[int(i)]), idx.tolist())))
+            batch = torch.stack(list(prefetch_map(load, idx.tolist())))
             feats = model.forward_head(model.forward_features(batch.to(dev)), pre_logits=True)
             emb = head(F.normalize(feats, dim=-1))
             loss = _method_loss(cfg, emb, idx.to(dev), y_all, old_all, w_old, classifier, old_right)
