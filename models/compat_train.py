@@ -35,6 +35,7 @@ class TrainRequest:
     progress: bool = True
     force: bool = False
     finetune_blocks: int = 0  # > 0: also fine-tune the backbone's last blocks (GPU recommended)
+    finetune_epochs: int = 1
 
 
 def old_classifier_for(old: Embedder, classes: list[str], old_emb: np.ndarray,
@@ -84,17 +85,21 @@ def train_compatible(req: TrainRequest) -> tuple[Path, CheckpointMeta]:
         cfg.dim = old.dim
     w_old = old_classifier_for(old, data.classes, old_emb, data.labels) if labelled else None
     tuned_state: dict = {}
+    feats = extract(backbone, data.files, req.cache_dir, progress=req.progress, shas=shas)
+    trained = train_head(cfg, feats, data.labels if labelled else None, len(data.classes),
+                         old_emb=old_emb, old_classifier=w_old, progress=req.progress)
+    new_backbone = backbone
     if req.finetune_blocks:
+        # Stage 2: unfreeze the last blocks, starting from the head trained on cached features.
+        from dataclasses import replace
+
         from .finetune import apply_backbone_state, finetune
 
-        trained, tuned_state = finetune(cfg, backbone, data.files, data.labels, len(data.classes),
-                                        old_emb, w_old, req.finetune_blocks, req.progress)
+        ft_cfg = replace(cfg, epochs=req.finetune_epochs, lr=cfg.lr * 0.1)
+        trained, tuned_state = finetune(ft_cfg, backbone, data.files, data.labels,
+                                        len(data.classes), old_emb, w_old, req.finetune_blocks,
+                                        req.progress, init=trained)
         new_backbone = apply_backbone_state(backbone, tuned_state)
-    else:
-        feats = extract(backbone, data.files, req.cache_dir, progress=req.progress, shas=shas)
-        trained = train_head(cfg, feats, data.labels if labelled else None, len(data.classes),
-                             old_emb=old_emb, old_classifier=w_old, progress=req.progress)
-        new_backbone = backbone
     metrics_out: dict = {"train_seconds": round(trained.seconds, 2),
                          "total_seconds": round(time.perf_counter() - t0, 2)}
     if req.eval_dir:
@@ -120,7 +125,8 @@ def train_compatible(req: TrainRequest) -> tuple[Path, CheckpointMeta]:
         classes=data.classes if trained.classifier is not None else [],
         training={"config": cfg.as_dict(), "data": str(req.data), "images": len(data),
                   "classes": len(data.classes), "command": " ".join(sys.argv),
-                  "finetune_blocks": req.finetune_blocks},
+                  "finetune_blocks": req.finetune_blocks,
+                  "finetune_epochs": req.finetune_epochs if req.finetune_blocks else 0},
     )
     aux = {"classifier": trained.classifier} if trained.classifier is not None else {}
     aux.update({k: v for k, v in tuned_state.items()})  # "backbone.<module>.<tensor>"

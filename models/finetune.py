@@ -69,7 +69,10 @@ def augment(size: int) -> transforms.Compose:
 
 def finetune(cfg: TrainConfig, backbone: Embedder, files: list[Path], labels: np.ndarray,
              n_classes: int, old_emb: np.ndarray | None, old_classifier: torch.Tensor | None,
-             blocks: int, progress: bool = True) -> tuple[TrainedHead, dict[str, torch.Tensor]]:
+             blocks: int, progress: bool = True, init: TrainedHead | None = None
+             ) -> tuple[TrainedHead, dict[str, torch.Tensor]]:
+    """`init`: a head (and classifier) already trained on cached features of the frozen
+    backbone; fine-tuning then starts from it instead of from scratch (far fewer epochs)."""
     from search.images import decode
     from search.pipeline import prefetch_map
 
@@ -87,6 +90,10 @@ def finetune(cfg: TrainConfig, backbone: Embedder, files: list[Path], labels: np
     spec = cfg.head_spec(backbone.dim)
     head = build_head(spec).to(dev)
     classifier = torch.nn.Parameter(torch.randn(n_classes, cfg.dim, device=dev) * 0.01)
+    if init is not None:
+        head.load_state_dict(init.head.state_dict())
+        with torch.no_grad():
+            classifier.copy_(init.classifier.to(dev))
     opt = torch.optim.AdamW([
         {"params": [*head.parameters(), classifier], "lr": cfg.lr},
         {"params": tail_params, "lr": cfg.lr * 0.05},

@@ -375,12 +375,15 @@ def log_cmd(obj: Context, switch) -> None:
 @click.option("--device", default="cpu", show_default=True, help="cpu, or cuda when a GPU is present.")
 @click.option("--finetune-blocks", default=0, show_default=True,
               help="Also fine-tune the backbone's last N blocks on augmented images (slow on a CPU; "
-                   "use --device cuda on a GPU). 0 = frozen backbone, cached features.")
+                   "use --device cuda on a GPU), after the head is trained on cached features. "
+                   "0 = frozen backbone only.")
+@click.option("--finetune-epochs", default=1, show_default=True,
+              help="Epochs of that second, fine-tuning stage.")
 @click.option("--force", is_flag=True, help="Replace an existing model of that name.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def train_cmd(obj: Context, old_name, backbone, method, data, out, eval_dir, epochs, head, lam,
-              loss, device, finetune_blocks, force, as_json) -> None:
+              loss, device, finetune_blocks, finetune_epochs, force, as_json) -> None:
     """Train a new model whose vectors are compatible with OLD's (saved in the gallery home)."""
     from models.compat_train import TrainRequest, train_compatible
     from models.imagefolder import DatasetError
@@ -393,7 +396,8 @@ def train_cmd(obj: Context, old_name, backbone, method, data, out, eval_dir, epo
                        obj.home / "cache", eval_dir,
                        TrainConfig(method, epochs=epochs, head=head, lam=lam, loss=loss,
                                    device=device),
-                       progress=True, force=force, finetune_blocks=finetune_blocks)
+                       progress=True, force=force, finetune_blocks=finetune_blocks,
+                       finetune_epochs=finetune_epochs)
     try:
         path, meta = train_compatible(req)
     except (DatasetError, ValueError, RuntimeError) as e:
