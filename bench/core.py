@@ -131,7 +131,7 @@ def query_latency(size: int, repeat: int, embed_ms: float, centers: np.ndarray,
             }
             print(size, kind, out[kind], flush=True)
             g._indexes.clear()
-            del idx, raw
+            idx = raw = None  # free this kind before building the next
         return out
     finally:
         shutil.rmtree(home, ignore_errors=True)

@@ -16,7 +16,7 @@ import numpy as np
 from . import metrics, registry
 from .features import extract
 from .imagefolder import align_classes, scan
-from .train import COMPATIBLE_METHODS, TrainConfig, TrainedHead, old_classifier_rows, slerp, train_head
+from .train import COMPATIBLE_METHODS, TrainConfig, old_classifier_rows, slerp, train_head
 
 DEFAULT_METHODS = ("independent", "l2", "bct", "pct", "adapter", "procrustes")
 

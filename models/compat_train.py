@@ -15,7 +15,7 @@ from .checkpoint import SUFFIX, CheckpointMeta, fingerprint, save_checkpoint
 from .compatible import HeadEmbedder
 from .embedder import Embedder
 from .features import extract, file_shas
-from .imagefolder import DatasetError, align_classes, scan
+from .imagefolder import align_classes, scan
 from .train import COMPATIBLE_METHODS, LABELLED_METHODS, TrainConfig, old_classifier_rows, train_head
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

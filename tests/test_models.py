@@ -84,7 +84,7 @@ def test_checkpoint_round_trip_and_refusals(tmp_path, lite0, few_photos):
 
     with pytest.raises(CheckpointError, match="backbone 'lite2'"):
         bad = tmp_path / "wrong-backbone.safetensors"
-        m = make_checkpoint(bad, backbone="lite2")
+        make_checkpoint(bad, backbone="lite2")
         HeadEmbedder(lite0, *load_checkpoint(bad))
     with pytest.raises(CheckpointError, match="expects 512-d"):
         bad = tmp_path / "wrong-dim.safetensors"

@@ -2,7 +2,6 @@
 refusals, mixed galleries, rollback, backfill, re-embed, comparison, and kill -9 safety."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
