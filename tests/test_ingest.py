@@ -150,3 +150,29 @@ def test_kill_9_during_ingest_then_resume(home, caltech_small):
     assert g.index().ntotal == 206
     idx, how = SpaceIndex.open(g.catalog, g.index_dir, "lite0")
     assert how == "loaded" and idx.ntotal == 206
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(home, caltech_small):
+    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
+    cmd = [sys.executable, "-m", "search.cli", "index", "--batch-size", "8", str(caltech_small)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if (home / "catalog.db").exists() and len(catalog_ids(home)) >= 40:
+                break
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert b"interrupted: run the same command again to resume" in err
+    g = Gallery.open(home)
+    done = g.catalog.count_images()
+    # a clean stop saves the index: it is current, not rebuilt
+    idx, how = SpaceIndex.open(g.catalog, g.index_dir, "lite0")
+    assert how == "loaded" and idx.ntotal == done
+    report = ingest(g, [caltech_small], progress=False)
+    assert report.duplicates == done and report.added == 206 - done
