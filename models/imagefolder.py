@@ -23,10 +23,6 @@ class ImageFolder:
     def __len__(self) -> int:
         return len(self.files)
 
-    def subset(self, mask: np.ndarray) -> "ImageFolder":
-        idx = np.flatnonzero(mask)
-        return ImageFolder(self.root, [self.files[i] for i in idx], self.labels[idx], self.classes)
-
 
 def scan(root: str | Path, min_per_class: int = 2, min_classes: int = 2,
          labelled: bool = True) -> ImageFolder:

@@ -45,17 +45,33 @@ def checkpoint_dirs(extra: list[Path] | None = None) -> list[Path]:
     return [SHIPPED_DIR, *(extra or [])]
 
 
+_meta_cache: dict[Path, tuple[tuple[int, int], CheckpointMeta | None]] = {}
+
+
+def _cached_meta(path: Path) -> CheckpointMeta | None:
+    """A checkpoint's header, re-read only when the file changed (every search resolves the
+    active model's name, so this is on the query path)."""
+    st = path.stat()
+    stamp = (st.st_mtime_ns, st.st_size)
+    hit = _meta_cache.get(path)
+    if hit is None or hit[0] != stamp:
+        try:
+            meta = read_meta(path)
+        except CheckpointError:
+            meta = None  # an unreadable checkpoint is skipped, never fatal
+        hit = _meta_cache[path] = (stamp, meta)
+    return hit[1]
+
+
 def scan_checkpoints(dirs: list[Path]) -> dict[str, tuple[Path, CheckpointMeta]]:
     found: dict[str, tuple[Path, CheckpointMeta]] = {}
     for d in dirs:
         if not d.is_dir():
             continue
         for path in sorted(d.glob(f"*{SUFFIX}")):
-            try:
-                meta = read_meta(path)
-            except CheckpointError:
-                continue  # listed by `graceful models --all` as broken; never fatal
-            found.setdefault(meta.name, (path, meta))
+            meta = _cached_meta(path)
+            if meta is not None:
+                found.setdefault(meta.name, (path, meta))
     return found
 
 

@@ -121,27 +121,10 @@ class Catalog:
     def log_event(self, kind: str, **detail) -> None:
         self.db["events"].insert({"at": time.time(), "kind": kind, "detail": json.dumps(detail)})
 
-    def events(self, limit: int = 50) -> list[dict]:
-        rows = self.db.execute(
-            "SELECT at, kind, detail FROM events ORDER BY id DESC LIMIT ?", [limit]
-        ).fetchall()
-        return [{"at": at, "kind": kind, **json.loads(detail)} for at, kind, detail in rows]
-
     # -- images ---------------------------------------------------------------------------
     def image_id(self, sha256: str) -> int | None:
         row = self.db.execute("SELECT id FROM images WHERE sha256 = ?", [sha256]).fetchone()
         return row[0] if row else None
-
-    def known_in_space(self, shas: Iterable[str], space: str) -> set[str]:
-        shas = list(shas)
-        if not shas:
-            return set()
-        marks = ",".join("?" * len(shas))
-        rows = self.db.execute(
-            f"SELECT i.sha256 FROM images i JOIN vectors v ON v.image_id = i.id "
-            f"WHERE v.space = ? AND i.sha256 IN ({marks})", [space, *shas]
-        ).fetchall()
-        return {r[0] for r in rows}
 
     def add_image(self, row: dict) -> int:
         existing = self.image_id(row["sha256"])

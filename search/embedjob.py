@@ -6,6 +6,7 @@ derived from the catalog, so re-running resumes.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, asdict
 from typing import Callable
@@ -74,7 +75,7 @@ def embed_stored(gallery: Gallery, model: Embedder, image_ids: list[int], job: s
             gallery.write_vectors(batch_ids, vectors, model)
             gallery.catalog.db.execute(
                 "INSERT OR REPLACE INTO jobs (name, state, updated_at) VALUES (?, ?, ?)",
-                [job, _json({"model": model.name, **state.as_dict(), "done": state.done + len(batch)}),
+                [job, json.dumps({**state.as_dict(), "done": state.done + len(batch)}),
                  time.time()])
         gallery.sync_index(model.space, batch_ids, vectors)
         state.done += len(batch)
@@ -109,9 +110,3 @@ def embed_stored(gallery: Gallery, model: Embedder, image_ids: list[int], job: s
     if on_progress:
         on_progress(state)
     return state
-
-
-def _json(d: dict) -> str:
-    import json
-
-    return json.dumps(d)

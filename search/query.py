@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from models.embedder import Embedder
+
 from .gallery import Gallery, GalleryError, SearchResult
 from .images import BadImage, decode
 from .store import sha256_bytes
 
 
-def embed_image_bytes(gallery: Gallery, data: bytes, model_name: str | None = None) -> np.ndarray:
-    model = gallery.load_model(model_name) if model_name else gallery.embedder()
+def embed_image_bytes(model: Embedder, data: bytes) -> np.ndarray:
     try:
         decoded = decode(data, target_size=model.info.image_size)
     except BadImage as e:
@@ -25,7 +26,7 @@ def search_bytes(gallery: Gallery, data: bytes, k: int = 10, label: str = "",
                  log: bool = True, model_name: str | None = None) -> SearchResult:
     model = gallery.load_model(model_name) if model_name else gallery.embedder()
     t0 = time.perf_counter()
-    vector = embed_image_bytes(gallery, data, model.name)
+    vector = embed_image_bytes(model, data)
     embed_ms = (time.perf_counter() - t0) * 1000
     result = gallery.search_vectors(vector, k, model.name, model.space)[0]
     result.elapsed_ms += embed_ms
