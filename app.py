@@ -16,8 +16,9 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
+from search.errors import HANDLED, friendly
 from search.gallery import Gallery, GalleryError, default_home
-from search.jobs import JobRunner, backfill_job, generations_job, reembed_job
+from search.jobs import JobRunner, backfill_job, fit_job, generations_job, reembed_job
 from search.runtime import configure_threads
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
@@ -53,6 +54,31 @@ def thumbnail(path: str, size: int = 256) -> bytes | None:
         return None
 
 
+def import_roots() -> list[Path]:
+    """Server folders the app may read photos from: none unless the operator lists them in
+    GRACEFUL_IMPORT_ROOTS (separated by ':'), as photo servers do with their library paths."""
+    raw = os.environ.get("GRACEFUL_IMPORT_ROOTS", "")
+    return [Path(p).resolve() for p in raw.split(os.pathsep) if p.strip()]
+
+
+def server_folder(text: str) -> Path | None:
+    """The folder a user typed, if it lies inside an import root; else an error and None."""
+    roots = import_roots()
+    folder = Path(text.strip()).expanduser().resolve()
+    if not roots:
+        st.error("Reading folders on the server is off. The operator can allow folders with "
+                 "GRACEFUL_IMPORT_ROOTS=/path/to/photos (several separated by ':').")
+        return None
+    if not any(folder == r or r in folder.parents for r in roots):
+        st.error(f"{folder} is outside the folders this server may read "
+                 f"({', '.join(map(str, roots))}).")
+        return None
+    if not folder.is_dir():
+        st.error(f"No such folder on the server: {folder}")
+        return None
+    return folder
+
+
 def home() -> str:
     return str(os.environ.get("GRACEFUL_HOME") or default_home())
 
@@ -69,8 +95,13 @@ def guarded(fn, *args, **kwargs):
             return fn(*args, **kwargs)
     except GalleryError as e:
         st.error(str(e))
+    except HANDLED as e:  # full disk, permissions, a busy or damaged catalog
+        st.error(friendly(e)[0].upper() + friendly(e)[1:])
     except Exception as e:  # noqa: BLE001 - a user must never see a stack trace
         st.error(f"Something went wrong: {e}")
+    finally:
+        while g.notices:
+            st.caption(f"Note: {g.notices.pop(0)}")
     return None
 
 
@@ -89,6 +120,8 @@ def show_grid(hits, columns: int = 6, highlight: dict[int, str] | None = None, k
                 caption += f" · {hit['score']:.3f}"
             if hit.get("embedded_by"):
                 caption += f" · {hit['embedded_by']}"
+            if hit.get("album"):
+                caption += f" · 📁 {hit['album']}"
             st.markdown(f":{color}[{caption}]" if color else caption)
             if similar_buttons and st.button("Similar", key=f"{key}-sim-{hit['image_id']}-{n}"):
                 st.session_state.similar_to = hit["image_id"]
@@ -96,7 +129,7 @@ def show_grid(hits, columns: int = 6, highlight: dict[int, str] | None = None, k
                 st.rerun()
 
 
-def ingest_uploads(files) -> None:
+def ingest_uploads(files, album: str | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="graceful-upload-"))
     rejected = []
     for n, f in enumerate(files):
@@ -108,12 +141,12 @@ def ingest_uploads(files) -> None:
         dest.parent.mkdir()
         dest.write_bytes(data)
     try:
-        run_ingest([tmp], rejected)
+        run_ingest([tmp], rejected, album=album or None, album_from_folder=False)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_ingest(paths, rejected=None) -> None:
+def run_ingest(paths, rejected=None, album: str | None = None, album_from_folder: bool = True) -> None:
     from search.ingest import ingest
 
     for p in paths:
@@ -125,7 +158,8 @@ def run_ingest(paths, rejected=None) -> None:
     def progress(done, total, report):
         bar.progress(done / max(total, 1), text=f"Indexing {done}/{total}")
 
-    report = guarded(ingest, gallery(), paths, None, progress=False, on_progress=progress)
+    report = guarded(ingest, gallery(), paths, None, progress=False, on_progress=progress,
+                     album=album, album_from_folder=album_from_folder)
     if report is None:
         return
     skipped = [(Path(p).name, r) for p, r in report.skipped] + list(rejected or [])
@@ -152,6 +186,8 @@ def show_ingest_result() -> None:
 def page_gallery() -> None:
     g = gallery()
     st.header("Gallery")
+    for kind, text in st.session_state.pop("flash", []):
+        getattr(st, kind)(text)
     show_ingest_result()
     n = g.catalog.count_images()
     if n == 0:
@@ -162,22 +198,62 @@ def page_gallery() -> None:
         files = st.file_uploader("Drop photos here", accept_multiple_files=True,
                                  type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"],
                                  key=f"uploads-{st.session_state.get('upload_round', 0)}")
+        upload_album = st.text_input("Album for these photos (optional)", key="upload-album",
+                                     placeholder="e.g. Holidays 2026")
         if files and st.button(f"Add {len(files)} photos to the gallery", key="add-uploads"):
-            ingest_uploads(files)
-        folder = st.text_input("…or index a folder on the server", key="folder",
-                               placeholder="/path/to/photos")
+            ingest_uploads(files, upload_album.strip() or None)
+        roots = import_roots()
+        folder = st.text_input("…or index a folder on the server (each photo's album: the folder "
+                               "it is in)", key="folder", disabled=not roots,
+                               placeholder=f"inside {roots[0]}" if roots else
+                               "off: the operator sets GRACEFUL_IMPORT_ROOTS")
         if folder and st.button("Index folder", key="index-folder"):
-            run_ingest([folder])
+            allowed = server_folder(folder)
+            if allowed:
+                run_ingest([allowed])
     n = g.catalog.count_images()
     if n == 0:
         return
-    st.caption(f"{n} photos · active model **{g.active_model}** (space {g.space})")
-    pages = max(1, -(-n // PAGE_SIZE))
+    albums = g.catalog.albums()
+    named = [a for a in albums if a["album"] is not None]
+    in_albums = f" in {len(named)} album{'s' if len(named) != 1 else ''}" if named else ""
+    st.caption(f"{n} photos{in_albums} · active model **{g.active_model}** (space {g.space})")
+    labels = {"All photos": None, **{f"{a['album']} ({a['images']})": a["album"] for a in named}}
+    choice = st.selectbox("Album", list(labels), key="gallery-album")
+    album = labels[choice]
+    shown = g.catalog.count_images(album)
+    pages = max(1, -(-shown // PAGE_SIZE))
     page = st.number_input("Page", 1, pages, 1, key="gallery-page") if pages > 1 else 1
-    rows = g.catalog.list_images((page - 1) * PAGE_SIZE, PAGE_SIZE)
+    rows = g.catalog.list_images((page - 1) * PAGE_SIZE, PAGE_SIZE, album)
     by = g.catalog.serving_model_of([r.id for r in rows], g.space)
+    album_editor(g, rows, named)
     show_grid([{"image_id": r.id, "name": r.name, "path": str(g.image_path(r)),
-                "embedded_by": by.get(r.id, "—")} for r in rows], key="gallery")
+                "embedded_by": by.get(r.id, "—"), "album": r.album} for r in rows], key="gallery")
+
+
+def album_editor(g: Gallery, rows, named: list[dict]) -> None:
+    """Albums are the labels a fitted upgrade learns from: let the user fix them."""
+    with st.expander("Edit albums"):
+        st.caption("Albums label your photos for fitted upgrades and for comparisons. A photo's "
+                   "album is the folder it was indexed from unless you set one here.")
+        picked = st.multiselect("Photos on this page", [f"#{r.id} {r.name}" for r in rows],
+                                key="album-photos")
+        target = st.text_input("Move them to album", key="album-target")
+        c1, c2 = st.columns(2)
+        if c1.button("Move to album", key="album-move", disabled=not (picked and target.strip())):
+            ids = [int(p.split()[0][1:]) for p in picked]
+            n = guarded(g.catalog.set_album, ids, target.strip())
+            flash(("success", f"{n} photos moved to album {target.strip()}."))
+        if c2.button("Remove from their album", key="album-clear", disabled=not picked):
+            n = guarded(g.catalog.set_album, [int(p.split()[0][1:]) for p in picked], None)
+            flash(("success", f"{n} photos now have no album."))
+        if named:
+            r1, r2 = st.columns(2)
+            old = r1.selectbox("Rename album", [a["album"] for a in named], key="album-rename-old")
+            new = r2.text_input("New name", key="album-rename-new")
+            if st.button("Rename", key="album-rename", disabled=not new.strip()):
+                n = guarded(g.catalog.rename_album, old, new.strip())
+                flash(("success", f"Renamed {old} → {new.strip()} ({n} photos)."))
 
 
 def page_search() -> None:
@@ -221,7 +297,7 @@ def page_search() -> None:
 def page_models() -> None:
     from models import registry
     from search import backfill as bf
-    from search.upgrade import rollback, upgrade
+    from search.upgrade import rollback
 
     g = gallery()
     st.header("Models")
@@ -247,15 +323,18 @@ def page_models() -> None:
                           index=choices.index("lite2-compat-lite0") if "lite2-compat-lite0" in choices else 0)
     c1, c2, c3 = st.columns(3)
     if c1.button("Check compatibility", key="dry-run"):
-        r = guarded(upgrade, g, target, dry_run=True)
+        r = try_upgrade(g, target, dry_run=True)
         if r:
             show_preflight(r.preflight)
     if c2.button("Upgrade", type="primary", key="upgrade"):
-        r = guarded(upgrade, g, target)
+        r = try_upgrade(g, target)
         if r:
             flash(("info", preflight_text(r.preflight)),
                   ("success", f"Upgraded {r.previous} → {r.model} in {r.switch_ms:.1f} ms; "
                               f"0 vectors recomputed."))
+    refused = st.session_state.get("refused")
+    if refused and refused["model"] == target:
+        show_refusal(g, refused)
     target_entry = next((e for e in entries if e.name == target), None)
     if target_entry is not None and target_entry.space not in (None, space):
         st.caption(f"{target} lives in space {target_entry.space}: it cannot search this gallery's "
@@ -275,6 +354,8 @@ def page_models() -> None:
                 msgs.append(("warning", f"{r.need_reembed} photos have no {r.model} vector: "
                                         "run the backfill."))
             flash(*msgs)
+
+    fit_section(g, entries, active)
 
     st.subheader("Backfill (optional)")
     status = guarded(bf.status, g) or {}
@@ -304,6 +385,7 @@ def page_models() -> None:
                                    for sp in matrix["spaces"]}), width="stretch")
         st.caption("Rows: query models this gallery has used; columns: spaces its vectors live in.")
     generations_section(g)
+    check_section(g)
 
     with st.expander("Train a compatible model"):
         st.caption("A new frozen backbone plus a small head trained so its vectors live in this "
@@ -319,9 +401,129 @@ def page_models() -> None:
             "Labelled folder on the server", key="train-folder", placeholder="/path/to/ImageFolder")
         name = st.text_input("Name", f"{backbone}-{method}-{active}", key="train-name")
         if st.button("Train", key="train-start", disabled=method != "adapter" and not folder):
-            data = g.store.root if method == "adapter" else Path(folder)
-            job_runner().start("train", train_job(g, method, backbone, loss, data, name))
+            data = g.store.root if method == "adapter" else server_folder(folder)
+            if data:
+                job_runner().start("train", train_job(g, method, backbone, loss, data, name))
         job_progress("train")
+
+
+def try_upgrade(g: Gallery, target: str, dry_run: bool = False):
+    """Upgrade (or check); a pre-flight refusal is kept to show what was measured and the
+    gallery-fitted next step."""
+    from search.upgrade import PreflightRefused, upgrade
+
+    st.session_state.pop("refused", None)
+    try:
+        with g.lock:
+            return upgrade(g, target, dry_run=dry_run)
+    except PreflightRefused as e:
+        st.session_state.refused = e.result.as_dict()
+    except GalleryError as e:
+        st.error(str(e))
+    return None
+
+
+def show_refusal(g: Gallery, refused: dict) -> None:
+    p, step = refused["preflight"], refused.get("next_step") or {}
+    st.warning(f"Pre-flight refused {refused['model']} for this gallery. {p['expectation']}")
+    for reason in p["reasons"]:
+        st.caption(f"• {reason}")
+    if step:
+        st.info(f"Next step: fit an upgrade to this gallery's own photos with {step['backbone']}: "
+                f"about {minutes(step['fit_seconds'])}, against {minutes(step['backfill_seconds'])} "
+                f"for re-embedding all {step['photos']} photos.")
+        if st.button("Train an upgrade for this gallery", key="fit-from-refusal"):
+            name = f"{step['backbone']}-fit-{g.active_model}"
+            job_runner().start("fit", fit_job(g.home, step["backbone"], unique_name(g, name)))
+            st.session_state.pop("refused", None)
+            st.rerun()
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def unique_name(g: Gallery, name: str) -> str:
+    from models import registry
+
+    taken = {e.name for e in registry.available(g.model_dirs)}
+    n, candidate = 1, name
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
+
+
+def fit_section(g: Gallery, entries, active: str) -> None:
+    from search.fit import NOMINAL_IMAGES_PER_SECOND, estimate_seconds, latest_fit_report
+
+    st.subheader("Fit an upgrade to this gallery")
+    st.caption("Trains a new backbone's head on this gallery's own photos and albums, against the "
+               "vectors it already stores (none is recomputed), and measures it on held-out photos "
+               "before offering it. With albums it learns from them (PCT); without, it learns a "
+               "map onto the stored vectors (adapter).")
+    bases = [e.name for e in entries if e.kind != "compatible" and e.name != active]
+    f1, f2, f3 = st.columns(3)
+    backbone = f1.selectbox("New backbone", bases, key="fit-backbone",
+                            index=bases.index("lite2") if "lite2" in bases else 0)
+    method = f2.selectbox("Method", ["auto", "pct", "bct", "adapter", "procrustes"], key="fit-method")
+    name = f3.text_input("Name", unique_name(g, f"{backbone}-fit-{active}"), key="fit-name")
+    est = estimate_seconds(g.catalog.count_images(), NOMINAL_IMAGES_PER_SECOND.get(backbone, 30.0))
+    st.caption(f"Runs {backbone} on {est['sample']} of {est['photos']} photos: about "
+               f"{minutes(est['fit_seconds'])} (a full re-embed: {minutes(est['backfill_seconds'])}).")
+    b1, b2 = st.columns(2)
+    if b1.button("Train an upgrade for this gallery", key="fit-start", type="primary"):
+        job_runner().start("fit", fit_job(g.home, backbone, name.strip(), method))
+    if b2.button("Pause training", key="fit-pause"):
+        job = job_runner().get("fit")
+        if job:
+            job.stop()
+    job_progress("fit")
+    report = latest_fit_report(g)
+    if report:
+        show_fit_report(report)
+
+
+def show_fit_report(r: dict) -> None:
+    h, s = r["held_out"], r["sample"]
+    (st.success if r["passed"] else st.error)(
+        f"**{r['name']}** ({r['method']} on {r['backbone']}): {r['verdict']}. {r['expectation']}")
+    rows = []
+    albums = h.get("albums")
+    if albums:
+        for pair, label in (("old/old", "before (old model)"), ("new/old", "after the upgrade"),
+                            ("new/new", "after a full backfill")):
+            m = albums.get(pair)
+            if m:
+                rows.append({"held-out photos": label, "top-1": m["top1"], "mAP": m["map"],
+                             "NFR": albums["nfr"] if pair == "new/old" else m.get("nfr")})
+        st.dataframe(pd.DataFrame(rows), hide_index=True)
+    st.caption(f"Trained on {s['train']} photos" + (f" of {s['albums']} albums" if s["labelled"] else "")
+               + f", measured on {s['held_out']} held-out photos of {r['gallery_photos']} · own "
+                 f"stored vector ranks in the top {h['own_rank']:.2%} · neighbourhood agreement "
+                 f"{h['agreement']:.2f} · {r['seconds']['total']:.0f} s · "
+               + ("saved" if r.get("path") else "not saved"))
+
+
+def check_section(g: Gallery) -> None:
+    """`graceful check [--repair]` on the page: is the gallery whole?"""
+    from search.check import check
+
+    with st.expander("Check the gallery"):
+        st.caption("Catalog integrity, every stored photo against its hash, index files against "
+                   "their checksums and the catalog, models still loadable. Repair rebuilds index "
+                   "files and re-imports missing photos from where they were indexed.")
+        c1, c2 = st.columns(2)
+        report = None
+        if c1.button("Check", key="check-run"):
+            report = guarded(check, g)
+        if c2.button("Check and repair", key="check-repair"):
+            report = guarded(check, g, True)
+        if report is not None:
+            (st.success if report.ok else st.error)(
+                "The gallery is whole." if report.ok else
+                f"{report.as_dict()['problems']} problems found (see below).")
+            st.dataframe(pd.DataFrame(report.as_dict()["findings"]), hide_index=True, width="stretch")
 
 
 def generations_section(g: Gallery) -> None:
@@ -338,9 +540,8 @@ def generations_section(g: Gallery) -> None:
         kind = k1.selectbox("Benchmark", ["chain", "hetero"], key="gen-kind")
         loss = k2.selectbox("Head loss", ["ce", "lqf"], key="gen-loss")
         if st.button("Run benchmark", key="gen-start", disabled=not (train and test)):
-            if not (Path(train).is_dir() and Path(test).is_dir()):
-                st.error("Both folders must exist on the server.")
-            else:
+            train, test = server_folder(train), server_folder(test)
+            if train and test:
                 out = g.reports_dir / f"bench-{kind}-{loss}.json"
                 job_runner().start(f"bench-{kind}", generations_job(
                     kind, Path(train), Path(test), g.cache_dir, loss, out))
@@ -398,10 +599,9 @@ def flash(*messages: tuple[str, str]) -> None:
 
 
 def preflight_text(p) -> str:
-    verdict = "passed" if p.passed else "FAILED"
-    return (f"Pre-flight {verdict}: {p.self_recall:.0%} of {p.sample} sampled photos found their "
-            f"own stored vector in the top {p.top} (need {p.threshold:.0%}); mean cosine "
-            f"{p.mean_cosine:.3f}.")
+    from search.preflight import summary
+
+    return summary(p)[0].upper() + summary(p)[1:]
 
 
 def show_preflight(p) -> None:
@@ -431,8 +631,8 @@ def page_compare() -> None:
         queries = [cmp.Query(f.name, f.getvalue()) for f in files or []]
     elif source == "Labelled folder":
         folder = st.text_input("ImageFolder path (one sub-folder per class)", key="cmp-folder")
-        if folder:
-            queries = guarded(cmp.queries_from_folder, Path(folder))
+        if folder and (allowed := server_folder(folder)):
+            queries = guarded(cmp.queries_from_folder, allowed)
     if st.button("Run comparison", type="primary", key="cmp-run"):
         if source == "Logged searches":
             queries = guarded(cmp.queries_from_log, g)
@@ -509,7 +709,11 @@ def main() -> None:
     if "page" not in st.session_state:
         st.session_state.page = "Gallery"
     page = st.sidebar.radio("Page", PAGES, key="page")
-    g = gallery()
+    try:
+        g = gallery()
+    except GalleryError as e:
+        st.error(str(e))
+        st.stop()
     st.sidebar.caption(f"Gallery: `{g.home}`")
     {"Gallery": page_gallery, "Search": page_search, "Models": page_models,
      "Compare": page_compare}[page]()

@@ -36,6 +36,10 @@ class CompatBenchConfig:
     loss: str = "ce"
     progress: bool = True
     overrides: dict = field(default_factory=dict)  # per-method TrainConfig fields
+    # The old classifier that bct/pct's influence loss uses: "trained" (the old head's rows for
+    # the classes it learned, class means for the rest), "prototypes" (class means of the old
+    # embeddings for every class, as a gallery-fitted upgrade uses album means), or "both".
+    old_classifier: str = "trained"
 
 
 @dataclass
@@ -86,25 +90,32 @@ def run(cfg: CompatBenchConfig) -> dict:
                      progress=cfg.progress)
     old_train_emb = old.embed(feats.old_train)
     old_test_emb = old.embed(feats.old_test)
-    w_old = old_classifier_rows(old_train_emb, train.labels, n_classes, old.classifier.numpy())
+    classifiers = {"trained": old_classifier_rows(old_train_emb, train.labels, n_classes,
+                                                  old.classifier.numpy()),
+                   "prototypes": old_classifier_rows(old_train_emb, train.labels, n_classes)}
+    if cfg.old_classifier not in (*classifiers, "both"):
+        raise ValueError(f"old_classifier: trained, prototypes or both, not {cfg.old_classifier!r}")
+    choices = list(classifiers) if cfg.old_classifier == "both" else [cfg.old_classifier]
+    runs = [(m, c) for m in cfg.methods for c in (choices if m in ("bct", "pct") else choices[:1])]
 
     pairs: dict[str, dict] = {}
     ref = metrics.evaluate(old_test_emb, old_test_emb, test.labels)
     pairs["old/old"] = pair_entry(ref, None, old_mask_test)
     criteria: dict[str, dict] = {}
     train_seconds = {"old": round(old.seconds, 2)}
-    for method in cfg.methods:
+    for method, choice in runs:
         mcfg = TrainConfig(method, dim=cfg.dim, epochs=cfg.epochs, loss=cfg.loss,
                            **cfg.overrides.get(method, {}))
         trained = train_head(mcfg, feats.new_train, train.labels, n_classes, old_emb=old_train_emb,
-                             old_classifier=w_old, progress=cfg.progress)
-        train_seconds[method] = round(trained.seconds, 2)
+                             old_classifier=classifiers[choice], progress=cfg.progress)
+        label = method if choice == "trained" or method not in ("bct", "pct") else f"{method}+proto"
+        train_seconds[label] = round(trained.seconds, 2)
         q = trained.embed(feats.new_test)
         self_pair = metrics.evaluate(q, q, test.labels)
-        pairs[f"{method}/{method}"] = pair_entry(self_pair, ref, old_mask_test)
+        pairs[f"{label}/{label}"] = pair_entry(self_pair, ref, old_mask_test)
         cross = metrics.evaluate(q, old_test_emb, test.labels)
-        pairs[f"{method}/old"] = pair_entry(cross, ref, old_mask_test)
-        criteria[method] = {
+        pairs[f"{label}/old"] = pair_entry(cross, ref, old_mask_test)
+        criteria[label] = {
             "top1": cross.top1 > ref.top1, "map": cross.map > ref.map,
             "top1_gain": round(cross.top1 - ref.top1, 4), "map_gain": round(cross.map - ref.map, 4),
         }
@@ -120,7 +131,8 @@ def run(cfg: CompatBenchConfig) -> dict:
                    "old_backbone": cfg.old_backbone, "new_backbone": cfg.new_backbone,
                    "old_classes": cfg.old_classes, "n_classes": n_classes, "n_old_classes": n_old,
                    "train_images": len(train), "test_images": len(test), "dim": cfg.dim,
-                   "epochs": cfg.epochs, "methods": list(cfg.methods), "loss": cfg.loss},
+                   "epochs": cfg.epochs, "methods": list(cfg.methods), "loss": cfg.loss,
+                   "old_classifier": cfg.old_classifier},
         "pairs": pairs,
         "criterion": criteria,
         "compatible_methods": [m for m in cfg.methods if m in COMPATIBLE_METHODS],

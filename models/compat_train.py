@@ -36,13 +36,15 @@ class TrainRequest:
     force: bool = False
     finetune_blocks: int = 0  # > 0: also fine-tune the backbone's last blocks (GPU recommended)
     finetune_epochs: int = 1
+    old_classifier: str = "trained"  # or "prototypes": class means of old embeddings everywhere
 
 
 def old_classifier_for(old: Embedder, classes: list[str], old_emb: np.ndarray,
-                       labels: np.ndarray) -> torch.Tensor:
-    """Trained rows where the old checkpoint stored a classifier for a class, else class means."""
+                       labels: np.ndarray, prototypes_only: bool = False) -> torch.Tensor:
+    """Trained rows where the old checkpoint stored a classifier for a class, else class means
+    (with `prototypes_only`, class means for every class)."""
     rows = old_classifier_rows(old_emb, labels, len(classes))
-    if isinstance(old, HeadEmbedder) and "classifier" in old.aux and old.meta.classes:
+    if not prototypes_only and isinstance(old, HeadEmbedder) and "classifier" in old.aux and old.meta.classes:
         known = {c: i for i, c in enumerate(old.meta.classes)}
         stored = torch.nn.functional.normalize(old.aux["classifier"].float(), dim=-1)
         for i, c in enumerate(classes):
@@ -83,7 +85,8 @@ def train_compatible(req: TrainRequest) -> tuple[Path, CheckpointMeta]:
     cfg.method = req.method
     if compatible:
         cfg.dim = old.dim
-    w_old = old_classifier_for(old, data.classes, old_emb, data.labels) if labelled else None
+    w_old = old_classifier_for(old, data.classes, old_emb, data.labels,
+                               req.old_classifier == "prototypes") if labelled else None
     tuned_state: dict = {}
     feats = extract(backbone, data.files, req.cache_dir, progress=req.progress, shas=shas)
     trained = train_head(cfg, feats, data.labels if labelled else None, len(data.classes),

@@ -11,7 +11,7 @@ import io
 import re
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -63,9 +63,18 @@ def file_shas(files: Sequence[Path]) -> list[str]:
     return [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files]
 
 
+class ExtractionStopped(Exception):
+    """`should_stop` asked extraction to stop; every finished shard is kept for the next run."""
+
+
 def extract(model: Embedder, files: Sequence[Path], cache_root: Path, batch_size: int = 32,
-            shard_size: int = 256, progress: bool = True, shas: list[str] | None = None) -> np.ndarray:
-    """Normalised features of `files` by `model`, from the cache where possible."""
+            shard_size: int = 256, progress: bool = True, shas: list[str] | None = None,
+            on_progress: Callable[[int, int], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+    """Normalised features of `files` by `model`, from the cache where possible.
+
+    `on_progress(done, total)` is called after every batch (done counts cached files too);
+    `should_stop()` is checked there and raises ExtractionStopped after saving what is done."""
     from search.images import BadImage, decode
     from search.pipeline import prefetch_map
 
@@ -81,6 +90,7 @@ def extract(model: Embedder, files: Sequence[Path], cache_root: Path, batch_size
             return i, model.preprocess(img)
 
         bar = tqdm(total=len(todo), unit="img", desc=f"features {model.name}", disable=not progress)
+        cached = len(shas) - len(todo)
         pending_i: list[int] = []
         pending_t: list[torch.Tensor] = []
         done_s: list[str] = []
@@ -96,6 +106,13 @@ def extract(model: Embedder, files: Sequence[Path], cache_root: Path, batch_size
                 if len(done_s) >= shard_size:
                     cache.add(done_s, np.concatenate(done_v))
                     done_s, done_v = [], []
+                if on_progress:
+                    on_progress(cached + bar.n, len(shas))
+                if should_stop and should_stop():
+                    if done_s:
+                        cache.add(done_s, np.concatenate(done_v))
+                    bar.close()
+                    raise ExtractionStopped(f"stopped after {bar.n} of {len(todo)} images")
         if pending_t:
             done_v.append(model.embed_batch(torch.stack(pending_t)))
             done_s += [shas[j] for j in pending_i]
@@ -103,4 +120,6 @@ def extract(model: Embedder, files: Sequence[Path], cache_root: Path, batch_size
         if done_s:
             cache.add(done_s, np.concatenate(done_v))
         bar.close()
+    if on_progress:
+        on_progress(len(shas), len(shas))
     return cache.get(shas)

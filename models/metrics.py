@@ -75,3 +75,96 @@ def flip_rates(old_correct: np.ndarray, new_correct: np.ndarray,
 
 def overlap_at_k(a: list[int], b: list[int], k: int) -> float:
     return len(set(a[:k]) & set(b[:k])) / k if k else 0.0
+
+
+# -- compatibility signals: how a new model's queries sit among a gallery's old vectors --------
+# Every signal is measured against a reference set (a uniform sample of the gallery, or all of
+# it) and expressed as a fraction of it, so the same model on photos of the same kind scores the
+# same at 100 or 100k photos.
+
+def own_rank_fraction(new_q: np.ndarray, own_old: np.ndarray, reference: np.ndarray,
+                      own_index: np.ndarray) -> np.ndarray:
+    """Per query: the share of the reference set scoring higher than the query's own stored
+    vector (0 = its own photo comes first; ~0.5 = an incompatible model). `own_index` is the
+    position of the query's own photo in `reference` (-1 if absent); it is left out."""
+    own_score = (new_q * own_old).sum(1)
+    higher = (new_q @ reference.T) > own_score[:, None]
+    rows = np.flatnonzero(own_index >= 0)
+    higher[rows, own_index[rows]] = False
+    n = len(reference) - (own_index >= 0)
+    return higher.sum(1) / np.maximum(n, 1)
+
+
+def _top_sets(q: np.ndarray, reference: np.ndarray, k: int, own_index: np.ndarray) -> np.ndarray:
+    sims = q @ reference.T
+    rows = np.flatnonzero(own_index >= 0)
+    sims[rows, own_index[rows]] = -np.inf
+    return np.argpartition(-sims, k - 1, axis=1)[:, :k]
+
+
+def neighbourhood_agreement(new_q: np.ndarray, old_q: np.ndarray, reference: np.ndarray,
+                            k: int, own_index: np.ndarray) -> np.ndarray:
+    """Per query: overlap of the new query's k nearest reference items with the old query's,
+    chance-corrected (0 = what an incompatible model scores, 1 = the same neighbourhood)."""
+    n = len(reference) - 1
+    k = max(1, min(k, n))
+    a, b = _top_sets(new_q, reference, k, own_index), _top_sets(old_q, reference, k, own_index)
+    overlap = np.array([len(np.intersect1d(x, y, assume_unique=True)) / k for x, y in zip(a, b)])
+    chance = k / max(n, 1)
+    return (overlap - chance) / max(1 - chance, 1e-9)
+
+
+def label_retrieval(queries: np.ndarray, reference: np.ndarray, q_labels: list, ref_labels: list,
+                    own_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: (top-1 correct, average precision) over the reference set ranked by
+    similarity, its own photo left out; relevant = same label (None is never relevant)."""
+    ref = np.array([x if x is not None else "\0none" for x in ref_labels], dtype=object)
+    sims = queries @ reference.T
+    rows = np.flatnonzero(own_index >= 0)
+    sims[rows, own_index[rows]] = -np.inf
+    order = np.argsort(-sims, axis=1, kind="stable")
+    relevant = ref[order] == np.array(q_labels, dtype=object)[:, None]
+    relevant[rows, -1] = False  # the own photo (sorted last, at -inf) is not a result
+    return relevant[:, 0].copy(), average_precision(relevant)
+
+
+def compat_signals(new_q: np.ndarray, old_q: np.ndarray, reference: np.ndarray,
+                   own_index: np.ndarray, q_labels: list | None = None,
+                   ref_labels: list | None = None, agreement_fraction: float = 0.01,
+                   min_k: int = 5) -> dict:
+    """Everything the pre-flight and the gallery-fitted training measure, per query and summed
+    up. `old_q` are the queries' own stored vectors; `reference` the gallery's old vectors.
+    With labels (albums), old/old vs new/old retrieval over the reference set as well."""
+    ranks = own_rank_fraction(new_q, old_q, reference, own_index)
+    k = max(min_k, int(round(agreement_fraction * len(reference))))
+    agree = neighbourhood_agreement(new_q, old_q, reference, k, own_index)
+    out = {
+        "queries": int(len(new_q)),
+        "reference": int(len(reference)),
+        "own_rank": round(float(np.median(ranks)), 5),
+        "own_rank_mean": round(float(ranks.mean()), 5),
+        "own_in_top_1pct": round(float((ranks <= 0.01).mean()), 4),
+        "agreement": round(float(agree.mean()), 4),
+        "agreement_k": int(min(k, len(reference) - 1)),
+        "mean_cosine": round(float((new_q * old_q).sum(1).mean()), 4),
+    }
+    if q_labels is not None and ref_labels is not None:
+        keep = np.array([lab is not None and sum(1 for r in ref_labels if r == lab) >= 2
+                         for lab in q_labels])
+        if keep.sum() >= 2:
+            sel = np.flatnonzero(keep)
+            labs = [q_labels[i] for i in sel]
+            o1, oap = label_retrieval(old_q[sel], reference, labs, ref_labels, own_index[sel])
+            n1, nap = label_retrieval(new_q[sel], reference, labs, ref_labels, own_index[sel])
+            d_ap = nap - oap
+            out["albums"] = {
+                "queries": int(len(sel)),
+                "old/old": {"top1": round(float(o1.mean()), 4), "map": round(float(oap.mean()), 4)},
+                "new/old": {"top1": round(float(n1.mean()), 4), "map": round(float(nap.mean()), 4)},
+                **flip_rates(o1, n1),
+                "delta_map": round(float(d_ap.mean()), 4),
+                "delta_map_se": round(float(d_ap.std(ddof=1) / np.sqrt(len(sel))), 4),
+                "delta_top1": round(float((n1.astype(float) - o1).mean()), 4),
+                "delta_top1_se": round(float((n1.astype(float) - o1).std(ddof=1) / np.sqrt(len(sel))), 4),
+            }
+    return out

@@ -1,7 +1,7 @@
 """The catalog: one SQLite file (WAL, through sqlite-utils) that is the source of truth.
 
 Tables
-  images    one row per unique image (sha256 of its bytes)
+  images    one row per unique image (sha256 of its bytes) and its album (v2)
   vectors   one row per (image, model): the vector, its model and the space it lives in
   spaces    per space: dimension and a version bumped by every vector write (index staleness)
   models    every model the gallery has used, with its space and compatibility
@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _migrate_to_1(db: sqlite_utils.Database) -> None:
@@ -56,7 +56,23 @@ def _migrate_to_1(db: sqlite_utils.Database) -> None:
     db["jobs"].create({"name": str, "state": str, "updated_at": float}, pk="name")
 
 
-MIGRATIONS = {1: _migrate_to_1}
+def album_of_source(source: str | None) -> str | None:
+    """The default album of a photo: the name of the folder it was indexed from."""
+    if not source:
+        return None
+    return Path(source).parent.name or None
+
+
+def _migrate_to_2(db: sqlite_utils.Database) -> None:
+    """Albums: a photo's album is the folder it was indexed from unless the user sets one."""
+    db.execute("ALTER TABLE images ADD COLUMN album TEXT")
+    rows = db.execute("SELECT id, source FROM images").fetchall()
+    db.conn.executemany("UPDATE images SET album = ? WHERE id = ?",
+                        [(album_of_source(src), i) for i, src in rows])
+    db.execute("CREATE INDEX IF NOT EXISTS idx_images_album ON images (album)")
+
+
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2}
 
 
 @dataclass
@@ -71,6 +87,15 @@ class ImageRow:
     format: str
     source: str
     added_at: float
+    album: str | None = None
+
+
+@dataclass
+class SpacePhoto:
+    id: int
+    sha256: str
+    ext: str
+    album: str | None
 
 
 class Catalog:
@@ -95,8 +120,12 @@ class Catalog:
             raise RuntimeError(
                 f"{self.path} has schema v{current}, newer than this Graceful (v{SCHEMA_VERSION}); upgrade Graceful"
             )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            with self.transaction():
+        if current == SCHEMA_VERSION:
+            return
+        # The version is read again inside the write lock: two processes opening a new (or old)
+        # gallery at the same moment must not both run a migration.
+        with self.transaction():
+            for version in range(self.schema_version + 1, SCHEMA_VERSION + 1):
                 MIGRATIONS[version](self.db)
                 self.db.execute(f"PRAGMA user_version = {version}")
 
@@ -155,14 +184,88 @@ class Catalog:
             models[r[0]] = r[-1] or "?"
         return rows, models
 
-    def list_images(self, offset: int = 0, limit: int = 50) -> list[ImageRow]:
-        cursor = self.db.execute("SELECT * FROM images ORDER BY id LIMIT ? OFFSET ?", [limit, offset])
+    def list_images(self, offset: int = 0, limit: int = 50, album: str | None = None) -> list[ImageRow]:
+        where, params = ("WHERE album = ? ", [album]) if album is not None else ("", [])
+        cursor = self.db.execute(f"SELECT * FROM images {where}ORDER BY id LIMIT ? OFFSET ?",
+                                 [*params, limit, offset])
         return [ImageRow(*r) for r in cursor.fetchall()]
 
-    def count_images(self) -> int:
+    def count_images(self, album: str | None = None) -> int:
+        if album is not None:
+            return self.db.execute("SELECT count(*) FROM images WHERE album = ?", [album]).fetchone()[0]
         return self.db.execute("SELECT count(*) FROM images").fetchone()[0]
 
+    # -- albums ---------------------------------------------------------------------------
+    def albums(self) -> list[dict]:
+        rows = self.db.execute(
+            "SELECT album, count(*) FROM images GROUP BY album ORDER BY album IS NULL, album").fetchall()
+        return [{"album": a, "images": n} for a, n in rows]
+
+    def album_labels(self, ids: Iterable[int] | None = None) -> dict[int, str | None]:
+        if ids is None:
+            return dict(self.db.execute("SELECT id, album FROM images").fetchall())
+        out: dict[int, str | None] = {}
+        ids = [int(i) for i in ids]
+        for s in range(0, len(ids), 900):
+            chunk = ids[s:s + 900]
+            out.update(self.db.execute(
+                f"SELECT id, album FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        return out
+
+    def set_album(self, ids: Iterable[int], album: str | None) -> int:
+        """Put images into `album` (None: no album). Returns how many rows changed."""
+        ids = [int(i) for i in ids]
+        changed = 0
+        with self.transaction():
+            for s in range(0, len(ids), 900):
+                chunk = ids[s:s + 900]
+                changed += self.db.conn.execute(
+                    f"UPDATE images SET album = ? WHERE id IN ({','.join('?' * len(chunk))})",
+                    [album, *chunk]).rowcount
+        return changed
+
+    def set_album_by_sha(self, shas: Iterable[str], album: str | None) -> int:
+        shas = list(shas)
+        with self.transaction():
+            return sum(self.db.conn.execute("UPDATE images SET album = ? WHERE sha256 = ?",
+                                            [album, s]).rowcount for s in shas)
+
+    def rename_album(self, old: str, new: str | None) -> int:
+        with self.transaction():
+            return self.db.conn.execute("UPDATE images SET album = ? WHERE album = ?",
+                                        [new, old]).rowcount
+
     # -- vectors --------------------------------------------------------------------------
+    def space_members(self, space: str, exclude_model: str | None = None) -> np.ndarray:
+        """Ids of the images served in `space`, optionally leaving out those whose serving vector
+        was computed by `exclude_model` (a candidate model must not be checked against itself)."""
+        rows = self.db.execute(
+            "SELECT v.image_id, v.model FROM vectors v JOIN ("
+            " SELECT image_id, max(seq) AS newest FROM vectors WHERE space = ? GROUP BY image_id"
+            ") m ON v.image_id = m.image_id AND v.seq = m.newest WHERE v.space = ? "
+            "ORDER BY v.image_id", [space, space]).fetchall()
+        return np.array([i for i, m in rows if m != exclude_model], dtype=np.int64)
+
+    def space_photos(self, space: str) -> list["SpacePhoto"]:
+        """Every image with a vector in `space`: id, sha256, file extension, album."""
+        rows = self.db.execute(
+            "SELECT id, sha256, ext, album FROM images WHERE id IN "
+            "(SELECT image_id FROM vectors WHERE space = ?) ORDER BY id", [space]).fetchall()
+        return [SpacePhoto(*r) for r in rows]
+
+    def serving_vectors_of(self, image_ids: Iterable[int], space: str) -> dict[int, np.ndarray]:
+        """The serving (newest) vector in `space` of each of these images that has one."""
+        ids = [int(i) for i in image_ids]
+        out: dict[int, np.ndarray] = {}
+        for s in range(0, len(ids), 900):
+            chunk = ids[s:s + 900]
+            rows = self.db.execute(
+                f"SELECT image_id, vector FROM vectors WHERE space = ? AND image_id IN "
+                f"({','.join('?' * len(chunk))}) ORDER BY seq", [space, *chunk]).fetchall()
+            for i, blob in rows:  # later (newer) rows win
+                out[i] = np.frombuffer(blob, dtype=np.float32)
+        return out
+
     def put_vectors(self, image_ids: list[int], vectors: np.ndarray, model: str, space: str) -> None:
         """Store vectors (call inside a transaction); bumps the space's version."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)

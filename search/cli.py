@@ -15,12 +15,35 @@ class Context:
     def __init__(self, home: Path, threads: int | None):
         self.home = home
         self.threads = threads
+        self.opened: list[Gallery] = []
 
     def gallery(self, create: bool = False) -> Gallery:
         from .runtime import configure_threads
 
         configure_threads(self.threads)
-        return Gallery.open(self.home, create=create)
+        g = Gallery.open(self.home, create=create)
+        self.opened.append(g)
+        return g
+
+    def notices(self) -> list[str]:
+        return [n for g in self.opened for n in g.notices]
+
+
+class GracefulGroup(click.Group):
+    """Faults from below (full disk, permissions, a busy or damaged catalog) end as one line
+    with the next step, never as a traceback; repairs made on the way are shown."""
+
+    def invoke(self, ctx: click.Context):
+        from .errors import HANDLED, friendly
+
+        try:
+            return super().invoke(ctx)
+        except HANDLED as e:
+            raise click.ClickException(friendly(e)) from None
+        finally:
+            obj = ctx.obj
+            for notice in getattr(obj, "notices", lambda: [])():
+                click.echo(f"note: {notice}", err=True)
 
 
 def emit_json(data) -> None:
@@ -31,7 +54,7 @@ def fail(e: Exception) -> None:
     raise click.ClickException(str(e))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=GracefulGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", type=click.Path(path_type=Path), envvar="GRACEFUL_HOME",
               help=f"Gallery home (default {default_home()}; env GRACEFUL_HOME).")
 @click.option("--threads", type=int, envvar="GRACEFUL_THREADS",
@@ -49,9 +72,12 @@ def cli(ctx: click.Context, home: Path | None, threads: int | None) -> None:
               "gallery keeps its active model.")
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--workers", default=1, show_default=True, help="Decoding threads.")
+@click.option("--album", help="Put these photos into this album (default: the folder each photo "
+              "comes from). Photos already in the gallery move into it too.")
+@click.option("--no-album", is_flag=True, help="Leave new photos without an album.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
-def index_cmd(obj: Context, paths, model_name, batch_size, workers, as_json) -> None:
+def index_cmd(obj: Context, paths, model_name, batch_size, workers, album, no_album, as_json) -> None:
     """Add photos (files or folders, recursively) to the gallery."""
     from .ingest import collect_files, ingest
 
@@ -60,11 +86,14 @@ def index_cmd(obj: Context, paths, model_name, batch_size, workers, as_json) -> 
         if not Gallery.exists(obj.home):
             from models import registry
 
-            registry.resolve(model_name or registry.DEFAULT_MODEL)
+            # load (not just name) the model before the gallery is created: a bad one leaves
+            # nothing behind
+            registry.load(model_name or registry.DEFAULT_MODEL)
         gallery = obj.gallery(create=True)
         report = ingest(gallery, paths, model_name, batch_size=batch_size, workers=workers,
-                        progress=not as_json or sys.stderr.isatty())
-    except (GalleryError, ValueError) as e:
+                        progress=not as_json or sys.stderr.isatty(), album=album,
+                        album_from_folder=not no_album)
+    except (GalleryError, ValueError, RuntimeError) as e:
         fail(e)
     if as_json:
         emit_json(report.as_dict())
@@ -81,7 +110,8 @@ def index_cmd(obj: Context, paths, model_name, batch_size, workers, as_json) -> 
 
 @cli.command("search")
 @click.argument("image", required=False)
-@click.option("-k", default=10, show_default=True, help="How many results.")
+@click.option("-k", default=10, show_default=True, type=click.IntRange(min=1),
+              help="How many results (at least 1).")
 @click.option("--id", "image_ref", help="Search with a gallery image (id or sha256 prefix).")
 @click.option("--text", help="Search by text (models with a text tower).")
 @click.option("--model", "model_name", help="Query with this model instead of the active one.")
@@ -125,7 +155,7 @@ def info_cmd(obj: Context, as_json) -> None:
         emit_json(info)
         return
     click.echo(f"gallery      {info['home']} (schema v{info['schema_version']})")
-    click.echo(f"images       {info['images']}")
+    click.echo(f"images       {info['images']} in {info['albums']} albums")
     click.echo(f"active model {info['active_model']}  (space {info['space']})")
     click.echo(f"index        {info['index']['vectors']} vectors, {info['index']['dim']}-d")
     for row in info["vectors"]:
@@ -188,28 +218,69 @@ def reindex_cmd(obj: Context, kind) -> None:
                f"{gallery.index().ntotal} vectors in {_time.perf_counter() - t0:.1f} s")
 
 
+@cli.command("check")
+@click.option("--repair", is_flag=True, help="Rebuild what the catalog can rebuild (index files) "
+              "and re-import missing photos whose original file still holds the same bytes.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def check_cmd(obj: Context, repair, as_json) -> None:
+    """Is the gallery whole? Catalog integrity, stored photos, index files, models."""
+    from tqdm import tqdm
+
+    from .check import check
+
+    try:
+        g = obj.gallery()
+        bar = tqdm(total=0, unit="photo", desc="checking photos", disable=as_json and not sys.stderr.isatty())
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+        report = check(g, repair=repair, on_progress=progress)
+        bar.close()
+    except GalleryError as e:
+        fail(e)
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        for f in report.findings:
+            mark = {"ok": "ok      ", "problem": "PROBLEM ", "repaired": "repaired"}[f.status]
+            click.echo(f"{mark} {f.check:<8} {f.detail}")
+            if f.next_step and f.status == "problem":
+                click.echo(f"{'':17}next: {f.next_step}")
+    if not report.ok:
+        sys.exit(1)
+
+
 @cli.command("upgrade")
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Switch even when the pre-flight check fails.")
 @click.option("--dry-run", is_flag=True, help="Run the pre-flight check only.")
-@click.option("--sample", default=24, show_default=True, help="Photos in the pre-flight sample.")
+@click.option("--sample", default=64, show_default=True, help="Photos in the pre-flight sample.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def upgrade_cmd(obj: Context, name, force, dry_run, sample, as_json) -> None:
     """Make NAME the query model, instantly, when it is compatible with the gallery's space."""
-    from .upgrade import upgrade
+    from .preflight import summary
+    from .upgrade import PreflightRefused, upgrade
 
     try:
         result = upgrade(obj.gallery(), name, force=force, dry_run=dry_run, sample=sample)
+    except PreflightRefused as e:
+        if as_json:
+            emit_json(e.result.as_dict())
+        fail(e)
     except GalleryError as e:
         fail(e)
     if as_json:
         emit_json(result.as_dict())
         return
     p = result.preflight
-    click.echo(f"pre-flight: {p.self_recall:.0%} of {p.sample} sampled photos found their own vector "
-               f"in the top {p.top} (need {p.threshold:.0%}), mean cosine {p.mean_cosine:.3f}: "
-               f"{'passed' if p.passed else 'FAILED (forced)'}")
+    click.echo(summary(p) + (" (forced)" if result.forced else ""))
+    for reason in p.reasons:
+        click.echo(f"  {reason}")
+    if result.next_step:
+        click.echo(result.next_step["text"])
     if result.changed:
         click.echo(f"upgraded {result.previous} -> {result.model} in {result.switch_ms:.1f} ms "
                    f"(space {result.space}, 0 vectors recomputed)")
@@ -273,6 +344,10 @@ def backfill_cmd(obj: Context, order, limit, show_status, curve_dir, batch_size,
             for p in curve.curve:
                 click.echo(f"  {p['fraction']:>6.1%} backfilled: top-1 {p['top1']:.4f}  mAP {p['map']:.4f}")
             click.echo(f"  area under the mAP curve {curve.report()['auc_map']:.4f}")
+    if state.failed:
+        click.echo(f"{state.failed} photos could not be re-embedded: their files are missing from "
+                   f"the store or damaged. `graceful check --repair` restores what it can.", err=True)
+        sys.exit(1)
     if state.interrupted:
         click.echo("interrupted: run the same command again to resume", err=True)
         sys.exit(130)
@@ -309,7 +384,7 @@ def reembed_cmd(obj: Context, name, no_switch, batch_size, as_json) -> None:
 @click.option("--queries", type=click.Path(path_type=Path),
               help="Folder of query photos; an ImageFolder (sub-folder per class) adds metrics.")
 @click.option("--log", "from_log", is_flag=True, help="Use the searches recorded in the query log.")
-@click.option("-k", default=10, show_default=True)
+@click.option("-k", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the report here.")
 @click.pass_obj
 def compare_cmd(obj: Context, old_name, new_name, queries, from_log, k, json_out) -> None:
@@ -358,13 +433,82 @@ def log_cmd(obj: Context, switch) -> None:
                f"{n} searches recorded")
 
 
+@cli.group("albums", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def albums_group(ctx: click.Context, as_json) -> None:
+    """The gallery's albums (the labels that fitted upgrades and comparisons learn from).
+
+    A photo's album is the folder it was indexed from unless set here or with index --album."""
+    if ctx.invoked_subcommand is not None:
+        return
+    try:
+        rows = ctx.obj.gallery().catalog.albums()
+    except GalleryError as e:
+        fail(e)
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['images']:>7}  {r['album'] if r['album'] is not None else '(no album)'}")
+
+
+@albums_group.command("set")
+@click.argument("album")
+@click.argument("images", nargs=-1, required=True)
+@click.pass_obj
+def albums_set_cmd(obj: Context, album, images) -> None:
+    """Put IMAGES (ids or sha256 prefixes) into ALBUM."""
+    try:
+        g = obj.gallery()
+        ids = [g.image_row(ref).id for ref in images]
+        n = g.catalog.set_album(ids, album)
+    except GalleryError as e:
+        fail(e)
+    click.echo(f"{n} photo{'s' if n != 1 else ''} now in album {album}")
+
+
+@albums_group.command("clear")
+@click.argument("images", nargs=-1, required=True)
+@click.pass_obj
+def albums_clear_cmd(obj: Context, images) -> None:
+    """Take IMAGES (ids or sha256 prefixes) out of their album."""
+    try:
+        g = obj.gallery()
+        n = g.catalog.set_album([g.image_row(ref).id for ref in images], None)
+    except GalleryError as e:
+        fail(e)
+    click.echo(f"{n} photo{'s' if n != 1 else ''} now without an album")
+
+
+@albums_group.command("rename")
+@click.argument("old")
+@click.argument("new")
+@click.pass_obj
+def albums_rename_cmd(obj: Context, old, new) -> None:
+    """Rename album OLD to NEW (merging it into NEW if that exists)."""
+    try:
+        n = obj.gallery().catalog.rename_album(old, new)
+    except GalleryError as e:
+        fail(e)
+    if not n:
+        fail(GalleryError(f"no album called {old!r} (graceful albums lists them)"))
+    click.echo(f"renamed {old} -> {new} ({n} photos)")
+
+
 @cli.command("train")
-@click.option("--old", "old_name", required=True, help="The model to be compatible with (e.g. lite0).")
+@click.option("--from-gallery", is_flag=True,
+              help="Fit the upgrade to this gallery: its stored photos, albums and stored vectors "
+                   "(no --old/--data needed; measured on a held-out slice before it is saved).")
+@click.option("--old", "old_name", help="The model to be compatible with (e.g. lite0).")
 @click.option("--backbone", required=True, help="The new, frozen backbone (e.g. lite2).")
-@click.option("--method", required=True, type=click.Choice(
-    ["independent", "l2", "bct", "pct", "adapter", "procrustes"]))
-@click.option("--data", required=True, type=click.Path(path_type=Path),
+@click.option("--method", type=click.Choice(
+    ["auto", "independent", "l2", "bct", "pct", "adapter", "procrustes"]),
+    help="With --from-gallery default auto: pct when albums give labels, else adapter.")
+@click.option("--data", type=click.Path(path_type=Path),
               help="ImageFolder (one sub-folder per class); any image folder for adapter/procrustes.")
+@click.option("--sample", type=int, help="--from-gallery: photos the new backbone runs on "
+              "(default: all up to 1,500, else one in eight, at most 5,000).")
 @click.option("--out", required=True, help="Name of the new model.")
 @click.option("--eval", "eval_dir", type=click.Path(path_type=Path),
               help="Labelled ImageFolder to measure old/old, new/old and new/new on.")
@@ -379,17 +523,32 @@ def log_cmd(obj: Context, switch) -> None:
                    "0 = frozen backbone only.")
 @click.option("--finetune-epochs", default=1, show_default=True,
               help="Epochs of that second, fine-tuning stage.")
-@click.option("--force", is_flag=True, help="Replace an existing model of that name.")
+@click.option("--old-classifier", type=click.Choice(["trained", "prototypes"]), default="trained",
+              show_default=True, help="bct/pct: the old checkpoint's trained classifier rows where "
+              "it has them, or class means of the old embeddings (prototypes) for every class.")
+@click.option("--force", is_flag=True, help="Replace an existing model of that name; with "
+              "--from-gallery also save a model measured worse on the held-out slice.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def train_cmd(obj: Context, old_name, backbone, method, data, out, eval_dir, epochs, head, lam,
-              loss, device, finetune_blocks, finetune_epochs, force, as_json) -> None:
-    """Train a new model whose vectors are compatible with OLD's (saved in the gallery home)."""
+def train_cmd(obj: Context, from_gallery, old_name, backbone, method, data, sample, out, eval_dir,
+              epochs, head, lam, loss, device, finetune_blocks, finetune_epochs, old_classifier,
+              force, as_json) -> None:
+    """Train a new model whose vectors are compatible with OLD's (saved in the gallery home).
+
+    With --from-gallery: fit it to this gallery's own photos and stored vectors."""
+    from .runtime import configure_threads
+
+    if from_gallery:
+        if data or old_name:
+            raise click.UsageError("--from-gallery learns from the gallery: drop --data / --old")
+        configure_threads(obj.threads)
+        return fit_from_gallery(obj, backbone, out, method or "auto", sample, loss, epochs, force,
+                                as_json)
+    if not (old_name and method and data):
+        raise click.UsageError("give --old, --method and --data (or --from-gallery)")
     from models.compat_train import TrainRequest, train_compatible
     from models.imagefolder import DatasetError
     from models.train import TrainConfig
-
-    from .runtime import configure_threads
 
     configure_threads(obj.threads)
     req = TrainRequest(old_name, backbone, method, data, out, obj.home / "models",
@@ -397,7 +556,7 @@ def train_cmd(obj: Context, old_name, backbone, method, data, out, eval_dir, epo
                        TrainConfig(method, epochs=epochs, head=head, lam=lam, loss=loss,
                                    device=device),
                        progress=True, force=force, finetune_blocks=finetune_blocks,
-                       finetune_epochs=finetune_epochs)
+                       finetune_epochs=finetune_epochs, old_classifier=old_classifier)
     try:
         path, meta = train_compatible(req)
     except (DatasetError, ValueError, RuntimeError) as e:
@@ -414,6 +573,56 @@ def train_cmd(obj: Context, old_name, backbone, method, data, out, eval_dir, epo
             m = ev[pair]
             click.echo(f"  {pair:<8} top1 {m['top1']:.4f}  top5 {m['top5']:.4f}  mAP {m['map']:.4f}"
                        + (f"  NFR {m['nfr']:.4f}  PFR {m['pfr']:.4f}" if "nfr" in m else ""))
+
+
+def fit_from_gallery(obj: Context, backbone, out, method, sample, loss, epochs, force, as_json) -> None:
+    from models.features import ExtractionStopped
+
+    from .fit import FitRefused, FitRequest, fit_upgrade
+
+    req = FitRequest(backbone, out, method, sample, loss, epochs, force=force, replace=force,
+                     progress=not as_json or sys.stderr.isatty())
+    try:
+        report = fit_upgrade(obj.gallery(), req)
+    except FitRefused as e:
+        if as_json:
+            emit_json(e.report)
+        else:
+            print_fit_report(e.report)
+        fail(e)
+    except (KeyboardInterrupt, ExtractionStopped):
+        click.echo("interrupted: features computed so far are kept; run the same command again "
+                   "to resume", err=True)
+        sys.exit(130)
+    except (GalleryError, ValueError) as e:
+        fail(e)
+    if as_json:
+        emit_json(report)
+        return
+    print_fit_report(report)
+    click.echo(f"saved {report['name']} ({report['method']} on {report['backbone']}, space "
+               f"{report['space']}) to {report['path']}")
+    click.echo(f"next: graceful upgrade {report['name']}")
+
+
+def print_fit_report(r: dict) -> None:
+    s, h = r["sample"], r["held_out"]
+    click.echo(f"fitted {r['name']} ({r['method']}) on {s['train']} photos"
+               + (f" of {s['albums']} albums" if s["labelled"] else "")
+               + f"; held out {s['held_out']} photos of {r['gallery_photos']}; "
+                 f"{r['seconds']['total']:.0f} s")
+    albums = h.get("albums")
+    if albums:
+        for pair in ("old/old", "new/old", "new/new"):
+            m = albums.get(pair)
+            if m:
+                extra = f"  NFR {m['nfr']:.4f}  PFR {m['pfr']:.4f}" if "nfr" in m else ""
+                if pair == "new/old":
+                    extra = f"  NFR {albums['nfr']:.4f}  PFR {albums['pfr']:.4f}"
+                click.echo(f"  {pair:<8} top1 {m['top1']:.4f}  mAP {m['map']:.4f}{extra}")
+    click.echo(f"  own stored vector rank {h['own_rank']:.2%} (median), agreement "
+               f"{h['agreement']:.2f}, mean cosine {h['mean_cosine']:.3f}")
+    click.echo(f"verdict: {r['verdict']} - {r['expectation']}")
 
 
 @cli.group("bench")
@@ -435,10 +644,15 @@ def bench_group() -> None:
               help="Feature cache (default: the gallery home's cache/).")
 @click.option("--loss", type=click.Choice(["ce", "lqf"]), default="ce", show_default=True,
               help="Classification loss of the new heads: cross-entropy or LQF least squares.")
+@click.option("--old-classifier", type=click.Choice(["trained", "prototypes", "both"]),
+              default="trained", show_default=True,
+              help="bct/pct's frozen old classifier: the old head's trained rows, class means of "
+                   "the old embeddings for every class (album prototypes), or both side by side "
+                   "(reported as <method>+proto).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the results here.")
 @click.pass_obj
 def bench_compat_cmd(obj: Context, train_dir, test_dir, old_classes, old_backbone, new_backbone,
-                     methods, dim, epochs, cache_dir, loss, json_out) -> None:
+                     methods, dim, epochs, cache_dir, loss, old_classifier, json_out) -> None:
     """Old model on some classes, every method on all: compatibility, accuracy and flips."""
     from models.compat_bench import CompatBenchConfig, run
     from models.imagefolder import DatasetError
@@ -448,7 +662,7 @@ def bench_compat_cmd(obj: Context, train_dir, test_dir, old_classes, old_backbon
     configure_threads(obj.threads)
     cfg = CompatBenchConfig(train_dir, test_dir, cache_dir or obj.home / "cache", old_backbone,
                             new_backbone, old_classes, tuple(m for m in methods.split(",") if m),
-                            dim, epochs, loss=loss)
+                            dim, epochs, loss=loss, old_classifier=old_classifier)
     try:
         result = run(cfg)
     except (DatasetError, ValueError) as e:

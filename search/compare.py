@@ -58,9 +58,9 @@ def queries_from_log(gallery: Gallery, limit: int = 200) -> list[Query]:
     return out
 
 
-def gallery_labels(gallery: Gallery) -> dict[int, str]:
-    """A gallery photo's label: the name of the folder it was indexed from."""
-    return {i: Path(src).parent.name for i, src in gallery.catalog.db.execute("SELECT id, source FROM images")}
+def gallery_labels(gallery: Gallery) -> dict[int, str | None]:
+    """A gallery photo's label: its album (by default the folder it was indexed from)."""
+    return gallery.catalog.album_labels()
 
 
 def embed_queries(gallery: Gallery, model_name: str, queries: list[Query]):

@@ -70,11 +70,16 @@ class Gallery:
         self.cache_dir = self.home / "cache"
         self.reports_dir = self.home / "reports"
         self._indexes: dict[str, SpaceIndex] = {}
+        self.notices: list[str] = []  # things repaired on the way, for the CLI and app to show
         self.lock = threading.RLock()  # one writer per process; SQLite guards across processes
 
     # -- opening --------------------------------------------------------------------------
     @classmethod
     def open(cls, home: Path | str | None = None, create: bool = False) -> "Gallery":
+        import sqlite3
+
+        from .errors import friendly
+
         home = Path(home) if home else default_home()
         db_path = home / "catalog.db"
         if not db_path.exists():
@@ -84,7 +89,17 @@ class Gallery:
                     "or point --home / GRACEFUL_HOME at an existing gallery"
                 )
             home.mkdir(parents=True, exist_ok=True)
-        return cls(home, Catalog(db_path))
+        elif db_path.stat().st_size == 0 and any((home / d).is_dir() and any((home / d).iterdir())
+                                                  for d in ("images", "index")):
+            # A new catalog is empty for a moment; one next to stored photos has lost its data.
+            raise GalleryError(
+                f"{db_path} is empty (0 bytes) but the gallery holds photos: the catalog was lost. "
+                f"Restore catalog.db from a backup, or move it away and re-index the stored photos "
+                f"(graceful index {home / 'images'})")
+        try:
+            return cls(home, Catalog(db_path))
+        except sqlite3.DatabaseError as e:
+            raise GalleryError(f"cannot open the gallery at {home}: {friendly(e)}") from None
 
     @staticmethod
     def exists(home: Path | str | None = None) -> bool:
@@ -119,7 +134,32 @@ class Gallery:
         except ValueError as e:  # unreadable checkpoint file
             raise GalleryError(str(e)) from None
 
+    def import_checkpoint(self, name: str) -> str:
+        """A checkpoint given by path is copied into this gallery's models/ first, so the gallery
+        never depends on a file outside it; returns the name to use from then on."""
+        from models.checkpoint import SUFFIX, CheckpointError, read_meta
+
+        path = Path(name)
+        if not (name.endswith(SUFFIX) and path.is_file()):
+            return name
+        if path.resolve().parent == self.models_dir.resolve():
+            return name
+        try:
+            meta = read_meta(path)
+        except CheckpointError as e:
+            raise GalleryError(str(e)) from None
+        dest = self.models_dir / f"{meta.name}{SUFFIX}"
+        data = path.read_bytes()
+        if dest.exists() and dest.read_bytes() != data:
+            raise GalleryError(f"this gallery already has a different model called {meta.name!r} "
+                               f"({dest}); rename one of them")
+        from .fsutil import atomic_write_bytes
+
+        atomic_write_bytes(dest, data)
+        return meta.name
+
     def load_model(self, name: str) -> Embedder:
+        name = self.import_checkpoint(name)
         try:
             return registry.load(name, self.model_dirs)
         except (registry.UnknownModelError, ValueError, RuntimeError) as e:
@@ -179,7 +219,10 @@ class Gallery:
             if current is not None and current.version < version:
                 current.catch_up(self.catalog)  # another process (or job) wrote vectors
             elif current is None or current.version != version:
-                current, _ = SpaceIndex.open(self.catalog, self.index_dir, space, self.index_kind)
+                current, how = SpaceIndex.open(self.catalog, self.index_dir, space, self.index_kind)
+                if how.startswith("rebuilt") and "missing" not in how:
+                    self.notices.append(f"the {space} index file was {how[len('rebuilt ('):-1]}: "
+                                        f"rebuilt it from the catalog")
                 self._indexes[space] = current
             return current
 
@@ -217,10 +260,18 @@ class Gallery:
             idx.version += 1
 
     def save_indexes(self) -> None:
+        """Save current indexes; a failure (full disk) only costs a rebuild on the next open."""
+        from .errors import friendly
+
         with self.lock:
             for idx in self._indexes.values():
                 if idx.version == self.catalog.space_version(idx.space):
-                    idx.save(self.index_dir)
+                    try:
+                        idx.save(self.index_dir)
+                    except OSError as e:
+                        self.notices.append(f"could not save the {idx.space} index file "
+                                            f"({friendly(e)}); it is rebuilt from the catalog "
+                                            f"next time")
 
     # -- search ---------------------------------------------------------------------------
     def search_vectors(self, queries: np.ndarray, k: int, model: str, space: str | None = None
@@ -259,7 +310,11 @@ class Gallery:
         row = self.catalog.image_id(sha)
         if row is not None:
             r = self.catalog.images([row])[row]
-            return self.store.read(r.sha256, r.ext)
+            try:
+                return self.store.read(r.sha256, r.ext)
+            except OSError:
+                self.notices.append(f"photo #{r.id} is missing from the store: left out "
+                                    "(graceful check --repair)")
         return None
 
     def image_path(self, row: ImageRow) -> Path:
@@ -288,6 +343,7 @@ class Gallery:
             "home": str(self.home),
             "schema_version": self.catalog.schema_version,
             "images": self.catalog.count_images(),
+            "albums": sum(1 for a in self.catalog.albums() if a["album"] is not None),
             "active_model": self.active_model,
             "space": space,
             "index": {"space": space, "vectors": idx.ntotal if idx else 0,

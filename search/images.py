@@ -7,10 +7,14 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Refuse anything larger than this many pixels before decoding it (decompression bombs).
-MAX_PIXELS = 250_000_000  # a 108 MP phone photo passes; a 20k x 20k bomb does not
+# Refuse anything larger than this many pixels, read from the header before decoding
+# (decompression bombs). JPEGs decode at reduced scale (draft mode), so they may be larger than
+# formats that decode in full: a 108 MP phone JPEG passes; a 15000 x 15000 PNG (225 MP, ~1 GB
+# to decode) does not.
+MAX_PIXELS = 120_000_000
+MAX_FULL_DECODE_PIXELS = 64_000_000  # non-JPEG formats: 8000 x 8000
 MAX_BYTES = 200 * 1024 * 1024
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+Image.MAX_IMAGE_PIXELS = 2 * MAX_PIXELS  # PIL warns past this (an error here); our checks come first
 
 
 class BadImage(ValueError):
@@ -38,6 +42,33 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
+def read_photo_file(path) -> bytes:
+    """The bytes of a photo file: regular files only (no devices, FIFOs, sockets), at most
+    MAX_BYTES, read without following a size that grows while reading."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise BadImage(f"unreadable: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadImage("not a regular file (device, pipe or socket)")
+        if st.st_size > MAX_BYTES:
+            raise BadImage(f"file too large ({st.st_size / 2**20:.0f} MiB > {MAX_BYTES / 2**20:.0f} MiB)")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise BadImage(f"file too large (> {MAX_BYTES / 2**20:.0f} MiB)")
+        return data
+    except OSError as e:
+        raise BadImage(f"unreadable: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
 def decode(data: bytes, target_size: int | None = None) -> Decoded:
     """Decode bytes into an RGB image. `target_size` lets JPEG decode at reduced scale."""
     if not data:
@@ -50,8 +81,10 @@ def decode(data: bytes, target_size: int | None = None) -> Decoded:
             img = Image.open(io.BytesIO(data))
             fmt = img.format or "?"
             w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise BadImage(f"image too large ({w}x{h} = {w * h / 1e6:.0f} MP > {MAX_PIXELS / 1e6:.0f} MP)")
+            limit = MAX_PIXELS if fmt == "JPEG" else MAX_FULL_DECODE_PIXELS
+            if w * h > limit:
+                raise BadImage(f"image too large ({w}x{h} = {w * h / 1e6:.0f} MP > {limit / 1e6:.0f} MP "
+                               f"for {fmt})")
             if target_size and fmt == "JPEG":
                 # libjpeg DCT scaling: decode straight at >= 2x the model's input size.
                 img.draft("RGB", (target_size * 2, target_size * 2))

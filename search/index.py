@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from pathlib import Path
 
 import faiss
@@ -99,18 +100,40 @@ class SpaceIndex:
     def save(self, folder: Path) -> None:
         index_path, meta_path = self.paths(folder, self.space)
         # Index first, sidecar last: a crash in between leaves a sidecar that does not match.
-        atomic_write_bytes(index_path, faiss.serialize_index(self.index).tobytes())
+        data = faiss.serialize_index(self.index).tobytes()
+        atomic_write_bytes(index_path, data)
         meta = {"space": self.space, "dim": self.dim, "version": self.version,
-                "ntotal": int(self.index.ntotal), "kind": self.kind}
+                "ntotal": int(self.index.ntotal), "kind": self.kind, "bytes": len(data),
+                "crc32": zlib.crc32(data)}
         atomic_write_bytes(meta_path, json.dumps(meta).encode())
+
+    @staticmethod
+    def verify(folder: Path, space: str) -> str | None:
+        """Why the saved index file of `space` cannot be trusted, or None if it matches its
+        sidecar's checksum."""
+        index_path, meta_path = SpaceIndex.paths(folder, space)
+        try:
+            meta = json.loads(meta_path.read_text())
+            data = index_path.read_bytes()
+        except FileNotFoundError:
+            return "missing"
+        except (OSError, ValueError) as e:
+            return f"unreadable ({e})"
+        if "crc32" not in meta:
+            return None  # written before checksums: the load checks what it can
+        if len(data) != meta.get("bytes") or zlib.crc32(data) != meta["crc32"]:
+            return "damaged (checksum mismatch)"
+        return None
 
     @classmethod
     def load(cls, folder: Path, space: str) -> "SpaceIndex | None":
         index_path, meta_path = cls.paths(folder, space)
         try:
             meta = json.loads(meta_path.read_text())
-            data = np.frombuffer(index_path.read_bytes(), dtype=np.uint8)
-            index = faiss.deserialize_index(data)
+            raw = index_path.read_bytes()
+            if "crc32" in meta and (len(raw) != meta.get("bytes") or zlib.crc32(raw) != meta["crc32"]):
+                return None  # flipped bytes load "fine" in faiss and give wrong results
+            index = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))
         except (OSError, ValueError, RuntimeError):
             return None
         if meta.get("space") != space or index.ntotal != meta.get("ntotal") or index.d != meta.get("dim"):
@@ -164,7 +187,7 @@ class SpaceIndex:
             n = loaded.catch_up(catalog)
             loaded.save(folder)
             return loaded, f"caught up ({n} vectors)"
-        why = "missing, unreadable or of another kind" if loaded is None else "ahead of the catalog"
+        why = (cls.verify(folder, space) or "of another kind") if loaded is None else "ahead of the catalog"
         index = cls.build(catalog, space, kind)
         index.save(folder)
         return index, f"rebuilt ({why})"

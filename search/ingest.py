@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from models.embedder import Embedder
 
+from .catalog import album_of_source
 from .gallery import Gallery, GalleryError
-from .images import BadImage, decode
+from .images import BadImage, decode, read_photo_file
 from .pipeline import prefetch_map
 from .store import sha256_bytes
 
@@ -36,6 +37,7 @@ class IngestReport:
     added: int = 0
     duplicates: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    restored: int = 0  # known photos whose file was missing from the store, put back
     seconds: float = 0.0
     interrupted: bool = False
 
@@ -45,7 +47,8 @@ class IngestReport:
 
     def as_dict(self) -> dict:
         return {"model": self.model, "space": self.space, "seen": self.seen, "added": self.added,
-                "duplicates": self.duplicates, "skipped": len(self.skipped),
+                "duplicates": self.duplicates, "restored": self.restored,
+                "skipped": len(self.skipped),
                 "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped],
                 "seconds": round(self.seconds, 3),
                 "images_per_second": round(self.images_per_second, 2),
@@ -65,50 +68,82 @@ class _Item:
     format: str = ""
 
 
+SYSTEM_ROOTS = ("/proc", "/sys", "/dev", "/run")
+
+
+def _is_system_path(p: Path) -> bool:
+    resolved = str(p.resolve())
+    return any(resolved == root or resolved.startswith(root + "/") for root in SYSTEM_ROOTS)
+
+
 def collect_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Expand folders (recursively, sorted, hidden entries skipped); refuse missing paths."""
+    """Expand folders (recursively, sorted, hidden entries skipped); regular files only.
+    Missing paths, system folders (/proc, /sys, /dev, /run) and non-regular files named on
+    the command line are refused before anything is written."""
     files: list[Path] = []
-    missing = [str(p) for p in paths if not Path(p).exists()]
+    paths = [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise GalleryError(f"no such file or folder: {', '.join(missing)}")
-    for p in map(Path, paths):
+    system = [str(p) for p in paths if _is_system_path(p)]
+    if system:
+        raise GalleryError(f"{', '.join(system)}: a system folder or device, not photos")
+    for p in paths:
         if p.is_dir():
-            files.extend(
-                f for f in sorted(p.rglob("*"))
-                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
-        else:
+            files.extend(_walk(p))
+        elif p.is_file():
             files.append(p)
+        else:
+            raise GalleryError(f"{p}: not a regular file (a device, pipe or socket)")
     return files
+
+
+def _walk(root: Path) -> list[Path]:
+    """Regular files below root, sorted; unreadable folders and hidden entries are passed over."""
+    import os
+
+    found: list[Path] = []
+    for folder, dirs, names in os.walk(root, onerror=lambda e: None, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            f = Path(folder) / name
+            if not name.startswith(".") and f.is_file():
+                found.append(f)
+    return sorted(found)
 
 
 class _Loader:
     """Runs in the loader thread, with its own read-only SQLite connection."""
 
-    def __init__(self, db_path: Path, model: Embedder):
+    def __init__(self, db_path: Path, model: Embedder, store):
         self.db_path = db_path
         self.model = model
+        self.store = store
         self.local = threading.local()
 
-    def known(self, sha: str) -> bool:
+    def known(self, sha: str) -> str | None:
+        """The stored file extension of an image already embedded in this space, else None."""
         conn = getattr(self.local, "conn", None)
         if conn is None:
             conn = self.local.conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True,
                                                      check_same_thread=False, timeout=30)
         row = conn.execute(
-            "SELECT 1 FROM images i JOIN vectors v ON v.image_id = i.id "
+            "SELECT i.ext FROM images i JOIN vectors v ON v.image_id = i.id "
             "WHERE i.sha256 = ? AND v.space = ? LIMIT 1", [sha, self.model.space]
         ).fetchone()
-        return row is not None
+        return row[0] if row else None
 
     def __call__(self, path: Path) -> _Item:
         item = _Item(path)
         try:
-            item.data = path.read_bytes()
-        except OSError as e:
-            return _Item(path, status="skipped", reason=f"unreadable: {e.strerror or e}")
+            item.data = read_photo_file(path)
+        except BadImage as e:
+            return _Item(path, status="skipped", reason=str(e))
         item.sha256 = sha256_bytes(item.data)
-        if self.known(item.sha256):
+        ext = self.known(item.sha256)
+        if ext is not None:
+            if not self.store.path(item.sha256, ext).is_file():  # lost from the store: restore it
+                return _Item(path, item.sha256, status="duplicate", data=item.data, format=ext)
             return _Item(path, item.sha256, status="duplicate")
         try:
             decoded = decode(item.data, target_size=self.model.info.image_size)
@@ -124,13 +159,17 @@ ProgressFn = Callable[[int, int, IngestReport], None]
 
 def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None = None,
            batch_size: int = 16, progress: bool = True, on_progress: ProgressFn | None = None,
-           workers: int = 1, should_stop: Callable[[], bool] | None = None) -> IngestReport:
+           workers: int = 1, should_stop: Callable[[], bool] | None = None,
+           album: str | None = None, album_from_folder: bool = True) -> IngestReport:
+    """Add photos. Each new photo's album is `album` when given (photos already in the gallery
+    move into it too), else the folder it came from (unless `album_from_folder` is off)."""
     files = collect_files(paths)
     model = gallery.ensure_model(model_name)
     report = IngestReport(model.name, model.space)
     gallery.index(model.space)  # load or rebuild the live index before adding to it
-    loader = _Loader(gallery.catalog.path, model)
+    loader = _Loader(gallery.catalog.path, model, gallery.store)
     seen_in_run: set[str] = set()
+    regrouped: list[str] = []  # known photos to move into `album`
     batch: list[_Item] = []
     t0 = time.perf_counter()
     bar = tqdm(total=len(files), unit="img", desc=f"indexing with {model.name}",
@@ -148,6 +187,8 @@ def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None
                     "sha256": it.sha256, "name": it.path.name, "ext": _ext(it),
                     "bytes": len(it.data), "width": it.width, "height": it.height,
                     "format": it.format, "source": str(it.path.resolve()), "added_at": time.time(),
+                    "album": album or (album_of_source(str(it.path.resolve()))
+                                       if album_from_folder else None),
                 })
                 for it in batch
             ]
@@ -164,6 +205,11 @@ def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None
                 bar.write(f"skipped {item.path}: {item.reason}", file=sys.stderr)
             elif item.status == "duplicate" or item.sha256 in seen_in_run:
                 report.duplicates += 1
+                if item.data:
+                    gallery.store.put(item.sha256, item.format, item.data)
+                    report.restored += 1
+                if album:
+                    regrouped.append(item.sha256)
             else:
                 seen_in_run.add(item.sha256)
                 batch.append(item)
@@ -176,6 +222,8 @@ def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None
                 report.interrupted = True
                 break
         flush()
+        if regrouped:
+            gallery.catalog.set_album_by_sha(regrouped, album)
     except KeyboardInterrupt:
         report.interrupted = True
     finally:

@@ -133,3 +133,37 @@ def generations_job(kind: str, train_dir: Path, test_dir: Path, cache_dir: Path,
         job.message = f"saved {out_path.name}"
         return result
     return work
+
+
+def fit_job(home: Path, backbone: str, out: str, method: str = "auto",
+            sample: int | None = None) -> Callable[[Job], Any]:
+    """Fit an upgrade to the gallery (`graceful train --from-gallery`) in the background."""
+    def work(job: Job):
+        from .fit import FitRequest, fit_upgrade
+
+        t0 = time.time()
+        first: dict = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            job.done, job.total = done, total
+            first.setdefault(stage, (time.time(), done))
+            t_stage, done0 = first[stage]
+            elapsed = time.time() - t_stage
+            job.rate = (done - done0) / elapsed if elapsed > 0.5 else 0.0
+            job.eta_seconds = (total - done) / job.rate if job.rate else None
+            job.message = "computing the new backbone's features" if stage == "features" else \
+                "training and measuring on the held-out slice"
+
+        from models.features import ExtractionStopped
+
+        try:
+            report = _in_own_gallery(home, lambda g: fit_upgrade(g, FitRequest(
+                backbone, out, method, sample, on_progress=progress, should_stop=job.should_stop)))
+        except ExtractionStopped:
+            job.message = "paused: features computed so far are kept; start again to resume"
+            return None
+        job.done = job.total = 1
+        job.message = (f"{report['name']}: {report['verdict']} on {report['sample']['held_out']} "
+                       f"held-out photos in {time.time() - t0:.0f} s. Upgrade to it above.")
+        return report
+    return work

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from models.embedder import Embedder
 
+from .errors import friendly
 from .gallery import Gallery, GalleryError, SearchResult
 from .images import BadImage, decode
 from .store import sha256_bytes
@@ -32,9 +34,12 @@ def search_bytes(gallery: Gallery, data: bytes, k: int = 10, label: str = "",
     result.elapsed_ms += embed_ms
     if log and gallery.catalog.get_state("log_queries", True):
         sha = sha256_bytes(data)
-        if gallery.catalog.image_id(sha) is None:
-            gallery.save_query_image(data)
-        log_query(gallery, result, "image", sha, label)
+        try:
+            if gallery.catalog.image_id(sha) is None:
+                gallery.save_query_image(data)
+            log_query(gallery, result, "image", sha, label)
+        except (OSError, sqlite3.Error) as e:  # a search must work on a full disk
+            gallery.notices.append(f"this search was not logged: {friendly(e)}")
     return result
 
 
@@ -50,13 +55,22 @@ def search_gallery_image(gallery: Gallery, ref: str | int, k: int = 10, log: boo
                          model_name: str | None = None) -> SearchResult:
     """"More like this" for a gallery photo: re-embedded by the query model, itself excluded."""
     row = gallery.image_row(ref)
-    data = gallery.store.read(row.sha256, row.ext)
+    try:
+        data = gallery.store.read(row.sha256, row.ext)
+    except FileNotFoundError:
+        raise GalleryError(missing_file_message(gallery, row)) from None
     result = search_bytes(gallery, data, k + 1, f"gallery:{row.id}", log, model_name)
     result.hits = [h for h in result.hits if h.image_id != row.id][:k]
     for rank, hit in enumerate(result.hits, 1):
         hit.rank = rank
     result.k = k
     return result
+
+
+def missing_file_message(gallery: Gallery, row) -> str:
+    return (f"photo #{row.id} ({row.name}) is missing from the gallery's store "
+            f"({gallery.image_path(row)}): `graceful check --repair` restores it from {row.source} "
+            f"if that file is unchanged, or index the original again")
 
 
 def search_text(gallery: Gallery, text: str, k: int = 10, log: bool = True) -> SearchResult:
@@ -68,7 +82,10 @@ def search_text(gallery: Gallery, text: str, k: int = 10, log: bool = True) -> S
     result = gallery.search_vectors(vector, k, model.name, model.space)[0]
     result.elapsed_ms += (time.perf_counter() - t0) * 1000
     if log:
-        log_query(gallery, result, "text", "", text)
+        try:
+            log_query(gallery, result, "text", "", text)
+        except (OSError, sqlite3.Error) as e:
+            gallery.notices.append(f"this search was not logged: {friendly(e)}")
     return result
 
 

@@ -9,33 +9,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, asdict, field
 
-import numpy as np
-
-from models.embedder import Embedder
-
 from .gallery import Gallery, GalleryError
-from .images import BadImage, decode
-
-PREFLIGHT_SAMPLE = 24
-PREFLIGHT_TOP = 10
-# Share of sampled photos that, embedded by the new model, must find their own old vector in the
-# top PREFLIGHT_TOP. The shipped lite2->lite0 model scores ~0.9 on Caltech-101; an
-# incompatible model of the same dimension scores ~0.
-PREFLIGHT_MIN_RECALL = 0.5
-
-
-@dataclass
-class Preflight:
-    sample: int
-    self_recall: float  # share of sampled images whose own stored vector is in the top results
-    top: int
-    mean_cosine: float  # mean similarity between new embedding and stored vector
-    threshold: float
-    passed: bool
-    seconds: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+from .preflight import PREFLIGHT_SAMPLE, Preflight, preflight
 
 
 @dataclass
@@ -50,6 +25,7 @@ class UpgradeResult:
     switch_ms: float
     vectors_recomputed: int = 0
     notes: list[str] = field(default_factory=list)
+    next_step: dict | None = None  # when the pre-flight refuses: the gallery-fitted path
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -57,44 +33,35 @@ class UpgradeResult:
         return d
 
 
-def preflight(gallery: Gallery, model: Embedder, sample: int = PREFLIGHT_SAMPLE,
-              top: int = PREFLIGHT_TOP, seed: int = 0) -> Preflight:
-    """Embed a sample of gallery photos with `model`; each must find its own stored vector."""
-    t0 = time.perf_counter()
-    space = gallery.space
-    idx = gallery.index(space)
-    ids = gallery.catalog.db.execute(
-        "SELECT DISTINCT image_id FROM vectors WHERE space = ?", [space]).fetchall()
-    ids = np.array([r[0] for r in ids], dtype=np.int64)
-    if idx is None or len(ids) == 0:
-        return Preflight(0, 1.0, top, 1.0, PREFLIGHT_MIN_RECALL, True, 0.0)
-    rng = np.random.default_rng(seed)
-    images, kept = [], []
-    # Walk a random order until `sample` photos decoded; unreadable store files are passed over
-    # (they are not the model's fault) without shrinking the sample.
-    order = rng.permutation(ids)
-    for start in range(0, min(len(order), sample * 10), sample):
-        chunk = order[start:start + sample].tolist()
-        rows = gallery.catalog.images(chunk)
-        for i in chunk:
-            row = rows.get(int(i))
-            try:
-                data = gallery.store.read(row.sha256, row.ext)
-                images.append(decode(data, model.info.image_size).image)
-                kept.append(int(i))
-            except (OSError, BadImage, AttributeError):
-                continue
-            if len(kept) == sample:
-                break
-        if len(kept) == sample:
-            break
-    vectors = model.embed_images(images)
-    _, found = idx.search(vectors, top)
-    recall = float(np.mean([k in f for k, f in zip(kept, found)])) if kept else 0.0
-    stored = np.stack([idx.index.reconstruct(int(k)) for k in kept]) if kept else vectors
-    cosine = float(np.mean((vectors * stored).sum(1))) if kept else 0.0
-    return Preflight(len(kept), round(recall, 4), top, round(cosine, 4), PREFLIGHT_MIN_RECALL,
-                     recall >= PREFLIGHT_MIN_RECALL, round(time.perf_counter() - t0, 3))
+class PreflightRefused(GalleryError):
+    """The pre-flight check refused the model; `result` holds what it measured and the next step."""
+
+    def __init__(self, message: str, result: UpgradeResult):
+        super().__init__(message)
+        self.result = result
+
+
+def next_step(gallery: Gallery, model, check: Preflight) -> dict:
+    """The gallery-fitted path, with its estimated time next to a full backfill's."""
+    from .fit import estimate_seconds
+
+    backbone = getattr(getattr(model, "meta", None), "backbone", None) or model.name
+    photos = gallery.catalog.count_images()
+    est = estimate_seconds(photos, check.images_per_second or 30.0)
+    command = f"graceful train --from-gallery --backbone {backbone} --out {backbone}-fit-{gallery.active_model}"
+    est.update({"backbone": backbone, "command": command, "text": (
+        f"Next step: fit an upgrade to this gallery's own photos ({command}): about "
+        f"{_duration(est['fit_seconds'])}, against {_duration(est['backfill_seconds'])} for "
+        f"re-embedding all {photos} photos.")})
+    return est
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def upgrade(gallery: Gallery, name: str, force: bool = False, dry_run: bool = False,
@@ -113,16 +80,20 @@ def upgrade(gallery: Gallery, name: str, force: bool = False, dry_run: bool = Fa
             f"(graceful train --old {current} --backbone ... --method bct) or re-embed the whole "
             f"gallery alongside, searching the old index meanwhile: graceful reembed {model.name}"
         )
+    space_dim = gallery.catalog.space_dim(space)
+    if space_dim is not None and model.dim != space_dim:
+        raise GalleryError(f"{model.name} gives {model.dim}-d vectors, but space {space!r} holds "
+                           f"{space_dim}-d ones: it cannot search this gallery")
     check = preflight(gallery, model, sample)
     result = UpgradeResult(model.name, current, space, False, dry_run, force and not check.passed,
                            check, 0.0)
+    if not check.passed:
+        result.next_step = next_step(gallery, model, check)
     if not check.passed and not force:
-        raise GalleryError(
-            f"pre-flight check failed: only {check.self_recall:.0%} of {check.sample} sampled photos "
-            f"embedded by {model.name} found their own {current} vector in the top {check.top} "
-            f"(need {check.threshold:.0%}; mean cosine {check.mean_cosine:.3f}). "
-            f"The model is not compatible with this gallery; --force overrides."
-        )
+        raise PreflightRefused(
+            f"pre-flight check refused {model.name} for this gallery: {check.expectation} "
+            f"({'; '.join(check.reasons)}). {result.next_step['text']} --force switches anyway.",
+            result)
     if dry_run:
         result.notes.append("dry run: nothing changed")
         return result

@@ -43,6 +43,15 @@ def few_photos(tmp_path_factory) -> Path:
                           ["airplanes", "Motorbikes", "sunflower"], 4)
 
 
+ALBUM_CLASSES = ["airplanes", "Motorbikes", "sunflower", "watch"]
+
+
+@pytest.fixture(scope="session")
+def album_photos(tmp_path_factory) -> Path:
+    """4 classes x 14 train photos, one folder (= album) each: a gallery to fit upgrades to."""
+    return caltech_subset(tmp_path_factory.mktemp("albums"), "train", ALBUM_CLASSES, 14)
+
+
 @pytest.fixture
 def home(tmp_path) -> Path:
     return tmp_path / "gallery"

@@ -97,9 +97,10 @@ def test_upload_search_upgrade_compare_rollback(app, few_photos, tmp_path):
     wait_for(app, "need at least 16")
 
 
-def test_generations_benchmark_runs_from_the_models_page(app, few_photos, tmp_path):
+def test_generations_benchmark_runs_from_the_models_page(app, few_photos, tmp_path, monkeypatch):
     from conftest import caltech_subset
 
+    monkeypatch.setenv("GRACEFUL_IMPORT_ROOTS", str(tmp_path))
     classes = ["airplanes", "Motorbikes", "sunflower"]
     train = caltech_subset(tmp_path / "train", "train", classes, 6)
     test = caltech_subset(tmp_path / "test", "test", classes, 4)
@@ -116,3 +117,42 @@ def test_generations_benchmark_runs_from_the_models_page(app, few_photos, tmp_pa
     assert list(table["query_model"]) == ["lite2 (cloud, same model)", "lite1 compatible with cloud",
                                           "lite0 compatible with cloud"]
     assert (table["images_per_s"] > 0).all()
+
+
+def test_albums_and_a_gallery_fitted_upgrade_from_the_app(app, album_photos, home, monkeypatch):
+    """Index a folder (albums from its sub-folders), see and filter albums; a model that does not
+    line up with the gallery is refused and the fitted path offered; one click trains it, and
+    the upgrade to it passes its pre-flight."""
+    from test_models import make_checkpoint
+
+    field = app.text_input(key="folder")  # off until the operator names import roots
+    assert field.disabled and "GRACEFUL_IMPORT_ROOTS" in field.placeholder
+    monkeypatch.setenv("GRACEFUL_IMPORT_ROOTS", str(album_photos.parent))
+    app.run()
+    app.text_input(key="folder").set_value("/etc").run()
+    app.button(key="index-folder").click().run()
+    assert "/etc is outside the folders this server may read" in text_of(app)
+    app.text_input(key="folder").set_value(str(album_photos)).run()
+    app.button(key="index-folder").click().run()
+    assert not app.exception
+    assert "Added 56 photos" in text_of(app) and "56 photos in 4 albums" in text_of(app)
+    app.selectbox(key="gallery-album").set_value("sunflower (14)").run()
+    assert all("sunflower" in m.value for m in app.markdown if "📁" in m.value)
+
+    make_checkpoint(home / "models" / "not-aligned.safetensors", backbone="lite1", dim=1280,
+                    name="not-aligned")
+    page(app, "Models")
+    app.selectbox(key="upgrade-target").set_value("not-aligned").run()
+    app.button(key="upgrade").click().run()
+    assert not app.exception
+    out = text_of(app)
+    assert "Pre-flight refused not-aligned" in out and "Next step: fit an upgrade" in out
+    assert "Active model: **lite0**" in out
+    app.button(key="fit-from-refusal").click().run()
+    wait_for(app, "held-out photos of 56", timeout=300)
+    out = text_of(app)
+    held_out = next(d.value for d in app.dataframe if "held-out photos" in d.value.columns)
+    assert "lite1-fit-lite0" in out and "after the upgrade" in held_out["held-out photos"].tolist()
+    app.selectbox(key="upgrade-target").set_value("lite1-fit-lite0").run()
+    app.button(key="upgrade").click().run()
+    assert "Upgraded lite0 → lite1-fit-lite0" in text_of(app)

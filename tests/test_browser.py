@@ -28,12 +28,13 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def server(home):
+def server(home, album_photos):
     if not shutil.which("chromium"):
         pytest.fail("Debian's chromium is required for the browser test (apt-get install chromium)")
     port = free_port()
     env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2",
-           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+           "GRACEFUL_IMPORT_ROOTS": str(album_photos.parent)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
@@ -57,7 +58,7 @@ def server(home):
         proc.kill()
 
 
-def test_browser_upload_search_upgrade_compare_rollback(server, few_photos):
+def test_browser_upload_search_upgrade_compare_rollback(server, few_photos, album_photos):
     from playwright.sync_api import expect, sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -106,5 +107,30 @@ def test_browser_upload_search_upgrade_compare_rollback(server, few_photos):
         go("Models")
         page.get_by_role("button", name=re.compile(r"Roll back to lite0")).click()
         expect(page.get_by_text(re.compile(r"Rolled back lite2-compat-lite0 → lite0"))).to_be_visible()
+
+        # albums from a server folder, then an upgrade fitted to this gallery, in one click
+        go("Gallery")
+        page.get_by_text("Add photos", exact=True).click()  # the expander is closed once photos exist
+        field = page.get_by_label(re.compile(r"index a folder on the server"))
+        field.fill(str(album_photos))
+        field.press("Enter")
+        page.get_by_role("button", name="Index folder").click()
+        expect(page.get_by_text(re.compile(r"Added 56 photos"))).to_be_visible()
+        expect(page.get_by_text(re.compile(r"68 photos in 4 albums"))).to_be_visible()
+        go("Models")
+        page.get_by_role("button", name="Train an upgrade for this gallery").click()
+        expect(page.get_by_text(re.compile(r"lite2-fit-lite0: \w+.* held-out photos in"))).to_be_visible(
+            timeout=300_000)
+        go("Search")
+        go("Models")  # a full rerun lists the new model
+        page.get_by_test_id("stSelectbox").filter(has_text="New model").click()
+        page.get_by_role("option", name="lite2-fit-lite0").click()
+        page.get_by_role("button", name="Upgrade", exact=True).click()
+        expect(page.get_by_text(re.compile(r"Upgraded lite0 → lite2-fit-lite0"))).to_be_visible()
+        report = page.get_by_text(re.compile(r"held-out photos of 68"))
+        expect(report).to_be_visible()
+        page.get_by_role("heading", name="Fit an upgrade to this gallery").scroll_into_view_if_needed()
+        page.wait_for_timeout(1000)
+        page.screenshot(path=SHOTS / "5-fitted.png")
         expect(page.get_by_text("Traceback")).to_have_count(0)
         browser.close()

@@ -1,0 +1,126 @@
+"""`graceful check [--repair]`: is the gallery whole, and what can be rebuilt?
+
+Checks: SQLite's integrity check of the catalog; every stored photo present and matching its
+hash; each space's index file against its checksum and against the catalog; models the
+gallery refers to (active, history, registered) still loadable. With `repair`: index files are
+rebuilt from the catalog, and missing or damaged store files are re-imported from the path the
+photo was indexed from when that file still holds the same bytes. What cannot be fixed is listed
+with the next step.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .gallery import Gallery, GalleryError
+from .index import SpaceIndex
+
+
+@dataclass
+class Finding:
+    check: str
+    status: str  # ok | problem | repaired
+    detail: str
+    next_step: str = ""
+
+
+@dataclass
+class CheckReport:
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(f.status != "problem" for f in self.findings)
+
+    def add(self, check: str, status: str, detail: str, next_step: str = "") -> None:
+        self.findings.append(Finding(check, status, detail, next_step))
+
+    def as_dict(self) -> dict:
+        return {"ok": self.ok, "findings": [asdict(f) for f in self.findings],
+                "problems": sum(f.status == "problem" for f in self.findings),
+                "repaired": sum(f.status == "repaired" for f in self.findings)}
+
+
+def _sha256_file(path: Path) -> str | None:
+    try:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest()
+    except OSError:
+        return None
+
+
+def check(gallery: Gallery, repair: bool = False,
+          on_progress: Callable[[int, int], None] | None = None) -> CheckReport:
+    report = CheckReport()
+    cat = gallery.catalog
+    result = cat.db.execute("PRAGMA integrity_check").fetchall()
+    if [r[0] for r in result] == ["ok"]:
+        report.add("catalog", "ok", "SQLite integrity check passed")
+    else:
+        report.add("catalog", "problem", "; ".join(r[0] for r in result[:5]),
+                   "restore catalog.db from a backup (the photos in images/ are intact)")
+
+    rows = cat.list_images(0, 1 << 62)
+    bad = []
+    for n, row in enumerate(rows, 1):
+        path = gallery.image_path(row)
+        if _sha256_file(path) != row.sha256:
+            bad.append(row)
+        if on_progress and (n % 64 == 0 or n == len(rows)):
+            on_progress(n, len(rows))
+    if not bad:
+        report.add("store", "ok", f"{len(rows)} photos present and matching their hashes")
+    for row in bad:
+        what = "missing" if not gallery.image_path(row).exists() else "damaged (hash mismatch)"
+        source = Path(row.source) if row.source else None
+        if repair and source and _sha256_file(source) == row.sha256:
+            gallery.store.put(row.sha256, row.ext, source.read_bytes())
+            report.add("store", "repaired", f"photo #{row.id} ({row.name}) was {what}: "
+                       f"re-imported from {source}")
+        else:
+            gone = "its original" + (f" {source}" if source else "") + \
+                (" is gone or changed" if source else " is unknown")
+            report.add("store", "problem", f"photo #{row.id} ({row.name}) is {what}; {gone}",
+                       "index the original photo again (graceful index PATH) to restore it"
+                       if not repair else "index the original photo again to restore it, or "
+                       "accept that this photo cannot be shown or re-embedded")
+
+    spaces = sorted({r["space"] for r in cat.vector_counts()})
+    for space in spaces:
+        why = SpaceIndex.verify(gallery.index_dir, space)
+        loaded = SpaceIndex.load(gallery.index_dir, space) if why is None else None
+        served = len(cat.space_members(space))
+        if loaded is not None and loaded.version > cat.space_version(space):
+            why = "ahead of the catalog"
+        elif loaded is not None and loaded.version == cat.space_version(space) and loaded.ntotal != served:
+            why = f"holds {loaded.ntotal} vectors, the catalog serves {served}"
+        if why is None:
+            behind = loaded is not None and loaded.version < cat.space_version(space)
+            report.add("index", "ok", f"{space}: {served} vectors" +
+                       (" (behind the catalog: caught up on next open)" if behind else ""))
+        elif repair:
+            gallery.rebuild_index(space)
+            report.add("index", "repaired", f"{space}: the index file was {why}: rebuilt from the catalog")
+        else:
+            report.add("index", "problem", f"{space}: the index file is {why}",
+                       "graceful check --repair (rebuilds it from the catalog)")
+
+    names = {m["name"] for m in cat.models()}
+    active = gallery.active_model
+    for name in sorted(names | set(cat.get_state("model_history", [])) | ({active} if active else set())):
+        try:
+            gallery.resolve_model(name)
+        except GalleryError as e:
+            role = "the active model" if name == active else "a model this gallery used"
+            report.add("models", "problem", f"{name} ({role}) cannot be loaded: {e}",
+                       "put its checkpoint back into the gallery's models/ folder"
+                       + ("; until then `graceful rollback` switches to the previous model"
+                          if name == active else ""))
+    if not any(f.check == "models" for f in report.findings):
+        report.add("models", "ok", f"{len(names)} models loadable")
+    return report

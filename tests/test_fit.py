@@ -1,0 +1,227 @@
+"""Albums and upgrades fitted to the gallery itself (`graceful train --from-gallery`), on real
+photos and real models: labelled and unlabelled paths, held-out report, refusals, kill -9."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from search.catalog import Catalog, _migrate_to_1
+from search.cli import cli
+from search.fit import FitError, FitRefused, FitRequest, fit_upgrade, stratified
+from search.gallery import Gallery
+from search.ingest import ingest
+
+from conftest import ALBUM_CLASSES
+
+
+def run(home, *args):
+    return CliRunner().invoke(cli, ["--home", str(home), *map(str, args)], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def album_home(tmp_path_factory, album_photos) -> Path:
+    """A lite0 gallery of those photos, built once; tests copy it."""
+    home = tmp_path_factory.mktemp("album_gallery") / "g"
+    g = Gallery.open(home, create=True)
+    ingest(g, [album_photos], progress=False)
+    g.close()
+    return home
+
+
+@pytest.fixture
+def gallery_copy(album_home, tmp_path) -> Path:
+    import shutil
+
+    dest = tmp_path / "g"
+    shutil.copytree(album_home, dest, ignore=shutil.ignore_patterns("cache"))
+    return dest
+
+
+def test_albums_follow_folders_and_can_be_edited(gallery_copy, few_photos):
+    r = run(gallery_copy, "albums", "--json")
+    assert r.exit_code == 0, r.output
+    assert {a["album"]: a["images"] for a in json.loads(r.stdout)} == {c: 14 for c in ALBUM_CLASSES}
+    # --album puts new photos (and photos already there) into the named album
+    r = run(gallery_copy, "index", few_photos / "airplanes", "--album", "trips", "--json")
+    assert r.exit_code == 0, r.output
+    albums = {a["album"]: a["images"] for a in json.loads(run(gallery_copy, "albums", "--json").stdout)}
+    assert albums["trips"] == 4
+    r = run(gallery_copy, "albums", "rename", "trips", "holidays")
+    assert r.exit_code == 0 and "(4 photos)" in r.output
+    g = Gallery.open(gallery_copy)
+    some = [row.id for row in g.catalog.list_images(0, 3, album="holidays")]
+    g.close()
+    assert run(gallery_copy, "albums", "set", "best", *some).exit_code == 0
+    assert run(gallery_copy, "albums", "clear", some[0]).exit_code == 0
+    albums = {a["album"]: a["images"] for a in json.loads(run(gallery_copy, "albums", "--json").stdout)}
+    assert albums["best"] == 2 and albums["holidays"] == 1 and albums[None] == 1
+    r = run(gallery_copy, "albums", "rename", "no-such-album", "x")
+    assert r.exit_code == 1 and "no album called" in r.output
+
+
+def test_v1_catalog_gets_albums_from_its_folders(tmp_path):
+    import sqlite_utils
+
+    path = tmp_path / "catalog.db"
+    db = sqlite_utils.Database(path)
+    _migrate_to_1(db)
+    db.execute("PRAGMA user_version = 1")
+    db["images"].insert({"sha256": "ab" * 32, "name": "a.jpg", "ext": ".jpg", "bytes": 1, "width": 1,
+                         "height": 1, "format": "JPEG", "source": "/photos/cats/a.jpg", "added_at": 0.0})
+    db.conn.commit()
+    db.close()
+    c = Catalog(path)
+    assert c.schema_version == 2 and c.albums() == [{"album": "cats", "images": 1}]
+    assert c.list_images()[0].album == "cats"
+
+
+def test_stratified_sample_keeps_every_album():
+    labels = {i: ("big" if i < 90 else f"small{i}") for i in range(100)}
+    pick = stratified(list(range(100)), labels, 20, np.random.default_rng(0))
+    assert len(pick) == len(set(pick)) == 20
+    assert {labels[i] for i in pick} == set(labels.values())  # all 11 albums present
+
+
+def test_fit_with_albums_from_the_cli_then_upgrade(gallery_copy):
+    r = run(gallery_copy, "train", "--from-gallery", "--backbone", "lite2", "--out", "fitted",
+            "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["method"] == "pct" and report["sample"]["labelled"] and report["sample"]["albums"] == 4
+    assert report["sample"]["train"] + report["sample"]["held_out"] == 56
+    held = report["held_out"]
+    for pair in ("old/old", "new/old", "new/new"):
+        assert {"top1", "map"} <= set(held["albums"][pair])
+    assert {"nfr", "pfr", "own_rank", "agreement", "mean_cosine"} <= set(held) | set(held["albums"])
+    assert report["passed"] and Path(report["path"]).is_file() and Path(report["report"]).is_file()
+
+    # the report lives in the checkpoint too
+    models = {m["name"]: m for m in json.loads(run(gallery_copy, "models", "--json").stdout)}
+    assert models["fitted"]["space"] == "lite0" and models["fitted"]["method"] == "pct"
+
+    r = run(gallery_copy, "upgrade", "fitted", "--json")
+    assert r.exit_code == 0, r.output
+    up = json.loads(r.stdout)
+    assert up["changed"] and up["preflight"]["passed"] and up["preflight"]["held_out_only"]
+    assert up["preflight"]["albums"]["queries"] >= 2 and up["preflight"]["expectation"]
+
+    # name taken
+    r = run(gallery_copy, "train", "--from-gallery", "--backbone", "lite2", "--out", "fitted")
+    assert r.exit_code == 1 and "already exists" in r.output
+
+
+def test_fit_without_albums_takes_the_unlabelled_path(gallery_copy):
+    g = Gallery.open(gallery_copy)
+    g.catalog.set_album([r[0] for r in g.catalog.db.execute("SELECT id FROM images")], None)
+    with pytest.raises(FitError, match="at least two albums"):
+        fit_upgrade(g, FitRequest("lite2", "needs-albums", method="bct"))
+    report = fit_upgrade(g, FitRequest("lite2", "adapted"))
+    assert report["method"] == "adapter" and not report["sample"]["labelled"]
+    assert "albums" not in report["held_out"] and report["verdict"] in ("compatible", "incompatible")
+    g.close()
+
+
+def test_a_model_worse_on_the_held_out_slice_is_refused(gallery_copy, monkeypatch):
+    """Sabotaged training (the old side shuffled between photos) must be caught by the held-out
+    measurement: nothing saved, the message says what was measured; --force saves it."""
+    import search.fit as fit
+
+    real = fit.train_head
+
+    def sabotaged(cfg, features, labels, n_classes, old_emb=None, old_classifier=None, progress=False):
+        rng = np.random.default_rng(0)
+        return real(cfg, features, None, n_classes, old_emb=old_emb[rng.permutation(len(old_emb))],
+                    progress=progress)
+
+    monkeypatch.setattr(fit, "train_head", sabotaged)
+    g = Gallery.open(gallery_copy)
+    with pytest.raises(FitRefused) as e:
+        fit_upgrade(g, FitRequest("lite2", "broken", method="adapter"))
+    assert "was not saved" in str(e.value) and "held-out" in str(e.value)
+    assert not e.value.report["passed"] and e.value.report["path"] is None
+    assert not (g.models_dir / "broken.safetensors").exists()
+    report = fit_upgrade(g, FitRequest("lite2", "broken", method="adapter", force=True))
+    assert report["forced"] and Path(report["path"]).is_file()
+    g.close()
+
+
+def test_tiny_galleries_get_a_clear_message(home, few_photos, tmp_path):
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.jpg").write_bytes(next(few_photos.rglob("*.jpg")).read_bytes())
+    run(home, "index", one)
+    r = run(home, "train", "--from-gallery", "--backbone", "lite2", "--out", "x")
+    assert r.exit_code == 1 and "this gallery has 1 photo;" in r.output and "Traceback" not in r.output
+
+
+def test_one_album_gets_a_clear_message(gallery_copy):
+    g = Gallery.open(gallery_copy)
+    g.catalog.set_album([r[0] for r in g.catalog.db.execute("SELECT id FROM images")], "everything")
+    with pytest.raises(FitError, match=r"this gallery has: everything \(56\)"):
+        fit_upgrade(g, FitRequest("lite2", "one-album", method="pct"))
+    g.close()
+
+
+def _feature_shards(home: Path) -> int:
+    return len(list((home / "cache" / "lite2").glob("*.npz")))
+
+
+def test_kill_9_during_feature_extraction_resumes(gallery_copy):
+    env = {**os.environ, "GRACEFUL_HOME": str(gallery_copy), "GRACEFUL_THREADS": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "train", "--from-gallery",
+                             "--backbone", "lite2", "--out", "resumed"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while proc.poll() is None and time.time() < deadline and _feature_shards(gallery_copy) < 1:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    kept = _feature_shards(gallery_copy)
+    assert 1 <= kept < 56 // 16 + 1
+    assert not (gallery_copy / "models" / "resumed.safetensors").exists()
+    with sqlite3.connect(gallery_copy / "catalog.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    from models.features import FeatureCache
+
+    done_before = len(FeatureCache(gallery_copy / "cache", "lite2")._load())
+    seen: list[int] = []
+    g = Gallery.open(gallery_copy)
+    report = fit_upgrade(g, FitRequest("lite2", "resumed",
+                                       on_progress=lambda s, d, t: seen.append(d) if s == "features" else None))
+    g.close()
+    assert report["passed"] and done_before >= 16
+    assert seen[0] >= done_before  # the first progress report already counts the cached images
+
+
+def test_refused_upgrade_offers_the_fitted_path(gallery_copy):
+    """A model that does not line up with the stored vectors: refused (exit 1, JSON says what
+    was measured), nothing switched, and the next step names the fitted path with its time."""
+    from test_models import make_checkpoint
+
+    make_checkpoint(gallery_copy / "models" / "x.safetensors", backbone="lite1", dim=1280,
+                    name="not-aligned")
+    r = run(gallery_copy, "upgrade", "not-aligned", "--json")
+    assert r.exit_code == 1
+    out = json.loads(r.stdout[: r.stdout.rindex("}") + 1])
+    p = out["preflight"]
+    assert not out["changed"] and not p["passed"] and p["verdict"] == "incompatible"
+    assert p["own_rank"] > 0.3 and p["albums"]["delta_map"] < 0
+    step = out["next_step"]
+    assert "graceful train --from-gallery --backbone lite1" in step["command"]
+    assert 0 < step["fit_seconds"] and 0 < step["backfill_seconds"]
+    r = run(gallery_copy, "upgrade", "not-aligned")
+    assert r.exit_code == 1 and "Next step: fit an upgrade" in r.output and "Traceback" not in r.output
+    info = json.loads(run(gallery_copy, "info", "--json").stdout)
+    assert info["active_model"] == "lite0" and info["albums"] == 4
