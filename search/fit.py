@@ -82,7 +82,7 @@ def estimate_seconds(photos: int, images_per_second: float, sample: int | None =
     """Time to fit an upgrade vs a full backfill, from a measured embedding speed."""
     n = sample or default_sample(photos)
     rate = max(images_per_second, 1e-6)
-    return {"photos": photos, "sample": n, "fit_seconds": round(n / rate + 10 + n * 0.004, 1),
+    return {"photos": photos, "sample": n, "fit_seconds": round(n / rate + 3 + n * 0.005, 1),
             "backfill_seconds": round(photos / rate, 1), "images_per_second": round(rate, 2)}
 
 
@@ -260,8 +260,9 @@ def fit_upgrade(gallery: Gallery, req: FitRequest) -> dict:
     if not passed and not req.force:
         raise FitRefused(
             f"{req.out} was not saved: measured on {len(held)} held-out photos of this gallery it "
-            f"would not make search better. {expectation} ({'; '.join(reasons)}). "
-            f"Report: {report['report']}. --force saves it anyway.", report)
+            f"would not make search better. {expectation}"
+            + "".join(f"\n  {r}" for r in reasons)
+            + f"\nReport: {report['report']}. --force saves it anyway.", report)
 
     meta = CheckpointMeta(
         name=req.out, backbone=backbone.name, dim=old.shape[1], space=space,

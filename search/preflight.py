@@ -132,7 +132,6 @@ def judge(signals: dict) -> tuple[bool, str, str, list[str]]:
     figures = (f"on {albums['queries']} album photos top-1 {old['top1']:.3f} → {new['top1']:.3f}, "
                f"mAP {old['map']:.3f} → {new['map']:.3f}, {albums['nfr']:.1%} of searches that "
                f"were right would turn wrong")
-    reasons.append(figures)
     worse = (albums["delta_map"] < -max(WORSE_MAP, albums["delta_map_se"])
              or albums["delta_top1"] < -max(WORSE_TOP1, albums["delta_top1_se"]))
     if worse:

@@ -49,10 +49,15 @@ def next_step(gallery: Gallery, model, check: Preflight) -> dict:
     photos = gallery.catalog.count_images()
     est = estimate_seconds(photos, check.images_per_second or 30.0)
     command = f"graceful train --from-gallery --backbone {backbone} --out {backbone}-fit-{gallery.active_model}"
-    est.update({"backbone": backbone, "command": command, "text": (
-        f"Next step: fit an upgrade to this gallery's own photos ({command}): about "
-        f"{_duration(est['fit_seconds'])}, against {_duration(est['backfill_seconds'])} for "
-        f"re-embedding all {photos} photos.")})
+    text = (f"Next step: fit an upgrade to this gallery's own photos ({command}): about "
+            f"{_duration(est['fit_seconds'])}, against {_duration(est['backfill_seconds'])} for "
+            f"re-embedding all {photos} photos.")
+    if est["backfill_seconds"] <= est["fit_seconds"]:
+        text = (f"Next step: for a gallery this small, re-embedding all {photos} photos with "
+                f"{backbone} (graceful reembed {backbone}, about {_duration(est['backfill_seconds'])}) "
+                f"is as quick as fitting an upgrade to it ({command}, about "
+                f"{_duration(est['fit_seconds'])}).")
+    est.update({"backbone": backbone, "command": command, "text": text})
     return est
 
 
@@ -90,10 +95,10 @@ def upgrade(gallery: Gallery, name: str, force: bool = False, dry_run: bool = Fa
     if not check.passed:
         result.next_step = next_step(gallery, model, check)
     if not check.passed and not force:
+        lines = "".join(f"\n  {r}" for r in check.reasons)
         raise PreflightRefused(
-            f"pre-flight check refused {model.name} for this gallery: {check.expectation} "
-            f"({'; '.join(check.reasons)}). {result.next_step['text']} --force switches anyway.",
-            result)
+            f"pre-flight check refused {model.name} for this gallery. {check.expectation}{lines}\n"
+            f"{result.next_step['text']}\n--force switches anyway.", result)
     if dry_run:
         result.notes.append("dry run: nothing changed")
         return result
