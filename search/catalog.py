@@ -13,6 +13,7 @@ Tables
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -101,7 +102,10 @@ class SpacePhoto:
 class Catalog:
     def __init__(self, path: Path):
         self.path = Path(path)
-        conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False,
+        # How long a writer waits for another process's write lock before giving up with
+        # "the gallery is busy" (GRACEFUL_DB_TIMEOUT seconds, default 30).
+        timeout = float(os.environ.get("GRACEFUL_DB_TIMEOUT", "30"))
+        conn = sqlite3.connect(str(self.path), timeout=timeout, check_same_thread=False,
                                isolation_level=None)
         self.db = sqlite_utils.Database(conn)
         self.db.execute("PRAGMA journal_mode=WAL")

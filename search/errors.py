@@ -34,8 +34,9 @@ def friendly(e: BaseException) -> str:
             return ("catalog.db is read-only for this user: searching works, changes need write "
                     "access")
     if isinstance(e, sqlite3.DatabaseError):
-        return (f"the catalog (catalog.db) is damaged: {e}. Run `graceful check` to see what is "
-                "left, or restore catalog.db from a backup; the photos in images/ are intact")
+        return (f"the catalog (catalog.db) is damaged: {e}. Restore catalog.db from a backup; the "
+                "photos in images/ are intact and can be indexed into a new gallery "
+                "(graceful --home NEW index HOME/images)")
     return str(e) or e.__class__.__name__
 
 

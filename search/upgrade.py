@@ -33,6 +33,9 @@ class UpgradeResult:
         return d
 
 
+STRONGER_BACKBONE = "lite2"
+
+
 class PreflightRefused(GalleryError):
     """The pre-flight check refused the model; `result` holds what it measured and the next step."""
 
@@ -46,6 +49,8 @@ def next_step(gallery: Gallery, model, check: Preflight) -> dict:
     from .fit import estimate_seconds
 
     backbone = getattr(getattr(model, "meta", None), "backbone", None) or model.name
+    if backbone == gallery.active_model or backbone == gallery.space:
+        backbone = STRONGER_BACKBONE  # its backbone is the gallery's own model: nothing to gain
     photos = gallery.catalog.count_images()
     est = estimate_seconds(photos, check.images_per_second or 30.0)
     command = f"graceful train --from-gallery --backbone {backbone} --out {backbone}-fit-{gallery.active_model}"

@@ -48,6 +48,16 @@ def test_empty_gallery_is_friendly(app):
     assert "upgrade the gallery's model first" in text_of(app)
 
 
+def test_a_damaged_catalog_is_a_message_not_a_traceback(home, monkeypatch):
+    home.mkdir(parents=True)
+    (home / "catalog.db").write_bytes(b"garbage" * 500)
+    monkeypatch.setenv("GRACEFUL_HOME", str(home))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    assert not at.exception
+    assert "the catalog (catalog.db) is damaged" in at.error[0].value
+
+
 def test_upload_search_upgrade_compare_rollback(app, few_photos, tmp_path):
     files = sorted(few_photos.rglob("*.jpg"))
     uploads = [(f.name, f.read_bytes(), "image/jpeg") for f in files]

@@ -76,7 +76,7 @@ def test_browser_upload_search_upgrade_compare_rollback(server, few_photos, albu
 
         def go(name: str) -> None:
             sidebar.get_by_text(name, exact=True).click()
-            expect(page.get_by_role("heading", name=name)).to_be_visible()
+            expect(page.get_by_role("heading", name=name, exact=True)).to_be_visible()
 
         page.locator("input[type=file]").first.set_input_files([str(f) for f in photos])
         page.get_by_role("button", name=re.compile(r"Add 12 photos")).click()

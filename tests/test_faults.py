@@ -84,6 +84,25 @@ def test_two_index_runs_creating_one_gallery_at_once(home, few_photos):
     assert r.exit_code == 0 and json.loads(r.stdout)["ok"]
 
 
+def test_a_busy_gallery_waits_then_says_so(gallery12, few_photos):
+    """Another process holds the write lock: a writer waits (GRACEFUL_DB_TIMEOUT), then one line."""
+    holder = sqlite3.connect(gallery12 / "catalog.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        env = {**os.environ, "GRACEFUL_HOME": str(gallery12), "GRACEFUL_DB_TIMEOUT": "1"}
+        r = subprocess.run([sys.executable, "-m", "search.cli", "albums", "rename", "sunflower", "x"],
+                           env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert "the gallery is busy" in r.stderr
+        r = subprocess.run([sys.executable, "-m", "search.cli", "albums"], env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "sunflower" in r.stdout  # readers are not blocked (WAL)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert run(gallery12, "albums", "rename", "sunflower", "x").exit_code == 0
+
+
 def test_a_small_file_declaring_a_huge_image_is_refused_before_decoding(home, few_photos, tmp_path):
     bomb = tmp_path / "bomb.png"
     Image.new("1", (15000, 15000)).save(bomb, optimize=True)  # ~30 KB on disk, 225 MP
@@ -120,7 +139,7 @@ def test_damaged_or_emptied_catalog_is_one_clear_line(gallery12):
     db.write_bytes(b"this is not sqlite" * 1000)
     r = graceful(gallery12, "info")
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert "the catalog (catalog.db) is damaged" in r.stderr and "restore catalog.db" in r.stderr
+    assert "the catalog (catalog.db) is damaged" in r.stderr and "Restore catalog.db from a backup" in r.stderr
     db.write_bytes(b"")
     r = graceful(gallery12, "search", "--id", "1")
     assert r.returncode == 1 and "is empty (0 bytes) but the gallery holds photos" in r.stderr
