@@ -13,9 +13,13 @@ import time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
+
 from safetensors import SafetensorError as SafetensorsError
-from safetensors.torch import load_file, save_file, safe_open
+from safetensors import safe_open
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "graceful-checkpoint/1"
 SUFFIX = ".safetensors"
@@ -65,6 +69,8 @@ AUX = "aux."  # tensors that are not part of the head (e.g. aux.classifier)
 def save_checkpoint(path: str | os.PathLike, meta: CheckpointMeta, head: torch.nn.Module,
                     half: bool = True, aux: dict[str, torch.Tensor] | None = None) -> Path:
     """Atomic write: a crash leaves either no file or a complete one."""
+    from safetensors.torch import save_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = dict(head.state_dict())
@@ -84,7 +90,7 @@ def save_checkpoint(path: str | os.PathLike, meta: CheckpointMeta, head: torch.n
 
 def read_meta(path: str | os.PathLike) -> CheckpointMeta:
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:  # the header only: no torch needed
             header = f.metadata() or {}
     except (SafetensorsError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable checkpoint: {e}") from e
@@ -92,6 +98,8 @@ def read_meta(path: str | os.PathLike) -> CheckpointMeta:
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[CheckpointMeta, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
     meta = read_meta(path)
     try:
         tensors = load_file(str(path))

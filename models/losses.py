@@ -13,9 +13,10 @@ def cosine_logits(embeddings: torch.Tensor, weights: torch.Tensor, scale: float)
 
 
 def influence_loss(new_emb: torch.Tensor, old_classifier: torch.Tensor, labels: torch.Tensor,
-                   scale: float) -> torch.Tensor:
-    """BCT: the new embedding must be classified correctly by the *frozen* old classifier."""
-    return F.cross_entropy(cosine_logits(new_emb, old_classifier.detach(), scale), labels)
+                   scale: float, classify=F.cross_entropy) -> torch.Tensor:
+    """BCT: the new embedding must be classified correctly by the *frozen* old classifier
+    (`classify`: cross-entropy, or LQF's least squares on the logits)."""
+    return classify(cosine_logits(new_emb, old_classifier.detach(), scale), labels)
 
 
 def least_squares(cosines: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -16,9 +16,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from .checkpoint import SUFFIX, CheckpointError, CheckpointMeta, load_checkpoint, read_meta
-from .efficientnet import LITE_VARIANTS
-from .embedder import Embedder
+from .variants import LITE_VARIANTS
+
+if TYPE_CHECKING:
+    from .embedder import Embedder
 
 SHIPPED_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "lite0"

@@ -216,7 +216,7 @@ def _method_loss(cfg: TrainConfig, emb, idx, y_all, old_all, w_old, classifier,
         loss = loss + cfg.lam * losses.l2_compat_loss(emb, old_all[idx])
     elif cfg.method in ("bct", "pct"):
         # the influence loss: the frozen old classifier must classify the new embedding
-        loss = loss + cfg.lam * classify(losses.cosine_logits(emb, w_old.detach(), cfg.scale), y)
+        loss = loss + cfg.lam * losses.influence_loss(emb, w_old, y, cfg.scale, classify)
     if cfg.method == "pct":
         old = old_all[idx]
         old_logits = losses.cosine_logits(old, w_old, cfg.scale)

@@ -1,1 +1,21 @@
-"""Graceful's gallery engine: catalog, image store, FAISS index, ingest, query, upgrades."""
+"""Graceful's engine, importable: `from search import Gallery`.
+
+    g = Gallery.open("~/photos-index")   # created if missing
+    g.add(["~/Pictures"])                # files or folders, any iterable
+    g.search("query.jpg", k=5)
+    g.upgrade("lite2-compat-lite0")
+
+Everything is quiet by default; the CLI and the app switch progress on. Heavy modules load on
+first use, so importing this package is cheap.
+"""
+from __future__ import annotations
+
+__all__ = ["Gallery", "GalleryError", "SearchResult", "SearchHit"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import gallery
+
+        return getattr(gallery, name)
+    raise AttributeError(f"module 'search' has no attribute {name!r}")

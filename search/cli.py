@@ -5,23 +5,32 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from .gallery import Gallery, GalleryError, default_home
+from .errors import GalleryError
+from .home import default_home
+
+if TYPE_CHECKING:
+    from .gallery import Gallery
+
+# Heavy modules (torch, timm, faiss) are imported by the commands that use them, so that
+# `graceful --help`, `info` and `models` start quickly.
 
 
 class Context:
     def __init__(self, home: Path, threads: int | None):
         self.home = home
         self.threads = threads
-        self.opened: list[Gallery] = []
+        self.opened: list = []
 
-    def gallery(self, create: bool = False) -> Gallery:
+    def gallery(self, create: bool = False) -> "Gallery":
+        from .gallery import Gallery
         from .runtime import configure_threads
 
         configure_threads(self.threads)
-        g = Gallery.open(self.home, create=create)
+        g = Gallery.open(self.home, create=create)  # read commands: a missing gallery is an error
         self.opened.append(g)
         return g
 
@@ -82,6 +91,8 @@ def index_cmd(obj: Context, paths, model_name, batch_size, workers, album, no_al
     from .ingest import collect_files, ingest
 
     try:
+        from .gallery import Gallery
+
         collect_files(paths)  # a missing path is refused before anything is written
         if not Gallery.exists(obj.home):
             from models import registry

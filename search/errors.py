@@ -6,6 +6,10 @@ import errno
 import sqlite3
 
 
+class GalleryError(RuntimeError):
+    """A user-facing error: the message says what is wrong and what to do."""
+
+
 DISK_FULL = ("the disk is full{where}: free some space and run the command again (nothing "
              "written so far is lost; the gallery stays as it was before the failed step)")
 

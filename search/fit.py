@@ -206,7 +206,7 @@ def fit_upgrade(gallery: Gallery, req: FitRequest) -> dict:
     stored = gallery.catalog.serving_vectors_of(sample_ids, space)
     old = np.stack([stored[i] for i in sample_ids])
     n_train = len(train)
-    f_train, f_held = feats[:n_train], feats[n_train:]
+    f_train = feats[:n_train]
     o_train, o_held = old[:n_train], old[n_train:]
 
     t0 = time.perf_counter()

@@ -5,30 +5,26 @@ catalog, one per space), models/ (checkpoints trained for this gallery), cache/ 
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass, asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from models import registry
-from models.embedder import Embedder
 
 from .catalog import Catalog, ImageRow
+from .errors import GalleryError
+from .home import default_home
 from .index import SpaceIndex
 from .store import ImageStore
 
-DEFAULT_HOME = Path(__file__).resolve().parent.parent / "data" / "gallery"
+if TYPE_CHECKING:
+    from models.embedder import Embedder
 
-
-class GalleryError(RuntimeError):
-    """A user-facing error: the message says what is wrong and what to do."""
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("GRACEFUL_HOME") or DEFAULT_HOME)
+__all__ = ["Gallery", "GalleryError", "SearchHit", "SearchResult", "default_home"]
 
 
 @dataclass
@@ -75,12 +71,14 @@ class Gallery:
 
     # -- opening --------------------------------------------------------------------------
     @classmethod
-    def open(cls, home: Path | str | None = None, create: bool = False) -> "Gallery":
+    def open(cls, home: Path | str | None = None, create: bool = True) -> "Gallery":
+        """The gallery at `home` (default: `default_home()`), created if missing unless
+        `create=False` (then a missing gallery is a GalleryError)."""
         import sqlite3
 
         from .errors import friendly
 
-        home = Path(home) if home else default_home()
+        home = Path(home).expanduser() if home else default_home()
         db_path = home / "catalog.db"
         if not db_path.exists():
             if not create:
@@ -107,6 +105,87 @@ class Gallery:
 
     def close(self) -> None:
         self.catalog.close()
+
+    def __enter__(self) -> "Gallery":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the Python API: one object, quiet by default (the CLI and app turn progress on) ----
+    def add(self, paths, *, album: str | None = None, album_from_folder: bool = True,
+            model: str | None = None, progress: bool = False, **options):
+        """Index photos (files or folders, any iterable of paths); returns an IngestReport."""
+        from .ingest import ingest
+
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        return ingest(self, list(paths), model, progress=progress, album=album,
+                      album_from_folder=album_from_folder, **options)
+
+    def search(self, query=None, k: int = 10, *, text: str | None = None,
+               model: str | None = None, log: bool = False) -> "SearchResult":
+        """Photos most like `query`: a file path, image bytes or a gallery image id; or `text`
+        (models with a text tower). Not logged unless `log=True`."""
+        from . import query as q
+
+        if k < 1:
+            raise GalleryError("k must be at least 1")
+        if text is not None:
+            return q.search_text(self, text, k, log)
+        if isinstance(query, (bytes, bytearray)):
+            return q.search_bytes(self, bytes(query), k, "", log, model)
+        if isinstance(query, int):
+            return q.search_gallery_image(self, query, k, log, model)
+        if query is None:
+            raise GalleryError("give a query image (path, bytes or gallery id) or text=")
+        return q.search_file(self, query, k, log, model)
+
+    def upgrade(self, name: str, *, force: bool = False, dry_run: bool = False):
+        """Switch the query model after its pre-flight check; returns an UpgradeResult (a
+        refusal raises PreflightRefused, whose `.result` says what was measured)."""
+        from .upgrade import upgrade
+
+        return upgrade(self, name, force=force, dry_run=dry_run)
+
+    def rollback(self):
+        from .upgrade import rollback
+
+        return rollback(self)
+
+    def backfill(self, order: str = "random", limit: int | None = None, *, progress: bool = False):
+        """Re-embed older vectors with the active model (optional, resumable)."""
+        from .backfill import backfill
+
+        return backfill(self, order, limit, progress=progress)
+
+    def compare(self, queries, old: str | None = None, new: str | None = None, k: int = 10,
+                save: bool = True) -> dict:
+        """Per-query gained/lost results between two models. `queries`: a folder (labelled
+        when it has one sub-folder per class) or a list of `search.compare.Query`."""
+        from . import compare as cmp
+
+        history = self.catalog.get_state("model_history", [])
+        old = old or (history[-1] if history else None)
+        if old is None:
+            raise GalleryError("no previous model to compare with: give old=")
+        if isinstance(queries, (str, Path)):
+            queries = cmp.queries_from_folder(Path(queries))
+        return cmp.compare(self, old, new or self.active_model, list(queries), k, save)
+
+    def train(self, backbone: str, out: str, method: str = "auto", *, sample: int | None = None,
+              force: bool = False, progress: bool = False) -> dict:
+        """Fit an upgrade to this gallery (`graceful train --from-gallery`); returns its
+        report. A model measured worse raises FitRefused unless `force`."""
+        from .fit import FitRequest, fit_upgrade
+
+        return fit_upgrade(self, FitRequest(backbone, out, method, sample, force=force,
+                                            replace=force, progress=progress))
+
+    def check(self, repair: bool = False):
+        from .check import check
+
+        return check(self, repair)
 
     # -- models ---------------------------------------------------------------------------
     @property

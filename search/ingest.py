@@ -20,7 +20,8 @@ from tqdm import tqdm
 from models.embedder import Embedder
 
 from .catalog import album_of_source
-from .gallery import Gallery, GalleryError
+from .files import collect_files
+from .gallery import Gallery
 from .images import BadImage, decode, read_photo_file
 from .pipeline import prefetch_map
 from .store import sha256_bytes
@@ -66,50 +67,6 @@ class _Item:
     width: int = 0
     height: int = 0
     format: str = ""
-
-
-SYSTEM_ROOTS = ("/proc", "/sys", "/dev", "/run")
-
-
-def _is_system_path(p: Path) -> bool:
-    resolved = str(p.resolve())
-    return any(resolved == root or resolved.startswith(root + "/") for root in SYSTEM_ROOTS)
-
-
-def collect_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Expand folders (recursively, sorted, hidden entries skipped); regular files only.
-    Missing paths, system folders (/proc, /sys, /dev, /run) and non-regular files named on
-    the command line are refused before anything is written."""
-    files: list[Path] = []
-    paths = [Path(p) for p in paths]
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        raise GalleryError(f"no such file or folder: {', '.join(missing)}")
-    system = [str(p) for p in paths if _is_system_path(p)]
-    if system:
-        raise GalleryError(f"{', '.join(system)}: a system folder or device, not photos")
-    for p in paths:
-        if p.is_dir():
-            files.extend(_walk(p))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise GalleryError(f"{p}: not a regular file (a device, pipe or socket)")
-    return files
-
-
-def _walk(root: Path) -> list[Path]:
-    """Regular files below root, sorted; unreadable folders and hidden entries are passed over."""
-    import os
-
-    found: list[Path] = []
-    for folder, dirs, names in os.walk(root, onerror=lambda e: None, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            f = Path(folder) / name
-            if not name.startswith(".") and f.is_file():
-                found.append(f)
-    return sorted(found)
 
 
 class _Loader:

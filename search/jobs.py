@@ -88,7 +88,7 @@ def _progress_into(job: Job) -> Callable[[Any], None]:
 def _in_own_gallery(home: Path, fn: Callable[[Any], Any]) -> Any:
     from .gallery import Gallery
 
-    gallery = Gallery.open(home)
+    gallery = Gallery.open(home, create=False)
     try:
         return fn(gallery)
     finally:

@@ -18,11 +18,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from typing import TYPE_CHECKING
+
 from models import metrics
-from models.embedder import Embedder
 
 from .gallery import Gallery
 from .images import BadImage, decode
+
+if TYPE_CHECKING:
+    from models.embedder import Embedder
 
 PREFLIGHT_SAMPLE = 64
 PREFLIGHT_TOP = 10

@@ -11,10 +11,14 @@ def configure_threads(n: int | None = None) -> int:
     n = n or int(os.environ.get("GRACEFUL_THREADS", 0)) or max(1, min(os.cpu_count() or 1, 8))
     if _configured == n:
         return n
-    import faiss
-    import torch
+    import sys
 
-    torch.set_num_threads(n)
+    import faiss
+
     faiss.omp_set_num_threads(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    else:  # torch sizes its pool from these when (and if) a command imports it
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
     _configured = n
     return n

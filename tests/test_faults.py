@@ -3,7 +3,6 @@ outcomes are in docs/RELIABILITY.md): real processes, real files, the exact mess
 code, right results afterwards, nothing lost."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil

@@ -1,0 +1,141 @@
+"""The fast tier: catalog, index, file collection, compatibility signals and CLI parsing, with
+synthetic vectors and no torch. Runs alone in seconds: `python3 -m pytest -q -m fast`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.fast
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def unit(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def synthetic_catalog(path: Path, n: int = 50, dim: int = 32):
+    from search.catalog import Catalog
+
+    cat = Catalog(path)
+    with cat.transaction():
+        ids = [cat.add_image({"sha256": f"{i:064x}", "name": f"p{i}.jpg", "ext": ".jpg", "bytes": 1,
+                              "width": 1, "height": 1, "format": "JPEG",
+                              "source": f"/photos/{'cats' if i % 2 else 'dogs'}/p{i}.jpg",
+                              "added_at": float(i), "album": "cats" if i % 2 else "dogs"})
+               for i in range(n)]
+        cat.put_vectors(ids, unit(n, dim), "old", "old")
+    cat.set_state("active_model", "old")
+    return cat, ids
+
+
+def python_without_torch(code: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run code in a fresh interpreter and fail if it imported torch or timm."""
+    probe = ("import atexit, sys\n"
+             "atexit.register(lambda: print('HEAVY:' + ','.join(m for m in ('torch', 'timm') "
+             "if m in sys.modules), file=sys.stderr))\n" + code)
+    return subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=60)
+
+
+def test_catalog_albums_members_and_serving_vectors(tmp_path):
+    cat, ids = synthetic_catalog(tmp_path / "c.db")
+    assert cat.albums() == [{"album": "cats", "images": 25}, {"album": "dogs", "images": 25}]
+    assert cat.set_album(ids[:3], "best") == 3 and cat.rename_album("best", "top") == 3
+    assert cat.count_images("top") == 3 and cat.album_labels(ids[:1]) == {ids[0]: "top"}
+    newer = unit(5, seed=1)
+    with cat.transaction():
+        cat.put_vectors(ids[:5], newer, "new", "old")
+    served = cat.serving_vectors_of(ids[:6], "old")
+    assert np.allclose(served[ids[0]], newer[0]) and not np.allclose(served[ids[5]], newer[0])
+    assert len(cat.space_members("old")) == 50
+    assert len(cat.space_members("old", exclude_model="new")) == 45
+    assert [p.album for p in cat.space_photos("old")][:3] == ["top"] * 3
+
+
+def test_index_checksum_and_catch_up(tmp_path):
+    from search.index import SpaceIndex
+
+    cat, ids = synthetic_catalog(tmp_path / "c.db")
+    idx = SpaceIndex.build(cat, "old")
+    idx.save(tmp_path / "index")
+    assert SpaceIndex.verify(tmp_path / "index", "old") is None
+    faiss_file = next((tmp_path / "index").glob("*.faiss"))
+    data = bytearray(faiss_file.read_bytes())
+    data[-100] ^= 0xFF
+    faiss_file.write_bytes(bytes(data))
+    assert SpaceIndex.verify(tmp_path / "index", "old") == "damaged (checksum mismatch)"
+    assert SpaceIndex.load(tmp_path / "index", "old") is None
+    index, how = SpaceIndex.open(cat, tmp_path / "index", "old")
+    assert how.startswith("rebuilt (damaged") and index.ntotal == 50
+    with cat.transaction():
+        cat.put_vectors(ids[:2], unit(2, seed=3), "new", "old")
+    assert index.catch_up(cat) == 2 and index.ntotal == 50
+
+
+def test_collect_files_walks_and_refuses(tmp_path):
+    from search.errors import GalleryError
+    from search.files import collect_files
+
+    (tmp_path / "a" / ".hidden").mkdir(parents=True)
+    (tmp_path / "a" / "x.jpg").write_bytes(b"1")
+    (tmp_path / "a" / ".hidden" / "y.jpg").write_bytes(b"2")
+    (tmp_path / "a" / "b").mkdir()
+    (tmp_path / "a" / "b" / "z.jpg").write_bytes(b"3")
+    os.mkfifo(tmp_path / "a" / "pipe.jpg")
+    assert [p.name for p in collect_files([tmp_path / "a"])] == ["z.jpg", "x.jpg"]
+    for bad, message in ((tmp_path / "nope", "no such file"), ("/proc", "system folder"),
+                         (tmp_path / "a" / "pipe.jpg", "not a regular file")):
+        with pytest.raises(GalleryError, match=message):
+            collect_files([bad])
+
+
+def test_compat_signals_separate_compatible_from_unrelated():
+    from models import metrics
+    from search.preflight import judge
+
+    ref = unit(400, 64)
+    own = np.arange(40)
+    labels = [f"a{i % 8}" for i in range(400)]
+    near = ref[:40] + 0.05 * unit(40, 64, seed=5)
+    near /= np.linalg.norm(near, axis=1, keepdims=True)
+    good = metrics.compat_signals(near, ref[:40], ref, own, labels[:40], labels)
+    bad = metrics.compat_signals(unit(40, 64, seed=9), ref[:40], ref, own, labels[:40], labels)
+    assert good["own_rank"] < 0.01 and good["agreement"] > 0.5
+    assert bad["own_rank"] > 0.3 and abs(bad["agreement"]) < 0.1
+    assert judge(good)[0] and judge(bad)[:2] == (False, "incompatible")
+    assert good["albums"]["queries"] == 40
+
+
+def test_cli_help_and_usage_errors_import_no_torch(tmp_path):
+    r = python_without_torch("from search.cli import main; main()", "--help")
+    assert r.returncode == 0 and "upgrade" in r.stdout and "HEAVY:\n" in r.stderr + "\n"
+    r = python_without_torch("from search.cli import main; main()", "search", "x.jpg", "-k", "0")
+    assert r.returncode == 2 and "x>=1" in r.stderr and "HEAVY:\n" in r.stderr + "\n"
+    r = python_without_torch("import search; search.Gallery")
+    assert r.returncode == 0 and r.stderr.strip() == "HEAVY:"
+
+
+def test_info_models_and_albums_import_no_torch(tmp_path):
+    from search.catalog import Catalog
+
+    home = tmp_path / "g"
+    home.mkdir()
+    synthetic_catalog(home / "catalog.db")[0].close()
+    cat = Catalog(home / "catalog.db")
+    cat.register_model({"name": "old", "space": "old", "dim": 32, "kind": "efficientnet"}, "test")
+    cat.close()
+    for args in (["info", "--json"], ["models", "--json"], ["albums", "--json"]):
+        r = python_without_torch("from search.cli import main; main()", "--home", str(home), *args)
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.strip().endswith("HEAVY:"), (args, r.stderr)
+    info = json.loads(python_without_torch("from search.cli import main; main()", "--home", str(home),
+                                           "info", "--json").stdout)
+    assert info["images"] == 50 and info["albums"] == 2 and info["index"]["vectors"] == 50
