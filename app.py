@@ -278,17 +278,17 @@ def page_search() -> None:
             st.error("That file is too large.")
         else:
             st.image(data, width=160, caption="query")
-            result = guarded(query.search_bytes, g, data, k, up.name)
+            result = guarded(query.search_bytes, g, data, k, up.name, log=True)
     if model.info.has_text:
         text = st.text_input("…or describe what you are looking for", key="query-text")
         if text:
-            result = guarded(query.search_text, g, text, k)
+            result = guarded(query.search_text, g, text, k, log=True)
     similar = st.session_state.get("similar_to")
     if result is None and similar:
         row = guarded(g.image_row, similar)
         if row:
             st.image(thumbnail(str(g.image_path(row))), width=160, caption=f"similar to #{row.id}")
-            result = guarded(query.search_gallery_image, g, similar, k)
+            result = guarded(query.search_gallery_image, g, similar, k, log=True)
     if result is not None:
         st.subheader(f"{len(result.hits)} results · {result.model} · {result.elapsed_ms:.0f} ms")
         show_grid([h.as_dict() for h in result.hits], key="results")
@@ -343,7 +343,7 @@ def page_models() -> None:
         if st.button(f"Re-embed the gallery with {target}", key="reembed-start"):
             job_runner().start("reembed", reembed_job(g.home, target))
         job_progress("reembed")
-    history = g.catalog.get_state("model_history", [])
+    history = g.catalog.model_history()
     if c3.button(f"Roll back to {history[-1]}" if history else "Roll back", disabled=not history,
                  key="rollback"):
         r = guarded(rollback, g)
@@ -617,7 +617,7 @@ def page_compare() -> None:
     if len(models) < 2:
         st.info("Compare needs two models: upgrade the gallery's model first (Models page).")
         return
-    history = g.catalog.get_state("model_history", [])
+    history = g.catalog.model_history()
     default_old = history[-1] if history else models[0]
     c1, c2 = st.columns(2)
     old = c1.selectbox("Old model", models, index=models.index(default_old), key="cmp-old")

@@ -1,6 +1,6 @@
 """How fast the app shows search results on a ~9k-photo gallery (all Caltech-101 photos).
 
-    python bench/app_latency.py --home /tmp/graceful-app-bench --json bench/out/app.json
+    python -m bench.app_latency --home /tmp/graceful-app-bench --json bench/out/app.json
 
 Indexes every Caltech-101 photo (train, test, distractors) once into --home, then drives the
 real app through Streamlit's AppTest: upload a query photo on the Search page and time the
@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import CALTECH, machine, percentiles, write_json
 

@@ -1,6 +1,6 @@
 """Gallery-core benchmark: ingest vs pure forward speed, query latency vs raw FAISS, memory.
 
-    python bench/core.py --images 800 --sizes 10000,100000,1000000 --repeat 100 --json bench/out/core.json
+    python -m bench.core --images 800 --sizes 10000,100000,1000000 --repeat 100 --json bench/out/core.json
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (caltech_files, machine, peak_rss_mib, percentiles, rss_mib, timed,
                           write_json)
@@ -25,7 +24,7 @@ def forward_vs_ingest(n_images: int, model_name: str, batch: int) -> dict:
 
     from models import registry
     from search.gallery import Gallery
-    from search.images import decode
+    from models.imageio import decode
     from search.ingest import ingest
 
     files = caltech_files("train", n_images)
@@ -139,7 +138,7 @@ def query_latency(size: int, repeat: int, embed_ms: float, centers: np.ndarray,
 
 def single_image_embed_ms(model_name: str, repeat: int = 30) -> dict:
     from models import registry
-    from search.images import decode
+    from models.imageio import decode
 
     model = registry.load(model_name)
     data = caltech_files("test", 1)[0].read_bytes()

@@ -11,7 +11,7 @@ engine, as the CLI runs it:
   5. pre-flight verdicts at several gallery sizes (galleries built from cached lite0 vectors);
   6. time to a fitted upgrade vs a full backfill at 10k and 100k photos (extrapolated).
 
-    python bench/gallery_fit.py --cache /tmp/gb/cache --json bench/out/gallery_fit.json
+    python -m bench.gallery_fit --cache /tmp/gb/cache --json bench/out/gallery_fit.json
 """
 from __future__ import annotations
 

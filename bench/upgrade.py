@@ -1,6 +1,6 @@
 """Upgrade wall time vs gallery size, next to what a full backfill would cost; backfill curves.
 
-    python bench/upgrade.py --sizes 1000,10000,100000 --json bench/out/upgrade.json
+    python -m bench.upgrade --sizes 1000,10000,100000 --json bench/out/upgrade.json
 
 Galleries: 48 real Caltech-101 photos (the pre-flight sample reads real images) plus synthetic
 lite0-space vectors up to the size. Backfill cost = measured new-model images/s x N.
@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import CALTECH, caltech_files, machine, write_json
 from search.runtime import configure_threads
@@ -80,7 +79,7 @@ def upgrade_times(sizes: list[int], new_rate: float) -> list[dict]:
         try:
             g = synthetic_gallery(home, size, real)
             idx = g.index()
-            queries = np.stack([idx.index.reconstruct(i) for i in range(1, PREFLIGHT_SAMPLE + 1)])
+            queries = idx.vectors(range(1, PREFLIGHT_SAMPLE + 1))
             t = time.perf_counter()
             idx.search(queries, 10)
             search_s = time.perf_counter() - t
@@ -102,7 +101,7 @@ def new_model_rate(n: int = 96) -> float:
     import torch
 
     from models import registry
-    from search.images import decode
+    from models.imageio import decode
 
     model = registry.load(NEW)
     files = caltech_files("train", n)

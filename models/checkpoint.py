@@ -69,22 +69,19 @@ AUX = "aux."  # tensors that are not part of the head (e.g. aux.classifier)
 def save_checkpoint(path: str | os.PathLike, meta: CheckpointMeta, head: torch.nn.Module,
                     half: bool = True, aux: dict[str, torch.Tensor] | None = None) -> Path:
     """Atomic write: a crash leaves either no file or a complete one."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from .fsutil import atomic_write_bytes
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = dict(head.state_dict())
     state.update({AUX + k: v for k, v in (aux or {}).items()})
     tensors = {
         k: (v.half() if half and v.is_floating_point() else v).contiguous()
         for k, v in state.items()
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta.to_header())
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save(tensors, metadata=meta.to_header()))
+    os.chmod(path, 0o644)
     return path
 
 

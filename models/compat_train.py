@@ -111,7 +111,7 @@ def train_compatible(req: TrainRequest) -> tuple[Path, CheckpointMeta]:
             test = align_classes(test, data.classes)
         old_q = extract(old, test.files, req.cache_dir, progress=req.progress)
         if req.finetune_blocks:  # a tuned backbone's features are not the cached ones
-            from search.images import decode
+            from .imageio import decode
 
             new_q = trained.embed(new_backbone.embed_images(
                 [decode(f.read_bytes(), backbone.info.image_size).image for f in test.files]))

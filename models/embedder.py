@@ -7,11 +7,13 @@ compared share a space; that is the whole contract Graceful's upgrades rely on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, asdict
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
+
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -75,3 +77,20 @@ class Embedder:
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         raise NotImplementedError(f"model {self.name!r} has no text tower; search by image instead")
+
+
+def embed_batches(model: Embedder, pairs: Iterable[tuple[K, torch.Tensor]], batch_size: int = 16
+                  ) -> Iterator[tuple[list[K], np.ndarray]]:
+    """The one embed-in-batches loop: (key, preprocessed tensor) pairs in, (keys, L2-normalised
+    vectors) out per batch of `batch_size` (the last one may be smaller). Ingest, backfill,
+    re-embed and feature extraction all run through it."""
+    keys: list[K] = []
+    tensors: list[torch.Tensor] = []
+    for key, tensor in pairs:
+        keys.append(key)
+        tensors.append(tensor)
+        if len(tensors) == batch_size:
+            yield keys, model.embed_batch(torch.stack(tensors))
+            keys, tensors = [], []
+    if tensors:
+        yield keys, model.embed_batch(torch.stack(tensors))

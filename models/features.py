@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from .embedder import Embedder
+from .embedder import Embedder, embed_batches
+from .fsutil import atomic_write_bytes
 
 
 def _safe(name: str) -> str:
@@ -52,10 +52,7 @@ class FeatureCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         np.savez(buf, sha=np.array(shas), vec=vectors.astype(np.float16))
-        name = self.dir / f"{time.time_ns()}-{len(shas)}.npz"
-        tmp = name.with_suffix(".tmp")
-        tmp.write_bytes(buf.getvalue())
-        tmp.replace(name)
+        atomic_write_bytes(self.dir / f"{time.time_ns()}-{len(shas)}.npz", buf.getvalue())
         self._load().update(zip(shas, vectors.astype(np.float16)))
 
 
@@ -75,8 +72,8 @@ def extract(model: Embedder, files: Sequence[Path], cache_root: Path, batch_size
 
     `on_progress(done, total)` is called after every batch (done counts cached files too);
     `should_stop()` is checked there and raises ExtractionStopped after saving what is done."""
-    from search.images import BadImage, decode
-    from search.pipeline import prefetch_map
+    from .imageio import BadImage, decode
+    from .pipeline import prefetch_map
 
     cache = FeatureCache(cache_root, model.name)
     shas = shas or file_shas(files)
@@ -91,32 +88,22 @@ def extract(model: Embedder, files: Sequence[Path], cache_root: Path, batch_size
 
         bar = tqdm(total=len(todo), unit="img", desc=f"features {model.name}", disable=not progress)
         cached = len(shas) - len(todo)
-        pending_i: list[int] = []
-        pending_t: list[torch.Tensor] = []
         done_s: list[str] = []
         done_v: list[np.ndarray] = []
-        for i, tensor in prefetch_map(load, todo):
-            pending_i.append(i)
-            pending_t.append(tensor)
-            if len(pending_t) == batch_size:
-                done_v.append(model.embed_batch(torch.stack(pending_t)))
-                done_s += [shas[j] for j in pending_i]
-                bar.update(len(pending_t))
-                pending_i, pending_t = [], []
-                if len(done_s) >= shard_size:
+        for keys, vectors in embed_batches(model, prefetch_map(load, todo), batch_size):
+            done_v.append(vectors)
+            done_s += [shas[j] for j in keys]
+            bar.update(len(keys))
+            if len(done_s) >= shard_size:
+                cache.add(done_s, np.concatenate(done_v))
+                done_s, done_v = [], []
+            if on_progress:
+                on_progress(cached + bar.n, len(shas))
+            if should_stop and should_stop():
+                if done_s:
                     cache.add(done_s, np.concatenate(done_v))
-                    done_s, done_v = [], []
-                if on_progress:
-                    on_progress(cached + bar.n, len(shas))
-                if should_stop and should_stop():
-                    if done_s:
-                        cache.add(done_s, np.concatenate(done_v))
-                    bar.close()
-                    raise ExtractionStopped(f"stopped after {bar.n} of {len(todo)} images")
-        if pending_t:
-            done_v.append(model.embed_batch(torch.stack(pending_t)))
-            done_s += [shas[j] for j in pending_i]
-            bar.update(len(pending_t))
+                bar.close()
+                raise ExtractionStopped(f"stopped after {bar.n} of {len(todo)} images")
         if done_s:
             cache.add(done_s, np.concatenate(done_v))
         bar.close()

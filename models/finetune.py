@@ -73,8 +73,8 @@ def finetune(cfg: TrainConfig, backbone: Embedder, files: list[Path], labels: np
              ) -> tuple[TrainedHead, dict[str, torch.Tensor]]:
     """`init`: a head (and classifier) already trained on cached features of the frozen
     backbone; fine-tuning then starts from it instead of from scratch (far fewer epochs)."""
-    from search.images import decode
-    from search.pipeline import prefetch_map
+    from .imageio import decode
+    from .pipeline import prefetch_map
 
     if cfg.method not in LABELLED_METHODS:
         raise ValueError(f"fine-tuning needs a labelled method ({', '.join(LABELLED_METHODS)})")

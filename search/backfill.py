@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from .embedjob import JobProgress, embed_stored
-from .fsutil import atomic_write_bytes
+from models.fsutil import atomic_write_bytes
 from .gallery import Gallery, GalleryError
 
 ORDERS = ("random", "oldest", "most-retrieved", "uncertainty")
@@ -27,14 +27,8 @@ def candidates(gallery: Gallery, order: str = "random", seed: int = 0) -> tuple[
     if order not in ORDERS:
         raise GalleryError(f"unknown backfill order {order!r}; choose from {', '.join(ORDERS)}")
     model, space = gallery.active_model, gallery.space
-    db = gallery.catalog.db
-    missing = [r[0] for r in db.execute(
-        "SELECT id FROM images WHERE id NOT IN (SELECT image_id FROM vectors WHERE space = ?) "
-        "ORDER BY id", [space])]
-    rows = db.execute(
-        "SELECT id, added_at FROM images WHERE id IN (SELECT image_id FROM vectors WHERE space = ?)"
-        " AND id NOT IN (SELECT image_id FROM vectors WHERE model = ?) ORDER BY id",
-        [space, model]).fetchall()
+    missing = gallery.catalog.images_missing_in_space(space)
+    rows = gallery.catalog.images_without_model(space, model)
     stale = [r[0] for r in rows]
     if order == "random":
         stale = list(np.random.default_rng(seed).permutation(stale)) if stale else []
@@ -42,12 +36,12 @@ def candidates(gallery: Gallery, order: str = "random", seed: int = 0) -> tuple[
         stale = [i for i, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
     elif order == "most-retrieved":
         counts: Counter = Counter()
-        for (results,) in db.execute("SELECT results FROM query_log"):
-            counts.update(json.loads(results))
+        for results in gallery.catalog.logged_results():
+            counts.update(results)
         stale = sorted(stale, key=lambda i: (-counts.get(i, 0), i))
     elif order == "uncertainty" and stale:
         idx = gallery.index(space)
-        vecs = np.stack([idx.index.reconstruct(int(i)) for i in stale])
+        vecs = idx.vectors(stale)
         scores, _ = idx.search(vecs, 3)
         margin = scores[:, 1] - scores[:, 2] if scores.shape[1] >= 3 else scores[:, -1]
         stale = [stale[j] for j in np.argsort(margin, kind="stable")]
@@ -93,7 +87,7 @@ class CurveRecorder:
 
 
 def backfill(gallery: Gallery, order: str = "random", limit: int | None = None,
-             batch_size: int = 16, progress: bool = True,
+             batch_size: int = 16, progress: bool = False,
              should_stop: Callable[[], bool] | None = None,
              on_progress: Callable[[JobProgress], None] | None = None,
              curve: CurveRecorder | None = None) -> JobProgress:

@@ -99,6 +99,22 @@ class SpacePhoto:
     album: str | None
 
 
+class ReadOnlyCatalog:
+    """A read-only connection for a worker thread (the ingest loader): its own connection, so
+    it never shares a transaction with the writer."""
+
+    def __init__(self, path: Path):
+        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
+                                    timeout=float(os.environ.get("GRACEFUL_DB_TIMEOUT", "30")))
+
+    def stored_ext(self, sha256: str, space: str) -> str | None:
+        """The stored file extension of an image already embedded in `space`, else None."""
+        row = self.conn.execute(
+            "SELECT i.ext FROM images i JOIN vectors v ON v.image_id = i.id "
+            "WHERE i.sha256 = ? AND v.space = ? LIMIT 1", [sha256, space]).fetchone()
+        return row[0] if row else None
+
+
 class Catalog:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -144,6 +160,39 @@ class Catalog:
         self.db.conn.close()
 
     # -- state ----------------------------------------------------------------------------
+    # The keys of the state table; nothing outside this class names them.
+    ACTIVE_MODEL, MODEL_HISTORY, INDEX_KIND, LOG_QUERIES = (
+        "active_model", "model_history", "index_kind", "log_queries")
+
+    @property
+    def active_model(self) -> str | None:
+        return self.get_state(self.ACTIVE_MODEL)
+
+    def set_active_model(self, name: str) -> None:
+        self.set_state(self.ACTIVE_MODEL, name)
+        self.db.conn.execute("UPDATE models SET activated_at = ? WHERE name = ?", [time.time(), name])
+
+    def model_history(self) -> list[str]:
+        return self.get_state(self.MODEL_HISTORY, [])
+
+    def set_model_history(self, history: list[str]) -> None:
+        self.set_state(self.MODEL_HISTORY, list(history))
+
+    def index_kind(self) -> str:
+        return self.get_state(self.INDEX_KIND, "flat")
+
+    def set_index_kind(self, kind: str) -> None:
+        self.set_state(self.INDEX_KIND, kind)
+
+    def log_queries(self) -> bool:
+        return self.get_state(self.LOG_QUERIES, True)
+
+    def set_log_queries(self, on: bool) -> None:
+        self.set_state(self.LOG_QUERIES, bool(on))
+
+    def integrity_check(self) -> list[str]:
+        return [r[0] for r in self.db.execute("PRAGMA integrity_check").fetchall()]
+
     def get_state(self, key: str, default=None):
         row = self.db.execute("SELECT value FROM state WHERE key = ?", [key]).fetchone()
         return json.loads(row[0]) if row else default
@@ -154,7 +203,47 @@ class Catalog:
     def log_event(self, kind: str, **detail) -> None:
         self.db["events"].insert({"at": time.time(), "kind": kind, "detail": json.dumps(detail)})
 
+    # -- query log and jobs ---------------------------------------------------------------
+    def log_query(self, model: str, kind: str, query_sha: str, query: str, k: int,
+                  results: list[int]) -> None:
+        self.db.conn.execute(
+            "INSERT INTO query_log (at, model, kind, query_sha, query, k, results) "
+            "VALUES (?,?,?,?,?,?,?)", [time.time(), model, kind, query_sha, query, k, json.dumps(results)])
+
+    def logged_image_queries(self) -> Iterator[tuple[str, str]]:
+        """(query label, query sha256) of logged image searches, newest first."""
+        yield from self.db.execute(
+            "SELECT query, query_sha FROM query_log WHERE kind = 'image' ORDER BY id DESC")
+
+    def logged_results(self) -> Iterator[list[int]]:
+        for (results,) in self.db.execute("SELECT results FROM query_log"):
+            yield json.loads(results)
+
+    def count_logged_queries(self) -> int:
+        return self.db.execute("SELECT count(*) FROM query_log").fetchone()[0]
+
+    def save_job(self, name: str, state: dict) -> None:
+        self.db.conn.execute("INSERT OR REPLACE INTO jobs (name, state, updated_at) VALUES (?, ?, ?)",
+                             [name, json.dumps(state), time.time()])
+
     # -- images ---------------------------------------------------------------------------
+    def image_ids_by_sha_prefix(self, prefix: str, limit: int = 2) -> list[int]:
+        return [r[0] for r in self.db.execute(
+            "SELECT id FROM images WHERE sha256 LIKE ? LIMIT ?", [prefix.lower() + "%", limit])]
+
+    def images_missing_in_space(self, space: str) -> list[int]:
+        """Ids of images with no vector in `space`, in id order."""
+        return [r[0] for r in self.db.execute(
+            "SELECT id FROM images WHERE id NOT IN (SELECT image_id FROM vectors WHERE space = ?) "
+            "ORDER BY id", [space])]
+
+    def images_without_model(self, space: str, model: str) -> list[tuple[int, float]]:
+        """(id, added_at) of images served in `space` that have no vector by `model`."""
+        return self.db.execute(
+            "SELECT id, added_at FROM images WHERE id IN (SELECT image_id FROM vectors WHERE space = ?)"
+            " AND id NOT IN (SELECT image_id FROM vectors WHERE model = ?) ORDER BY id",
+            [space, model]).fetchall()
+
     def image_id(self, sha256: str) -> int | None:
         row = self.db.execute("SELECT id FROM images WHERE sha256 = ?", [sha256]).fetchone()
         return row[0] if row else None
@@ -167,11 +256,13 @@ class Catalog:
 
     def images(self, ids: Iterable[int]) -> dict[int, ImageRow]:
         ids = [int(i) for i in ids]
-        if not ids:
-            return {}
-        marks = ",".join("?" * len(ids))
-        cursor = self.db.execute(f"SELECT * FROM images WHERE id IN ({marks})", ids)
-        return {r[0]: ImageRow(*r) for r in cursor.fetchall()}
+        out: dict[int, ImageRow] = {}
+        for s in range(0, len(ids), 900):  # SQLite caps the parameters of one statement
+            chunk = ids[s:s + 900]
+            cursor = self.db.execute(
+                f"SELECT * FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            out.update((r[0], ImageRow(*r)) for r in cursor.fetchall())
+        return out
 
     def hit_rows(self, ids: Iterable[int], space: str) -> tuple[dict[int, ImageRow], dict[int, str]]:
         """Image rows of search hits and the model whose vector served each, in one query."""
@@ -331,6 +422,10 @@ class Catalog:
             return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         return ids, np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), rows[0][2])
+
+    def count_vectors(self, model: str, space: str) -> int:
+        return self.db.execute("SELECT count(*) FROM vectors WHERE model = ? AND space = ?",
+                               [model, space]).fetchone()[0]
 
     def vector_counts(self) -> list[dict]:
         rows = self.db.execute(

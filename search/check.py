@@ -58,11 +58,11 @@ def check(gallery: Gallery, repair: bool = False,
           on_progress: Callable[[int, int], None] | None = None) -> CheckReport:
     report = CheckReport()
     cat = gallery.catalog
-    result = cat.db.execute("PRAGMA integrity_check").fetchall()
-    if [r[0] for r in result] == ["ok"]:
+    result = cat.integrity_check()
+    if result == ["ok"]:
         report.add("catalog", "ok", "SQLite integrity check passed")
     else:
-        report.add("catalog", "problem", "; ".join(r[0] for r in result[:5]),
+        report.add("catalog", "problem", "; ".join(result[:5]),
                    "restore catalog.db from a backup (the photos in images/ are intact)")
 
     rows = cat.list_images(0, 1 << 62)
@@ -112,7 +112,7 @@ def check(gallery: Gallery, repair: bool = False,
 
     names = {m["name"] for m in cat.models()}
     active = gallery.active_model
-    for name in sorted(names | set(cat.get_state("model_history", [])) | ({active} if active else set())):
+    for name in sorted(names | set(cat.model_history()) | ({active} if active else set())):
         try:
             gallery.resolve_model(name)
         except GalleryError as e:

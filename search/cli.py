@@ -406,7 +406,7 @@ def compare_cmd(obj: Context, old_name, new_name, queries, from_log, k, json_out
         raise click.UsageError("give one of --queries DIR or --log")
     try:
         gallery = obj.gallery()
-        history = gallery.catalog.get_state("model_history", [])
+        history = gallery.catalog.model_history()
         old_name = old_name or (history[-1] if history else None)
         new_name = new_name or gallery.active_model
         if not old_name:
@@ -438,9 +438,9 @@ def log_cmd(obj: Context, switch) -> None:
     except GalleryError as e:
         fail(e)
     if switch != "status":
-        gallery.catalog.set_state("log_queries", switch == "on")
-    n = gallery.catalog.db.execute("SELECT count(*) FROM query_log").fetchone()[0]
-    click.echo(f"query log {'on' if gallery.catalog.get_state('log_queries', True) else 'off'}, "
+        gallery.catalog.set_log_queries(switch == "on")
+    n = gallery.catalog.count_logged_queries()
+    click.echo(f"query log {'on' if gallery.catalog.log_queries() else 'off'}, "
                f"{n} searches recorded")
 
 

@@ -12,9 +12,9 @@ import numpy as np
 from models import metrics
 from models.imagefolder import IMAGE_SUFFIXES
 
-from .fsutil import atomic_write_bytes
+from models.fsutil import atomic_write_bytes
 from .gallery import Gallery, GalleryError
-from .images import BadImage, decode
+from models.imageio import BadImage, decode
 from .store import sha256_bytes
 
 FULL_RANKING_MAX = 20000  # mAP over the full ranking up to this many gallery vectors, else mAP@100
@@ -43,8 +43,7 @@ def queries_from_folder(folder: Path) -> list[Query]:
 
 def queries_from_log(gallery: Gallery, limit: int = 200) -> list[Query]:
     out, seen = [], set()
-    for query, sha in gallery.catalog.db.execute(
-            "SELECT query, query_sha FROM query_log WHERE kind = 'image' ORDER BY id DESC"):
+    for query, sha in gallery.catalog.logged_image_queries():
         if sha in seen:
             continue
         seen.add(sha)

@@ -6,19 +6,17 @@ derived from the catalog, so re-running resumes.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, asdict
 from typing import Callable
 
-import torch
 from tqdm import tqdm
 
-from models.embedder import Embedder
+from models.embedder import Embedder, embed_batches
 
 from .gallery import Gallery
-from .images import BadImage, decode
-from .pipeline import prefetch_map
+from models.imageio import BadImage, decode
+from models.pipeline import prefetch_map
 
 
 @dataclass
@@ -47,7 +45,7 @@ class JobProgress:
 
 
 def embed_stored(gallery: Gallery, model: Embedder, image_ids: list[int], job: str,
-                 batch_size: int = 16, progress: bool = True,
+                 batch_size: int = 16, progress: bool = False,
                  should_stop: Callable[[], bool] | None = None,
                  on_progress: Callable[[JobProgress], None] | None = None) -> JobProgress:
     state = JobProgress(job, model.name, len(image_ids))
@@ -64,43 +62,29 @@ def embed_stored(gallery: Gallery, model: Embedder, image_ids: list[int], job: s
     gallery.index(model.space)
     bar = tqdm(total=len(image_ids), unit="img", desc=f"{job} with {model.name}", disable=not progress)
     t0 = time.perf_counter()
-    batch_ids: list[int] = []
-    batch: list[torch.Tensor] = []
 
-    def flush() -> None:
-        if not batch:
-            return
-        vectors = model.embed_batch(torch.stack(batch))
-        with gallery.catalog.transaction():
-            gallery.write_vectors(batch_ids, vectors, model)
-            gallery.catalog.db.execute(
-                "INSERT OR REPLACE INTO jobs (name, state, updated_at) VALUES (?, ?, ?)",
-                [job, json.dumps({**state.as_dict(), "done": state.done + len(batch)}),
-                 time.time()])
-        gallery.sync_index(model.space, batch_ids, vectors)
-        state.done += len(batch)
-        bar.update(len(batch))
-        batch_ids.clear()
-        batch.clear()
-
-    try:
+    def loaded():
         for image_id, tensor in prefetch_map(load, [i for i in image_ids if i in rows]):
-            if tensor is None:
+            if tensor is None:  # missing or damaged store file
                 state.failed += 1
                 bar.update(1)
                 continue
-            batch_ids.append(image_id)
-            batch.append(tensor)
-            if len(batch) >= batch_size:
-                flush()
-                state.seconds = time.perf_counter() - t0
-                if on_progress:
-                    on_progress(state)
-                if should_stop and should_stop():
-                    state.interrupted = True
-                    break
-        else:
-            flush()
+            yield image_id, tensor
+
+    try:
+        for batch_ids, vectors in embed_batches(model, loaded(), batch_size):
+            with gallery.catalog.transaction():
+                gallery.write_vectors(batch_ids, vectors, model)
+                gallery.catalog.save_job(job, {**state.as_dict(), "done": state.done + len(batch_ids)})
+            gallery.sync_index(model.space, batch_ids, vectors)
+            state.done += len(batch_ids)
+            bar.update(len(batch_ids))
+            state.seconds = time.perf_counter() - t0
+            if on_progress:
+                on_progress(state)
+            if should_stop and should_stop():
+                state.interrupted = True
+                break
     except KeyboardInterrupt:
         state.interrupted = True
     finally:

@@ -26,7 +26,7 @@ from models.compatible import HeadEmbedder
 from models.features import extract
 from models.train import LABELLED_METHODS, TrainConfig, old_classifier_rows, train_head
 
-from .fsutil import atomic_write_bytes
+from models.fsutil import atomic_write_bytes
 from .gallery import Gallery, GalleryError
 from .preflight import in_holdout, judge
 

@@ -165,7 +165,7 @@ class Gallery:
         when it has one sub-folder per class) or a list of `search.compare.Query`."""
         from . import compare as cmp
 
-        history = self.catalog.get_state("model_history", [])
+        history = self.catalog.model_history()
         old = old or (history[-1] if history else None)
         if old is None:
             raise GalleryError("no previous model to compare with: give old=")
@@ -194,7 +194,7 @@ class Gallery:
 
     @property
     def active_model(self) -> str | None:
-        return self.catalog.get_state("active_model")
+        return self.catalog.active_model
 
     @property
     def space(self) -> str | None:
@@ -232,7 +232,7 @@ class Gallery:
         if dest.exists() and dest.read_bytes() != data:
             raise GalleryError(f"this gallery already has a different model called {meta.name!r} "
                                f"({dest}); rename one of them")
-        from .fsutil import atomic_write_bytes
+        from models.fsutil import atomic_write_bytes
 
         atomic_write_bytes(dest, data)
         return meta.name
@@ -257,14 +257,11 @@ class Gallery:
         with self.catalog.transaction():
             self.register(model)
             previous = self.active_model
-            history = self.catalog.get_state("model_history", [])
+            history = self.catalog.model_history()
             if previous and previous != model.name:
                 history.append(previous)
-            self.catalog.set_state("model_history", history)
-            self.catalog.set_state("active_model", model.name)
-            self.catalog.db.execute(
-                "UPDATE models SET activated_at = ? WHERE name = ?", [time.time(), model.name]
-            )
+            self.catalog.set_model_history(history)
+            self.catalog.set_active_model(model.name)
             self.catalog.log_event(reason, model=model.name, previous=previous, space=model.space)
 
     def ensure_model(self, requested: str | None) -> Embedder:
@@ -307,7 +304,7 @@ class Gallery:
 
     @property
     def index_kind(self) -> str:
-        return self.catalog.get_state("index_kind", "flat")
+        return self.catalog.index_kind()
 
     def rebuild_index(self, space: str | None = None, kind: str | None = None) -> str:
         """Rebuild the index of `space` from the catalog (optionally switching its kind)."""
@@ -317,7 +314,7 @@ class Gallery:
                 from .index import effective_kind
 
                 effective_kind(kind, 0)  # validates
-                self.catalog.set_state("index_kind", kind)
+                self.catalog.set_index_kind(kind)
             self._indexes.pop(space, None)
             idx = SpaceIndex.build(self.catalog, space, self.index_kind)
             idx.save(self.index_dir)
@@ -407,11 +404,9 @@ class Gallery:
             if rows:
                 return next(iter(rows.values()))
         if len(ref) >= 6:
-            row = self.catalog.db.execute(
-                "SELECT id FROM images WHERE sha256 LIKE ? LIMIT 2", [ref.lower() + "%"]
-            ).fetchall()
-            if len(row) == 1:
-                return self.catalog.images([row[0][0]])[row[0][0]]
+            found = self.catalog.image_ids_by_sha_prefix(ref)
+            if len(found) == 1:
+                return self.catalog.images(found)[found[0]]
         raise GalleryError(f"no gallery image {ref!r} (give an image id or a sha256 prefix)")
 
     # -- info -----------------------------------------------------------------------------
@@ -430,7 +425,7 @@ class Gallery:
             "index_kind": {"setting": self.index_kind, "built": idx.kind if idx else None},
             "vectors": self.catalog.vector_counts(),
             "models": self.catalog.models(),
-            "model_history": self.catalog.get_state("model_history", []),
+            "model_history": self.catalog.model_history(),
             "compatibility": self.compatibility_matrix(),
         }
 

@@ -19,7 +19,7 @@ import faiss
 import numpy as np
 
 from .catalog import Catalog
-from .fsutil import atomic_write_bytes
+from models.fsutil import atomic_write_bytes
 
 
 KINDS = ("flat", "ivf", "auto")
@@ -82,6 +82,11 @@ class SpaceIndex:
                         else faiss.IDSelectorBatch(ids))
             self.index.remove_ids(selector)
         self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+
+    def vectors(self, ids) -> np.ndarray:
+        """The indexed vectors of these image ids (flat and IVF alike)."""
+        return np.stack([self.index.reconstruct(int(i)) for i in ids]) if len(ids) else \
+            np.zeros((0, self.dim), np.float32)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)

@@ -6,7 +6,6 @@ already there and picks up the rest. The FAISS index is a cache, rebuilt if it i
 """
 from __future__ import annotations
 
-import sqlite3
 import sys
 import threading
 import time
@@ -17,13 +16,13 @@ from typing import Callable, Iterable
 import torch
 from tqdm import tqdm
 
-from models.embedder import Embedder
+from models.embedder import Embedder, embed_batches
 
-from .catalog import album_of_source
+from .catalog import ReadOnlyCatalog, album_of_source
 from .files import collect_files
 from .gallery import Gallery
-from .images import BadImage, decode, read_photo_file
-from .pipeline import prefetch_map
+from models.imageio import BadImage, decode, read_photo_file
+from models.pipeline import prefetch_map
 from .store import sha256_bytes
 
 EXT_BY_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp",
@@ -80,15 +79,10 @@ class _Loader:
 
     def known(self, sha: str) -> str | None:
         """The stored file extension of an image already embedded in this space, else None."""
-        conn = getattr(self.local, "conn", None)
-        if conn is None:
-            conn = self.local.conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True,
-                                                     check_same_thread=False, timeout=30)
-        row = conn.execute(
-            "SELECT i.ext FROM images i JOIN vectors v ON v.image_id = i.id "
-            "WHERE i.sha256 = ? AND v.space = ? LIMIT 1", [sha, self.model.space]
-        ).fetchone()
-        return row[0] if row else None
+        reader = getattr(self.local, "reader", None)
+        if reader is None:
+            reader = self.local.reader = ReadOnlyCatalog(self.db_path)
+        return reader.stored_ext(sha, self.model.space)
 
     def __call__(self, path: Path) -> _Item:
         item = _Item(path)
@@ -115,7 +109,7 @@ ProgressFn = Callable[[int, int, IngestReport], None]
 
 
 def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None = None,
-           batch_size: int = 16, progress: bool = True, on_progress: ProgressFn | None = None,
+           batch_size: int = 16, progress: bool = False, on_progress: ProgressFn | None = None,
            workers: int = 1, should_stop: Callable[[], bool] | None = None,
            album: str | None = None, album_from_folder: bool = True) -> IngestReport:
     """Add photos. Each new photo's album is `album` when given (photos already in the gallery
@@ -127,15 +121,35 @@ def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None
     loader = _Loader(gallery.catalog.path, model, gallery.store)
     seen_in_run: set[str] = set()
     regrouped: list[str] = []  # known photos to move into `album`
-    batch: list[_Item] = []
     t0 = time.perf_counter()
     bar = tqdm(total=len(files), unit="img", desc=f"indexing with {model.name}",
                disable=not progress, dynamic_ncols=True)
 
-    def flush() -> None:
-        if not batch:
-            return
-        vectors = model.embed_batch(torch.stack([it.tensor for it in batch]))
+    def new_photos():
+        """Decoded photos not in the gallery yet; counts and reports everything else."""
+        for item in prefetch_map(loader, files, workers=workers):
+            report.seen += 1
+            if item.status == "skipped":
+                report.skipped.append((str(item.path), item.reason))
+                bar.write(f"skipped {item.path}: {item.reason}", file=sys.stderr)
+            elif item.status == "duplicate" or item.sha256 in seen_in_run:
+                report.duplicates += 1
+                if item.status == "duplicate" and item.data:  # its stored file was lost
+                    gallery.store.put(item.sha256, item.format, item.data)
+                    report.restored += 1
+                if album:
+                    regrouped.append(item.sha256)
+            else:
+                seen_in_run.add(item.sha256)
+                yield item, item.tensor
+            bar.update(1)
+            if on_progress:
+                on_progress(report.seen, len(files), report)
+            if should_stop and should_stop():
+                report.interrupted = True
+                return
+
+    def commit(batch: list[_Item], vectors) -> None:
         for it in batch:
             gallery.store.put(it.sha256, _ext(it), it.data)
         with gallery.catalog.transaction():
@@ -152,33 +166,10 @@ def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None
             gallery.write_vectors(ids, vectors, model)
         gallery.sync_index(model.space, ids, vectors)
         report.added += len(batch)
-        batch.clear()
 
     try:
-        for item in prefetch_map(loader, files, workers=workers):
-            report.seen += 1
-            if item.status == "skipped":
-                report.skipped.append((str(item.path), item.reason))
-                bar.write(f"skipped {item.path}: {item.reason}", file=sys.stderr)
-            elif item.status == "duplicate" or item.sha256 in seen_in_run:
-                report.duplicates += 1
-                if item.data:
-                    gallery.store.put(item.sha256, item.format, item.data)
-                    report.restored += 1
-                if album:
-                    regrouped.append(item.sha256)
-            else:
-                seen_in_run.add(item.sha256)
-                batch.append(item)
-                if len(batch) >= batch_size:
-                    flush()
-            bar.update(1)
-            if on_progress:
-                on_progress(report.seen, len(files), report)
-            if should_stop and should_stop():
-                report.interrupted = True
-                break
-        flush()
+        for batch, vectors in embed_batches(model, new_photos(), batch_size):
+            commit(batch, vectors)
         if regrouped:
             gallery.catalog.set_album_by_sha(regrouped, album)
     except KeyboardInterrupt:

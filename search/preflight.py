@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from models import metrics
 
 from .gallery import Gallery
-from .images import BadImage, decode
+from models.imageio import BadImage, decode
 
 if TYPE_CHECKING:
     from models.embedder import Embedder

@@ -1,7 +1,6 @@
 """Searches: by an image file or bytes, by a gallery image, by text. Optionally logged."""
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from models.embedder import Embedder
 
 from .errors import friendly
 from .gallery import Gallery, GalleryError, SearchResult
-from .images import BadImage, decode
+from models.imageio import BadImage, decode
 from .store import sha256_bytes
 
 
@@ -25,14 +24,14 @@ def embed_image_bytes(model: Embedder, data: bytes) -> np.ndarray:
 
 
 def search_bytes(gallery: Gallery, data: bytes, k: int = 10, label: str = "",
-                 log: bool = True, model_name: str | None = None) -> SearchResult:
+                 log: bool = False, model_name: str | None = None) -> SearchResult:
     model = gallery.load_model(model_name) if model_name else gallery.embedder()
     t0 = time.perf_counter()
     vector = embed_image_bytes(model, data)
     embed_ms = (time.perf_counter() - t0) * 1000
     result = gallery.search_vectors(vector, k, model.name, model.space)[0]
     result.elapsed_ms += embed_ms
-    if log and gallery.catalog.get_state("log_queries", True):
+    if log and gallery.catalog.log_queries():
         sha = sha256_bytes(data)
         try:
             if gallery.catalog.image_id(sha) is None:
@@ -43,7 +42,7 @@ def search_bytes(gallery: Gallery, data: bytes, k: int = 10, label: str = "",
     return result
 
 
-def search_file(gallery: Gallery, path: str | Path, k: int = 10, log: bool = True,
+def search_file(gallery: Gallery, path: str | Path, k: int = 10, log: bool = False,
                 model_name: str | None = None) -> SearchResult:
     path = Path(path)
     if not path.is_file():
@@ -51,7 +50,7 @@ def search_file(gallery: Gallery, path: str | Path, k: int = 10, log: bool = Tru
     return search_bytes(gallery, path.read_bytes(), k, str(path), log, model_name)
 
 
-def search_gallery_image(gallery: Gallery, ref: str | int, k: int = 10, log: bool = True,
+def search_gallery_image(gallery: Gallery, ref: str | int, k: int = 10, log: bool = False,
                          model_name: str | None = None) -> SearchResult:
     """"More like this" for a gallery photo: re-embedded by the query model, itself excluded."""
     row = gallery.image_row(ref)
@@ -73,7 +72,7 @@ def missing_file_message(gallery: Gallery, row) -> str:
             f"if that file is unchanged, or index the original again")
 
 
-def search_text(gallery: Gallery, text: str, k: int = 10, log: bool = True) -> SearchResult:
+def search_text(gallery: Gallery, text: str, k: int = 10, log: bool = False) -> SearchResult:
     model = gallery.embedder()
     if not model.info.has_text:
         raise GalleryError(f"the active model {model.name} has no text tower; search by image instead")
@@ -90,10 +89,7 @@ def search_text(gallery: Gallery, text: str, k: int = 10, log: bool = True) -> S
 
 
 def log_query(gallery: Gallery, result: SearchResult, kind: str, query_sha: str, query: str) -> None:
-    if not gallery.catalog.get_state("log_queries", True):
+    if not gallery.catalog.log_queries():
         return
-    gallery.catalog.db.execute(
-        "INSERT INTO query_log (at, model, kind, query_sha, query, k, results) VALUES (?,?,?,?,?,?,?)",
-        [time.time(), result.model, kind, query_sha, query, result.k,
-         json.dumps([h.image_id for h in result.hits])],
-    )
+    gallery.catalog.log_query(result.model, kind, query_sha, query, result.k,
+                              [h.image_id for h in result.hits])

@@ -9,12 +9,10 @@ from .gallery import Gallery, GalleryError
 
 
 def pending(gallery: Gallery, space: str) -> list[int]:
-    return [r[0] for r in gallery.catalog.db.execute(
-        "SELECT id FROM images WHERE id NOT IN (SELECT image_id FROM vectors WHERE space = ?) "
-        "ORDER BY id", [space])]
+    return gallery.catalog.images_missing_in_space(space)
 
 
-def reembed(gallery: Gallery, name: str, batch_size: int = 16, progress: bool = True,
+def reembed(gallery: Gallery, name: str, batch_size: int = 16, progress: bool = False,
             switch: bool = True, should_stop: Callable[[], bool] | None = None,
             on_progress: Callable[[JobProgress], None] | None = None) -> tuple[JobProgress, bool]:
     """Returns the job's progress and whether the gallery switched to the new model."""

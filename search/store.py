@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .fsutil import atomic_write_bytes
+from models.fsutil import atomic_write_bytes
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -130,7 +130,7 @@ class RollbackResult:
 
 
 def rollback(gallery: Gallery) -> RollbackResult:
-    history = gallery.catalog.get_state("model_history", [])
+    history = gallery.catalog.model_history()
     if not history:
         raise GalleryError("nothing to roll back to: this gallery has used one model only")
     current = gallery.active_model
@@ -140,13 +140,8 @@ def rollback(gallery: Gallery) -> RollbackResult:
     with gallery.catalog.transaction():
         gallery.activate(model, "rollback")
         # activate() pushed `current` onto the history; a rollback pops it instead.
-        gallery.catalog.set_state("model_history", history[:-1])
+        gallery.catalog.set_model_history(history[:-1])
     ms = (time.perf_counter() - t0) * 1000
-    kept = gallery.catalog.db.execute(
-        "SELECT count(*) FROM vectors WHERE model = ? AND space = ?", [current, model.space]
-    ).fetchone()[0]
-    missing = gallery.catalog.db.execute(
-        "SELECT count(*) FROM images WHERE id NOT IN (SELECT image_id FROM vectors WHERE space = ?)",
-        [model.space],
-    ).fetchone()[0]
+    kept = gallery.catalog.count_vectors(current, model.space)
+    missing = len(gallery.catalog.images_missing_in_space(model.space))
     return RollbackResult(target, current, model.space, kept, missing, round(ms, 3))

@@ -79,7 +79,7 @@ def test_finetuning_the_last_backbone_block(tmp_path):
     import torch
 
     from models import registry
-    from search.images import decode
+    from models.imageio import decode
 
     train = caltech_subset(tmp_path / "train", "train", ["airplanes", "Motorbikes", "sunflower"], 6)
     home = tmp_path / "home"

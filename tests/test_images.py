@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search.images import BadImage, decode
+from models.imageio import BadImage, decode
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:

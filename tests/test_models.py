@@ -12,7 +12,7 @@ from models import registry
 from models.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, read_meta, save_checkpoint
 from models.compatible import HeadEmbedder
 from models.heads import build_head
-from search.images import decode
+from models.imageio import decode
 
 
 def photos(folder: Path, n: int = 4) -> list[Image.Image]:

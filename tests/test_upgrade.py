@@ -197,7 +197,7 @@ def test_compare_labelled_queries_and_log(lite0_gallery, upgrade_photos, tmp_pat
     assert Path(report["path"]).exists()
     # the query log replays real searches
     for f in list((upgrade_photos / "after").rglob("*.jpg"))[:3]:
-        search_file(g, f, k=3)
+        search_file(g, f, k=3, log=True)
     logged = queries_from_log(g)
     assert len(logged) == 3
     rep = compare(g, "lite0", SHIPPED, logged, k=3, save=False)
