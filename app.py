@@ -18,7 +18,7 @@ from PIL import Image
 
 from search.errors import HANDLED, friendly
 from search.gallery import Gallery, GalleryError, default_home
-from search.jobs import JobRunner, backfill_job, fit_job, generations_job, reembed_job
+from search.jobs import Job, JobRunner, backfill_job, fit_job, reembed_job
 from search.runtime import configure_threads
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
@@ -155,8 +155,8 @@ def run_ingest(paths, rejected=None, album: str | None = None, album_from_folder
             return
     bar = st.progress(0.0, text="Indexing…")
 
-    def progress(done, total, report):
-        bar.progress(done / max(total, 1), text=f"Indexing {done}/{total}")
+    def progress(p):
+        bar.progress(p.fraction, text=f"Indexing {p.done}/{p.total}")
 
     report = guarded(ingest, gallery(), paths, None, progress=False, on_progress=progress,
                      album=album, album_from_folder=album_from_folder)
@@ -558,6 +558,25 @@ def generations_section(g: Gallery) -> None:
             else:
                 st.dataframe(pd.DataFrame(result["rows"])[["query_model", "top1", "map", "images_per_s"]],
                              hide_index=True, width="stretch")
+
+
+def generations_job(kind: str, train_dir: Path, test_dir: Path, cache_dir: Path, loss: str,
+                    out_path: Path):
+    """Run `graceful bench chain|hetero` in the background and save its JSON for the app."""
+    def work(job: Job):
+        import json
+
+        from bench.generations import GenConfig, chain, hetero
+
+        cfg = GenConfig(Path(train_dir), Path(test_dir), cache_dir, loss=loss, progress=False)
+        result = (chain if kind == "chain" else hetero)(cfg)
+        result["loss"] = loss
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result, indent=1))
+        job.done = job.total = 1
+        job.message = f"saved {out_path.name}"
+        return result
+    return work
 
 
 def train_job(g: Gallery, method: str, backbone: str, loss: str, data: Path, name: str):

@@ -40,9 +40,9 @@ def forward_vs_ingest(n_images: int, model_name: str, batch: int) -> dict:
     home = Path(tempfile.mkdtemp(prefix="graceful-bench-"))
     rss_samples: list[tuple[int, float]] = []
 
-    def sample(done, total, report):
-        if done % 100 == 0:
-            rss_samples.append((done, rss_mib()))
+    def sample(p):
+        if p.done % 100 == 0:
+            rss_samples.append((p.done, rss_mib()))
 
     try:
         g = Gallery.open(home, create=True)

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .embedder import Embedder, embed_batches
 from .fsutil import atomic_write_bytes
+from .progress import Progress
 
 
 def _safe(name: str) -> str:
@@ -66,11 +67,11 @@ class ExtractionStopped(Exception):
 
 def extract(model: Embedder, files: Sequence[Path], cache_root: Path, batch_size: int = 32,
             shard_size: int = 256, progress: bool = True, shas: list[str] | None = None,
-            on_progress: Callable[[int, int], None] | None = None,
+            on_progress: Callable[[Progress], None] | None = None,
             should_stop: Callable[[], bool] | None = None) -> np.ndarray:
     """Normalised features of `files` by `model`, from the cache where possible.
 
-    `on_progress(done, total)` is called after every batch (done counts cached files too);
+    `on_progress(Progress)` is called after every batch (done counts cached files too);
     `should_stop()` is checked there and raises ExtractionStopped after saving what is done."""
     from .imageio import BadImage, decode
     from .pipeline import prefetch_map
@@ -88,6 +89,7 @@ def extract(model: Embedder, files: Sequence[Path], cache_root: Path, batch_size
 
         bar = tqdm(total=len(todo), unit="img", desc=f"features {model.name}", disable=not progress)
         cached = len(shas) - len(todo)
+        state = Progress("features", model.name, len(shas), cached, stage="features")
         done_s: list[str] = []
         done_v: list[np.ndarray] = []
         for keys, vectors in embed_batches(model, prefetch_map(load, todo), batch_size):
@@ -98,7 +100,7 @@ def extract(model: Embedder, files: Sequence[Path], cache_root: Path, batch_size
                 cache.add(done_s, np.concatenate(done_v))
                 done_s, done_v = [], []
             if on_progress:
-                on_progress(cached + bar.n, len(shas))
+                on_progress(state.tick(cached + bar.n))
             if should_stop and should_stop():
                 if done_s:
                     cache.add(done_s, np.concatenate(done_v))
@@ -108,5 +110,5 @@ def extract(model: Embedder, files: Sequence[Path], cache_root: Path, batch_size
             cache.add(done_s, np.concatenate(done_v))
         bar.close()
     if on_progress:
-        on_progress(len(shas), len(shas))
+        on_progress(Progress("features", model.name, len(shas), len(shas), stage="features"))
     return cache.get(shas)

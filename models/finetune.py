@@ -8,7 +8,6 @@ fraction of the backbone's size. Works on the CPU too, slowly; pass device="cuda
 from __future__ import annotations
 
 import copy
-import math
 import time
 from pathlib import Path
 
@@ -16,11 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision import transforms
-from tqdm import tqdm
 
 from .embedder import Embedder
 from .heads import build_head
-from .train import LABELLED_METHODS, TrainConfig, TrainedHead, _method_loss, loo_correct
+from .train import LABELLED_METHODS, TrainConfig, TrainedHead, _method_loss, loo_correct, run_epochs
 
 BACKBONE_PREFIX = "backbone."
 
@@ -107,31 +105,24 @@ def finetune(cfg: TrainConfig, backbone: Embedder, files: list[Path], labels: np
     w_old = old_classifier.to(dev) if old_classifier is not None else None
     old_right = torch.as_tensor(loo_correct(old_emb, labels), device=dev) if cfg.method == "pct" else None
     aug = augment(size)
-    n = len(files)
-    steps = cfg.epochs * math.ceil(n / cfg.batch_size)
-    bar = tqdm(total=steps, desc=f"fine-tuning {cfg.method} (+{blocks} blocks)", disable=not progress)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    history = []
-    for _ in range(cfg.epochs):
+
+    def train_mode() -> None:
         model.eval()  # frozen stages keep their BN statistics
         for m in tail.values():
             m.train()
         head.train()
-        perm = torch.randperm(n, generator=gen)
-        total = 0.0
-        for s in range(0, n, cfg.batch_size):
-            idx = perm[s:s + cfg.batch_size]
-            batch = torch.stack(list(prefetch_map(load, idx.tolist())))
-            feats = model.forward_head(model.forward_features(batch.to(dev)), pre_logits=True)
-            emb = head(F.normalize(feats, dim=-1))
-            loss = _method_loss(cfg, emb, idx.to(dev), y_all, old_all, w_old, classifier, old_right)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            bar.update(1)
-        history.append(total / n)
-    bar.close()
+
+    def embed(idx: torch.Tensor) -> torch.Tensor:
+        batch = torch.stack(list(prefetch_map(load, idx.tolist())))
+        feats = model.forward_head(model.forward_features(batch.to(dev)), pre_logits=True)
+        return head(F.normalize(feats, dim=-1))
+
+    history = run_epochs(
+        cfg, len(files), embed,
+        lambda idx, emb: _method_loss(cfg, emb, idx.to(dev), y_all, old_all, w_old, classifier,
+                                      old_right),
+        opt, before_epoch=train_mode, desc=f"fine-tuning {cfg.method} (+{blocks} blocks)",
+        progress=progress)
     head.eval().cpu()
     model.eval().cpu()
     trained = TrainedHead(head, spec, classifier.detach().cpu(), cfg.method,

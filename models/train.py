@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, asdict
+from typing import Callable
 
 import numpy as np
 import torch
@@ -162,29 +163,45 @@ def train_head(cfg: TrainConfig, features: np.ndarray, labels: np.ndarray | None
     n = len(x_all)
     steps = cfg.epochs * math.ceil(n / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    history = []
-    bar = tqdm(total=steps, desc=f"training {cfg.method}", disable=not progress, unit="step")
-    head.train()
-    for _ in range(cfg.epochs):
-        perm = torch.randperm(n, generator=gen).to(dev)
-        epoch_loss = 0.0
-        for s in range(0, n, cfg.batch_size):
-            idx = perm[s:s + cfg.batch_size]
-            x = x_all[idx]
-            emb = head(x)
-            loss = _method_loss(cfg, emb, idx, y_all, old_all, w_old, classifier, old_right_all)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            epoch_loss += float(loss.detach()) * len(idx)
-            bar.update(1)
-        history.append(epoch_loss / n)
-    bar.close()
+    history = run_epochs(
+        cfg, n, lambda idx: head(x_all[idx.to(dev)]),
+        lambda idx, emb: _method_loss(cfg, emb, idx.to(dev), y_all, old_all, w_old, classifier,
+                                      old_right_all),
+        opt, sched, before_epoch=head.train, desc=f"training {cfg.method}", progress=progress)
     head.eval().cpu()
     return TrainedHead(head, spec, classifier.detach().cpu() if classifier is not None else None,
                        cfg.method, time.perf_counter() - t0, history)
+
+
+def run_epochs(cfg: TrainConfig, n: int, embed: Callable[[torch.Tensor], torch.Tensor],
+               loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               opt: torch.optim.Optimizer, sched=None, before_epoch: Callable[[], object] | None = None,
+               desc: str = "training", progress: bool = False) -> list[float]:
+    """The one training loop (heads on cached features, and fine-tuning on images): epochs of
+    seeded shuffled mini-batches of item indices, one optimiser step each; returns the mean loss
+    per epoch. `embed(idx)` gives the batch's embeddings, `loss_of(idx, emb)` its loss."""
+    steps = cfg.epochs * math.ceil(n / cfg.batch_size)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    bar = tqdm(total=steps, desc=desc, disable=not progress, unit="step")
+    history = []
+    for _ in range(cfg.epochs):
+        if before_epoch is not None:
+            before_epoch()
+        perm = torch.randperm(n, generator=gen)
+        total = 0.0
+        for s in range(0, n, cfg.batch_size):
+            idx = perm[s:s + cfg.batch_size]
+            loss = loss_of(idx, embed(idx))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            total += float(loss.detach()) * len(idx)
+            bar.update(1)
+        history.append(total / n)
+    bar.close()
+    return history
 
 
 def loo_correct(emb: np.ndarray, labels: np.ndarray, chunk: int = 2048) -> np.ndarray:

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from models.progress import Progress
+
 from .gallery import Gallery, GalleryError
 from .index import SpaceIndex
 
@@ -55,7 +57,7 @@ def _sha256_file(path: Path) -> str | None:
 
 
 def check(gallery: Gallery, repair: bool = False,
-          on_progress: Callable[[int, int], None] | None = None) -> CheckReport:
+          on_progress: Callable[[Progress], None] | None = None) -> CheckReport:
     report = CheckReport()
     cat = gallery.catalog
     result = cat.integrity_check()
@@ -66,13 +68,14 @@ def check(gallery: Gallery, repair: bool = False,
                    "restore catalog.db from a backup (the photos in images/ are intact)")
 
     rows = cat.list_images(0, 1 << 62)
+    state = Progress("check", total=len(rows))
     bad = []
     for n, row in enumerate(rows, 1):
         path = gallery.image_path(row)
         if _sha256_file(path) != row.sha256:
             bad.append(row)
         if on_progress and (n % 64 == 0 or n == len(rows)):
-            on_progress(n, len(rows))
+            on_progress(state.tick(n))
     if not bad:
         report.add("store", "ok", f"{len(rows)} photos present and matching their hashes")
     for row in bad:

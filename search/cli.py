@@ -244,9 +244,9 @@ def check_cmd(obj: Context, repair, as_json) -> None:
         g = obj.gallery()
         bar = tqdm(total=0, unit="photo", desc="checking photos", disable=as_json and not sys.stderr.isatty())
 
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+        def progress(p) -> None:
+            bar.total = p.total
+            bar.update(p.done - bar.n)
         report = check(g, repair=repair, on_progress=progress)
         bar.close()
     except GalleryError as e:
@@ -665,7 +665,7 @@ def bench_group() -> None:
 def bench_compat_cmd(obj: Context, train_dir, test_dir, old_classes, old_backbone, new_backbone,
                      methods, dim, epochs, cache_dir, loss, old_classifier, json_out) -> None:
     """Old model on some classes, every method on all: compatibility, accuracy and flips."""
-    from models.compat_bench import CompatBenchConfig, run
+    from bench.compat import CompatBenchConfig, run
     from models.imagefolder import DatasetError
 
     from .runtime import configure_threads
@@ -692,7 +692,7 @@ def bench_compat_cmd(obj: Context, train_dir, test_dir, old_classes, old_backbon
 
 
 def _gen_config(obj: Context, train_dir, test_dir, cache_dir, loss):
-    from models.generations_bench import GenConfig
+    from bench.generations import GenConfig
 
     from .runtime import configure_threads
 
@@ -726,7 +726,7 @@ def bench_data(fn):
 @click.pass_obj
 def bench_chain_cmd(obj: Context, train_dir, test_dir, cache_dir, loss, json_out) -> None:
     """v1 -> v2 -> v3 (lite0 -> lite1 -> lite2, classes growing): matrix and compatibility tax."""
-    from models.generations_bench import chain
+    from bench.generations import chain
 
     result = chain(_gen_config(obj, train_dir, test_dir, cache_dir, loss))
     _write(json_out, result)
@@ -744,7 +744,7 @@ def bench_chain_cmd(obj: Context, train_dir, test_dir, cache_dir, loss, json_out
 @click.pass_obj
 def bench_hetero_cmd(obj: Context, train_dir, test_dir, cache_dir, loss, json_out) -> None:
     """Small query models compatible with a large gallery model: accuracy vs images/s."""
-    from models.generations_bench import hetero
+    from bench.generations import hetero
 
     result = hetero(_gen_config(obj, train_dir, test_dir, cache_dir, loss))
     _write(json_out, result)

@@ -7,41 +7,19 @@ derived from the catalog, so re-running resumes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, asdict
 from typing import Callable
 
 from tqdm import tqdm
 
 from models.embedder import Embedder, embed_batches
+from models.progress import Progress
 
 from .gallery import Gallery
 from models.imageio import BadImage, decode
 from models.pipeline import prefetch_map
 
 
-@dataclass
-class JobProgress:
-    job: str
-    model: str
-    total: int
-    done: int = 0
-    failed: int = 0
-    seconds: float = 0.0
-    interrupted: bool = False
-
-    @property
-    def rate(self) -> float:
-        return self.done / self.seconds if self.seconds else 0.0
-
-    @property
-    def eta_seconds(self) -> float | None:
-        return (self.total - self.done) / self.rate if self.rate else None
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d["images_per_second"] = round(self.rate, 2)
-        d["eta_seconds"] = round(self.eta_seconds, 1) if self.eta_seconds is not None else None
-        return d
+JobProgress = Progress  # the name this module has always exported
 
 
 def embed_stored(gallery: Gallery, model: Embedder, image_ids: list[int], job: str,
@@ -77,9 +55,8 @@ def embed_stored(gallery: Gallery, model: Embedder, image_ids: list[int], job: s
                 gallery.write_vectors(batch_ids, vectors, model)
                 gallery.catalog.save_job(job, {**state.as_dict(), "done": state.done + len(batch_ids)})
             gallery.sync_index(model.space, batch_ids, vectors)
-            state.done += len(batch_ids)
+            state.tick(state.done + len(batch_ids))
             bar.update(len(batch_ids))
-            state.seconds = time.perf_counter() - t0
             if on_progress:
                 on_progress(state)
             if should_stop and should_stop():

@@ -24,6 +24,7 @@ from models import metrics, registry
 from models.checkpoint import SUFFIX, CheckpointMeta, fingerprint, save_checkpoint
 from models.compatible import HeadEmbedder
 from models.features import extract
+from models.progress import Progress
 from models.train import LABELLED_METHODS, TrainConfig, old_classifier_rows, train_head
 
 from models.fsutil import atomic_write_bytes
@@ -67,7 +68,7 @@ class FitRequest:
     force: bool = False  # save (and later upgrade to) a model measured worse
     replace: bool = False  # overwrite a model of the same name
     progress: bool = False  # tqdm bars on stderr (the CLI)
-    on_progress: Callable[[str, int, int], None] | None = None  # (stage, done, total)
+    on_progress: Callable[[Progress], None] | None = None  # stage "features", then "training"
     should_stop: Callable[[], bool] | None = None
     seed: int = 0
 
@@ -200,7 +201,7 @@ def fit_upgrade(gallery: Gallery, req: FitRequest) -> dict:
     t0 = time.perf_counter()
     feats = extract(backbone, files, gallery.cache_dir, batch_size=16, shard_size=SHARD,
                     progress=req.progress, shas=[by_id[i].sha256 for i in sample_ids],
-                    on_progress=(lambda d, t: req.on_progress("features", d, t)) if req.on_progress else None,
+                    on_progress=req.on_progress,
                     should_stop=req.should_stop)
     t_features = time.perf_counter() - t0
     stored = gallery.catalog.serving_vectors_of(sample_ids, space)
@@ -221,7 +222,7 @@ def fit_upgrade(gallery: Gallery, req: FitRequest) -> dict:
         # the old classifier: one prototype per album, the mean of its stored old vectors
         w_old = old_classifier_rows(o_train, y, len(classes))
     if req.on_progress:
-        req.on_progress("training", 0, 1)
+        req.on_progress(Progress("fit", backbone.name, 1, 0, stage="training"))
     trained = train_head(cfg, f_train, y, len(classes), old_emb=o_train, old_classifier=w_old,
                          progress=req.progress)
     t_train = time.perf_counter() - t0

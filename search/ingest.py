@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from models.embedder import Embedder, embed_batches
+from models.progress import Progress
 
 from .catalog import ReadOnlyCatalog, album_of_source
 from .files import collect_files
@@ -105,7 +106,7 @@ class _Loader:
         return item
 
 
-ProgressFn = Callable[[int, int, IngestReport], None]
+ProgressFn = Callable[[Progress], None]  # done = files seen so far, failed = files skipped
 
 
 def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None = None,
@@ -122,6 +123,7 @@ def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None
     seen_in_run: set[str] = set()
     regrouped: list[str] = []  # known photos to move into `album`
     t0 = time.perf_counter()
+    state = Progress("ingest", model.name, len(files))
     bar = tqdm(total=len(files), unit="img", desc=f"indexing with {model.name}",
                disable=not progress, dynamic_ncols=True)
 
@@ -131,6 +133,7 @@ def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None
             report.seen += 1
             if item.status == "skipped":
                 report.skipped.append((str(item.path), item.reason))
+                state.failed += 1
                 bar.write(f"skipped {item.path}: {item.reason}", file=sys.stderr)
             elif item.status == "duplicate" or item.sha256 in seen_in_run:
                 report.duplicates += 1
@@ -144,7 +147,7 @@ def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None
                 yield item, item.tensor
             bar.update(1)
             if on_progress:
-                on_progress(report.seen, len(files), report)
+                on_progress(state.tick(report.seen))
             if should_stop and should_stop():
                 report.interrupted = True
                 return

@@ -77,11 +77,17 @@ class JobRunner:
             return job
 
 
+STAGE_MESSAGES = {"features": "computing the new backbone's features",
+                  "training": "training and measuring on the held-out slice"}
+
+
 def _progress_into(job: Job) -> Callable[[Any], None]:
-    """An embed-job progress callback that mirrors its state into `job`."""
+    """A progress callback (models.progress.Progress) that mirrors its state into `job`."""
     def progress(state) -> None:
         job.done, job.total = state.done, state.total
         job.rate, job.eta_seconds = state.rate, state.eta_seconds
+        if state.stage in STAGE_MESSAGES:
+            job.message = STAGE_MESSAGES[state.stage]
     return progress
 
 
@@ -116,25 +122,6 @@ def reembed_job(home: Path, name: str) -> Callable[[Job], Any]:
     return work
 
 
-def generations_job(kind: str, train_dir: Path, test_dir: Path, cache_dir: Path, loss: str,
-                    out_path: Path) -> Callable[[Job], Any]:
-    """Run `graceful bench chain|hetero` in the background and save its JSON for the app."""
-    def work(job: Job):
-        import json
-
-        from models.generations_bench import GenConfig, chain, hetero
-
-        cfg = GenConfig(Path(train_dir), Path(test_dir), cache_dir, loss=loss, progress=False)
-        result = (chain if kind == "chain" else hetero)(cfg)
-        result["loss"] = loss
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(result, indent=1))
-        job.done = job.total = 1
-        job.message = f"saved {out_path.name}"
-        return result
-    return work
-
-
 def fit_job(home: Path, backbone: str, out: str, method: str = "auto",
             sample: int | None = None) -> Callable[[Job], Any]:
     """Fit an upgrade to the gallery (`graceful train --from-gallery`) in the background."""
@@ -142,23 +129,12 @@ def fit_job(home: Path, backbone: str, out: str, method: str = "auto",
         from .fit import FitRequest, fit_upgrade
 
         t0 = time.time()
-        first: dict = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            job.done, job.total = done, total
-            first.setdefault(stage, (time.time(), done))
-            t_stage, done0 = first[stage]
-            elapsed = time.time() - t_stage
-            job.rate = (done - done0) / elapsed if elapsed > 0.5 else 0.0
-            job.eta_seconds = (total - done) / job.rate if job.rate else None
-            job.message = "computing the new backbone's features" if stage == "features" else \
-                "training and measuring on the held-out slice"
-
         from models.features import ExtractionStopped
 
         try:
             report = _in_own_gallery(home, lambda g: fit_upgrade(g, FitRequest(
-                backbone, out, method, sample, on_progress=progress, should_stop=job.should_stop)))
+                backbone, out, method, sample, on_progress=_progress_into(job),
+                should_stop=job.should_stop)))
         except ExtractionStopped:
             job.message = "paused: features computed so far are kept; start again to resume"
             return None

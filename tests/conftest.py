@@ -62,3 +62,41 @@ def lite0():
     from models import registry
 
     return registry.load("lite0")
+
+
+def _make_checkpoint(path: Path, backbone="lite0", in_dim=1280, dim=64, space="lite0",
+                     name="tiny-compat"):
+    """A small random linear head saved as a Graceful checkpoint (claims `space`)."""
+    import torch
+
+    from models.checkpoint import CheckpointMeta, save_checkpoint
+    from models.heads import build_head
+
+    head_spec = {"type": "linear", "in_dim": in_dim, "out_dim": dim}
+    meta = CheckpointMeta(name=name, backbone=backbone, dim=dim, space=space,
+                          compatible_with=[space], method="bct", head=head_spec, old_model="lite0")
+    torch.manual_seed(0)
+    save_checkpoint(path, meta, build_head(head_spec))
+    return meta
+
+
+@pytest.fixture
+def make_checkpoint():
+    return _make_checkpoint
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG that claims width x height pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (width + 1) * 16)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def bomb_png():
+    return _bomb_png

@@ -129,12 +129,11 @@ def test_generations_benchmark_runs_from_the_models_page(app, few_photos, tmp_pa
     assert (table["images_per_s"] > 0).all()
 
 
-def test_albums_and_a_gallery_fitted_upgrade_from_the_app(app, album_photos, home, monkeypatch):
+def test_albums_and_a_gallery_fitted_upgrade_from_the_app(app, album_photos, home, monkeypatch,
+                                                           make_checkpoint):
     """Index a folder (albums from its sub-folders), see and filter albums; a model that does not
     line up with the gallery is refused and the fitted path offered; one click trains it, and
     the upgrade to it passes its pre-flight."""
-    from test_models import make_checkpoint
-
     field = app.text_input(key="folder")  # off until the operator names import roots
     assert field.disabled and "GRACEFUL_IMPORT_ROOTS" in field.placeholder
     monkeypatch.setenv("GRACEFUL_IMPORT_ROOTS", str(album_photos.parent))

@@ -139,3 +139,18 @@ def test_info_models_and_albums_import_no_torch(tmp_path):
     info = json.loads(python_without_torch("from search.cli import main; main()", "--home", str(home),
                                            "info", "--json").stdout)
     assert info["images"] == 50 and info["albums"] == 2 and info["index"]["vectors"] == 50
+
+
+def test_layers_models_never_imports_search_and_sql_stays_in_the_catalog():
+    import ast
+
+    for path in (ROOT / "models").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(n == "search" or n.startswith("search.") for n in names), path
+    for path in [*(ROOT / "search").glob("*.py"), ROOT / "app.py"]:
+        if path.name == "catalog.py":
+            continue
+        text = path.read_text()
+        assert ".execute(" not in text and "get_state(" not in text and "set_state(" not in text, path

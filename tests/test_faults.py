@@ -225,9 +225,7 @@ def test_disk_full(tiny_disk, few_photos):
     assert n_images(home) == 8 and json.loads(r.stdout)["added"] == 4
 
 
-def test_upgrade_by_path_copies_the_checkpoint_in(gallery12, tmp_path, few_photos):
-    from test_models import make_checkpoint
-
+def test_upgrade_by_path_copies_the_checkpoint_in(gallery12, tmp_path, few_photos, make_checkpoint):
     outside = tmp_path / "elsewhere" / "mine.safetensors"
     outside.parent.mkdir()
     make_checkpoint(outside, dim=1280, name="my-model")
@@ -252,9 +250,7 @@ def test_k_must_be_positive_and_hosts_are_pinned(gallery12, few_photos):
     assert set(config["server"]["allowedHosts"]) >= {"localhost", "127.0.0.1"}
 
 
-def test_a_bad_model_for_a_new_gallery_writes_nothing(home, few_photos, tmp_path):
-    from test_models import make_checkpoint
-
+def test_a_bad_model_for_a_new_gallery_writes_nothing(home, few_photos, tmp_path, make_checkpoint):
     bad = tmp_path / "bad.safetensors"
     make_checkpoint(bad, in_dim=512, name="bad")  # its head does not fit lite0's features
     r = run(home, "index", few_photos, "--model", bad)

@@ -199,17 +199,15 @@ def test_kill_9_during_feature_extraction_resumes(gallery_copy):
     seen: list[int] = []
     g = Gallery.open(gallery_copy)
     report = fit_upgrade(g, FitRequest("lite2", "resumed",
-                                       on_progress=lambda s, d, t: seen.append(d) if s == "features" else None))
+                                       on_progress=lambda p: seen.append(p.done) if p.stage == "features" else None))
     g.close()
     assert report["passed"] and done_before >= 16
     assert seen[0] >= done_before  # the first progress report already counts the cached images
 
 
-def test_refused_upgrade_offers_the_fitted_path(gallery_copy):
+def test_refused_upgrade_offers_the_fitted_path(gallery_copy, make_checkpoint):
     """A model that does not line up with the stored vectors: refused (exit 1, JSON says what
     was measured), nothing switched, and the next step names the fitted path with its time."""
-    from test_models import make_checkpoint
-
     make_checkpoint(gallery_copy / "models" / "x.safetensors", backbone="lite1", dim=1280,
                     name="not-aligned")
     r = run(gallery_copy, "upgrade", "not-aligned", "--json")

@@ -18,7 +18,6 @@ from search.index import SpaceIndex
 from search.ingest import ingest
 from search.query import search_file, search_gallery_image
 
-from test_images import bomb_png
 
 
 def catalog_ids(home: Path) -> list[int]:
@@ -42,7 +41,7 @@ def test_ingest_is_idempotent_and_counts_duplicates(home, few_photos, tmp_path):
     assert len(stored) == 12  # content-addressed: one file per unique image
 
 
-def test_bad_inputs_are_reported_and_nothing_written(home, few_photos, tmp_path):
+def test_bad_inputs_are_reported_and_nothing_written(home, few_photos, tmp_path, bomb_png):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "empty.jpg").write_bytes(b"")

@@ -9,9 +9,8 @@ import torch
 from PIL import Image
 
 from models import registry
-from models.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, read_meta, save_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint, read_meta
 from models.compatible import HeadEmbedder
-from models.heads import build_head
 from models.imageio import decode
 
 
@@ -63,17 +62,7 @@ def test_open_clip_hub_tag_offline_is_a_clear_error(monkeypatch):
         registry.load("openclip:ViT-S-32:no-such-tag")
 
 
-def make_checkpoint(path: Path, backbone="lite0", in_dim=1280, dim=64, space="lite0",
-                    name="tiny-compat") -> CheckpointMeta:
-    head_spec = {"type": "linear", "in_dim": in_dim, "out_dim": dim}
-    meta = CheckpointMeta(name=name, backbone=backbone, dim=dim, space=space,
-                          compatible_with=[space], method="bct", head=head_spec, old_model="lite0")
-    torch.manual_seed(0)
-    save_checkpoint(path, meta, build_head(head_spec))
-    return meta
-
-
-def test_checkpoint_round_trip_and_refusals(tmp_path, lite0, few_photos):
+def test_checkpoint_round_trip_and_refusals(tmp_path, lite0, few_photos, make_checkpoint):
     path = tmp_path / "tiny.safetensors"
     meta = make_checkpoint(path)
     assert read_meta(path) == meta
@@ -102,7 +91,7 @@ def test_checkpoint_round_trip_and_refusals(tmp_path, lite0, few_photos):
         read_meta(not_ours)
 
 
-def test_checkpoints_are_found_by_name(tmp_path):
+def test_checkpoints_are_found_by_name(tmp_path, make_checkpoint):
     make_checkpoint(tmp_path / "x.safetensors", name="my-upgrade")
     entry = registry.resolve("my-upgrade", [tmp_path])
     assert entry.kind == "compatible" and entry.space == "lite0" and entry.dim == 64

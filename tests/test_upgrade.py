@@ -22,7 +22,6 @@ from search.reembed import reembed
 from search.upgrade import rollback, upgrade
 
 from conftest import caltech_subset
-from test_models import make_checkpoint
 
 SHIPPED = "lite2-compat-lite0"
 
@@ -93,7 +92,7 @@ def test_upgrade_recomputes_nothing_and_mixes_new_photos(lite0_gallery, upgrade_
         rollback(g)
 
 
-def test_refusals_change_nothing(lite0_gallery, tmp_path):
+def test_refusals_change_nothing(lite0_gallery, tmp_path, make_checkpoint):
     g = lite0_gallery
     state = (g.active_model, counts(g), g.catalog.get_state("model_history", []))
     with pytest.raises(GalleryError, match="unknown model"):

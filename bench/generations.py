@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import metrics, registry
-from .features import extract
-from .imagefolder import align_classes, scan
-from .train import TrainConfig, TrainedHead, old_classifier_rows, train_head
+from models import metrics, registry
+from models.features import extract
+from models.imagefolder import align_classes, scan
+from models.train import TrainConfig, TrainedHead, old_classifier_rows, train_head
 
 
 @dataclass

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics, registry
-from .features import extract
-from .imagefolder import align_classes, scan
-from .train import COMPATIBLE_METHODS, TrainConfig, old_classifier_rows, slerp, train_head
+from models import metrics, registry
+from models.features import extract
+from models.imagefolder import align_classes, scan
+from models.train import COMPATIBLE_METHODS, TrainConfig, old_classifier_rows, slerp, train_head
 
 DEFAULT_METHODS = ("independent", "l2", "bct", "pct", "adapter", "procrustes")
 
