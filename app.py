@@ -495,8 +495,9 @@ def show_fit_report(r: dict) -> None:
                             ("new/new", "after a full backfill")):
             m = albums.get(pair)
             if m:
-                rows.append({"held-out photos": label, "top-1": m["top1"], "mAP": m["map"],
-                             "NFR": albums["nfr"] if pair == "new/old" else m.get("nfr")})
+                nfr = albums["nfr"] if pair == "new/old" else m.get("nfr")
+                rows.append({"held-out photos": label, "top-1": f"{m['top1']:.3f}",
+                             "mAP": f"{m['map']:.3f}", "NFR": "—" if nfr is None else f"{nfr:.3f}"})
         st.dataframe(pd.DataFrame(rows), hide_index=True)
     st.caption(f"Trained on {s['train']} photos" + (f" of {s['albums']} albums" if s["labelled"] else "")
                + f", measured on {s['held_out']} held-out photos of {r['gallery_photos']} · own "
@@ -601,8 +602,8 @@ def job_progress(name: str) -> None:
         return
     eta = f" · ETA {job.eta_seconds:.0f} s" if job.eta_seconds else ""
     if job.total:
-        st.progress(job.fraction, text=f"{name.capitalize()} {job.status}: {job.done}/{job.total}"
-                                       f" · {job.rate:.1f} img/s{eta}")
+        speed = f" · {job.rate:.1f} img/s{eta}" if job.running and job.rate else ""
+        st.progress(job.fraction, text=f"{name.capitalize()} {job.status}: {job.done}/{job.total}{speed}")
     else:
         st.caption(f"{name.capitalize()} {job.status}…")
     if job.status == "failed":
