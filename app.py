@@ -20,6 +20,7 @@ from search.errors import HANDLED, friendly
 from search.gallery import Gallery, GalleryError, default_home
 from search.jobs import Job, JobRunner, backfill_job, fit_job, reembed_job
 from search.runtime import configure_threads
+from search.upgrade import duration_text
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 PAGE_SIZE = 24
@@ -186,8 +187,7 @@ def show_ingest_result() -> None:
 def page_gallery() -> None:
     g = gallery()
     st.header("Gallery")
-    for kind, text in st.session_state.pop("flash", []):
-        getattr(st, kind)(text)
+    show_flash()
     show_ingest_result()
     n = g.catalog.count_images()
     if n == 0:
@@ -221,7 +221,7 @@ def page_gallery() -> None:
     labels = {"All photos": None, **{f"{a['album']} ({a['images']})": a["album"] for a in named}}
     choice = st.selectbox("Album", list(labels), key="gallery-album")
     album = labels[choice]
-    shown = g.catalog.count_images(album)
+    shown = n if album is None else next(a["images"] for a in named if a["album"] == album)
     pages = max(1, -(-shown // PAGE_SIZE))
     page = st.number_input("Page", 1, pages, 1, key="gallery-page") if pages > 1 else 1
     rows = g.catalog.list_images((page - 1) * PAGE_SIZE, PAGE_SIZE, album)
@@ -301,8 +301,7 @@ def page_models() -> None:
 
     g = gallery()
     st.header("Models")
-    for kind, text in st.session_state.pop("flash", []):
-        getattr(st, kind)(text)
+    show_flash()
     entries = registry.available(g.model_dirs)
     active, space = g.active_model, g.space
     st.markdown(f"Active model: **{active or '—'}** · gallery space **{space or '—'}**")
@@ -430,17 +429,13 @@ def show_refusal(g: Gallery, refused: dict) -> None:
         st.caption(f"• {reason}")
     if step:
         st.info(f"Next step: fit an upgrade to this gallery's own photos with {step['backbone']}: "
-                f"about {minutes(step['fit_seconds'])}, against {minutes(step['backfill_seconds'])} "
+                f"about {duration_text(step['fit_seconds'])}, against {duration_text(step['backfill_seconds'])} "
                 f"for re-embedding all {step['photos']} photos.")
         if st.button("Train an upgrade for this gallery", key="fit-from-refusal"):
             name = f"{step['backbone']}-fit-{g.active_model}"
             job_runner().start("fit", fit_job(g.home, step["backbone"], unique_name(g, name)))
             st.session_state.pop("refused", None)
             st.rerun()
-
-
-def minutes(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def unique_name(g: Gallery, name: str) -> str:
@@ -470,7 +465,7 @@ def fit_section(g: Gallery, entries, active: str) -> None:
     name = f3.text_input("Name", unique_name(g, f"{backbone}-fit-{active}"), key="fit-name")
     est = estimate_seconds(g.catalog.count_images(), NOMINAL_IMAGES_PER_SECOND.get(backbone, 30.0))
     st.caption(f"Runs {backbone} on {est['sample']} of {est['photos']} photos: about "
-               f"{minutes(est['fit_seconds'])} (a full re-embed: {minutes(est['backfill_seconds'])}).")
+               f"{duration_text(est['fit_seconds'])} (a full re-embed: {duration_text(est['backfill_seconds'])}).")
     b1, b2 = st.columns(2)
     if b1.button("Train an upgrade for this gallery", key="fit-start", type="primary"):
         job_runner().start("fit", fit_job(g.home, backbone, name.strip(), method))
@@ -610,6 +605,11 @@ def job_progress(name: str) -> None:
         st.error(job.message)
     elif job.message:
         st.caption(job.message)
+
+
+def show_flash() -> None:
+    for kind, text in st.session_state.pop("flash", []):
+        getattr(st, kind)(text)
 
 
 def flash(*messages: tuple[str, str]) -> None:

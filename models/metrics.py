@@ -5,6 +5,7 @@ query-side and the gallery-side model; leave-one-out, so a query never matches i
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,11 +132,14 @@ def label_retrieval(queries: np.ndarray, reference: np.ndarray, q_labels: list, 
 def compat_signals(new_q: np.ndarray, old_q: np.ndarray, reference: np.ndarray,
                    own_index: np.ndarray, q_labels: list | None = None,
                    ref_labels: list | None = None, agreement_fraction: float = 0.01,
-                   min_k: int = 5) -> dict:
+                   min_k: int = 5, top: int = 10,
+                   new_reference: np.ndarray | None = None) -> dict:
     """Everything the pre-flight and the gallery-fitted training measure, per query and summed
     up. `old_q` are the queries' own stored vectors; `reference` the gallery's old vectors.
-    With labels (albums), old/old vs new/old retrieval over the reference set as well."""
+    With labels (albums), old/old vs new/old retrieval over the reference set as well, and with
+    `new_reference` (the reference items embedded by the new model) new/new too."""
     ranks = own_rank_fraction(new_q, old_q, reference, own_index)
+    others = len(reference) - (own_index >= 0)
     k = max(min_k, int(round(agreement_fraction * len(reference))))
     agree = neighbourhood_agreement(new_q, old_q, reference, k, own_index)
     out = {
@@ -144,13 +148,15 @@ def compat_signals(new_q: np.ndarray, old_q: np.ndarray, reference: np.ndarray,
         "own_rank": round(float(np.median(ranks)), 5),
         "own_rank_mean": round(float(ranks.mean()), 5),
         "own_in_top_1pct": round(float((ranks <= 0.01).mean()), 4),
+        "own_in_top": round(float((ranks * others < top).mean()), 4),
+        "top": int(top),
         "agreement": round(float(agree.mean()), 4),
         "agreement_k": int(min(k, len(reference) - 1)),
         "mean_cosine": round(float((new_q * old_q).sum(1).mean()), 4),
     }
     if q_labels is not None and ref_labels is not None:
-        keep = np.array([lab is not None and sum(1 for r in ref_labels if r == lab) >= 2
-                         for lab in q_labels])
+        count = Counter(ref_labels)
+        keep = np.array([lab is not None and count[lab] >= 2 for lab in q_labels])
         if keep.sum() >= 2:
             sel = np.flatnonzero(keep)
             labs = [q_labels[i] for i in sel]
@@ -167,4 +173,8 @@ def compat_signals(new_q: np.ndarray, old_q: np.ndarray, reference: np.ndarray,
                 "delta_top1": round(float((n1.astype(float) - o1).mean()), 4),
                 "delta_top1_se": round(float((n1.astype(float) - o1).std(ddof=1) / np.sqrt(len(sel))), 4),
             }
+            if new_reference is not None:
+                w1, wap = label_retrieval(new_q[sel], new_reference, labs, ref_labels, own_index[sel])
+                out["albums"]["new/new"] = {"top1": round(float(w1.mean()), 4),
+                                            "map": round(float(wap.mean()), 4), **flip_rates(o1, w1)}
     return out

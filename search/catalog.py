@@ -76,6 +76,20 @@ def _migrate_to_2(db: sqlite_utils.Database) -> None:
 MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2}
 
 
+def db_timeout() -> float:
+    """How long a writer waits for another process's write lock before giving up with "the
+    gallery is busy" (GRACEFUL_DB_TIMEOUT seconds, default 30)."""
+    return float(os.environ.get("GRACEFUL_DB_TIMEOUT", "30"))
+
+
+def id_chunks(ids: Iterable[int], size: int = 900) -> Iterator[tuple[list[int], str]]:
+    """(ids, "?,?,…") pieces of an id list: SQLite caps the parameters of one statement."""
+    ids = [int(i) for i in ids]
+    for s in range(0, len(ids), size):
+        chunk = ids[s:s + size]
+        yield chunk, ",".join("?" * len(chunk))
+
+
 @dataclass
 class ImageRow:
     id: int
@@ -105,7 +119,7 @@ class ReadOnlyCatalog:
 
     def __init__(self, path: Path):
         self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
-                                    timeout=float(os.environ.get("GRACEFUL_DB_TIMEOUT", "30")))
+                                    timeout=db_timeout())
 
     def stored_ext(self, sha256: str, space: str) -> str | None:
         """The stored file extension of an image already embedded in `space`, else None."""
@@ -118,10 +132,7 @@ class ReadOnlyCatalog:
 class Catalog:
     def __init__(self, path: Path):
         self.path = Path(path)
-        # How long a writer waits for another process's write lock before giving up with
-        # "the gallery is busy" (GRACEFUL_DB_TIMEOUT seconds, default 30).
-        timeout = float(os.environ.get("GRACEFUL_DB_TIMEOUT", "30"))
-        conn = sqlite3.connect(str(self.path), timeout=timeout, check_same_thread=False,
+        conn = sqlite3.connect(str(self.path), timeout=db_timeout(), check_same_thread=False,
                                isolation_level=None)
         self.db = sqlite_utils.Database(conn)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -255,12 +266,9 @@ class Catalog:
         return self.db["images"].insert(row).last_pk
 
     def images(self, ids: Iterable[int]) -> dict[int, ImageRow]:
-        ids = [int(i) for i in ids]
         out: dict[int, ImageRow] = {}
-        for s in range(0, len(ids), 900):  # SQLite caps the parameters of one statement
-            chunk = ids[s:s + 900]
-            cursor = self.db.execute(
-                f"SELECT * FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+        for chunk, marks in id_chunks(ids):
+            cursor = self.db.execute(f"SELECT * FROM images WHERE id IN ({marks})", chunk)
             out.update((r[0], ImageRow(*r)) for r in cursor.fetchall())
         return out
 
@@ -300,23 +308,17 @@ class Catalog:
         if ids is None:
             return dict(self.db.execute("SELECT id, album FROM images").fetchall())
         out: dict[int, str | None] = {}
-        ids = [int(i) for i in ids]
-        for s in range(0, len(ids), 900):
-            chunk = ids[s:s + 900]
-            out.update(self.db.execute(
-                f"SELECT id, album FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        for chunk, marks in id_chunks(ids):
+            out.update(self.db.execute(f"SELECT id, album FROM images WHERE id IN ({marks})", chunk))
         return out
 
     def set_album(self, ids: Iterable[int], album: str | None) -> int:
         """Put images into `album` (None: no album). Returns how many rows changed."""
-        ids = [int(i) for i in ids]
         changed = 0
         with self.transaction():
-            for s in range(0, len(ids), 900):
-                chunk = ids[s:s + 900]
+            for chunk, marks in id_chunks(ids):
                 changed += self.db.conn.execute(
-                    f"UPDATE images SET album = ? WHERE id IN ({','.join('?' * len(chunk))})",
-                    [album, *chunk]).rowcount
+                    f"UPDATE images SET album = ? WHERE id IN ({marks})", [album, *chunk]).rowcount
         return changed
 
     def set_album_by_sha(self, shas: Iterable[str], album: str | None) -> int:
@@ -350,13 +352,11 @@ class Catalog:
 
     def serving_vectors_of(self, image_ids: Iterable[int], space: str) -> dict[int, np.ndarray]:
         """The serving (newest) vector in `space` of each of these images that has one."""
-        ids = [int(i) for i in image_ids]
         out: dict[int, np.ndarray] = {}
-        for s in range(0, len(ids), 900):
-            chunk = ids[s:s + 900]
+        for chunk, marks in id_chunks(image_ids):
             rows = self.db.execute(
-                f"SELECT image_id, vector FROM vectors WHERE space = ? AND image_id IN "
-                f"({','.join('?' * len(chunk))}) ORDER BY seq", [space, *chunk]).fetchall()
+                f"SELECT image_id, vector FROM vectors WHERE space = ? AND image_id IN ({marks}) "
+                "ORDER BY seq", [space, *chunk]).fetchall()
             for i, blob in rows:  # later (newer) rows win
                 out[i] = np.frombuffer(blob, dtype=np.float32)
         return out

@@ -95,15 +95,17 @@ def check(gallery: Gallery, repair: bool = False,
 
     spaces = sorted({r["space"] for r in cat.vector_counts()})
     for space in spaces:
-        why = SpaceIndex.verify(gallery.index_dir, space)
-        loaded = SpaceIndex.load(gallery.index_dir, space) if why is None else None
+        loaded = SpaceIndex.load(gallery.index_dir, space)
+        why = None if loaded is not None else (SpaceIndex.verify(gallery.index_dir, space)
+                                               or "unreadable")
         served = len(cat.space_members(space))
-        if loaded is not None and loaded.version > cat.space_version(space):
+        version = cat.space_version(space)
+        if loaded is not None and loaded.version > version:
             why = "ahead of the catalog"
-        elif loaded is not None and loaded.version == cat.space_version(space) and loaded.ntotal != served:
+        elif loaded is not None and loaded.version == version and loaded.ntotal != served:
             why = f"holds {loaded.ntotal} vectors, the catalog serves {served}"
         if why is None:
-            behind = loaded is not None and loaded.version < cat.space_version(space)
+            behind = loaded.version < version
             report.add("index", "ok", f"{space}: {served} vectors" +
                        (" (behind the catalog: caught up on next open)" if behind else ""))
         elif repair:

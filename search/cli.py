@@ -406,13 +406,8 @@ def compare_cmd(obj: Context, old_name, new_name, queries, from_log, k, json_out
         raise click.UsageError("give one of --queries DIR or --log")
     try:
         gallery = obj.gallery()
-        history = gallery.catalog.model_history()
-        old_name = old_name or (history[-1] if history else None)
-        new_name = new_name or gallery.active_model
-        if not old_name:
-            raise GalleryError("no previous model to compare with: give --old NAME")
         qs = cmp.queries_from_folder(queries) if queries else cmp.queries_from_log(gallery)
-        report = cmp.compare(gallery, old_name, new_name, qs, k)
+        report = gallery.compare(qs, old_name, new_name, k)
     except GalleryError as e:
         fail(e)
     if json_out:

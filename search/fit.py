@@ -10,7 +10,6 @@ not saved without `force`.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections import defaultdict
@@ -22,16 +21,16 @@ import numpy as np
 
 from models import metrics, registry
 from models.checkpoint import SUFFIX, CheckpointMeta, fingerprint, save_checkpoint
+from models.compat_train import NAME_RE
 from models.compatible import HeadEmbedder
 from models.features import extract
+from models.fsutil import atomic_write_bytes
 from models.progress import Progress
 from models.train import LABELLED_METHODS, TrainConfig, old_classifier_rows, train_head
 
-from models.fsutil import atomic_write_bytes
 from .gallery import Gallery, GalleryError
 from .preflight import in_holdout, judge
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 FIT_METHODS = ("auto", "bct", "pct", "adapter", "procrustes")
 MIN_PHOTOS = 20  # below this a held-out slice cannot say anything
 SAMPLE_FLOOR = 1500  # photos the new backbone runs on, at least (or all, if fewer) ...
@@ -181,10 +180,9 @@ def fit_upgrade(gallery: Gallery, req: FitRequest) -> dict:
             f"this gallery has {len(members)} photo{'s' if len(members) != 1 else ''}; fitting an "
             f"upgrade to it needs at least {MIN_PHOTOS} (some to learn from, some to check on). "
             f"For a gallery this small, re-embed it instead: graceful reembed {req.backbone}")
-    method = resolve_method(req.method, _labelled_albums({m.id: m.album for m in members},
-                                                        [m.id for m in members]))
-    labelled = method in LABELLED_METHODS
     labels = {m.id: m.album for m in members}
+    method = resolve_method(req.method, _labelled_albums(labels, list(labels)))
+    labelled = method in LABELLED_METHODS
     train, held = plan_sample(members, labelled, req.sample, req.seed)
 
     by_id = {m.id: m for m in members}
@@ -233,15 +231,8 @@ def fit_upgrade(gallery: Gallery, req: FitRequest) -> dict:
     own_index = np.arange(n_train, len(sample_ids))
     ref_labels = [labels[i] for i in sample_ids]
     q_labels = [labels[i] for i in held]
-    signals = metrics.compat_signals(new_held, o_held, old, own_index, q_labels, ref_labels)
-    if "albums" in signals:
-        sel = [n for n, lab in enumerate(q_labels) if lab is not None and ref_labels.count(lab) >= 2]
-        o1, _ = metrics.label_retrieval(o_held[sel], old, [q_labels[n] for n in sel], ref_labels,
-                                        own_index[sel])
-        n1, nap = metrics.label_retrieval(new_held[sel], new_all, [q_labels[n] for n in sel],
-                                          ref_labels, own_index[sel])
-        signals["albums"]["new/new"] = {"top1": round(float(n1.mean()), 4),
-                                        "map": round(float(nap.mean()), 4), **metrics.flip_rates(o1, n1)}
+    signals = metrics.compat_signals(new_held, o_held, old, own_index, q_labels, ref_labels,
+                                     new_reference=new_all)
     passed, verdict, expectation, reasons = judge(signals)
     t_eval = time.perf_counter() - t0
 

@@ -168,7 +168,8 @@ class Gallery:
         history = self.catalog.model_history()
         old = old or (history[-1] if history else None)
         if old is None:
-            raise GalleryError("no previous model to compare with: give old=")
+            raise GalleryError("no previous model to compare with: name the old model "
+                               "(old=..., or --old NAME on the command line)")
         if isinstance(queries, (str, Path)):
             queries = cmp.queries_from_folder(Path(queries))
         return cmp.compare(self, old, new or self.active_model, list(queries), k, save)

@@ -113,33 +113,35 @@ class SpaceIndex:
         atomic_write_bytes(meta_path, json.dumps(meta).encode())
 
     @staticmethod
-    def verify(folder: Path, space: str) -> str | None:
-        """Why the saved index file of `space` cannot be trusted, or None if it matches its
-        sidecar's checksum."""
+    def _read(folder: Path, space: str) -> tuple[dict, bytes, str | None]:
+        """(sidecar, file bytes, why they cannot be trusted or None). Flipped bytes load "fine"
+        in faiss and give wrong results, so the file must match its sidecar's checksum (files
+        written before checksums are checked as far as the load can)."""
         index_path, meta_path = SpaceIndex.paths(folder, space)
         try:
             meta = json.loads(meta_path.read_text())
-            data = index_path.read_bytes()
+            raw = index_path.read_bytes()
         except FileNotFoundError:
-            return "missing"
+            return {}, b"", "missing"
         except (OSError, ValueError) as e:
-            return f"unreadable ({e})"
-        if "crc32" not in meta:
-            return None  # written before checksums: the load checks what it can
-        if len(data) != meta.get("bytes") or zlib.crc32(data) != meta["crc32"]:
-            return "damaged (checksum mismatch)"
-        return None
+            return {}, b"", f"unreadable ({e})"
+        if "crc32" in meta and (len(raw) != meta.get("bytes") or zlib.crc32(raw) != meta["crc32"]):
+            return meta, raw, "damaged (checksum mismatch)"
+        return meta, raw, None
+
+    @staticmethod
+    def verify(folder: Path, space: str) -> str | None:
+        """Why the saved index file of `space` cannot be trusted, or None."""
+        return SpaceIndex._read(folder, space)[2]
 
     @classmethod
     def load(cls, folder: Path, space: str) -> "SpaceIndex | None":
-        index_path, meta_path = cls.paths(folder, space)
+        meta, raw, why = cls._read(folder, space)
+        if why is not None:
+            return None
         try:
-            meta = json.loads(meta_path.read_text())
-            raw = index_path.read_bytes()
-            if "crc32" in meta and (len(raw) != meta.get("bytes") or zlib.crc32(raw) != meta["crc32"]):
-                return None  # flipped bytes load "fine" in faiss and give wrong results
             index = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))
-        except (OSError, ValueError, RuntimeError):
+        except (RuntimeError, ValueError):
             return None
         if meta.get("space") != space or index.ntotal != meta.get("ntotal") or index.d != meta.get("dim"):
             return None

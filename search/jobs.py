@@ -126,11 +126,11 @@ def fit_job(home: Path, backbone: str, out: str, method: str = "auto",
             sample: int | None = None) -> Callable[[Job], Any]:
     """Fit an upgrade to the gallery (`graceful train --from-gallery`) in the background."""
     def work(job: Job):
+        from models.features import ExtractionStopped
+
         from .fit import FitRequest, fit_upgrade
 
         t0 = time.time()
-        from models.features import ExtractionStopped
-
         try:
             report = _in_own_gallery(home, lambda g: fit_upgrade(g, FitRequest(
                 backbone, out, method, sample, on_progress=_progress_into(job),

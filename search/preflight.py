@@ -15,15 +15,14 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from typing import TYPE_CHECKING
-
 from models import metrics
+from models.imageio import BadImage, decode
 
 from .gallery import Gallery
-from models.imageio import BadImage, decode
 
 if TYPE_CHECKING:
     from models.embedder import Embedder
@@ -186,11 +185,10 @@ def preflight(gallery: Gallery, model: Embedder, sample: int = PREFLIGHT_SAMPLE,
     own_index = np.array([pos[i] for i in kept])
     labels = gallery.catalog.album_labels(ref_ids)
     signals = metrics.compat_signals(new_q, old_q, ref, own_index, [labels[i] for i in kept],
-                                     [labels[i] for i in ref_ids])
+                                     [labels[i] for i in ref_ids], top=top)
     passed, verdict, expectation, reasons = judge(signals)
-    ranks = metrics.own_rank_fraction(new_q, old_q, ref, own_index) * (len(ref) - 1)
     return Preflight(
-        sample=len(kept), self_recall=round(float((ranks < top).mean()), 4), top=top,
+        sample=len(kept), self_recall=signals["own_in_top"], top=top,
         mean_cosine=signals["mean_cosine"], threshold=OWN_RANK_MAX, passed=passed,
         seconds=round(time.perf_counter() - t0, 3), own_rank=signals["own_rank"],
         own_in_top_1pct=signals["own_in_top_1pct"], agreement=signals["agreement"],

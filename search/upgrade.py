@@ -55,18 +55,18 @@ def next_step(gallery: Gallery, model, check: Preflight) -> dict:
     est = estimate_seconds(photos, check.images_per_second or 30.0)
     command = f"graceful train --from-gallery --backbone {backbone} --out {backbone}-fit-{gallery.active_model}"
     text = (f"Next step: fit an upgrade to this gallery's own photos ({command}): about "
-            f"{_duration(est['fit_seconds'])}, against {_duration(est['backfill_seconds'])} for "
+            f"{duration_text(est['fit_seconds'])}, against {duration_text(est['backfill_seconds'])} for "
             f"re-embedding all {photos} photos.")
     if est["backfill_seconds"] <= est["fit_seconds"]:
         text = (f"Next step: for a gallery this small, re-embedding all {photos} photos with "
-                f"{backbone} (graceful reembed {backbone}, about {_duration(est['backfill_seconds'])}) "
+                f"{backbone} (graceful reembed {backbone}, about {duration_text(est['backfill_seconds'])}) "
                 f"is as quick as fitting an upgrade to it ({command}, about "
-                f"{_duration(est['fit_seconds'])}).")
+                f"{duration_text(est['fit_seconds'])}).")
     est.update({"backbone": backbone, "command": command, "text": text})
     return est
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
