@@ -304,7 +304,11 @@ def page_models() -> None:
     show_flash()
     entries = registry.available(g.model_dirs)
     active, space = g.active_model, g.space
-    st.markdown(f"Active model: **{active or '—'}** · gallery space **{space or '—'}**")
+    where = g.vector_store.describe()
+    served = ("FAISS index files" if where["kind"] == "faiss"
+              else f"Milvus at `{where['uri']}` ({where['mode']})")
+    st.markdown(f"Active model: **{active or '—'}** · gallery space **{space or '—'}** · "
+                f"searches served by {served}")
     table = pd.DataFrame([{
         "model": e.name, "kind": e.kind, "space": e.space, "dim": e.dim,
         "compatible with": ", ".join(e.compatible_with),

@@ -50,8 +50,14 @@ class HeadEmbedder(Embedder):
             has_text=False,
             compatible_with=tuple(meta.compatible_with),
             description=f"{meta.method} head on {meta.backbone} -> space {meta.space}",
-            extra={"method": meta.method, "old_model": meta.old_model, "metrics": meta.metrics},
+            extra={"method": meta.method, "old_model": meta.old_model, "metrics": meta.metrics,
+                   "runtime": backbone.runtime},
         )
+
+    @property
+    def runtime(self) -> str:
+        """The backbone's runtime (the head is a small torch map either way)."""
+        return self.backbone.runtime
 
     def forward_features(self, batch: torch.Tensor) -> torch.Tensor:
         return self.head(l2_normalise(self.backbone.forward_features(batch)))

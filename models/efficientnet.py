@@ -7,8 +7,10 @@ state dicts. Their keys differ in name but not in order or shape from timm's
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
+import numpy as np
 import torch
 import timm
 from torchvision import transforms
@@ -44,19 +46,37 @@ def load_backbone(variant: str) -> torch.nn.Module:
     return model.eval().to(memory_format=torch.channels_last)
 
 
-def lite_transform(size: int) -> transforms.Compose:
-    return transforms.Compose(
-        [
-            transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.CenterCrop(size),
-            transforms.ToTensor(),
-            transforms.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
-        ]
-    )
+class LiteTransform:
+    """Resize (bicubic, short side) + centre crop in PIL, then (x/255 - 0.5)/0.5 in numpy.
+
+    The same numbers as torchvision's Resize/CenterCrop/ToTensor/Normalize (to 1e-7), without
+    torch's intra-op thread pool: this runs in the ingest loader thread, next to a forward pass
+    that already uses every core, where torch's tiny parallel ops cost twice their work."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, image) -> torch.Tensor:
+        from torchvision.transforms import functional as F
+
+        image = F.center_crop(F.resize(image, self.size,
+                                       interpolation=transforms.InterpolationMode.BICUBIC), self.size)
+        x = np.asarray(image, dtype=np.uint8).astype(np.float32)
+        x *= 2 / 255
+        x -= 1
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def lite_transform(size: int) -> LiteTransform:
+    return LiteTransform(size)
 
 
 class EfficientNetLite(Embedder):
-    def __init__(self, variant: str = "lite0"):
+    """`runtime`: what runs inference of the frozen backbone (`auto`, `torch`, `onnxruntime`;
+    None: `GRACEFUL_RUNTIME`, default `auto`); see models/onnx_runtime.py. `self.model` stays
+    the torch module (training and fine-tuning use it directly)."""
+
+    def __init__(self, variant: str = "lite0", runtime: str | None = None):
         if variant not in LITE_VARIANTS:
             raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}")
         size = LITE_VARIANTS[variant][2]
@@ -70,9 +90,31 @@ class EfficientNetLite(Embedder):
             kind="efficientnet",
             description=f"EfficientNet-{variant.capitalize()} ImageNet, pooled {self.model.num_features}-d",
         )
+        self.use_runtime(runtime)
+
+    def use_runtime(self, runtime: str | None = None) -> str:
+        """(Re)choose the inference runtime for the current `self.model` weights."""
+        from .onnx_runtime import choose_runtime, requested_runtime
+
+        self.requested_runtime = requested_runtime(runtime)
+        self._fast = choose_runtime(self.name, self.model, self._torch_features,
+                                    self.info.image_size, self.requested_runtime)
+        self.info = dataclasses.replace(self.info, extra={**self.info.extra, "runtime": self.runtime})
+        return self.runtime
+
+    @property
+    def runtime(self) -> str:
+        # a session only serves the module it was exported from; a swapped module runs in torch
+        fast = getattr(self, "_fast", None)
+        return "onnxruntime" if fast is not None and fast.module is self.model else "torch"
+
+    def _torch_features(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(batch), pre_logits=True)
 
     def forward_features(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.forward_features(batch), pre_logits=True)
+        if self.runtime == "onnxruntime":
+            return self._fast(batch)
+        return self._torch_features(batch)
 
     def classify(self, batch: torch.Tensor) -> torch.Tensor:
         """ImageNet logits (used by sanity tests)."""

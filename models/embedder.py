@@ -43,6 +43,7 @@ class Embedder:
 
     info: ModelInfo
     transform: Callable[[Image.Image], torch.Tensor]
+    runtime: str = "torch"  # what computes forward_features: "torch" or "onnxruntime"
 
     def forward_features(self, batch: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -65,7 +66,9 @@ class Embedder:
     @torch.inference_mode()
     def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
         """Preprocessed batch (N,3,H,W) -> (N, dim) L2-normalised float32."""
-        out = self.forward_features(batch.contiguous(memory_format=torch.channels_last))
+        if self.runtime == "torch":  # onnxruntime takes plain NCHW
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        out = self.forward_features(batch)
         return l2_normalise(out).cpu().numpy().astype(np.float32, copy=False)
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray:

@@ -52,6 +52,8 @@ def apply_backbone_state(backbone: Embedder, tensors: dict[str, torch.Tensor]) -
     if unexpected:
         raise ValueError(f"fine-tuned tensors do not fit {backbone.name}: {unexpected[:3]}")
     tuned.model.eval()
+    if hasattr(tuned, "use_runtime"):  # a fast path exported from the old weights must not serve
+        tuned.use_runtime(getattr(backbone, "requested_runtime", None))
     return tuned
 
 

@@ -54,6 +54,7 @@ class OpenClipEmbedder(Embedder):
             kind="open_clip",
             has_text=hasattr(self.model, "encode_text"),
             description=f"open_clip {arch} ({weights_id}), {dim}-d, image+text",
+            extra={"runtime": "torch"},
         )
 
     def forward_features(self, batch: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from .embedjob import JobProgress, embed_stored
+from .raypool import RayOptions
 from models.fsutil import atomic_write_bytes
 from .gallery import Gallery, GalleryError
 
@@ -90,7 +91,7 @@ def backfill(gallery: Gallery, order: str = "random", limit: int | None = None,
              batch_size: int = 16, progress: bool = False,
              should_stop: Callable[[], bool] | None = None,
              on_progress: Callable[[JobProgress], None] | None = None,
-             curve: CurveRecorder | None = None) -> JobProgress:
+             curve: CurveRecorder | None = None, ray: "RayOptions | None" = None) -> JobProgress:
     missing, stale = candidates(gallery, order)
     todo = (missing + stale)[: limit if limit is not None else None]
     model = gallery.embedder()
@@ -109,7 +110,7 @@ def backfill(gallery: Gallery, order: str = "random", limit: int | None = None,
             if on_progress:
                 on_progress(state)
     state = embed_stored(gallery, model, todo, "backfill", batch_size, progress, should_stop,
-                         progress_cb)
+                         progress_cb, ray=ray)
     gallery.catalog.log_event("backfill-stop", **state.as_dict())
     if curve is not None:
         report = {**curve.report(), "order": order, "created_at": time.time()}

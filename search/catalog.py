@@ -23,7 +23,35 @@ from typing import Iterable, Iterator
 import numpy as np
 import sqlite_utils
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Vectors are stored as float16 (schema v3): half the bytes of float32, and for L2-normalised
+# embeddings a cosine error around 1e-7, far below what any retrieval figure can see.
+STORED_DTYPE = np.float16
+
+
+# A float16 1280-d vector row is ~2.6 KB: with SQLite's default 4 KiB pages only one fits per
+# page (4.3 KB per vector); 64 KiB pages hold 24.
+PAGE_SIZE = int(os.environ.get("GRACEFUL_DB_PAGE_SIZE", "65536"))
+
+
+def encode_vectors(vectors: np.ndarray) -> list[bytes]:
+    return [v.tobytes() for v in np.ascontiguousarray(vectors, dtype=np.float32).astype(STORED_DTYPE)]
+
+
+def decode_vectors(blobs: list[bytes], dim: int) -> np.ndarray:
+    """(n, dim) float32 from stored blobs: float16 (v3), or float32 written before v3."""
+    joined = b"".join(blobs)
+    if len(joined) == len(blobs) * dim * 2:
+        return np.frombuffer(joined, dtype=np.float16).reshape(len(blobs), dim).astype(np.float32)
+    if len(joined) == len(blobs) * dim * 4:
+        return np.frombuffer(joined, dtype=np.float32).reshape(len(blobs), dim)
+    return np.stack([decode_vectors([b], dim)[0] for b in blobs]) if blobs else \
+        np.zeros((0, dim), np.float32)
+
+
+def as_stored(vectors: np.ndarray) -> np.ndarray:
+    """What these vectors read back as from the catalog (live indexes hold exactly that)."""
+    return np.asarray(vectors, dtype=np.float32).astype(STORED_DTYPE).astype(np.float32)
 
 
 def _migrate_to_1(db: sqlite_utils.Database) -> None:
@@ -73,7 +101,19 @@ def _migrate_to_2(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS idx_images_album ON images (album)")
 
 
-MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2}
+def _migrate_to_3(db: sqlite_utils.Database) -> None:
+    """float32 vector blobs -> float16 (see STORED_DTYPE), in chunks to bound memory."""
+    last = 0
+    while rows := db.execute(
+            "SELECT rowid, vector, dim FROM vectors WHERE rowid > ? AND length(vector) = dim * 4 "
+            "ORDER BY rowid LIMIT 5000", [last]).fetchall():
+        db.conn.executemany("UPDATE vectors SET vector = ? WHERE rowid = ?", [
+            (np.frombuffer(blob, np.float32).astype(STORED_DTYPE).tobytes(), rowid)
+            for rowid, blob, _ in rows])
+        last = rows[-1][0]
+
+
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
 
 
 def db_timeout() -> float:
@@ -113,6 +153,14 @@ class SpacePhoto:
     album: str | None
 
 
+@dataclass
+class ServingChunk:
+    ids: np.ndarray
+    vectors: np.ndarray
+    models: list[str]
+    seqs: np.ndarray
+
+
 class ReadOnlyCatalog:
     """A read-only connection for a worker thread (the ingest loader): its own connection, so
     it never shares a transaction with the writer."""
@@ -135,6 +183,7 @@ class Catalog:
         conn = sqlite3.connect(str(self.path), timeout=db_timeout(), check_same_thread=False,
                                isolation_level=None)
         self.db = sqlite_utils.Database(conn)
+        self.db.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # takes effect in a new file only
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
@@ -156,9 +205,25 @@ class Catalog:
         # The version is read again inside the write lock: two processes opening a new (or old)
         # gallery at the same moment must not both run a migration.
         with self.transaction():
-            for version in range(self.schema_version + 1, SCHEMA_VERSION + 1):
+            start = self.schema_version
+            for version in range(start + 1, SCHEMA_VERSION + 1):
                 MIGRATIONS[version](self.db)
                 self.db.execute(f"PRAGMA user_version = {version}")
+        if 0 < start < 3:  # float16 vectors: give the freed half back, in larger pages
+            self.compact()
+
+    def compact(self) -> bool:
+        """Rewrite the file with PAGE_SIZE pages and no free space (needs the gallery to itself:
+        False, and nothing changed, when another connection is using it)."""
+        try:
+            self.db.execute("PRAGMA journal_mode=DELETE")  # page size changes only outside WAL
+            self.db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+            self.db.execute("VACUUM")
+            return True
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            self.db.execute("PRAGMA journal_mode=WAL")
 
     def transaction(self):
         return _Transaction(self.db.conn)
@@ -174,6 +239,8 @@ class Catalog:
     # The keys of the state table; nothing outside this class names them.
     ACTIVE_MODEL, MODEL_HISTORY, INDEX_KIND, LOG_QUERIES = (
         "active_model", "model_history", "index_kind", "log_queries")
+    VECTOR_STORE, STORE_SYNCED, GALLERY_ID = "vector_store", "store_synced", "gallery_id"
+    RUNTIMES = "runtimes"
 
     @property
     def active_model(self) -> str | None:
@@ -194,6 +261,55 @@ class Catalog:
 
     def set_index_kind(self, kind: str) -> None:
         self.set_state(self.INDEX_KIND, kind)
+
+    def vector_store(self) -> dict | None:
+        """Where the search vectors are served from: {"kind": "faiss"} or {"kind": "milvus",
+        "uri": ...}; None for a gallery that never chose (it uses FAISS index files)."""
+        return self.get_state(self.VECTOR_STORE)
+
+    def set_vector_store(self, config: dict) -> None:
+        self.set_state(self.VECTOR_STORE, config)
+        self.set_state(self.STORE_SYNCED, {})  # nothing is known to be in the new store yet
+
+    def gallery_id(self) -> str:
+        """A random id naming this gallery's collections in a shared vector database."""
+        gid = self.get_state(self.GALLERY_ID)
+        if gid is None:
+            import uuid
+
+            with self.transaction():
+                gid = self.get_state(self.GALLERY_ID)
+                if gid is None:
+                    gid = uuid.uuid4().hex[:12]
+                    self.set_state(self.GALLERY_ID, gid)
+        return gid
+
+    def store_synced(self, space: str) -> dict | None:
+        """What an external vector store was last known to hold for `space`: {"version",
+        "kind"} recorded after a write to it was flushed; None when unknown."""
+        return self.get_state(self.STORE_SYNCED, {}).get(space)
+
+    def set_store_synced(self, space: str, record: dict | None) -> None:
+        with self.transaction():
+            synced = self.get_state(self.STORE_SYNCED, {})
+            if record is None:
+                synced.pop(space, None)
+            else:
+                synced[space] = record
+            self.set_state(self.STORE_SYNCED, synced)
+
+    def runtimes(self) -> dict[str, list[str]]:
+        """Per model, the inference paths (torch, onnxruntime) that computed its stored vectors."""
+        return self.get_state(self.RUNTIMES, {})
+
+    def note_runtime(self, model: str, runtimes: Iterable[str]) -> None:
+        known = self.runtimes().get(model, [])
+        if set(runtimes) <= set(known):
+            return
+        with self.transaction():
+            record = self.runtimes()
+            record[model] = sorted(set(record.get(model, [])) | set(runtimes))
+            self.set_state(self.RUNTIMES, record)
 
     def log_queries(self) -> bool:
         return self.get_state(self.LOG_QUERIES, True)
@@ -352,14 +468,19 @@ class Catalog:
 
     def serving_vectors_of(self, image_ids: Iterable[int], space: str) -> dict[int, np.ndarray]:
         """The serving (newest) vector in `space` of each of these images that has one."""
-        out: dict[int, np.ndarray] = {}
+        newest: dict[int, tuple[int, bytes]] = {}
         for chunk, marks in id_chunks(image_ids):
-            rows = self.db.execute(
-                f"SELECT image_id, vector FROM vectors WHERE space = ? AND image_id IN ({marks}) "
-                "ORDER BY seq", [space, *chunk]).fetchall()
-            for i, blob in rows:  # later (newer) rows win
-                out[i] = np.frombuffer(blob, dtype=np.float32)
-        return out
+            # no ORDER BY: it would make SQLite walk the (space, seq) index over the whole space
+            for i, seq, blob in self.db.execute(
+                    f"SELECT image_id, seq, vector FROM vectors WHERE space = ? AND image_id IN "
+                    f"({marks})", [space, *chunk]):
+                if i not in newest or seq > newest[i][0]:
+                    newest[i] = (seq, blob)
+        if not newest:
+            return {}
+        ids = list(newest)
+        vectors = decode_vectors([newest[i][1] for i in ids], self.space_dim(space))
+        return dict(zip(ids, vectors))
 
     def put_vectors(self, image_ids: list[int], vectors: np.ndarray, model: str, space: str) -> None:
         """Store vectors (call inside a transaction); bumps the space's version."""
@@ -377,8 +498,8 @@ class Catalog:
         self.db.conn.executemany(
             "INSERT OR REPLACE INTO vectors (image_id, model, space, dim, vector, created_at, seq) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(int(i), model, space, vectors.shape[1], v.tobytes(), now, seq)
-             for i, v in zip(image_ids, vectors)],
+            [(int(i), model, space, vectors.shape[1], blob, now, seq)
+             for i, blob in zip(image_ids, encode_vectors(vectors))],
         )
 
     def space_version(self, space: str) -> int:
@@ -394,13 +515,19 @@ class Catalog:
         """(ids, vectors) of the vector that serves each image in `space`: its newest one.
 
         With `after_seq`, only images whose serving vector was written after that version."""
+        for chunk in self.serving_rows(space, after_seq, batch):
+            yield chunk.ids, chunk.vectors
+
+    def serving_rows(self, space: str, after_seq: int = 0, batch: int = 20000
+                     ) -> Iterator["ServingChunk"]:
+        """Like serving_vectors, with the model and seq of each vector (for external stores)."""
         dim = self.space_dim(space)
         if dim is None:
             return
         # Each write of a space has its own seq and names an image at most once, so
         # (image_id, max seq) identifies one row.
         cursor = self.db.execute(
-            "SELECT v.image_id, v.vector FROM vectors v JOIN ("
+            "SELECT v.image_id, v.vector, v.model, v.seq FROM vectors v JOIN ("
             " SELECT image_id, max(seq) AS newest FROM vectors WHERE space = ? GROUP BY image_id"
             ") m ON v.image_id = m.image_id AND v.seq = m.newest "
             "WHERE v.space = ? AND m.newest > ? ORDER BY v.image_id",
@@ -408,8 +535,14 @@ class Catalog:
         )
         while rows := cursor.fetchmany(batch):
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
-            yield ids, vecs
+            vecs = decode_vectors([r[1] for r in rows], dim)
+            yield ServingChunk(ids, vecs, [r[2] for r in rows],
+                               np.fromiter((r[3] for r in rows), dtype=np.int64, count=len(rows)))
+
+    def count_served(self, space: str) -> int:
+        """How many images have a vector in `space` (each is served exactly once)."""
+        return self.db.execute("SELECT count(DISTINCT image_id) FROM vectors WHERE space = ?",
+                               [space]).fetchone()[0]
 
     def vectors_by_model(self, model: str, image_ids: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         sql = "SELECT image_id, vector, dim FROM vectors WHERE model = ?"
@@ -421,7 +554,7 @@ class Catalog:
         if not rows:
             return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
         ids = np.array([r[0] for r in rows], dtype=np.int64)
-        return ids, np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), rows[0][2])
+        return ids, decode_vectors([r[1] for r in rows], rows[0][2])
 
     def count_vectors(self, model: str, space: str) -> int:
         return self.db.execute("SELECT count(*) FROM vectors WHERE model = ? AND space = ?",
@@ -437,11 +570,10 @@ class Catalog:
         if not image_ids:
             return {}
         marks = ",".join("?" * len(image_ids))
-        rows = self.db.execute(
-            f"SELECT image_id, model FROM vectors WHERE space = ? AND image_id IN ({marks}) "
-            "ORDER BY seq, rowid", [space, *map(int, image_ids)]
-        ).fetchall()
-        return dict(rows)  # later rows (newer) win
+        rows = self.db.execute(  # sorted in Python: ORDER BY seq would scan the whole space
+            f"SELECT image_id, model, seq, rowid FROM vectors WHERE space = ? AND image_id IN "
+            f"({marks})", [space, *map(int, image_ids)]).fetchall()
+        return {i: m for i, m, *_ in sorted(rows, key=lambda r: (r[2], r[3]))}  # newer rows win
 
     # -- models ---------------------------------------------------------------------------
     def register_model(self, info: dict, source: str) -> None:

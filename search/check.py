@@ -17,7 +17,6 @@ from typing import Callable
 from models.progress import Progress
 
 from .gallery import Gallery, GalleryError
-from .index import SpaceIndex
 
 
 @dataclass
@@ -94,20 +93,12 @@ def check(gallery: Gallery, repair: bool = False,
                        "accept that this photo cannot be shown or re-embedded")
 
     spaces = sorted({r["space"] for r in cat.vector_counts()})
+    store = gallery.vector_store
     for space in spaces:
-        loaded = SpaceIndex.load(gallery.index_dir, space)
-        why = None if loaded is not None else (SpaceIndex.verify(gallery.index_dir, space)
-                                               or "unreadable")
-        served = len(cat.space_members(space))
-        version = cat.space_version(space)
-        if loaded is not None and loaded.version > version:
-            why = "ahead of the catalog"
-        elif loaded is not None and loaded.version == version and loaded.ntotal != served:
-            why = f"holds {loaded.ntotal} vectors, the catalog serves {served}"
+        why = store.verify(cat, space)
+        served = cat.count_served(space)
         if why is None:
-            behind = loaded.version < version
-            report.add("index", "ok", f"{space}: {served} vectors" +
-                       (" (behind the catalog: caught up on next open)" if behind else ""))
+            report.add("index", "ok", f"{space}: {served} vectors ({store.kind})")
         elif repair:
             gallery.rebuild_index(space)
             report.add("index", "repaired", f"{space}: the index file was {why}: rebuilt from the catalog")

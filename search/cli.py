@@ -63,6 +63,17 @@ def fail(e: Exception) -> None:
     raise click.ClickException(str(e))
 
 
+def ray_options(address: str | None, workers: int | None):
+    """`--ray [ADDRESS] --ray-workers N` as RayOptions, or None without --ray."""
+    if address is None:
+        if workers is not None:
+            raise GalleryError("--ray-workers goes with --ray")
+        return None
+    from .raypool import RayOptions
+
+    return RayOptions(address, workers).validate()
+
+
 @click.group(cls=GracefulGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", type=click.Path(path_type=Path), envvar="GRACEFUL_HOME",
               help=f"Gallery home (default {default_home()}; env GRACEFUL_HOME).")
@@ -84,15 +95,26 @@ def cli(ctx: click.Context, home: Path | None, threads: int | None) -> None:
 @click.option("--album", help="Put these photos into this album (default: the folder each photo "
               "comes from). Photos already in the gallery move into it too.")
 @click.option("--no-album", is_flag=True, help="Leave new photos without an album.")
+@click.option("--store", type=click.Choice(["faiss", "milvus"]), help="Where a new gallery serves "
+              "its vectors from: faiss index files (default) or Milvus. Kept for the gallery.")
+@click.option("--milvus-uri", help="Milvus for --store milvus: a Milvus Lite file (default "
+              "GALLERY/milvus.db) or http://HOST:19530 (token in GRACEFUL_MILVUS_TOKEN).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None,
+              metavar="[ADDRESS]", help="Decode and embed on Ray workers: auto (a local Ray "
+              "runtime for this job), HOST:PORT or ray://HOST:PORT of a cluster. Needs "
+              "graceful[ray].")
+@click.option("--ray-workers", type=click.IntRange(min=1), help="Ray workers (default: one per CPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
-def index_cmd(obj: Context, paths, model_name, batch_size, workers, album, no_album, as_json) -> None:
+def index_cmd(obj: Context, paths, model_name, batch_size, workers, album, no_album, store,
+              milvus_uri, ray_address, ray_workers, as_json) -> None:
     """Add photos (files or folders, recursively) to the gallery."""
     from .ingest import collect_files, ingest
 
     try:
         from .gallery import Gallery
 
+        ray = ray_options(ray_address, ray_workers)
         collect_files(paths)  # a missing path is refused before anything is written
         if not Gallery.exists(obj.home):
             from models import registry
@@ -101,9 +123,10 @@ def index_cmd(obj: Context, paths, model_name, batch_size, workers, album, no_al
             # nothing behind
             registry.load(model_name or registry.DEFAULT_MODEL)
         gallery = obj.gallery(create=True)
+        gallery.choose_store(store, milvus_uri)
         report = ingest(gallery, paths, model_name, batch_size=batch_size, workers=workers,
                         progress=not as_json or sys.stderr.isatty(), album=album,
-                        album_from_folder=not no_album)
+                        album_from_folder=not no_album, ray=ray)
     except (GalleryError, ValueError, RuntimeError) as e:
         fail(e)
     if as_json:
@@ -169,8 +192,12 @@ def info_cmd(obj: Context, as_json) -> None:
     click.echo(f"images       {info['images']} in {info['albums']} albums")
     click.echo(f"active model {info['active_model']}  (space {info['space']})")
     click.echo(f"index        {info['index']['vectors']} vectors, {info['index']['dim']}-d")
+    where = info["vector_store"]
+    click.echo(f"store        {where['kind']} ({where.get('uri') or where.get('path')})")
     for row in info["vectors"]:
-        click.echo(f"vectors      {row['vectors']:>7} by {row['model']} in space {row['space']}")
+        via = "/".join(info["runtimes"].get(row["model"], []))
+        click.echo(f"vectors      {row['vectors']:>7} by {row['model']} in space {row['space']}"
+                   + (f" (computed with {via})" if via else ""))
     matrix = info["compatibility"]
     if matrix["models"]:
         click.echo("compatibility (query model x gallery space; new/old top-1 where measured):")
@@ -209,11 +236,16 @@ def models_cmd(obj: Context, as_json) -> None:
 
 
 @cli.command("reindex")
-@click.option("--kind", type=click.Choice(["flat", "ivf", "auto"]),
-              help="flat: exact (default); ivf: approximate, for large galleries; auto: ivf from "
-                   "50k vectors. Kept for this gallery.")
+@click.option("--kind", type=click.Choice(["flat", "ivf", "sq8", "pq", "auto"]),
+              help="flat: exact (default); ivf: approximate, for large galleries; sq8 / pq: "
+                   "compressed (1 byte per dimension / per 8 dimensions) with exact re-ranking, "
+                   "for very large ones; auto: ivf from 50k vectors, pq from 250k. Kept for this "
+                   "gallery.")
+@click.option("--store", type=click.Choice(["faiss", "milvus"]),
+              help="Move the gallery's search vectors to this store (filled from the catalog).")
+@click.option("--milvus-uri", help="With --store milvus: a Milvus Lite file or http://HOST:19530.")
 @click.pass_obj
-def reindex_cmd(obj: Context, kind) -> None:
+def reindex_cmd(obj: Context, kind, store, milvus_uri) -> None:
     """Rebuild the search index of the active space from the catalog."""
     import time as _time
 
@@ -222,11 +254,14 @@ def reindex_cmd(obj: Context, kind) -> None:
         if gallery.space is None:
             raise GalleryError("the gallery is empty: nothing to index")
         t0 = _time.perf_counter()
+        if store or milvus_uri:
+            gallery.choose_store(store, milvus_uri, move=True)
         built = gallery.rebuild_index(kind=kind)
     except GalleryError as e:
         fail(e)
     click.echo(f"rebuilt the {gallery.space} index ({built}, setting {gallery.index_kind}) with "
-               f"{gallery.index().ntotal} vectors in {_time.perf_counter() - t0:.1f} s")
+               f"{gallery.index().ntotal} vectors in {_time.perf_counter() - t0:.1f} s "
+               f"({gallery.vector_store.kind} store)")
 
 
 @cli.command("check")
@@ -328,9 +363,15 @@ def rollback_cmd(obj: Context, as_json) -> None:
 @click.option("--curve", "curve_dir", type=click.Path(path_type=Path),
               help="Labelled query folder: record quality vs fraction backfilled (saved report).")
 @click.option("--batch-size", default=16, show_default=True)
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None,
+              metavar="[ADDRESS]", help="Decode and embed on Ray workers: auto (a local Ray "
+              "runtime for this job), HOST:PORT or ray://HOST:PORT of a cluster. Needs "
+              "graceful[ray].")
+@click.option("--ray-workers", type=click.IntRange(min=1), help="Ray workers (default: one per CPU).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def backfill_cmd(obj: Context, order, limit, show_status, curve_dir, batch_size, as_json) -> None:
+def backfill_cmd(obj: Context, order, limit, show_status, curve_dir, batch_size, ray_address,
+                 ray_workers, as_json) -> None:
     """Optional: re-embed older vectors with the active model (resumable; search stays up)."""
     from . import backfill as bf
 
@@ -341,7 +382,8 @@ def backfill_cmd(obj: Context, order, limit, show_status, curve_dir, batch_size,
                 " ".join(f"{k}={v}" for k, v in bf.status(gallery).items()))
             return
         curve = bf.CurveRecorder(gallery, curve_dir) if curve_dir else None
-        state = bf.backfill(gallery, order, limit, batch_size, progress=True, curve=curve)
+        state = bf.backfill(gallery, order, limit, batch_size, progress=True, curve=curve,
+                            ray=ray_options(ray_address, ray_workers))
         st = bf.status(gallery)
     except GalleryError as e:
         fail(e)
@@ -368,15 +410,21 @@ def backfill_cmd(obj: Context, order, limit, show_status, curve_dir, batch_size,
 @click.argument("name")
 @click.option("--no-switch", is_flag=True, help="Build the new index but keep the current model.")
 @click.option("--batch-size", default=16, show_default=True)
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None,
+              metavar="[ADDRESS]", help="Decode and embed on Ray workers: auto (a local Ray "
+              "runtime for this job), HOST:PORT or ray://HOST:PORT of a cluster. Needs "
+              "graceful[ray].")
+@click.option("--ray-workers", type=click.IntRange(min=1), help="Ray workers (default: one per CPU).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def reembed_cmd(obj: Context, name, no_switch, batch_size, as_json) -> None:
+def reembed_cmd(obj: Context, name, no_switch, batch_size, ray_address, ray_workers, as_json) -> None:
     """Classic path for an incompatible model: re-embed every photo into a second index while
     search keeps serving the current one; switch atomically when complete (resumable)."""
     from .reembed import reembed
 
     try:
-        state, switched = reembed(obj.gallery(), name, batch_size, True, not no_switch)
+        state, switched = reembed(obj.gallery(), name, batch_size, True, not no_switch,
+                                  ray=ray_options(ray_address, ray_workers))
     except GalleryError as e:
         fail(e)
     if as_json:

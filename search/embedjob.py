@@ -17,6 +17,7 @@ from models.progress import Progress
 from .gallery import Gallery
 from models.imageio import BadImage, decode
 from models.pipeline import prefetch_map
+from .raypool import RayOptions, open_pool
 
 
 JobProgress = Progress  # the name this module has always exported
@@ -25,7 +26,9 @@ JobProgress = Progress  # the name this module has always exported
 def embed_stored(gallery: Gallery, model: Embedder, image_ids: list[int], job: str,
                  batch_size: int = 16, progress: bool = False,
                  should_stop: Callable[[], bool] | None = None,
-                 on_progress: Callable[[JobProgress], None] | None = None) -> JobProgress:
+                 on_progress: Callable[[JobProgress], None] | None = None,
+                 ray: RayOptions | None = None) -> JobProgress:
+    """With `ray`, Ray workers decode and embed the stored bytes this process reads."""
     state = JobProgress(job, model.name, len(image_ids))
     rows = gallery.catalog.images(image_ids)
 
@@ -33,6 +36,8 @@ def embed_stored(gallery: Gallery, model: Embedder, image_ids: list[int], job: s
         row = rows[image_id]
         try:
             data = gallery.store.read(row.sha256, row.ext)
+            if ray is not None:
+                return image_id, data
             return image_id, model.preprocess(decode(data, model.info.image_size).image)
         except (OSError, BadImage):
             return image_id, None
@@ -49,19 +54,34 @@ def embed_stored(gallery: Gallery, model: Embedder, image_ids: list[int], job: s
                 continue
             yield image_id, tensor
 
+    def write(batch_ids: list[int], vectors) -> bool:
+        """Commit one batch; False when the job is asked to stop."""
+        with gallery.catalog.transaction():
+            gallery.write_vectors(batch_ids, vectors, model)
+            gallery.catalog.save_job(job, {**state.as_dict(), "done": state.done + len(batch_ids)})
+        gallery.sync_index(model.space, batch_ids, vectors, model.name)
+        state.tick(state.done + len(batch_ids))
+        bar.update(len(batch_ids))
+        if on_progress:
+            on_progress(state)
+        return not (should_stop and should_stop())
+
     try:
-        for batch_ids, vectors in embed_batches(model, loaded(), batch_size):
-            with gallery.catalog.transaction():
-                gallery.write_vectors(batch_ids, vectors, model)
-                gallery.catalog.save_job(job, {**state.as_dict(), "done": state.done + len(batch_ids)})
-            gallery.sync_index(model.space, batch_ids, vectors)
-            state.tick(state.done + len(batch_ids))
-            bar.update(len(batch_ids))
-            if on_progress:
-                on_progress(state)
-            if should_stop and should_stop():
-                state.interrupted = True
-                break
+        if ray is None:
+            gallery.catalog.note_runtime(model.name, [model.runtime])
+            for batch_ids, vectors in embed_batches(model, loaded(), batch_size):
+                if not write(batch_ids, vectors):
+                    state.interrupted = True
+                    break
+        else:
+            with open_pool(gallery, model, ray) as pool:
+                gallery.catalog.note_runtime(model.name, pool.runtimes)
+                for done in pool.map(loaded(), batch_size):
+                    state.failed += len(done.failed)
+                    bar.update(len(done.failed))
+                    if done.keys and not write(done.keys, done.vectors):
+                        state.interrupted = True
+                        break
     except KeyboardInterrupt:
         state.interrupted = True
     finally:

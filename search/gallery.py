@@ -1,7 +1,8 @@
 """The engine: one object per gallery home that the CLI and the app share.
 
 A gallery home holds catalog.db, images/ (content-addressed store), index/ (FAISS caches of the
-catalog, one per space), models/ (checkpoints trained for this gallery), cache/ and reports/.
+catalog, one per space; or a Milvus store, see search.vectorstore), models/ (checkpoints trained
+for this gallery), cache/ and reports/.
 """
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ from models import registry
 from .catalog import Catalog, ImageRow
 from .errors import GalleryError
 from .home import default_home
-from .index import SpaceIndex
 from .store import ImageStore
+from .vectorstore import SpaceVectors, VectorStore, open_store, store_config
 
 if TYPE_CHECKING:
     from models.embedder import Embedder
+
+    from .raypool import RayOptions
 
 __all__ = ["Gallery", "GalleryError", "SearchHit", "SearchResult", "default_home"]
 
@@ -65,15 +68,20 @@ class Gallery:
         self.models_dir = self.home / "models"
         self.cache_dir = self.home / "cache"
         self.reports_dir = self.home / "reports"
-        self._indexes: dict[str, SpaceIndex] = {}
+        self._indexes: dict[str, SpaceVectors] = {}
+        self._vector_store: VectorStore | None = None
         self.notices: list[str] = []  # things repaired on the way, for the CLI and app to show
         self.lock = threading.RLock()  # one writer per process; SQLite guards across processes
 
     # -- opening --------------------------------------------------------------------------
     @classmethod
-    def open(cls, home: Path | str | None = None, create: bool = True) -> "Gallery":
+    def open(cls, home: Path | str | None = None, create: bool = True, *,
+             store: str | None = None, milvus_uri: str | None = None) -> "Gallery":
         """The gallery at `home` (default: `default_home()`), created if missing unless
-        `create=False` (then a missing gallery is a GalleryError)."""
+        `create=False` (then a missing gallery is a GalleryError). A new gallery serves its
+        vectors from `store` ("faiss" or "milvus" at `milvus_uri`; default: env GRACEFUL_STORE
+        and GRACEFUL_MILVUS_URI, else faiss)."""
+        import os
         import sqlite3
 
         from .errors import friendly
@@ -95,15 +103,28 @@ class Gallery:
                 f"Restore catalog.db from a backup, or move it away and re-index the stored photos "
                 f"(graceful index {home / 'images'})")
         try:
-            return cls(home, Catalog(db_path))
+            gallery = cls(home, Catalog(db_path))
         except sqlite3.DatabaseError as e:
             raise GalleryError(f"cannot open the gallery at {home}: {friendly(e)}") from None
+        store = store or os.environ.get("GRACEFUL_STORE") or None
+        milvus_uri = milvus_uri or os.environ.get("GRACEFUL_MILVUS_URI") or None
+        if (store or milvus_uri) and not gallery.catalog.vector_counts():
+            try:
+                gallery.choose_store(store, milvus_uri)
+            except GalleryError:
+                gallery.close()
+                raise
+        return gallery
 
     @staticmethod
     def exists(home: Path | str | None = None) -> bool:
         return ((Path(home) if home else default_home()) / "catalog.db").exists()
 
     def close(self) -> None:
+        if self._vector_store is not None:
+            self._vector_store.close()
+            self._vector_store = None
+        self._indexes.clear()
         self.catalog.close()
 
     def __enter__(self) -> "Gallery":
@@ -153,11 +174,13 @@ class Gallery:
 
         return rollback(self)
 
-    def backfill(self, order: str = "random", limit: int | None = None, *, progress: bool = False):
-        """Re-embed older vectors with the active model (optional, resumable)."""
+    def backfill(self, order: str = "random", limit: int | None = None, *, progress: bool = False,
+                 ray: "RayOptions | None" = None):
+        """Re-embed older vectors with the active model (optional, resumable; on Ray workers
+        with `ray=RayOptions(...)`)."""
         from .backfill import backfill
 
-        return backfill(self, order, limit, progress=progress)
+        return backfill(self, order, limit, progress=progress, ray=ray)
 
     def compare(self, queries, old: str | None = None, new: str | None = None, k: int = 10,
                 save: bool = True) -> dict:
@@ -282,8 +305,45 @@ class Gallery:
             )
         return self.embedder()
 
-    # -- index ----------------------------------------------------------------------------
-    def index(self, space: str | None = None) -> SpaceIndex | None:
+    # -- vector store and index -------------------------------------------------------------
+    @property
+    def vector_store(self) -> VectorStore:
+        with self.lock:
+            if self._vector_store is None:
+                self._vector_store = open_store(self.home, self.catalog)
+            return self._vector_store
+
+    def choose_store(self, kind: str | None, milvus_uri: str | None = None,
+                     move: bool = False) -> dict:
+        """Set where this gallery's search vectors live. A new gallery takes any store; one
+        that has vectors keeps its store unless `move` (the new store is then filled from the
+        catalog). Returns the recorded choice."""
+        current = self.catalog.vector_store()
+        if kind is None and milvus_uri is None:
+            return current or {"kind": "faiss"}
+        config = store_config(kind or (current or {}).get("kind", "milvus" if milvus_uri else "faiss"),
+                              self.home, milvus_uri)
+        if config == (current or {"kind": "faiss"}):
+            if current is None:
+                self.catalog.set_vector_store(config)
+            return config
+        if self.catalog.vector_counts() and not move:
+            where = (current or {"kind": "faiss"})
+            raise GalleryError(
+                f"this gallery keeps its vectors in {where['kind']}"
+                + (f" ({where['uri']})" if where.get("uri") else "")
+                + f"; to move them to {config['kind']} run `graceful reindex --store {config['kind']}"
+                + (f" --milvus-uri {milvus_uri}" if milvus_uri else "") + "`")
+        with self.lock:
+            if self._vector_store is not None:
+                self._vector_store.close()
+                self._vector_store = None
+            self._indexes.clear()
+            with self.catalog.transaction():
+                self.catalog.set_vector_store(config)
+        return config
+
+    def index(self, space: str | None = None) -> SpaceVectors | None:
         """The in-memory index of `space` (default: the active one), refreshed if stale."""
         space = space or self.space
         if space is None:
@@ -296,9 +356,10 @@ class Gallery:
             if current is not None and current.version < version:
                 current.catch_up(self.catalog)  # another process (or job) wrote vectors
             elif current is None or current.version != version:
-                current, how = SpaceIndex.open(self.catalog, self.index_dir, space, self.index_kind)
+                current, how = self.vector_store.open(self.catalog, space, self.index_kind)
                 if how.startswith("rebuilt") and "missing" not in how:
-                    self.notices.append(f"the {space} index file was {how[len('rebuilt ('):-1]}: "
+                    what = "index file" if self.vector_store.kind == "faiss" else "Milvus collection"
+                    self.notices.append(f"the {space} {what} was {how[len('rebuilt ('):-1]}: "
                                         f"rebuilt it from the catalog")
                 self._indexes[space] = current
             return current
@@ -317,8 +378,8 @@ class Gallery:
                 effective_kind(kind, 0)  # validates
                 self.catalog.set_index_kind(kind)
             self._indexes.pop(space, None)
-            idx = SpaceIndex.build(self.catalog, space, self.index_kind)
-            idx.save(self.index_dir)
+            idx = self.vector_store.build(self.catalog, space, self.index_kind)
+            self.vector_store.save(idx, self.catalog)
             self._indexes[space] = idx
             return idx.kind
 
@@ -326,15 +387,20 @@ class Gallery:
         """Store vectors and update the live index of their space (caller holds a transaction)."""
         self.catalog.put_vectors(image_ids, vectors, model.name, model.space)
 
-    def sync_index(self, space: str, image_ids: list[int], vectors: np.ndarray) -> None:
-        """After a committed write of these vectors: add them to the live index."""
+    def sync_index(self, space: str, image_ids: list[int], vectors: np.ndarray,
+                   model: str = "") -> None:
+        """After a committed write of these vectors (by `model`): add them to the live index."""
+        from .catalog import as_stored
+
         with self.lock:
             idx = self._indexes.get(space)
-            if idx is None or idx.version + 1 != self.catalog.space_version(space):
+            version = self.catalog.space_version(space)
+            if idx is None or idx.version + 1 != version:
                 self.index(space)  # first vectors of this space, or another writer: catch up
                 return
-            idx.upsert(np.asarray(image_ids), vectors)
-            idx.version += 1
+            idx.upsert(np.asarray(image_ids), as_stored(vectors), [model] * len(image_ids),
+                       np.full(len(image_ids), version, np.int64))
+            idx.version = version
 
     def save_indexes(self) -> None:
         """Save current indexes; a failure (full disk) only costs a rebuild on the next open."""
@@ -344,7 +410,7 @@ class Gallery:
             for idx in self._indexes.values():
                 if idx.version == self.catalog.space_version(idx.space):
                     try:
-                        idx.save(self.index_dir)
+                        self.vector_store.save(idx, self.catalog)
                     except OSError as e:
                         self.notices.append(f"could not save the {idx.space} index file "
                                             f"({friendly(e)}); it is rebuilt from the catalog "
@@ -424,6 +490,8 @@ class Gallery:
             "index": {"space": space, "vectors": idx.ntotal if idx else 0,
                       "dim": idx.dim if idx else None},
             "index_kind": {"setting": self.index_kind, "built": idx.kind if idx else None},
+            "vector_store": self.vector_store.describe(),
+            "runtimes": self.catalog.runtimes(),
             "vectors": self.catalog.vector_counts(),
             "models": self.catalog.models(),
             "model_history": self.catalog.model_history(),

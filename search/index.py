@@ -2,7 +2,10 @@
 
 Kinds: "flat" (default): exact, `IndexIDMap2(IndexFlatIP)`; "ivf": approximate,
 `IndexIVFFlat` trained on the space's vectors, for large galleries (a query scans `nprobe` of
-~4·sqrt(N) lists); "auto": flat below AUTO_IVF_FROM vectors, ivf above.
+~4·sqrt(N) lists); compressed, for very large galleries in little memory: "sq8" (IVF + 8-bit
+scalar quantisation, 1 byte per dimension) and "pq" (IVF + product quantisation, 1 byte per 8
+dimensions), each answering with a short list re-ranked exactly against the stored vectors in
+the catalog; "auto": flat below AUTO_IVF_FROM vectors, ivf up to AUTO_PQ_FROM, pq above.
 
 The catalog is the source of truth; the index file is a cache of it. A sidecar JSON records
 the catalog version of the space the file was built from (and its kind); a missing, stale,
@@ -14,6 +17,7 @@ import json
 import re
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import faiss
 import numpy as np
@@ -22,10 +26,15 @@ from .catalog import Catalog
 from models.fsutil import atomic_write_bytes
 
 
-KINDS = ("flat", "ivf", "auto")
+KINDS = ("flat", "ivf", "sq8", "pq", "auto")
+COMPRESSED = ("sq8", "pq")
 AUTO_IVF_FROM = 50_000
+AUTO_PQ_FROM = 250_000  # ivf holds 5 KiB per 1280-d vector: ~1.2 GiB here; pq 0.2 KiB
 IVF_MIN = 10_000  # below this an IVF index is not worth its training
 DEFAULT_NPROBE = 32
+COMPRESSED_NPROBE = 16
+RERANK_MIN, RERANK_FACTOR = 160, 16  # short list = max(160, 16·k) candidates, re-ranked exactly
+TRAIN_SAMPLE = 65_536  # training vectors for the coarse quantiser and the codebooks
 
 
 def _safe(space: str) -> str:
@@ -36,8 +45,26 @@ def effective_kind(kind: str, n: int) -> str:
     if kind not in KINDS:
         raise ValueError(f"unknown index kind {kind!r}; choose from {', '.join(KINDS)}")
     if kind == "auto":
-        return "ivf" if n >= AUTO_IVF_FROM else "flat"
-    return "ivf" if kind == "ivf" and n >= IVF_MIN else "flat"
+        return "pq" if n >= AUTO_PQ_FROM else "ivf" if n >= AUTO_IVF_FROM else "flat"
+    return kind if kind != "flat" and n >= IVF_MIN else "flat"
+
+
+def train_compressed(vectors: np.ndarray, kind: str, n: int, seed: int = 0) -> faiss.Index:
+    """An empty IVF-SQ8 or IVF-PQ index trained on `vectors` (a sample of the `n` to come)."""
+    dim = vectors.shape[1]
+    nlist = int(min(max(64, np.sqrt(n)), len(vectors) / 39, 16384))
+    quantizer = faiss.IndexFlatIP(dim)
+    if kind == "sq8":
+        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                              faiss.METRIC_INNER_PRODUCT)
+    else:
+        m = next(m for m in (dim // 8, dim // 4, dim // 2, dim) if dim % m == 0)
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = 10
+    index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+    index.nprobe = COMPRESSED_NPROBE
+    index.set_direct_map_type(faiss.DirectMap.Hashtable)
+    return index
 
 
 def train_ivf(vectors: np.ndarray, nprobe: int = DEFAULT_NPROBE, seed: int = 0) -> faiss.Index:
@@ -54,6 +81,17 @@ def train_ivf(vectors: np.ndarray, nprobe: int = DEFAULT_NPROBE, seed: int = 0) 
     return ivf  # faiss's Python wrapper keeps `quantizer` referenced from `ivf`
 
 
+def training_sample(catalog: Catalog, space: str, n: int, size: int) -> np.ndarray:
+    """An evenly spaced sample of `size` of the space's `n` serving vectors (one pass)."""
+    step = max(1, n // max(1, size))
+    picked, seen = [], 0
+    for _, vectors in catalog.serving_vectors(space):
+        first = (-seen) % step
+        picked.append(vectors[first::step].copy())
+        seen += len(vectors)
+    return np.concatenate(picked)[:size] if picked else np.zeros((0, catalog.space_dim(space)))
+
+
 class SpaceIndex:
     def __init__(self, space: str, dim: int, index: faiss.Index | None = None, version: int = 0,
                  kind: str = "flat"):
@@ -62,6 +100,8 @@ class SpaceIndex:
         self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self.version = version  # catalog space version this index reflects
         self.kind = kind
+        # compressed kinds: image ids -> their exact stored vectors (set by whoever opens it)
+        self.stored: Callable[[list[int]], dict[int, np.ndarray]] | None = None
 
     def ids(self) -> np.ndarray:
         if self.kind == "flat":
@@ -74,19 +114,28 @@ class SpaceIndex:
     def ntotal(self) -> int:
         return self.index.ntotal
 
-    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray, models=None, seqs=None) -> None:
+        """Add or replace vectors by image id (`models`/`seqs` are for stores that keep them)."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        if self.index.ntotal:
-            # IVF's hashtable direct map removes only by an explicit id array
-            selector = (faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)) if self.kind == "ivf"
-                        else faiss.IDSelectorBatch(ids))
-            self.index.remove_ids(selector)
+        self.remove(ids)
         self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
 
+    def remove(self, ids) -> None:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if self.index.ntotal and len(ids):
+            # IVF's hashtable direct map removes only by an explicit id array
+            selector = (faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)) if self.kind != "flat"
+                        else faiss.IDSelectorBatch(ids))
+            self.index.remove_ids(selector)
+
     def vectors(self, ids) -> np.ndarray:
-        """The indexed vectors of these image ids (flat and IVF alike)."""
-        return np.stack([self.index.reconstruct(int(i)) for i in ids]) if len(ids) else \
-            np.zeros((0, self.dim), np.float32)
+        """The vectors of these image ids (exact ones from the catalog for compressed kinds)."""
+        if not len(ids):
+            return np.zeros((0, self.dim), np.float32)
+        if self.kind in COMPRESSED and self.stored is not None:
+            found = self.stored([int(i) for i in ids])
+            return np.stack([found[int(i)] for i in ids])
+        return np.stack([self.index.reconstruct(int(i)) for i in ids])
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
@@ -94,7 +143,23 @@ class SpaceIndex:
         if k == 0:
             n = len(queries)
             return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
-        return self.index.search(queries, k)
+        if self.kind not in COMPRESSED or self.stored is None:
+            return self.index.search(queries, k)
+        # approximate codes pick a short list; the stored vectors rank it exactly
+        short = min(self.index.ntotal, max(RERANK_MIN, RERANK_FACTOR * k))
+        _, candidates = self.index.search(queries, short)
+        wanted = sorted({int(i) for i in candidates.ravel() if i >= 0})
+        found = self.stored(wanted)
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        ids = np.full((len(queries), k), -1, np.int64)
+        for q, row in enumerate(candidates):
+            row = [int(i) for i in row if i >= 0 and int(i) in found]
+            if not row:
+                continue
+            exact = np.stack([found[i] for i in row]) @ queries[q]
+            top = np.argsort(-exact)[:k]
+            scores[q, :len(top)], ids[q, :len(top)] = exact[top], np.asarray(row)[top]
+        return scores, ids
 
     # -- persistence ----------------------------------------------------------------------
     @staticmethod
@@ -105,42 +170,46 @@ class SpaceIndex:
     def save(self, folder: Path) -> None:
         index_path, meta_path = self.paths(folder, self.space)
         # Index first, sidecar last: a crash in between leaves a sidecar that does not match.
-        data = faiss.serialize_index(self.index).tobytes()
+        data = faiss.serialize_index(self.index)  # a uint8 array, written without another copy
         atomic_write_bytes(index_path, data)
         meta = {"space": self.space, "dim": self.dim, "version": self.version,
-                "ntotal": int(self.index.ntotal), "kind": self.kind, "bytes": len(data),
+                "ntotal": int(self.index.ntotal), "kind": self.kind, "bytes": int(data.size),
                 "crc32": zlib.crc32(data)}
         atomic_write_bytes(meta_path, json.dumps(meta).encode())
 
     @staticmethod
-    def _read(folder: Path, space: str) -> tuple[dict, bytes, str | None]:
-        """(sidecar, file bytes, why they cannot be trusted or None). Flipped bytes load "fine"
-        in faiss and give wrong results, so the file must match its sidecar's checksum (files
-        written before checksums are checked as far as the load can)."""
+    def _read(folder: Path, space: str) -> tuple[dict, str | None]:
+        """(sidecar, why the file cannot be trusted or None). Flipped bytes load "fine" in
+        faiss and give wrong results, so the file must match its sidecar's checksum (files
+        written before checksums are checked as far as the load can). The checksum is computed
+        in chunks: a compressed index of a million photos is a gigabyte."""
         index_path, meta_path = SpaceIndex.paths(folder, space)
         try:
             meta = json.loads(meta_path.read_text())
-            raw = index_path.read_bytes()
+            crc, size = 0, 0
+            with open(index_path, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    crc, size = zlib.crc32(chunk, crc), size + len(chunk)
         except FileNotFoundError:
-            return {}, b"", "missing"
+            return {}, "missing"
         except (OSError, ValueError) as e:
-            return {}, b"", f"unreadable ({e})"
-        if "crc32" in meta and (len(raw) != meta.get("bytes") or zlib.crc32(raw) != meta["crc32"]):
-            return meta, raw, "damaged (checksum mismatch)"
-        return meta, raw, None
+            return {}, f"unreadable ({e})"
+        if "crc32" in meta and (size != meta.get("bytes") or crc != meta["crc32"]):
+            return meta, "damaged (checksum mismatch)"
+        return meta, None
 
     @staticmethod
     def verify(folder: Path, space: str) -> str | None:
         """Why the saved index file of `space` cannot be trusted, or None."""
-        return SpaceIndex._read(folder, space)[2]
+        return SpaceIndex._read(folder, space)[1]
 
     @classmethod
     def load(cls, folder: Path, space: str) -> "SpaceIndex | None":
-        meta, raw, why = cls._read(folder, space)
+        meta, why = cls._read(folder, space)
         if why is not None:
             return None
-        try:
-            index = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))
+        try:  # straight from the file: no second copy of its bytes in memory
+            index = faiss.read_index(str(cls.paths(folder, space)[0]))
         except (RuntimeError, ValueError):
             return None
         if meta.get("space") != space or index.ntotal != meta.get("ntotal") or index.d != meta.get("dim"):
@@ -152,21 +221,27 @@ class SpaceIndex:
     @classmethod
     def build(cls, catalog: Catalog, space: str, kind: str = "flat",
               nprobe: int = DEFAULT_NPROBE) -> "SpaceIndex":
+        """Two streaming passes over the catalog (a training sample, then every vector), so a
+        compressed index of a large gallery is built without holding its float32 vectors."""
         with catalog.snapshot():
             dim = catalog.space_dim(space)
             if dim is None:
                 raise KeyError(f"no vectors in space {space!r}")
             version = catalog.space_version(space)
-            chunks = list(catalog.serving_vectors(space))
-        n = sum(len(ids) for ids, _ in chunks)
-        if effective_kind(kind, n) == "ivf":
-            all_vectors = np.concatenate([v for _, v in chunks])
-            index = cls(space, dim, train_ivf(all_vectors, nprobe), version, "ivf")
-            del all_vectors
-        else:
-            index = cls(space, dim, version=version)
-        for ids, vectors in chunks:
-            index.index.add_with_ids(vectors, ids)
+            n = catalog.count_served(space)
+            built = effective_kind(kind, n)
+            if built == "ivf":
+                sample = training_sample(catalog, space, n, min(n, 40 * int(
+                    min(max(64, 4 * np.sqrt(n)), n / 39, 16384))))
+                index = cls(space, dim, train_ivf(sample, nprobe), version, "ivf")
+            elif built in COMPRESSED:
+                sample = training_sample(catalog, space, n, min(n, TRAIN_SAMPLE))
+                index = cls(space, dim, train_compressed(sample, built, n), version, built)
+            else:
+                index = cls(space, dim, version=version)
+            sample = None
+            for ids, vectors in catalog.serving_vectors(space):
+                index.index.add_with_ids(vectors, ids)
         return index
 
     def catch_up(self, catalog: Catalog) -> int:
@@ -198,3 +273,47 @@ class SpaceIndex:
         index = cls.build(catalog, space, kind)
         index.save(folder)
         return index, f"rebuilt ({why})"
+
+
+class FaissStore:
+    """The default vector store: one FAISS index file per space in the gallery's index/ folder,
+    held in this process's memory."""
+
+    kind = "faiss"
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "path": str(self.folder)}
+
+    def open(self, catalog: Catalog, space: str, kind: str) -> tuple[SpaceIndex, str]:
+        index, how = SpaceIndex.open(catalog, self.folder, space, kind)
+        return self._rerank_from(index, catalog), how
+
+    def build(self, catalog: Catalog, space: str, kind: str) -> SpaceIndex:
+        return self._rerank_from(SpaceIndex.build(catalog, space, kind), catalog)
+
+    @staticmethod
+    def _rerank_from(index: SpaceIndex, catalog: Catalog) -> SpaceIndex:
+        index.stored = lambda ids: catalog.serving_vectors_of(ids, index.space)
+        return index
+
+    def save(self, index: SpaceIndex, catalog: Catalog) -> None:
+        index.save(self.folder)
+
+    def verify(self, catalog: Catalog, space: str) -> str | None:
+        """Why the saved index of `space` cannot serve as it is (None: fine or merely behind)."""
+        loaded = SpaceIndex.load(self.folder, space)
+        if loaded is None:
+            return SpaceIndex.verify(self.folder, space) or "unreadable"
+        version = catalog.space_version(space)
+        if loaded.version > version:
+            return "ahead of the catalog"
+        served = catalog.count_served(space)
+        if loaded.version == version and loaded.ntotal != served:
+            return f"holds {loaded.ntotal} vectors, the catalog serves {served}"
+        return None
+
+    def close(self) -> None:
+        pass

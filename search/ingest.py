@@ -24,6 +24,7 @@ from .files import collect_files
 from .gallery import Gallery
 from models.imageio import BadImage, decode, read_photo_file
 from models.pipeline import prefetch_map
+from .raypool import RayOptions, open_pool
 from .store import sha256_bytes
 
 EXT_BY_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp",
@@ -72,10 +73,11 @@ class _Item:
 class _Loader:
     """Runs in the loader thread, with its own read-only SQLite connection."""
 
-    def __init__(self, db_path: Path, model: Embedder, store):
+    def __init__(self, db_path: Path, model: Embedder, store, decode: bool = True):
         self.db_path = db_path
         self.model = model
         self.store = store
+        self.decode = decode  # off when Ray workers decode
         self.local = threading.local()
 
     def known(self, sha: str) -> str | None:
@@ -97,6 +99,8 @@ class _Loader:
             if not self.store.path(item.sha256, ext).is_file():  # lost from the store: restore it
                 return _Item(path, item.sha256, status="duplicate", data=item.data, format=ext)
             return _Item(path, item.sha256, status="duplicate")
+        if not self.decode:
+            return item
         try:
             decoded = decode(item.data, target_size=self.model.info.image_size)
             item.tensor = self.model.preprocess(decoded.image)
@@ -112,14 +116,16 @@ ProgressFn = Callable[[Progress], None]  # done = files seen so far, failed = fi
 def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None = None,
            batch_size: int = 16, progress: bool = False, on_progress: ProgressFn | None = None,
            workers: int = 1, should_stop: Callable[[], bool] | None = None,
-           album: str | None = None, album_from_folder: bool = True) -> IngestReport:
+           album: str | None = None, album_from_folder: bool = True,
+           ray: "RayOptions | None" = None) -> IngestReport:
     """Add photos. Each new photo's album is `album` when given (photos already in the gallery
-    move into it too), else the folder it came from (unless `album_from_folder` is off)."""
+    move into it too), else the folder it came from (unless `album_from_folder` is off).
+    With `ray`, Ray workers decode and embed; this process still reads, hashes and writes."""
     files = collect_files(paths)
     model = gallery.ensure_model(model_name)
     report = IngestReport(model.name, model.space)
     gallery.index(model.space)  # load or rebuild the live index before adding to it
-    loader = _Loader(gallery.catalog.path, model, gallery.store)
+    loader = _Loader(gallery.catalog.path, model, gallery.store, decode=ray is None)
     seen_in_run: set[str] = set()
     regrouped: list[str] = []  # known photos to move into `album`
     t0 = time.perf_counter()
@@ -144,7 +150,7 @@ def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None
                     regrouped.append(item.sha256)
             else:
                 seen_in_run.add(item.sha256)
-                yield item, item.tensor
+                yield item, (item.tensor if ray is None else item.data)
             bar.update(1)
             if on_progress:
                 on_progress(state.tick(report.seen))
@@ -167,12 +173,29 @@ def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None
                 for it in batch
             ]
             gallery.write_vectors(ids, vectors, model)
-        gallery.sync_index(model.space, ids, vectors)
+        gallery.sync_index(model.space, ids, vectors, model.name)
         report.added += len(batch)
 
+    def skip(item: _Item, reason: str) -> None:
+        report.skipped.append((str(item.path), reason))
+        state.failed += 1
+        bar.write(f"skipped {item.path}: {reason}", file=sys.stderr)
+
     try:
-        for batch, vectors in embed_batches(model, new_photos(), batch_size):
-            commit(batch, vectors)
+        if ray is None:
+            gallery.catalog.note_runtime(model.name, [model.runtime])
+            for batch, vectors in embed_batches(model, new_photos(), batch_size):
+                commit(batch, vectors)
+        else:
+            with open_pool(gallery, model, ray) as pool:
+                gallery.catalog.note_runtime(model.name, pool.runtimes)
+                for done in pool.map(new_photos(), batch_size):
+                    for item, reason in done.failed:
+                        skip(item, reason)
+                    for item, info in zip(done.keys, done.infos):
+                        item.width, item.height, item.format = info.width, info.height, info.format
+                    if done.keys:
+                        commit(done.keys, done.vectors)
         if regrouped:
             gallery.catalog.set_album_by_sha(regrouped, album)
     except KeyboardInterrupt:

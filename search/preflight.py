@@ -89,22 +89,36 @@ def holdout_rule(model: Embedder) -> dict | None:
 def embed_stored_photos(gallery: Gallery, model: Embedder, ids: list[int], want: int
                         ) -> tuple[list[int], np.ndarray, float]:
     """Embed up to `want` of these stored photos (in order) with `model`; unreadable store files
-    are passed over (they are not the model's fault). Returns (ids, vectors, seconds)."""
+    are passed over (they are not the model's fault). Decoding runs ahead in a thread while
+    the model embeds. Returns (ids, vectors, seconds)."""
+    from models.embedder import embed_batches
+    from models.pipeline import prefetch_map
+
     rows = gallery.catalog.images(ids[: want * 4])
-    images, kept = [], []
-    t0 = time.perf_counter()
-    for i in ids[: want * 4]:
+
+    def load(i: int):
         row = rows.get(int(i))
-        if row is None:
-            continue
         try:
-            images.append(decode(gallery.store.read(row.sha256, row.ext), model.info.image_size).image)
-            kept.append(int(i))
-        except (OSError, BadImage):
-            continue
-        if len(kept) == want:
-            break
-    vectors = model.embed_images(images) if images else np.zeros((0, model.dim), np.float32)
+            data = gallery.store.read(row.sha256, row.ext)
+            return int(i), model.preprocess(decode(data, model.info.image_size).image)
+        except (AttributeError, OSError, BadImage):  # AttributeError: no such row
+            return int(i), None
+
+    def readable():
+        kept = 0
+        for i, tensor in prefetch_map(load, ids[: want * 4], depth=32):
+            if tensor is not None:
+                yield i, tensor
+                kept += 1
+                if kept == want:
+                    return
+
+    t0 = time.perf_counter()
+    kept, chunks = [], []
+    for batch_ids, vectors in embed_batches(model, readable()):
+        kept += batch_ids
+        chunks.append(vectors)
+    vectors = np.concatenate(chunks) if chunks else np.zeros((0, model.dim), np.float32)
     return kept, vectors, time.perf_counter() - t0
 
 

@@ -6,6 +6,7 @@ from typing import Callable
 
 from .embedjob import JobProgress, embed_stored
 from .gallery import Gallery, GalleryError
+from .raypool import RayOptions
 
 
 def pending(gallery: Gallery, space: str) -> list[int]:
@@ -14,7 +15,8 @@ def pending(gallery: Gallery, space: str) -> list[int]:
 
 def reembed(gallery: Gallery, name: str, batch_size: int = 16, progress: bool = False,
             switch: bool = True, should_stop: Callable[[], bool] | None = None,
-            on_progress: Callable[[JobProgress], None] | None = None) -> tuple[JobProgress, bool]:
+            on_progress: Callable[[JobProgress], None] | None = None,
+            ray: RayOptions | None = None) -> tuple[JobProgress, bool]:
     """Returns the job's progress and whether the gallery switched to the new model."""
     model = gallery.load_model(name)
     if gallery.active_model is None:
@@ -27,7 +29,7 @@ def reembed(gallery: Gallery, name: str, batch_size: int = 16, progress: bool = 
     gallery.register(model)
     todo = pending(gallery, model.space)
     state = embed_stored(gallery, model, todo, f"reembed:{model.name}", batch_size, progress,
-                         should_stop, on_progress)
+                         should_stop, on_progress, ray=ray)
     switched = False
     if switch and not state.interrupted and not pending(gallery, model.space):
         gallery.activate(model, "reembed-switch")

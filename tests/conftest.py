@@ -12,6 +12,8 @@ CALTECH = Path(os.environ.get("GRACEFUL_CALTECH", ROOT.parent / "shared" / "data
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 os.environ.setdefault("GRACEFUL_THREADS", "2")
+# ONNX exports of the backbones go to a cache of the test run's own, not the user's ~/.cache
+os.environ.setdefault("GRACEFUL_CACHE", str(ARTIFACTS / "cache"))
 
 
 def caltech_subset(dest: Path, split: str, classes: list[str] | int, per_class: int) -> Path:
@@ -55,6 +57,17 @@ def album_photos(tmp_path_factory) -> Path:
 @pytest.fixture
 def home(tmp_path) -> Path:
     return tmp_path / "gallery"
+
+
+@pytest.fixture(params=["faiss", "milvus"])
+def store(request, monkeypatch) -> str:
+    """Run a behavioural test once per vector store: new galleries (in this process and in the
+    CLI processes it starts) take the store from GRACEFUL_STORE. Milvus is a Milvus Lite file
+    inside the gallery."""
+    if request.param == "milvus":
+        pytest.importorskip("milvus_lite", reason="graceful[milvus] is not installed")
+    monkeypatch.setenv("GRACEFUL_STORE", request.param)
+    return request.param
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from search.cli import cli
@@ -13,8 +14,9 @@ def run(home, *args):
     return r
 
 
-def test_index_search_info_models_json(home, few_photos):
-    r = run(home, "index", few_photos, "--json")
+@pytest.mark.parametrize("store", ["faiss", "milvus"])
+def test_index_search_info_models_json(home, few_photos, store):
+    r = run(home, "index", few_photos, "--store", store, "--json")
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert report["added"] == 12 and report["skipped"] == 0 and report["model"] == "lite0"
@@ -37,6 +39,8 @@ def test_index_search_info_models_json(home, few_photos):
     assert info["images"] == 12 and info["active_model"] == "lite0" and info["space"] == "lite0"
     assert info["index"] == {"space": "lite0", "vectors": 12, "dim": 1280}
     assert info["vectors"] == [{"space": "lite0", "model": "lite0", "vectors": 12}]
+    assert info["vector_store"]["kind"] == store
+    assert info["runtimes"] == {"lite0": ["onnxruntime"]}  # the gallery records the fast path
 
     models = json.loads(run(home, "models", "--json").stdout)
     assert {"lite0", "lite1", "lite2"} <= {m["name"] for m in models}

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from search.catalog import SCHEMA_VERSION
 from search.cli import cli
 
 
@@ -68,7 +69,7 @@ def test_concurrent_creation_runs_the_migration_once(tmp_path):
                                   stderr=subprocess.PIPE, text=True) for _ in range(3)]
         outs = [p.communicate(timeout=60) for p in procs]
         assert [p.returncode for p in procs] == [0, 0, 0], outs
-        assert all(o[0].strip() == "2" for o in outs)
+        assert all(o[0].strip() == str(SCHEMA_VERSION) for o in outs)
 
 
 def test_two_index_runs_creating_one_gallery_at_once(home, few_photos):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from search.catalog import Catalog, _migrate_to_1
+from search.catalog import SCHEMA_VERSION, Catalog, _migrate_to_1
 from search.cli import cli
 from search.fit import FitError, FitRefused, FitRequest, fit_upgrade, stratified
 from search.gallery import Gallery
@@ -81,7 +81,7 @@ def test_v1_catalog_gets_albums_from_its_folders(tmp_path):
     db.conn.commit()
     db.close()
     c = Catalog(path)
-    assert c.schema_version == 2 and c.albums() == [{"album": "cats", "images": 1}]
+    assert c.schema_version == SCHEMA_VERSION and c.albums() == [{"album": "cats", "images": 1}]
     assert c.list_images()[0].album == "cats"
 
 

@@ -25,8 +25,9 @@ def catalog_ids(home: Path) -> list[int]:
         return [r[0] for r in db.execute("SELECT image_id FROM vectors ORDER BY image_id")]
 
 
-def test_ingest_is_idempotent_and_counts_duplicates(home, few_photos, tmp_path):
+def test_ingest_is_idempotent_and_counts_duplicates(home, few_photos, tmp_path, store):
     g = Gallery.open(home, create=True)
+    assert g.vector_store.kind == store
     first = ingest(g, [few_photos], progress=False)
     assert first.added == 12 and first.duplicates == 0 and not first.skipped
     again = ingest(g, [few_photos], progress=False)
@@ -99,6 +100,7 @@ def test_corrupt_or_stale_index_is_rebuilt(home, few_photos):
     assert hit.score > 0.999
 
 
+@pytest.mark.usefixtures("store")
 def test_leave_one_out_retrieval_is_far_above_chance(home, caltech_small):
     g = Gallery.open(home, create=True)
     report = ingest(g, [caltech_small], progress=False)
@@ -116,6 +118,7 @@ def test_leave_one_out_retrieval_is_far_above_chance(home, caltech_small):
     assert res.hits[0].image_id == int(found[0, 1]) and len(res.hits) == 3
 
 
+@pytest.mark.usefixtures("store")
 def test_kill_9_during_ingest_then_resume(home, caltech_small):
     env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
     cmd = [sys.executable, "-m", "search.cli", "index", "--batch-size", "8", str(caltech_small)]
@@ -147,10 +150,11 @@ def test_kill_9_during_ingest_then_resume(home, caltech_small):
     ids = catalog_ids(home)
     assert len(ids) == len(set(ids)) == 206 == g.catalog.count_images()
     assert g.index().ntotal == 206
-    idx, how = SpaceIndex.open(g.catalog, g.index_dir, "lite0")
+    idx, how = g.vector_store.open(g.catalog, "lite0", g.index_kind)
     assert how == "loaded" and idx.ntotal == 206
 
 
+@pytest.mark.usefixtures("store")
 def test_ctrl_c_stops_cleanly_and_resumes(home, caltech_small):
     env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
     cmd = [sys.executable, "-m", "search.cli", "index", "--batch-size", "8", str(caltech_small)]
@@ -171,7 +175,7 @@ def test_ctrl_c_stops_cleanly_and_resumes(home, caltech_small):
     g = Gallery.open(home)
     done = g.catalog.count_images()
     # a clean stop saves the index: it is current, not rebuilt
-    idx, how = SpaceIndex.open(g.catalog, g.index_dir, "lite0")
+    idx, how = g.vector_store.open(g.catalog, "lite0", g.index_kind)
     assert how == "loaded" and idx.ntotal == done
     report = ingest(g, [caltech_small], progress=False)
     assert report.duplicates == done and report.added == 206 - done

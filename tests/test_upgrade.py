@@ -41,8 +41,10 @@ def upgrade_photos(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def lite0_gallery(home, upgrade_photos) -> Gallery:
+def lite0_gallery(home, upgrade_photos, request) -> Gallery:
     g = Gallery.open(home, create=True)
+    if "store" in request.fixturenames:  # the behavioural tests run on each vector store
+        assert g.vector_store.kind == request.getfixturevalue("store")
     ingest(g, [upgrade_photos / "before"], progress=False)
     return g
 
@@ -57,6 +59,7 @@ def counts(g: Gallery) -> dict:
     return {(r["model"], r["space"]): r["vectors"] for r in g.catalog.vector_counts()}
 
 
+@pytest.mark.usefixtures("store")
 def test_upgrade_recomputes_nothing_and_mixes_new_photos(lite0_gallery, upgrade_photos):
     g = lite0_gallery
     n = g.catalog.count_images()
@@ -92,6 +95,7 @@ def test_upgrade_recomputes_nothing_and_mixes_new_photos(lite0_gallery, upgrade_
         rollback(g)
 
 
+@pytest.mark.usefixtures("store")
 def test_refusals_change_nothing(lite0_gallery, tmp_path, make_checkpoint):
     g = lite0_gallery
     state = (g.active_model, counts(g), g.catalog.get_state("model_history", []))
@@ -114,6 +118,7 @@ def test_refusals_change_nothing(lite0_gallery, tmp_path, make_checkpoint):
     assert forced.changed and forced.forced and g.active_model == "liar"
 
 
+@pytest.mark.usefixtures("store")
 def test_backfill_orders_limit_and_status(lite0_gallery):
     g = lite0_gallery
     upgrade(g, SHIPPED)
@@ -131,6 +136,7 @@ def test_backfill_orders_limit_and_status(lite0_gallery):
     assert bf.backfill(g, progress=False).done == 0  # nothing left
 
 
+@pytest.mark.usefixtures("store")
 def test_backfill_records_its_quality_curve(lite0_gallery, upgrade_photos):
     g = lite0_gallery
     upgrade(g, SHIPPED)
@@ -161,6 +167,7 @@ def test_backfill_quality_curve_and_auc():
     assert 0 < bf.area_under_curve(curve) < 1
 
 
+@pytest.mark.usefixtures("store")
 def test_reembed_incompatible_model_alongside_then_switch(lite0_gallery, upgrade_photos):
     g = lite0_gallery
     n = g.catalog.count_images()
@@ -180,6 +187,7 @@ def test_reembed_incompatible_model_alongside_then_switch(lite0_gallery, upgrade
     assert rb.model == "lite0" and g.space == "lite0" and rb.kept_vectors == 0
 
 
+@pytest.mark.usefixtures("store")
 def test_compare_labelled_queries_and_log(lite0_gallery, upgrade_photos, tmp_path):
     g = lite0_gallery
     upgrade(g, SHIPPED)
@@ -228,6 +236,7 @@ def _integrity(home: Path) -> str:
         return db.execute("PRAGMA integrity_check").fetchone()[0]
 
 
+@pytest.mark.usefixtures("store")
 def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos):
     g = Gallery.open(home, create=True)
     ingest(g, [upgrade_photos / "before", upgrade_photos / "after"], progress=False)
@@ -265,6 +274,7 @@ def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos):
     assert g.index().ntotal == n and g.space == "lite1"
 
 
+@pytest.mark.usefixtures("store")
 def test_kill_9_during_upgrade_leaves_old_or_new_state(home, upgrade_photos):
     g = Gallery.open(home, create=True)
     ingest(g, [upgrade_photos / "before"], progress=False)

@@ -1,0 +1,56 @@
+"""Ray for the gallery's embedding jobs (`--ray`): which cluster, how many workers, and the
+model shipped to them. Ray is imported only when a job asks for it."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from .errors import GalleryError
+
+if TYPE_CHECKING:
+    from models.embedder import Embedder
+    from models.ray_embed import RayEmbedPool
+
+    from .gallery import Gallery
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str = "auto"  # "auto": a local runtime for this job; else a cluster's address
+    workers: int | None = None  # default: one per CPU of the cluster
+    threads_per_worker: int = 1
+
+    def validate(self) -> "RayOptions":
+        a = self.address
+        if a != "auto" and not (a.startswith("ray://") or ":" in a):
+            hint = " (it looks like a path: put --ray after the paths, or write --ray auto)" \
+                if Path(a).exists() else ""
+            raise GalleryError(f"--ray takes auto, HOST:PORT or ray://HOST:PORT, not {a!r}{hint}")
+        if self.workers is not None and self.workers < 1:
+            raise GalleryError("--ray-workers must be at least 1")
+        return self
+
+
+@contextmanager
+def open_pool(gallery: "Gallery", model: "Embedder", options: RayOptions
+              ) -> Iterator["RayEmbedPool"]:
+    from models.ray_embed import ModelPackage, RayEmbedPool, prepare_auth
+
+    prepare_auth(options.address)
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise GalleryError("--ray needs Ray: pip install 'graceful[ray]'") from None
+
+    options.validate()
+    package = ModelPackage.of(model.name, gallery.model_dirs)
+    try:
+        pool = RayEmbedPool(package, options.address, options.workers, options.threads_per_worker)
+    except ConnectionError as e:
+        raise GalleryError(f"cannot reach the Ray cluster at {options.address}: {e}") from None
+    try:
+        yield pool
+    finally:
+        pool.close()

@@ -1,0 +1,87 @@
+"""Which vector store serves a gallery's searches, chosen when the gallery is created.
+
+`faiss` (default): index files in the gallery's index/ folder, in this process's memory.
+`milvus`: one Milvus collection per space (search.milvus_store), a Milvus Lite file inside
+the gallery by default or any Milvus server / cluster URI. Both are copies of the catalog's
+serving vectors, so either can be rebuilt from it at any time.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .catalog import Catalog
+from .errors import GalleryError
+
+STORES = ("faiss", "milvus")
+DEFAULT_MILVUS_FILE = "milvus.db"
+
+
+class SpaceVectors(Protocol):
+    """What the engine needs of the served vectors of one space (FAISS index or collection)."""
+
+    space: str
+    dim: int
+    version: int
+    kind: str
+
+    @property
+    def ntotal(self) -> int: ...
+    def ids(self) -> np.ndarray: ...
+    def vectors(self, ids) -> np.ndarray: ...
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def upsert(self, ids, vectors, models=None, seqs=None) -> None: ...
+    def remove(self, ids) -> None: ...
+    def catch_up(self, catalog: Catalog) -> int: ...
+
+
+class VectorStore(Protocol):
+    kind: str
+
+    def describe(self) -> dict: ...
+    def open(self, catalog: Catalog, space: str, kind: str) -> tuple[SpaceVectors, str]: ...
+    def build(self, catalog: Catalog, space: str, kind: str) -> SpaceVectors: ...
+    def save(self, index: SpaceVectors, catalog: Catalog) -> None: ...
+    def verify(self, catalog: Catalog, space: str) -> str | None: ...
+    def close(self) -> None: ...
+
+
+def store_config(kind: str, home: Path, milvus_uri: str | None = None) -> dict:
+    """The catalog record of a store choice. A Milvus Lite file inside the gallery is kept
+    relative to it, so the gallery folder can move."""
+    if kind not in STORES:
+        raise GalleryError(f"unknown vector store {kind!r}; choose from {', '.join(STORES)}")
+    if kind == "faiss":
+        if milvus_uri:
+            raise GalleryError("--milvus-uri goes with --store milvus")
+        return {"kind": "faiss"}
+    from .milvus_store import is_local
+
+    uri = milvus_uri or DEFAULT_MILVUS_FILE
+    if is_local(uri):
+        base = Path(home) if milvus_uri is None else Path.cwd()
+        path = (base / Path(uri).expanduser()).resolve()
+        if not path.name.endswith(".db"):
+            raise GalleryError(f"a Milvus Lite file name must end in .db (got {path.name}); "
+                               "a server is given as http://HOST:19530")
+        try:
+            uri = str(path.relative_to(Path(home).resolve()))
+        except ValueError:
+            uri = str(path)
+    return {"kind": "milvus", "uri": uri}
+
+
+def open_store(home: Path, catalog: Catalog) -> VectorStore:
+    config = catalog.vector_store() or {"kind": "faiss"}
+    if config["kind"] == "milvus":
+        from .milvus_store import MilvusStore, is_local
+
+        uri = config["uri"]
+        if is_local(uri) and not Path(uri).is_absolute():
+            uri = str(Path(home) / uri)
+        return MilvusStore(uri, catalog.gallery_id())
+    from .index import FaissStore
+
+    return FaissStore(Path(home) / "index")

@@ -1,0 +1,157 @@
+"""The ONNX Runtime fast path of the EfficientNet-Lite backbones: same vectors as torch on real
+photos, the on-disk export cache (reused, damaged files exported again), runtime selection."""
+from __future__ import annotations
+
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import caltech_subset
+
+from models import onnx_runtime
+from models.efficientnet import EfficientNetLite
+from models.imageio import decode
+
+pytest.importorskip("onnxruntime")
+
+CLASSES = ["airplanes", "Motorbikes", "sunflower", "watch", "Faces", "Leopards", "ant", "camera"]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """16 real test photos (8 classes x 2)."""
+    folder = caltech_subset(tmp_path_factory.mktemp("fastpath"), "test", CLASSES, 2)
+    files = sorted(folder.rglob("*.jpg"))
+    assert len(files) == 16
+    return files
+
+
+@pytest.fixture(scope="module")
+def module_cache(tmp_path_factory):
+    """One export cache for the module's tests, so each backbone is exported once."""
+    with pytest.MonkeyPatch.context() as mp:
+        folder = tmp_path_factory.mktemp("graceful-cache")
+        mp.setenv("GRACEFUL_CACHE", str(folder))
+        mp.delenv("GRACEFUL_RUNTIME", raising=False)
+        yield folder / "onnx"
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRACEFUL_CACHE", str(tmp_path))
+    monkeypatch.delenv("GRACEFUL_RUNTIME", raising=False)
+    return tmp_path / "onnx"
+
+
+def batch_of(model, files) -> torch.Tensor:
+    return torch.stack([model.preprocess(decode(f.read_bytes(), model.info.image_size).image)
+                        for f in files])
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize("variant", ["lite0", "lite2"])
+def test_onnxruntime_gives_torchs_vectors(variant, photos, module_cache):
+    fast = EfficientNetLite(variant, runtime="onnxruntime")
+    slow = EfficientNetLite(variant, runtime="torch")
+    assert fast.runtime == fast.info.extra["runtime"] == "onnxruntime"
+    assert slow.runtime == slow.info.extra["runtime"] == "torch"
+    batch = batch_of(fast, photos)
+    ref = slow.embed_batch(batch)
+    got16 = fast.embed_batch(batch)
+    got1 = np.concatenate([fast.embed_batch(batch[i:i + 1]) for i in range(len(batch))])
+    for got in (got16, got1):
+        assert got.dtype == np.float32 and got.shape == (16, fast.dim)
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+        assert cosines(got, ref).min() >= 0.9999
+    # a channels_last batch (what callers of forward_features may pass) gives the same features
+    cl = fast.forward_features(batch.contiguous(memory_format=torch.channels_last)).numpy()
+    assert cosines(cl, fast.forward_features(batch).numpy()).min() >= 0.99999
+
+
+def test_cache_is_reused_and_a_damaged_file_is_exported_again(fresh_cache, caplog):
+    first = EfficientNetLite("lite0")  # auto
+    assert first.runtime == "onnxruntime" and first._fast.exported
+    files = list(fresh_cache.glob("*.onnx"))
+    assert len(files) == 1 and files[0] == first._fast.path
+    assert files[0].name.startswith("lite0-224-") and "ort" in files[0].name
+    good = files[0].read_bytes()
+    stamp = files[0].stat().st_mtime_ns
+
+    second = EfficientNetLite("lite0")
+    assert second.runtime == "onnxruntime" and not second._fast.exported
+    assert files[0].stat().st_mtime_ns == stamp
+
+    x = torch.rand(3, 3, 224, 224) * 2 - 1
+    want = EfficientNetLite("lite0", runtime="torch").embed_batch(x)
+    middle = len(good) // 2
+    for damaged, why in ((good[:middle], "unusable"),  # truncated: does not parse
+                         (good[:middle] + b"\xff" * 65536 + good[middle + 65536:],
+                          "differs from torch")):  # parses, NaN weights: the probe catches it
+        files[0].write_bytes(damaged)
+        caplog.clear()
+        again = EfficientNetLite("lite0")
+        assert why in caplog.text
+        assert again.runtime == "onnxruntime" and again._fast.exported
+        assert files[0].read_bytes() == good  # the export is deterministic
+        assert cosines(again.embed_batch(x), want).min() >= 0.9999
+    assert list(fresh_cache.glob("*.onnx")) == files  # no stray temp files
+
+
+def test_graceful_runtime_torch_forces_torch(fresh_cache, monkeypatch):
+    monkeypatch.setenv("GRACEFUL_RUNTIME", "torch")
+    model = EfficientNetLite("lite0")
+    assert model.runtime == model.info.extra["runtime"] == "torch" and model._fast is None
+    assert not fresh_cache.exists()  # nothing exported
+    monkeypatch.setenv("GRACEFUL_RUNTIME", "tensorrt")
+    with pytest.raises(ValueError, match="GRACEFUL_RUNTIME"):
+        EfficientNetLite("lite0")
+
+
+def test_falls_back_to_torch_without_error(fresh_cache, monkeypatch):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "onnxruntime", None)  # "not installed"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # auto: silent
+            assert EfficientNetLite("lite0").runtime == "torch"
+        with pytest.warns(RuntimeWarning, match="not installed"):
+            assert EfficientNetLite("lite0", runtime="onnxruntime").runtime == "torch"
+
+    def broken(*a, **k):
+        raise RuntimeError("unsupported operator")
+    monkeypatch.setattr(onnx_runtime, "export_onnx", broken)
+    with pytest.warns(RuntimeWarning, match="unsupported operator"):
+        model = EfficientNetLite("lite0")
+    assert model.runtime == model.info.extra["runtime"] == "torch"
+    assert model.embed_batch(torch.zeros(1, 3, 224, 224)).shape == (1, 1280)
+
+
+def test_compatible_heads_and_finetuned_backbones(module_cache, tmp_path, make_checkpoint):
+    from models.checkpoint import load_checkpoint
+    from models.compatible import HeadEmbedder
+    from models.finetune import apply_backbone_state, tail_state
+
+    make_checkpoint(tmp_path / "c.safetensors")
+    meta, state = load_checkpoint(tmp_path / "c.safetensors")
+    fast_backbone = EfficientNetLite("lite0", runtime="onnxruntime")
+    fast = HeadEmbedder(fast_backbone, meta, state)
+    slow = HeadEmbedder(EfficientNetLite("lite0", runtime="torch"), meta, state)
+    assert fast.runtime == fast.info.extra["runtime"] == "onnxruntime"
+    assert slow.runtime == "torch"
+    x = torch.rand(4, 3, 224, 224) * 2 - 1
+    assert cosines(fast.embed_batch(x), slow.embed_batch(x)).min() >= 0.9999
+
+    # a fine-tuned copy gets its own export, never the shared backbone's session
+    tuned_tensors = {k: v * 1.5 if v.is_floating_point() else v
+                     for k, v in tail_state(fast_backbone.model, 1).items()}
+    tuned = apply_backbone_state(fast_backbone, tuned_tensors)
+    assert tuned.runtime == "onnxruntime" and tuned._fast is not fast_backbone._fast
+    assert fast_backbone.runtime == "onnxruntime"
+    with torch.inference_mode():
+        want = torch.nn.functional.normalize(tuned._torch_features(x), dim=-1).numpy()
+    assert cosines(tuned.embed_batch(x), want).min() >= 0.9999
+    assert cosines(tuned.embed_batch(x), fast_backbone.embed_batch(x)).min() < 0.999

@@ -1,0 +1,222 @@
+"""Beyond one process: embedding jobs on a real local Ray cluster (`--ray`), and the Milvus
+store's own duties (consistency with the catalog on open, moving a gallery between stores).
+The behavioural tests that run on both stores live with their subjects (ingest, upgrade, CLI),
+parametrised by the `store` fixture."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search.gallery import Gallery, GalleryError
+
+SHIPPED = "lite2-compat-lite0"
+CLI = [sys.executable, "-m", "search.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A real Ray cluster on this machine (`ray start --head` on 127.0.0.1), stopped after."""
+    pytest.importorskip("ray", reason="graceful[ray] is not installed")
+    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    port = _free_port()
+    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port",
+                    str(port), "--num-cpus", "2", "--include-dashboard", "false",
+                    "--disable-usage-stats"], check=True, capture_output=True, timeout=180)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def cli(home: Path, *args, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
+    r = subprocess.run([*CLI, *map(str, args)], env=env, capture_output=True, text=True,
+                       timeout=600)
+    if check:
+        assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
+def vectors_of(home: Path, model: str) -> dict[str, np.ndarray]:
+    with sqlite3.connect(home / "catalog.db") as db:
+        return {sha: np.frombuffer(v, np.float16).astype(np.float32) for sha, v in db.execute(
+            "SELECT i.sha256, v.vector FROM images i JOIN vectors v ON v.image_id = i.id "
+            "WHERE v.model = ?", [model])}
+
+
+def test_ray_jobs_write_what_the_plain_path_writes(ray_cluster, home, tmp_path, few_photos):
+    """index, backfill and reembed on Ray workers into a Milvus gallery: the same vectors and
+    image facts as the plain path into a FAISS gallery, bad files reported by the workers."""
+    pytest.importorskip("milvus_lite", reason="graceful[milvus] is not installed")
+    photos = tmp_path / "photos"
+    shutil.copytree(few_photos, photos)
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    plain = tmp_path / "plain"
+    cli(plain, "index", photos, "--json")
+
+    report = json.loads(cli(home, "index", photos, "--store", "milvus", "--ray", ray_cluster,
+                            "--ray-workers", "2", "--json").stdout)
+    assert report["added"] == 12 and report["skipped"] == 1
+    assert "broken.jpg" in report["skipped_files"][0]["path"]
+    ray_v, plain_v = vectors_of(home, "lite0"), vectors_of(plain, "lite0")
+    assert ray_v.keys() == plain_v.keys() and len(ray_v) == 12
+    assert min(float(ray_v[k] @ plain_v[k]) for k in ray_v) > 0.9999
+    with sqlite3.connect(home / "catalog.db") as a, sqlite3.connect(plain / "catalog.db") as b:
+        facts = "SELECT sha256, width, height, format, album FROM images ORDER BY sha256"
+        assert a.execute(facts).fetchall() == b.execute(facts).fetchall()
+
+    cli(home, "upgrade", SHIPPED)
+    cli(plain, "upgrade", SHIPPED)
+    out = json.loads(cli(home, "backfill", "--ray", ray_cluster, "--json").stdout)
+    assert out["done"] == 12 and out["status"]["fraction_backfilled"] == 1.0
+    cli(plain, "backfill")
+    ray_v, plain_v = vectors_of(home, SHIPPED), vectors_of(plain, SHIPPED)
+    assert len(ray_v) == 12 and min(float(ray_v[k] @ plain_v[k]) for k in ray_v) > 0.9999
+
+    out = json.loads(cli(home, "reembed", "lite1", "--ray", ray_cluster, "--json").stdout)
+    assert out["done"] == 12 and out["switched"]
+    query = sorted((few_photos / "sunflower").iterdir())[0]
+    hits = json.loads(cli(home, "search", query, "-k", "3", "--json").stdout)["results"]
+    assert hits[0]["name"] == query.name and hits[0]["embedded_by"] == "lite1"
+
+
+def test_kill_9_during_a_ray_backfill_then_resume(ray_cluster, home, caltech_small):
+    g = Gallery.open(home, create=True)
+    g.add([caltech_small])
+    n = g.catalog.count_images()
+    g.upgrade(SHIPPED)
+    g.close()
+    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
+    proc = subprocess.Popen([*CLI, "backfill", "--ray", ray_cluster, "--batch-size", "4"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if len(vectors_of(home, SHIPPED)) >= 12:
+                proc.send_signal(signal.SIGKILL)
+                break
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the backfill finished before it could be killed"
+    with sqlite3.connect(home / "catalog.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    partial = len(vectors_of(home, SHIPPED))
+    assert 12 <= partial < n
+    out = json.loads(cli(home, "backfill", "--ray", ray_cluster, "--json").stdout)
+    assert out["done"] == n - partial  # resumed: nothing re-embedded twice
+    assert len(vectors_of(home, SHIPPED)) == n
+    g = Gallery.open(home)
+    assert g.index().ntotal == n
+    g.close()
+
+
+def test_ray_auto_starts_a_local_runtime_and_bad_addresses_are_one_line(home, few_photos):
+    pytest.importorskip("ray", reason="graceful[ray] is not installed")
+    r = cli(home, "index", few_photos / "airplanes", "--ray", "auto", "--ray-workers", "1",
+            "--json")
+    assert json.loads(r.stdout)["added"] == 4
+    r = cli(home, "backfill", "--ray", str(few_photos), check=False)
+    assert r.returncode == 1 and "--ray takes auto, HOST:PORT" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = cli(home, "backfill", "--ray-workers", "2", check=False)
+    assert r.returncode == 1 and "--ray-workers goes with --ray" in r.stderr
+
+
+def test_without_ray_or_milvus_nothing_imports_them(home, few_photos):
+    """The embedded default stays lean: a FAISS gallery's jobs import neither Ray nor pymilvus."""
+    code = (
+        "import sys; from search import Gallery; "
+        f"g = Gallery.open({str(home)!r}, store='faiss'); g.add([{str(few_photos / 'airplanes')!r}]); "
+        "g.backfill(); g.search(1, k=2); g.info(); g.close(); "
+        "bad = [m for m in ('ray', 'pymilvus', 'milvus_lite') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+# -- the Milvus store's own duties ---------------------------------------------------------
+
+@pytest.fixture
+def milvus_gallery(home, few_photos) -> Gallery:
+    pytest.importorskip("milvus_lite", reason="graceful[milvus] is not installed")
+    g = Gallery.open(home, create=True, store="milvus")
+    g.add([few_photos])
+    return g
+
+
+def test_milvus_collection_is_checked_against_the_catalog_on_open(milvus_gallery):
+    g = milvus_gallery
+    name = g.vector_store.collection("lite0")
+    assert g.index().ntotal == 12 and g.info()["vector_store"]["kind"] == "milvus"
+
+    g.index().remove([1, 2])  # someone deleted rows behind the catalog's back
+    g.close()
+    g = Gallery.open(g.home)
+    assert g.check().findings  # check names the problem before anything rebuilds it
+    report = {f.check: f for f in g.check().findings if f.check == "index"}
+    assert report["index"].status == "problem" and "10 vectors" in report["index"].detail
+    assert g.index().ntotal == 12 and any("Milvus collection" in n for n in g.notices)
+
+    g.vector_store.client.drop_collection(name)  # the collection lost entirely
+    g.close()
+    g = Gallery.open(g.home)
+    assert g.index().ntotal == 12
+    scores, ids = g.index().search(g.index().vectors([3]), 1)
+    assert ids[0, 0] == 3 and scores[0, 0] > 0.999
+    g.close()
+
+
+def test_moving_a_gallery_between_stores_keeps_every_search(home, few_photos):
+    pytest.importorskip("milvus_lite", reason="graceful[milvus] is not installed")
+    g = Gallery.open(home, create=True)
+    g.add([few_photos])
+    query = sorted((few_photos / "Motorbikes").iterdir())[1]
+    before = [h.image_id for h in g.search(query, k=12).hits]
+    with pytest.raises(GalleryError, match="reindex --store milvus"):
+        g.choose_store("milvus")  # a gallery with vectors moves only on purpose
+    g.close()
+
+    r = cli(home, "reindex", "--store", "milvus")
+    assert "(milvus store)" in r.stdout
+    g = Gallery.open(home)
+    assert g.vector_store.kind == "milvus" and (home / "milvus.db").is_dir()
+    assert [h.image_id for h in g.search(query, k=12).hits] == before
+    g.close()
+    cli(home, "reindex", "--store", "faiss")
+    g = Gallery.open(home)
+    assert g.vector_store.kind == "faiss"
+    assert [h.image_id for h in g.search(query, k=12).hits] == before
+    g.close()
+
+
+def test_milvus_lite_file_held_by_another_process_is_one_line(milvus_gallery):
+    g = milvus_gallery
+    g.index()  # this process holds the Milvus Lite file
+    env = {**os.environ, "GRACEFUL_HOME": str(g.home), "GRACEFUL_DB_TIMEOUT": "1"}
+    r = subprocess.run([*CLI, "info"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "open in another process" in r.stderr
+    assert "Traceback" not in r.stderr
+    g.close()
+    r = subprocess.run([*CLI, "info", "--json"], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout)["index"]["vectors"] == 12
