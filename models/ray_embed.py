@@ -18,6 +18,7 @@ import numpy as np
 K = TypeVar("K")
 
 IN_FLIGHT_PER_WORKER = 2  # batches queued per actor: keeps it busy while one result travels
+START_TIMEOUT = float(os.environ.get("GRACEFUL_RAY_START_TIMEOUT", "600"))  # s to load models
 
 
 @dataclass
@@ -68,7 +69,8 @@ class _Worker:
         from . import registry
 
         torch.set_num_threads(threads)
-        folder = Path(tempfile.mkdtemp(prefix="graceful-model-"))
+        self._files = tempfile.TemporaryDirectory(prefix="graceful-model-")  # gone with the actor
+        folder = Path(self._files.name)
         for fname, data in package.files.items():
             (folder / fname).write_bytes(data)
         self.model = registry.load(package.name, [folder])
@@ -129,14 +131,23 @@ class RayEmbedPool:
                  threads_per_worker: int = 1):
         import ray
 
+        self.actors: list = []
         self._started = connect(address)
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        self.workers = max(1, workers or cpus // threads_per_worker)
-        actor = ray.remote(num_cpus=threads_per_worker)(_Worker).options(
-            runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads_per_worker)}})
-        self.actors = [actor.remote(package, threads_per_worker) for _ in range(self.workers)]
-        # waits for every actor's model: a worker that cannot build it fails here, in one place
-        self.runtimes = sorted(set(ray.get([a.runtime.remote() for a in self.actors])))
+        try:
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            self.workers = max(1, workers or cpus // threads_per_worker)
+            if self.workers * threads_per_worker > cpus:
+                raise ValueError(f"{self.workers} Ray workers of {threads_per_worker} CPU need "
+                                 f"{self.workers * threads_per_worker} CPUs; the cluster has {cpus}")
+            actor = ray.remote(num_cpus=threads_per_worker)(_Worker).options(
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads_per_worker)}})
+            self.actors = [actor.remote(package, threads_per_worker) for _ in range(self.workers)]
+            # waits for every actor's model: a worker that cannot build it fails here, at once
+            self.runtimes = sorted(set(ray.get([a.runtime.remote() for a in self.actors],
+                                               timeout=START_TIMEOUT)))
+        except BaseException:
+            self.close()
+            raise
 
     def map(self, items: Iterable[tuple[K, bytes]], batch_size: int = 16
             ) -> Iterator[EncodedBatch[K]]:
@@ -183,5 +194,6 @@ class RayEmbedPool:
         for a in self.actors:
             ray.kill(a)
         self.actors = []
-        if self._started:
+        if self._started:  # a runtime this job started (or joined) ends with it
             ray.shutdown()
+            self._started = False

@@ -45,8 +45,12 @@ def decode_vectors(blobs: list[bytes], dim: int) -> np.ndarray:
         return np.frombuffer(joined, dtype=np.float16).reshape(len(blobs), dim).astype(np.float32)
     if len(joined) == len(blobs) * dim * 4:
         return np.frombuffer(joined, dtype=np.float32).reshape(len(blobs), dim)
-    return np.stack([decode_vectors([b], dim)[0] for b in blobs]) if blobs else \
-        np.zeros((0, dim), np.float32)
+    if not blobs:
+        return np.zeros((0, dim), np.float32)
+    if len(blobs) == 1:
+        raise sqlite3.DatabaseError(f"a stored vector is damaged ({len(joined)} bytes for "
+                                    f"{dim} dimensions)")
+    return np.stack([decode_vectors([b], dim)[0] for b in blobs])  # float16 and float32 mixed
 
 
 def as_stored(vectors: np.ndarray) -> np.ndarray:
@@ -188,6 +192,8 @@ class Catalog:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.migrate()
+        if self.get_state(self.COMPACT_PENDING) and self.compact():
+            self.set_state(self.COMPACT_PENDING, False)
 
     # -- schema ---------------------------------------------------------------------------
     @property
@@ -210,13 +216,18 @@ class Catalog:
                 MIGRATIONS[version](self.db)
                 self.db.execute(f"PRAGMA user_version = {version}")
         if 0 < start < 3:  # float16 vectors: give the freed half back, in larger pages
-            self.compact()
+            self.set_state(self.COMPACT_PENDING, True)
 
     def compact(self) -> bool:
-        """Rewrite the file with PAGE_SIZE pages and no free space (needs the gallery to itself:
-        False, and nothing changed, when another connection is using it)."""
+        """Rewrite the file with PAGE_SIZE pages and no free space. It needs the gallery to
+        itself: when another connection is using it, nothing changes, False at once (no wait),
+        and the next open tries again."""
+        timeout = self.db.execute("PRAGMA busy_timeout").fetchone()[0]
+        self.db.execute("PRAGMA busy_timeout = 0")
         try:
             self.db.execute("PRAGMA journal_mode=DELETE")  # page size changes only outside WAL
+            if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "delete":
+                return False
             self.db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             self.db.execute("VACUUM")
             return True
@@ -224,6 +235,7 @@ class Catalog:
             return False
         finally:
             self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA busy_timeout = {timeout}")
 
     def transaction(self):
         return _Transaction(self.db.conn)
@@ -240,7 +252,7 @@ class Catalog:
     ACTIVE_MODEL, MODEL_HISTORY, INDEX_KIND, LOG_QUERIES = (
         "active_model", "model_history", "index_kind", "log_queries")
     VECTOR_STORE, STORE_SYNCED, GALLERY_ID = "vector_store", "store_synced", "gallery_id"
-    RUNTIMES = "runtimes"
+    RUNTIMES, COMPACT_PENDING = "runtimes", "compact_pending"
 
     @property
     def active_model(self) -> str | None:
@@ -267,8 +279,11 @@ class Catalog:
         "uri": ...}; None for a gallery that never chose (it uses FAISS index files)."""
         return self.get_state(self.VECTOR_STORE)
 
-    def set_vector_store(self, config: dict) -> None:
-        self.set_state(self.VECTOR_STORE, config)
+    def set_vector_store(self, config: dict | None) -> None:
+        if config is None:
+            self.db.execute("DELETE FROM state WHERE key = ?", [self.VECTOR_STORE])
+        else:
+            self.set_state(self.VECTOR_STORE, config)
         self.set_state(self.STORE_SYNCED, {})  # nothing is known to be in the new store yet
 
     def gallery_id(self) -> str:
@@ -538,6 +553,9 @@ class Catalog:
             vecs = decode_vectors([r[1] for r in rows], dim)
             yield ServingChunk(ids, vecs, [r[2] for r in rows],
                                np.fromiter((r[3] for r in rows), dtype=np.int64, count=len(rows)))
+
+    def has_vectors(self) -> bool:
+        return self.db.execute("SELECT EXISTS (SELECT 1 FROM vectors)").fetchone()[0] == 1
 
     def count_served(self, space: str) -> int:
         """How many images have a vector in `space` (each is served exactly once)."""

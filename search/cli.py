@@ -255,8 +255,9 @@ def reindex_cmd(obj: Context, kind, store, milvus_uri) -> None:
             raise GalleryError("the gallery is empty: nothing to index")
         t0 = _time.perf_counter()
         if store or milvus_uri:
-            gallery.choose_store(store, milvus_uri, move=True)
-        built = gallery.rebuild_index(kind=kind)
+            gallery.choose_store(store, milvus_uri, move=True)  # fills the new store
+        built = (gallery.rebuild_index(kind=kind) if kind or not (store or milvus_uri)
+                 else gallery.index().kind)
     except GalleryError as e:
         fail(e)
     click.echo(f"rebuilt the {gallery.space} index ({built}, setting {gallery.index_kind}) with "

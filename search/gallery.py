@@ -108,7 +108,7 @@ class Gallery:
             raise GalleryError(f"cannot open the gallery at {home}: {friendly(e)}") from None
         store = store or os.environ.get("GRACEFUL_STORE") or None
         milvus_uri = milvus_uri or os.environ.get("GRACEFUL_MILVUS_URI") or None
-        if (store or milvus_uri) and not gallery.catalog.vector_counts():
+        if (store or milvus_uri) and not gallery.catalog.has_vectors():
             try:
                 gallery.choose_store(store, milvus_uri)
             except GalleryError:
@@ -327,7 +327,8 @@ class Gallery:
             if current is None:
                 self.catalog.set_vector_store(config)
             return config
-        if self.catalog.vector_counts() and not move:
+        has_vectors = self.catalog.has_vectors()
+        if has_vectors and not move:
             where = (current or {"kind": "faiss"})
             raise GalleryError(
                 f"this gallery keeps its vectors in {where['kind']}"
@@ -335,13 +336,27 @@ class Gallery:
                 + f"; to move them to {config['kind']} run `graceful reindex --store {config['kind']}"
                 + (f" --milvus-uri {milvus_uri}" if milvus_uri else "") + "`")
         with self.lock:
-            if self._vector_store is not None:
-                self._vector_store.close()
-                self._vector_store = None
-            self._indexes.clear()
-            with self.catalog.transaction():
-                self.catalog.set_vector_store(config)
+            self._switch_store(config)
+            if has_vectors and self.space:
+                try:  # fill the new store now: a store that cannot be filled is not kept
+                    self.rebuild_index(self.space)
+                except BaseException as e:
+                    self._switch_store(current)
+                    if isinstance(e, GalleryError):
+                        raise
+                    raise GalleryError(f"could not fill {config['kind']} "
+                                       f"({config.get('uri') or 'index files'}): {e}; the gallery "
+                                       f"stays on {(current or {'kind': 'faiss'})['kind']}") from None
         return config
+
+    def _switch_store(self, config: dict | None) -> None:
+        """Record `config` (None: never chosen, i.e. FAISS) and drop what served the old one."""
+        if self._vector_store is not None:
+            self._vector_store.close()
+            self._vector_store = None
+        self._indexes.clear()
+        with self.catalog.transaction():
+            self.catalog.set_vector_store(config)
 
     def index(self, space: str | None = None) -> SpaceVectors | None:
         """The in-memory index of `space` (default: the active one), refreshed if stale."""
@@ -411,7 +426,7 @@ class Gallery:
                 if idx.version == self.catalog.space_version(idx.space):
                     try:
                         self.vector_store.save(idx, self.catalog)
-                    except OSError as e:
+                    except (OSError, GalleryError) as e:
                         self.notices.append(f"could not save the {idx.space} index file "
                                             f"({friendly(e)}); it is rebuilt from the catalog "
                                             f"next time")

@@ -67,9 +67,17 @@ def train_compressed(vectors: np.ndarray, kind: str, n: int, seed: int = 0) -> f
     return index
 
 
-def train_ivf(vectors: np.ndarray, nprobe: int = DEFAULT_NPROBE, seed: int = 0) -> faiss.Index:
+def ivf_lists(n: int) -> int:
+    """~4·sqrt(N) lists (faiss wants >= 39 training points a list); Milvus uses the same."""
+    return int(min(max(64, 4 * np.sqrt(n)), n / 39, 16384))
+
+
+def train_ivf(vectors: np.ndarray, nprobe: int = DEFAULT_NPROBE, seed: int = 0,
+              nlist: int | None = None) -> faiss.Index:
+    """An empty IVF-Flat index trained on `vectors` (all of them, or a sample of the N to come:
+    then pass `nlist` = ivf_lists(N))."""
     n, dim = vectors.shape
-    nlist = int(min(max(64, 4 * np.sqrt(n)), n / 39, 16384))  # faiss wants >= 39 points a list
+    nlist = min(nlist or ivf_lists(n), max(1, n // 39))
     quantizer = faiss.IndexFlatIP(dim)
     ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     ivf.cp.niter = 10  # k-means iterations: enough for retrieval, 2.5x cheaper than the default
@@ -231,9 +239,9 @@ class SpaceIndex:
             n = catalog.count_served(space)
             built = effective_kind(kind, n)
             if built == "ivf":
-                sample = training_sample(catalog, space, n, min(n, 40 * int(
-                    min(max(64, 4 * np.sqrt(n)), n / 39, 16384))))
-                index = cls(space, dim, train_ivf(sample, nprobe), version, "ivf")
+                sample = training_sample(catalog, space, n, min(n, 40 * ivf_lists(n)))
+                index = cls(space, dim, train_ivf(sample, nprobe, nlist=ivf_lists(n)), version,
+                            "ivf")
             elif built in COMPRESSED:
                 sample = training_sample(catalog, space, n, min(n, TRAIN_SAMPLE))
                 index = cls(space, dim, train_compressed(sample, built, n), version, built)

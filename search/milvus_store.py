@@ -11,6 +11,8 @@ ahead of the catalog or of the wrong size is rebuilt from the catalog.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import re
@@ -22,12 +24,33 @@ import numpy as np
 
 from .catalog import Catalog
 from .errors import GalleryError
-from .index import DEFAULT_NPROBE, effective_kind
+from .index import DEFAULT_NPROBE, effective_kind, ivf_lists
 
 TOKEN_ENV = "GRACEFUL_MILVUS_TOKEN"
 WRITE_ROWS = 2000  # rows per upsert: 1280-d float32 rows stay far below gRPC's message limit
 READ_ROWS = 1000  # ids per get, queries per search call
 MAX_LIMIT = 16384  # Milvus caps top-k
+
+
+def _said(method):
+    """Errors from Milvus (a server gone, a collection dropped mid-call, a bad value) become one
+    GalleryError line naming the Milvus, instead of a traceback."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except GalleryError:
+            raise
+        except Exception as e:
+            try:
+                from pymilvus.exceptions import MilvusException
+            except ImportError:  # pragma: no cover
+                raise e from None
+            if not isinstance(e, MilvusException):
+                raise
+            text = str(getattr(e, "message", "") or e).splitlines()[0]
+            raise GalleryError(f"Milvus at {self.uri}: {text}") from None
+    return wrapper
 
 
 def milvus_kind(kind: str, n: int) -> str:
@@ -50,8 +73,10 @@ def collection_name(gallery_id: str, space: str) -> str:
 class MilvusSpace:
     """The vectors of one space in one collection; the same surface as search.index.SpaceIndex."""
 
-    def __init__(self, client, collection: str, space: str, dim: int, version: int, kind: str):
+    def __init__(self, client, collection: str, space: str, dim: int, version: int, kind: str,
+                 uri: str = ""):
         self.client = client
+        self.uri = uri
         self.collection = collection
         self.space = space
         self.dim = dim
@@ -60,10 +85,12 @@ class MilvusSpace:
 
     # -- reads ----------------------------------------------------------------------------
     @property
+    @_said
     def ntotal(self) -> int:
         rows = self.client.query(self.collection, filter="", output_fields=["count(*)"])
         return int(rows[0]["count(*)"]) if rows else 0
 
+    @_said
     def ids(self) -> np.ndarray:
         out = []
         it = self.client.query_iterator(self.collection, batch_size=10000, filter="id >= 0",
@@ -75,6 +102,7 @@ class MilvusSpace:
             it.close()
         return np.array(sorted(out), dtype=np.int64)
 
+    @_said
     def vectors(self, ids) -> np.ndarray:
         ids = [int(i) for i in ids]
         if not ids:
@@ -89,6 +117,7 @@ class MilvusSpace:
             raise KeyError(f"image ids not in the {self.space} collection: {missing[:5]}")
         return np.asarray([by_id[i] for i in ids], dtype=np.float32)
 
+    @_said
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = max(1, min(k, MAX_LIMIT))
@@ -108,6 +137,7 @@ class MilvusSpace:
         return scores[:, :width], ids[:, :width]
 
     # -- writes ---------------------------------------------------------------------------
+    @_said
     def upsert(self, ids, vectors, models=None, seqs=None) -> None:
         ids = np.asarray(ids, dtype=np.int64)
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -117,14 +147,17 @@ class MilvusSpace:
         for start in range(0, n, WRITE_ROWS):
             end = min(n, start + WRITE_ROWS)
             self.client.upsert(self.collection, [
-                {"id": int(ids[i]), "vector": vectors[i], "model": models[i], "seq": int(seqs[i])}
+                {"id": int(ids[i]), "vector": vectors[i], "model": models[i][:255],
+                 "seq": int(seqs[i])}
                 for i in range(start, end)])
 
+    @_said
     def remove(self, ids) -> None:
         ids = [int(i) for i in ids]
         if ids:
             self.client.delete(self.collection, ids=ids)
 
+    @_said
     def catch_up(self, catalog: Catalog) -> int:
         """Apply the vectors written since this collection's version (by any process)."""
         with catalog.snapshot():
@@ -173,6 +206,7 @@ class MilvusStore:
         return collection_name(self.gallery_id, space)
 
     # -- the store interface (as search.index.FaissStore) ---------------------------------
+    @_said
     def open(self, catalog: Catalog, space: str, kind: str) -> tuple[MilvusSpace, str]:
         """The collection of `space`, caught up or rebuilt to agree with the catalog."""
         why = self._why_not_current(catalog, space, kind)
@@ -182,7 +216,7 @@ class MilvusStore:
         name = self.collection(space)
         self.client.load_collection(name)
         idx = MilvusSpace(self.client, name, space, catalog.space_dim(space), synced["version"],
-                          synced["kind"])
+                          synced["kind"], self.uri)
         if idx.version == catalog.space_version(space):
             return idx, "loaded"
         n = idx.catch_up(catalog)
@@ -201,12 +235,13 @@ class MilvusStore:
         if synced["version"] > catalog.space_version(space):
             return "ahead of the catalog"
         self.client.load_collection(name)
-        held = MilvusSpace(self.client, name, space, 0, 0, "").ntotal
+        held = MilvusSpace(self.client, name, space, 0, 0, "", self.uri).ntotal
         expected = catalog.count_served(space)
         if synced["version"] == catalog.space_version(space) and held != expected:
             return f"holding {held} vectors, the catalog serves {expected}"
         return None
 
+    @_said
     def build(self, catalog: Catalog, space: str, kind: str) -> MilvusSpace:
         from pymilvus import DataType, MilvusClient
 
@@ -228,12 +263,12 @@ class MilvusStore:
             version = catalog.space_version(space)
             n = catalog.count_served(space)
             built = milvus_kind(kind, n)
-            idx = MilvusSpace(self.client, name, space, dim, version, built)
+            idx = MilvusSpace(self.client, name, space, dim, version, built, self.uri)
             for chunk in catalog.serving_rows(space, batch=WRITE_ROWS):
                 idx.upsert(chunk.ids, chunk.vectors, chunk.models, chunk.seqs)
         params = self.client.prepare_index_params()
         if built == "ivf":
-            nlist = int(min(max(64, 4 * np.sqrt(n)), max(1, n // 39), 16384))
+            nlist = ivf_lists(n)
             params.add_index(field_name="vector", index_type="IVF_FLAT", metric_type="IP",
                              params={"nlist": nlist})
         else:
@@ -243,18 +278,20 @@ class MilvusStore:
         self.save(idx, catalog)
         return idx
 
+    @_said
     def save(self, index: MilvusSpace, catalog: Catalog) -> None:
         """Record what the collection now holds (after Milvus has persisted the writes)."""
         self.client.flush(index.collection)
         catalog.set_store_synced(index.space, {"version": index.version, "kind": index.kind})
 
+    @_said
     def verify(self, catalog: Catalog, space: str) -> str | None:
         kind = (catalog.store_synced(space) or {}).get("kind", "auto")
         return self._why_not_current(catalog, space, kind)
 
 
 _lite_users: dict[str, int] = {}  # open clients per Milvus Lite file in this process
-_lite_lock = threading.Lock()
+_lite_lock = threading.Lock()  # held across wait + connect + count, and uncount + release
 
 
 def _release_lite(uri: str) -> None:
@@ -266,9 +303,9 @@ def _release_lite(uri: str) -> None:
         if _lite_users[key] > 0:
             return
         del _lite_users[key]
-    from milvus_lite.server_manager import server_manager_instance
+        from milvus_lite.server_manager import server_manager_instance
 
-    server_manager_instance.release_server(key)
+        server_manager_instance.release_server(key)
 
 
 def connect(uri: str):
@@ -278,7 +315,8 @@ def connect(uri: str):
     except ImportError:
         raise GalleryError("this gallery keeps its vectors in Milvus: install the extra "
                            "(pip install 'graceful[milvus]')") from None
-    if is_local(uri):
+    local = is_local(uri)
+    if local:
         try:
             import milvus_lite  # noqa: F401
         except ImportError:
@@ -287,35 +325,34 @@ def connect(uri: str):
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
     for name in ("pymilvus", "milvus_lite"):  # quiet library defaults; errors are said below
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    if is_local(uri):
-        _wait_for_lite_lock(uri)
-    try:
-        client = MilvusClient(uri=uri, token=os.environ.get(TOKEN_ENV, ""))
-    except Exception as e:  # pymilvus raises its own types, or a bare one from milvus-lite
-        text = str(e).splitlines()[0] if str(e) else repr(e)
-        if is_local(uri):
-            raise GalleryError(f"cannot open the Milvus Lite file {uri} ({text})") from None
-        raise GalleryError(f"cannot reach Milvus at {uri}: {text}") from None
-    if is_local(uri):
-        with _lite_lock:
-            key = os.path.abspath(uri)
+    with (_lite_lock if local else contextlib.nullcontext()):
+        key = os.path.abspath(uri)
+        if local and key not in _lite_users:
+            _wait_for_lite_lock(uri)
+        try:
+            client = MilvusClient(uri=uri, token=os.environ.get(TOKEN_ENV, ""))
+        except Exception as e:  # pymilvus raises its own types, or a bare one from milvus-lite
+            text = str(e).splitlines()[0] if str(e) else repr(e)
+            if local:
+                raise GalleryError(f"cannot open the Milvus Lite file {uri} ({text})") from None
+            raise GalleryError(f"cannot reach Milvus at {uri}: {text}") from None
+        if local:
             _lite_users[key] = _lite_users.get(key, 0) + 1
     return client
 
 
 def _wait_for_lite_lock(uri: str) -> None:
-    """Milvus Lite lets one process at a time open a file (this one may already hold it). Wait
-    for another process to let go as long as a busy catalog is waited for, then say so."""
+    """Milvus Lite lets one process at a time open a file. Wait for another process to let go
+    as long as a busy catalog is waited for, then say so. (Called with _lite_lock held, when
+    this process does not hold the file.)"""
     import fcntl
     import time
 
     from .catalog import db_timeout
 
-    key = os.path.abspath(uri)
-    lock = Path(key) / "LOCK"
-    with _lite_lock:
-        if key in _lite_users or not lock.exists():
-            return
+    lock = Path(os.path.abspath(uri)) / "LOCK"
+    if not lock.exists():
+        return
     deadline = time.monotonic() + db_timeout()
     while True:
         fd = os.open(lock, os.O_RDWR)

@@ -40,7 +40,7 @@ def open_pool(gallery: "Gallery", model: "Embedder", options: RayOptions
 
     prepare_auth(options.address)
     try:
-        import ray  # noqa: F401
+        import ray
     except ImportError:
         raise GalleryError("--ray needs Ray: pip install 'graceful[ray]'") from None
 
@@ -50,7 +50,37 @@ def open_pool(gallery: "Gallery", model: "Embedder", options: RayOptions
         pool = RayEmbedPool(package, options.address, options.workers, options.threads_per_worker)
     except ConnectionError as e:
         raise GalleryError(f"cannot reach the Ray cluster at {options.address}: {e}") from None
+    except ValueError as e:
+        raise GalleryError(str(e)) from None
+    except ray.exceptions.GetTimeoutError:
+        raise GalleryError("the Ray workers did not start in time (is the cluster short of "
+                           "CPUs or memory? `ray status` says)") from None
+    except ray.exceptions.RayError as e:
+        raise GalleryError(f"the Ray workers could not load {model.name}: {_first_line(e)}") from None
     try:
-        yield pool
+        yield _Said(pool)
     finally:
         pool.close()
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[-1] if lines else repr(e)  # Ray puts the worker's own error last
+
+
+class _Said:
+    """The pool, with a worker's failure during a job as one line (committed batches stay;
+    running the command again resumes)."""
+
+    def __init__(self, pool: "RayEmbedPool"):
+        self.pool = pool
+        self.runtimes = pool.runtimes
+
+    def map(self, items, batch_size: int = 16):
+        import ray
+
+        try:
+            yield from self.pool.map(items, batch_size)
+        except ray.exceptions.RayError as e:
+            raise GalleryError(f"a Ray worker failed: {_first_line(e)}; what was committed is "
+                               "kept: run the command again to resume") from None

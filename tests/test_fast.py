@@ -79,7 +79,12 @@ def test_vectors_are_stored_as_float16_and_old_catalogs_migrate(tmp_path):
     cat.close()
     with sqlite3.connect(old) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert db.execute("PRAGMA page_size").fetchone()[0] == 65536
     assert old.stat().st_size < 0.7 * before  # the migration gave the space back
+
+    from search.catalog import decode_vectors
+    with pytest.raises(sqlite3.DatabaseError, match="damaged"):
+        decode_vectors([b"\x00" * 3], 1280)
 
 
 def test_catalog_albums_members_and_serving_vectors(tmp_path):

@@ -139,6 +139,9 @@ def test_ray_auto_starts_a_local_runtime_and_bad_addresses_are_one_line(home, fe
     assert "Traceback" not in r.stderr
     r = cli(home, "backfill", "--ray-workers", "2", check=False)
     assert r.returncode == 1 and "--ray-workers goes with --ray" in r.stderr
+    r = cli(home, "reembed", "lite1", "--ray", "auto", "--ray-workers", "64", check=False)
+    assert r.returncode == 1 and "need 64 CPUs; the cluster has" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_without_ray_or_milvus_nothing_imports_them(home, few_photos):
@@ -196,6 +199,11 @@ def test_moving_a_gallery_between_stores_keeps_every_search(home, few_photos):
         g.choose_store("milvus")  # a gallery with vectors moves only on purpose
     g.close()
 
+    r = cli(home, "reindex", "--store", "milvus", "--milvus-uri", "http://127.0.0.1:1", check=False)
+    assert r.returncode == 1 and "cannot reach Milvus at http://127.0.0.1:1" in r.stderr
+    g = Gallery.open(home)  # a store that could not be filled is not kept
+    assert g.vector_store.kind == "faiss" and [h.image_id for h in g.search(query, k=12).hits] == before
+    g.close()
     r = cli(home, "reindex", "--store", "milvus")
     assert "(milvus store)" in r.stdout
     g = Gallery.open(home)
