@@ -63,3 +63,11 @@ def caltech_files(split: str, n: int) -> list[Path]:
     files = sorted((CALTECH / split).rglob("*.jpg"))
     rng = np.random.default_rng(0)
     return [files[i] for i in sorted(rng.choice(len(files), size=min(n, len(files)), replace=False))]
+
+
+def synthetic_vectors(centers: np.ndarray, n: int, rng, noise: float = 0.02) -> np.ndarray:
+    """Photo-like vectors: real lite0 embeddings plus noise (random Gaussians in 1280-d have no
+    neighbourhood structure, which would make any approximate index look arbitrarily bad)."""
+    x = centers[rng.integers(0, len(centers), n)]
+    x = x + noise * rng.standard_normal(x.shape, dtype=np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 
-from bench.common import (caltech_files, machine, peak_rss_mib, percentiles, rss_mib, timed,
-                          write_json)
+from bench.common import (caltech_files, machine, peak_rss_mib, percentiles, rss_mib,
+                          synthetic_vectors, timed, write_json)
 from search.runtime import configure_threads
 
 
@@ -64,14 +64,6 @@ def forward_vs_ingest(n_images: int, model_name: str, batch: int) -> dict:
         "rss_during_ingest_mib": [(int(a), round(b, 1)) for a, b in rss_samples],
         "rss_growth_mib_per_1000_images_second_half": round(slope, 2),
     }
-
-
-def synthetic_vectors(centers: np.ndarray, n: int, rng, noise: float = 0.02) -> np.ndarray:
-    """Photo-like vectors: real lite0 embeddings plus noise (random Gaussians in 1280-d have no
-    neighbourhood structure, which would make any approximate index look arbitrarily bad)."""
-    x = centers[rng.integers(0, len(centers), n)]
-    x = x + noise * rng.standard_normal(x.shape, dtype=np.float32)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def query_latency(size: int, repeat: int, embed_ms: float, centers: np.ndarray,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import CALTECH, machine, write_json
+from bench.common import CALTECH, machine, synthetic_vectors, write_json
 from search.runtime import configure_threads
 
 SERVE = r"""
@@ -83,9 +83,9 @@ def build_catalog(home: Path, real: np.ndarray, size: int) -> tuple[float, float
     for start in range(1, size + 1, 50_000):
         n = min(50_000, size + 1 - start)
         if start == 1:
-            x = np.concatenate([real, synthetic(real, n - len(real), rng)])
+            x = np.concatenate([real, synthetic_vectors(real, n - len(real), rng)])
         else:
-            x = synthetic(real, n, rng)
+            x = synthetic_vectors(real, n, rng)
         with g.catalog.transaction():
             g.catalog.put_vectors(list(range(start, start + n)), x, "lite0", "lite0")
     seconds = time.perf_counter() - t0
@@ -102,12 +102,6 @@ def build_catalog(home: Path, real: np.ndarray, size: int) -> tuple[float, float
         except sqlite3.OperationalError:
             vector_bytes = None
     return seconds, db.stat().st_size / size, (vector_bytes / size if vector_bytes else None)
-
-
-def synthetic(real: np.ndarray, n: int, rng, noise: float = 0.02) -> np.ndarray:
-    x = real[rng.integers(0, len(real), n)]
-    x = x + noise * rng.standard_normal(x.shape, dtype=np.float32)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def exact_top10(home: Path, queries: np.ndarray) -> np.ndarray:
@@ -204,7 +198,7 @@ def main() -> None:
                               if vector_rows else None}
             print(out["catalog"], flush=True)
         rng = np.random.default_rng(99)
-        queries = {"synthetic": synthetic(real, args.queries, rng),
+        queries = {"synthetic": synthetic_vectors(real, args.queries, rng),
                    "caltech": real[rng.choice(len(real), args.queries, replace=False)]}
         t0 = time.perf_counter()
         truth = {k: exact_top10(home, q) for k, q in queries.items()}

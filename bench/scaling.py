@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import caltech_files, machine, percentiles, rss_mib, timed, write_json
+from bench.common import (caltech_files, machine, percentiles, rss_mib, synthetic_vectors,
+                          timed, write_json)
 from search.runtime import configure_threads
 
 NEW = "lite2-compat-lite0"
@@ -36,12 +37,6 @@ def photo_like_centers(n: int = 300) -> np.ndarray:
 
     images = [decode(f.read_bytes(), model.info.image_size).image for f in caltech_files("test", n)]
     return model.embed_images(images)
-
-
-def synthetic_vectors(centers: np.ndarray, n: int, rng, noise: float = 0.02) -> np.ndarray:
-    x = centers[rng.integers(0, len(centers), n)]
-    x = x + noise * rng.standard_normal(x.shape, dtype=np.float32)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def fill_catalog(home: Path, size: int, centers: np.ndarray, space: str = "lite0"):

@@ -101,9 +101,9 @@ def check(gallery: Gallery, repair: bool = False,
             report.add("index", "ok", f"{space}: {served} vectors ({store.kind})")
         elif repair:
             gallery.rebuild_index(space)
-            report.add("index", "repaired", f"{space}: the index file was {why}: rebuilt from the catalog")
+            report.add("index", "repaired", f"{space}: the {store.noun} was {why}: rebuilt from the catalog")
         else:
-            report.add("index", "problem", f"{space}: the index file is {why}",
+            report.add("index", "problem", f"{space}: the {store.noun} is {why}",
                        "graceful check --repair (rebuilds it from the catalog)")
 
     names = {m["name"] for m in cat.models()}

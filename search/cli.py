@@ -63,6 +63,16 @@ def fail(e: Exception) -> None:
     raise click.ClickException(str(e))
 
 
+def ray_flags(command):
+    """`--ray [ADDRESS]` and `--ray-workers N`, the same on every embedding command."""
+    command = click.option("--ray-workers", type=click.IntRange(min=1),
+                           help="Ray workers (default: one per CPU).")(command)
+    return click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None,
+                        metavar="[ADDRESS]", help="Decode and embed on Ray workers: auto (a local "
+                        "Ray runtime for this job), HOST:PORT or ray://HOST:PORT of a cluster. "
+                        "Needs graceful[ray].")(command)
+
+
 def ray_options(address: str | None, workers: int | None):
     """`--ray [ADDRESS] --ray-workers N` as RayOptions, or None without --ray."""
     if address is None:
@@ -99,11 +109,7 @@ def cli(ctx: click.Context, home: Path | None, threads: int | None) -> None:
               "its vectors from: faiss index files (default) or Milvus. Kept for the gallery.")
 @click.option("--milvus-uri", help="Milvus for --store milvus: a Milvus Lite file (default "
               "GALLERY/milvus.db) or http://HOST:19530 (token in GRACEFUL_MILVUS_TOKEN).")
-@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None,
-              metavar="[ADDRESS]", help="Decode and embed on Ray workers: auto (a local Ray "
-              "runtime for this job), HOST:PORT or ray://HOST:PORT of a cluster. Needs "
-              "graceful[ray].")
-@click.option("--ray-workers", type=click.IntRange(min=1), help="Ray workers (default: one per CPU).")
+@ray_flags
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 def index_cmd(obj: Context, paths, model_name, batch_size, workers, album, no_album, store,
@@ -364,11 +370,7 @@ def rollback_cmd(obj: Context, as_json) -> None:
 @click.option("--curve", "curve_dir", type=click.Path(path_type=Path),
               help="Labelled query folder: record quality vs fraction backfilled (saved report).")
 @click.option("--batch-size", default=16, show_default=True)
-@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None,
-              metavar="[ADDRESS]", help="Decode and embed on Ray workers: auto (a local Ray "
-              "runtime for this job), HOST:PORT or ray://HOST:PORT of a cluster. Needs "
-              "graceful[ray].")
-@click.option("--ray-workers", type=click.IntRange(min=1), help="Ray workers (default: one per CPU).")
+@ray_flags
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def backfill_cmd(obj: Context, order, limit, show_status, curve_dir, batch_size, ray_address,
@@ -411,11 +413,7 @@ def backfill_cmd(obj: Context, order, limit, show_status, curve_dir, batch_size,
 @click.argument("name")
 @click.option("--no-switch", is_flag=True, help="Build the new index but keep the current model.")
 @click.option("--batch-size", default=16, show_default=True)
-@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None,
-              metavar="[ADDRESS]", help="Decode and embed on Ray workers: auto (a local Ray "
-              "runtime for this job), HOST:PORT or ray://HOST:PORT of a cluster. Needs "
-              "graceful[ray].")
-@click.option("--ray-workers", type=click.IntRange(min=1), help="Ray workers (default: one per CPU).")
+@ray_flags
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def reembed_cmd(obj: Context, name, no_switch, batch_size, ray_address, ray_workers, as_json) -> None:

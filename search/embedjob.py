@@ -7,17 +7,18 @@ derived from the catalog, so re-running resumes.
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from typing import Callable
 
 from tqdm import tqdm
 
-from models.embedder import Embedder, embed_batches
+from models.embedder import Embedder
 from models.progress import Progress
 
 from .gallery import Gallery
 from models.imageio import BadImage, decode
 from models.pipeline import prefetch_map
-from .raypool import RayOptions, open_pool
+from .raypool import RayOptions, embedded
 
 
 JobProgress = Progress  # the name this module has always exported
@@ -67,21 +68,13 @@ def embed_stored(gallery: Gallery, model: Embedder, image_ids: list[int], job: s
         return not (should_stop and should_stop())
 
     try:
-        if ray is None:
-            gallery.catalog.note_runtime(model.name, [model.runtime])
-            for batch_ids, vectors in embed_batches(model, loaded(), batch_size):
-                if not write(batch_ids, vectors):
+        with closing(embedded(gallery, model, loaded(), batch_size, ray)) as batches:
+            for done in batches:
+                state.failed += len(done.failed)  # reported by a Ray worker
+                bar.update(len(done.failed))
+                if done.keys and not write(done.keys, done.vectors):
                     state.interrupted = True
                     break
-        else:
-            with open_pool(gallery, model, ray) as pool:
-                gallery.catalog.note_runtime(model.name, pool.runtimes)
-                for done in pool.map(loaded(), batch_size):
-                    state.failed += len(done.failed)
-                    bar.update(len(done.failed))
-                    if done.keys and not write(done.keys, done.vectors):
-                        state.interrupted = True
-                        break
     except KeyboardInterrupt:
         state.interrupted = True
     finally:

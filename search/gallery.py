@@ -373,8 +373,8 @@ class Gallery:
             elif current is None or current.version != version:
                 current, how = self.vector_store.open(self.catalog, space, self.index_kind)
                 if how.startswith("rebuilt") and "missing" not in how:
-                    what = "index file" if self.vector_store.kind == "faiss" else "Milvus collection"
-                    self.notices.append(f"the {space} {what} was {how[len('rebuilt ('):-1]}: "
+                    self.notices.append(f"the {space} {self.vector_store.noun} was "
+                                        f"{how[len('rebuilt ('):-1]}: "
                                         f"rebuilt it from the catalog")
                 self._indexes[space] = current
             return current
@@ -427,7 +427,8 @@ class Gallery:
                     try:
                         self.vector_store.save(idx, self.catalog)
                     except (OSError, GalleryError) as e:
-                        self.notices.append(f"could not save the {idx.space} index file "
+                        self.notices.append(f"could not save the {idx.space} "
+                                            f"{self.vector_store.noun} "
                                             f"({friendly(e)}); it is rebuilt from the catalog "
                                             f"next time")
 

@@ -288,6 +288,7 @@ class FaissStore:
     held in this process's memory."""
 
     kind = "faiss"
+    noun = "index file"  # what holds one space's vectors, in messages
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)

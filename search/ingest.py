@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -16,7 +17,7 @@ from typing import Callable, Iterable
 import torch
 from tqdm import tqdm
 
-from models.embedder import Embedder, embed_batches
+from models.embedder import Embedder
 from models.progress import Progress
 
 from .catalog import ReadOnlyCatalog, album_of_source
@@ -24,7 +25,7 @@ from .files import collect_files
 from .gallery import Gallery
 from models.imageio import BadImage, decode, read_photo_file
 from models.pipeline import prefetch_map
-from .raypool import RayOptions, open_pool
+from .raypool import RayOptions, embedded
 from .store import sha256_bytes
 
 EXT_BY_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp",
@@ -133,14 +134,17 @@ def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None
     bar = tqdm(total=len(files), unit="img", desc=f"indexing with {model.name}",
                disable=not progress, dynamic_ncols=True)
 
+    def skip(item: _Item, reason: str) -> None:
+        report.skipped.append((str(item.path), reason))
+        state.failed += 1
+        bar.write(f"skipped {item.path}: {reason}", file=sys.stderr)
+
     def new_photos():
         """Decoded photos not in the gallery yet; counts and reports everything else."""
         for item in prefetch_map(loader, files, workers=workers):
             report.seen += 1
             if item.status == "skipped":
-                report.skipped.append((str(item.path), item.reason))
-                state.failed += 1
-                bar.write(f"skipped {item.path}: {item.reason}", file=sys.stderr)
+                skip(item, item.reason)
             elif item.status == "duplicate" or item.sha256 in seen_in_run:
                 report.duplicates += 1
                 if item.status == "duplicate" and item.data:  # its stored file was lost
@@ -176,26 +180,15 @@ def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None
         gallery.sync_index(model.space, ids, vectors, model.name)
         report.added += len(batch)
 
-    def skip(item: _Item, reason: str) -> None:
-        report.skipped.append((str(item.path), reason))
-        state.failed += 1
-        bar.write(f"skipped {item.path}: {reason}", file=sys.stderr)
-
     try:
-        if ray is None:
-            gallery.catalog.note_runtime(model.name, [model.runtime])
-            for batch, vectors in embed_batches(model, new_photos(), batch_size):
-                commit(batch, vectors)
-        else:
-            with open_pool(gallery, model, ray) as pool:
-                gallery.catalog.note_runtime(model.name, pool.runtimes)
-                for done in pool.map(new_photos(), batch_size):
-                    for item, reason in done.failed:
-                        skip(item, reason)
-                    for item, info in zip(done.keys, done.infos):
-                        item.width, item.height, item.format = info.width, info.height, info.format
-                    if done.keys:
-                        commit(done.keys, done.vectors)
+        with closing(embedded(gallery, model, new_photos(), batch_size, ray)) as batches:
+            for done in batches:
+                for item, reason in done.failed:  # reported by a Ray worker
+                    skip(item, reason)
+                for item, info in zip(done.keys, done.infos):  # decoded by a Ray worker
+                    item.width, item.height, item.format = info.width, info.height, info.format
+                if done.keys:
+                    commit(done.keys, done.vectors)
         if regrouped:
             gallery.catalog.set_album_by_sha(regrouped, album)
     except KeyboardInterrupt:

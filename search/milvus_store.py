@@ -176,6 +176,7 @@ class MilvusStore:
     """Collections of one gallery in one Milvus (Lite file, server or cluster)."""
 
     kind = "milvus"
+    noun = "Milvus collection"  # what holds one space's vectors, in messages
 
     def __init__(self, uri: str, gallery_id: str):
         self.uri = uri

@@ -5,13 +5,13 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from .errors import GalleryError
 
 if TYPE_CHECKING:
     from models.embedder import Embedder
-    from models.ray_embed import RayEmbedPool
+    from models.ray_embed import EncodedBatch, RayEmbedPool
 
     from .gallery import Gallery
 
@@ -31,6 +31,24 @@ class RayOptions:
         if self.workers is not None and self.workers < 1:
             raise GalleryError("--ray-workers must be at least 1")
         return self
+
+
+def embedded(gallery: "Gallery", model: "Embedder", items: Iterable, batch_size: int,
+             ray: RayOptions | None) -> Iterator["EncodedBatch"]:
+    """The one place a job's photos are embedded, here or on Ray workers; records which
+    runtime computed the vectors. `items`: (key, preprocessed tensor) pairs here, (key, encoded
+    bytes) pairs for Ray, whose workers also report the photos they could not decode."""
+    from models.embedder import embed_batches
+    from models.ray_embed import EncodedBatch
+
+    if ray is None:
+        gallery.catalog.note_runtime(model.name, [model.runtime])
+        for keys, vectors in embed_batches(model, items, batch_size):
+            yield EncodedBatch(keys, vectors, [])
+        return
+    with open_pool(gallery, model, ray) as pool:
+        gallery.catalog.note_runtime(model.name, pool.runtimes)
+        yield from pool.map(items, batch_size)
 
 
 @contextmanager

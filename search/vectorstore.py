@@ -39,6 +39,7 @@ class SpaceVectors(Protocol):
 
 class VectorStore(Protocol):
     kind: str
+    noun: str  # what holds one space's vectors, in messages ("index file")
 
     def describe(self) -> dict: ...
     def open(self, catalog: Catalog, space: str, kind: str) -> tuple[SpaceVectors, str]: ...

@@ -110,6 +110,33 @@ def _bomb_png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
 
 
+def _run_and_kill(cmd: list[str], env: dict, ready, timeout: float = 180) -> int:
+    """Run `cmd`, SIGKILL it as soon as `ready()` says so (a catalog busy for a moment counts
+    as not yet), and return its exit status (-SIGKILL when it was killed)."""
+    import signal
+    import sqlite3
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if ready():
+                proc.send_signal(signal.SIGKILL)
+                break
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.05)
+    proc.wait()
+    return proc.returncode
+
+
+@pytest.fixture
+def run_and_kill():
+    return _run_and_kill
+
+
 @pytest.fixture
 def bomb_png():
     return _bomb_png

@@ -119,26 +119,12 @@ def test_leave_one_out_retrieval_is_far_above_chance(home, caltech_small):
 
 
 @pytest.mark.usefixtures("store")
-def test_kill_9_during_ingest_then_resume(home, caltech_small):
+def test_kill_9_during_ingest_then_resume(home, caltech_small, run_and_kill):
     env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
     cmd = [sys.executable, "-m", "search.cli", "index", "--batch-size", "8", str(caltech_small)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    killed_at = 0
-    while time.time() < deadline:
-        if (home / "catalog.db").exists():
-            try:
-                killed_at = len(catalog_ids(home))
-            except sqlite3.OperationalError:
-                killed_at = 0
-            if killed_at >= 40:
-                proc.send_signal(signal.SIGKILL)
-                break
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "ingest finished before it could be killed"
+    rc = run_and_kill(cmd, env, lambda: (home / "catalog.db").exists()
+                      and len(catalog_ids(home)) >= 40, timeout=120)
+    assert rc == -signal.SIGKILL, "ingest finished before it could be killed"
     with sqlite3.connect(home / "catalog.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     g = Gallery.open(home)

@@ -12,7 +12,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -97,26 +96,16 @@ def test_ray_jobs_write_what_the_plain_path_writes(ray_cluster, home, tmp_path, 
     assert hits[0]["name"] == query.name and hits[0]["embedded_by"] == "lite1"
 
 
-def test_kill_9_during_a_ray_backfill_then_resume(ray_cluster, home, caltech_small):
+def test_kill_9_during_a_ray_backfill_then_resume(ray_cluster, home, caltech_small, run_and_kill):
     g = Gallery.open(home, create=True)
     g.add([caltech_small])
     n = g.catalog.count_images()
     g.upgrade(SHIPPED)
     g.close()
     env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
-    proc = subprocess.Popen([*CLI, "backfill", "--ray", ray_cluster, "--batch-size", "4"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if len(vectors_of(home, SHIPPED)) >= 12:
-                proc.send_signal(signal.SIGKILL)
-                break
-        except sqlite3.OperationalError:
-            pass
-        time.sleep(0.05)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the backfill finished before it could be killed"
+    rc = run_and_kill([*CLI, "backfill", "--ray", ray_cluster, "--batch-size", "4"], env,
+                      lambda: len(vectors_of(home, SHIPPED)) >= 12, timeout=300)
+    assert rc == -signal.SIGKILL, "the backfill finished before it could be killed"
     with sqlite3.connect(home / "catalog.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     partial = len(vectors_of(home, SHIPPED))

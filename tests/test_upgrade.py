@@ -211,21 +211,6 @@ def test_compare_labelled_queries_and_log(lite0_gallery, upgrade_photos, tmp_pat
     assert rep["summary"]["queries"] == 3 and not rep["summary"]["labelled"]
 
 
-def _run_and_kill(cmd: list[str], env: dict, ready, timeout: float = 180) -> int:
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if ready():
-                proc.send_signal(signal.SIGKILL)
-                break
-        except sqlite3.OperationalError:
-            pass
-        time.sleep(0.05)
-    proc.wait()
-    return proc.returncode
-
-
 def _n_vectors(home: Path, model: str) -> int:
     with sqlite3.connect(home / "catalog.db") as db:
         return db.execute("SELECT count(*) FROM vectors WHERE model = ?", [model]).fetchone()[0]
@@ -237,7 +222,7 @@ def _integrity(home: Path) -> str:
 
 
 @pytest.mark.usefixtures("store")
-def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos):
+def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos, run_and_kill):
     g = Gallery.open(home, create=True)
     ingest(g, [upgrade_photos / "before", upgrade_photos / "after"], progress=False)
     n = g.catalog.count_images()
@@ -246,7 +231,7 @@ def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos):
     env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
     cli = [sys.executable, "-m", "search.cli"]
 
-    rc = _run_and_kill([*cli, "backfill", "--batch-size", "4"], env,
+    rc = run_and_kill([*cli, "backfill", "--batch-size", "4"], env,
                        lambda: _n_vectors(home, SHIPPED) >= 8)
     assert rc == -signal.SIGKILL
     assert _integrity(home) == "ok"
@@ -262,7 +247,7 @@ def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos):
     assert _n_vectors(home, SHIPPED) == n
     g.close()
 
-    rc = _run_and_kill([*cli, "reembed", "lite1", "--batch-size", "4"], env,
+    rc = run_and_kill([*cli, "reembed", "lite1", "--batch-size", "4"], env,
                        lambda: _n_vectors(home, "lite1") >= 8)
     assert rc == -signal.SIGKILL
     assert _integrity(home) == "ok"
