@@ -29,6 +29,16 @@ PAGES = ["Gallery", "Search", "Models", "Compare"]
 st.set_page_config(page_title="Graceful", page_icon="🔎", layout="wide")
 
 
+_MD_SPECIAL = set("\\`*_{}[]()<>#+-.!|~:$=\"'")
+
+
+def md(text) -> str:
+    """User-provided text (album, model, file names, reasons) made inert for st.markdown and
+    friends: every markdown, directive (:red[...]) and LaTeX character is backslash-escaped,
+    so `![x](http://host/a.png)` shows as text and makes the browser fetch nothing."""
+    return "".join("\\" + c if c in _MD_SPECIAL else c for c in str(text))
+
+
 # -- shared engine ----------------------------------------------------------------------------
 @st.cache_resource
 def engine(home: str) -> Gallery:
@@ -316,6 +326,10 @@ def page_models() -> None:
         ("yes, instantly" if e.space == space else "needs re-embed"),
     } for e in entries])
     st.dataframe(table, hide_index=True, width="stretch")
+    bad = registry.unreadable(g.model_dirs)
+    if bad:
+        st.warning("Unreadable model files (left out): " + "; ".join(
+            md(f"{path.name}: {reason}") for path, reason in bad))
     if active is None:
         st.info("Index photos first; then upgrades appear here.")
         return

@@ -1,7 +1,6 @@
 """Train a model compatible with an existing one (`graceful train`), and save its checkpoint."""
 from __future__ import annotations
 
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -11,14 +10,12 @@ import numpy as np
 import torch
 
 from . import metrics, registry
-from .checkpoint import SUFFIX, CheckpointMeta, fingerprint, save_checkpoint
+from .checkpoint import NAME_RE, SUFFIX, CheckpointMeta, fingerprint, save_checkpoint
 from .compatible import HeadEmbedder
 from .embedder import Embedder
 from .features import extract, file_shas
 from .imagefolder import align_classes, scan
 from .train import COMPATIBLE_METHODS, LABELLED_METHODS, TrainConfig, old_classifier_rows, train_head
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass

@@ -45,28 +45,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def read_photo_file(path) -> bytes:
     """The bytes of a photo file: regular files only (no devices, FIFOs, sockets), at most
     MAX_BYTES, read without following a size that grows while reading."""
-    import os
-    import stat
+    from .fsutil import FileRefused, read_regular_file
 
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as e:
-        raise BadImage(f"unreadable: {e.strerror or e}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise BadImage("not a regular file (device, pipe or socket)")
-        if st.st_size > MAX_BYTES:
-            raise BadImage(f"file too large ({st.st_size / 2**20:.0f} MiB > {MAX_BYTES / 2**20:.0f} MiB)")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_BYTES + 1)
-        if len(data) > MAX_BYTES:
-            raise BadImage(f"file too large (> {MAX_BYTES / 2**20:.0f} MiB)")
-        return data
-    except OSError as e:
-        raise BadImage(f"unreadable: {e.strerror or e}") from None
-    finally:
-        os.close(fd)
+        return read_regular_file(path, MAX_BYTES)
+    except FileRefused as e:
+        raise BadImage(str(e)) from None
 
 
 def decode(data: bytes, target_size: int | None = None) -> Decoded:

@@ -49,22 +49,30 @@ def checkpoint_dirs(extra: list[Path] | None = None) -> list[Path]:
     return [SHIPPED_DIR, *(extra or [])]
 
 
-_meta_cache: dict[Path, tuple[tuple[int, int], CheckpointMeta | None]] = {}
+_meta_cache: dict[Path, tuple[tuple[int, int], CheckpointMeta | None, str | None]] = {}
 
 
-def _cached_meta(path: Path) -> CheckpointMeta | None:
-    """A checkpoint's header, re-read only when the file changed (every search resolves the
-    active model's name, so this is on the query path)."""
-    st = path.stat()
+def _read_cached(path: Path) -> tuple[CheckpointMeta | None, str | None]:
+    """A checkpoint's header (or why it cannot be read), re-read only when the file changed
+    (every search resolves the active model's name, so this is on the query path)."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        return None, f"unreadable: {e.strerror or e}"
     stamp = (st.st_mtime_ns, st.st_size)
     hit = _meta_cache.get(path)
     if hit is None or hit[0] != stamp:
         try:
-            meta = read_meta(path)
-        except CheckpointError:
-            meta = None  # an unreadable checkpoint is skipped, never fatal
-        hit = _meta_cache[path] = (stamp, meta)
-    return hit[1]
+            hit = (stamp, read_meta(path), None)
+        except CheckpointError as e:
+            reason = str(e)
+            hit = (stamp, None, reason[len(str(path)) + 2:] if reason.startswith(f"{path}: ") else reason)
+        _meta_cache[path] = hit
+    return hit[1], hit[2]
+
+
+def _cached_meta(path: Path) -> CheckpointMeta | None:
+    return _read_cached(path)[0]  # an unreadable checkpoint is skipped, never fatal
 
 
 def scan_checkpoints(dirs: list[Path]) -> dict[str, tuple[Path, CheckpointMeta]]:
@@ -77,6 +85,19 @@ def scan_checkpoints(dirs: list[Path]) -> dict[str, tuple[Path, CheckpointMeta]]
             if meta is not None:
                 found.setdefault(meta.name, (path, meta))
     return found
+
+
+def unreadable(dirs: list[Path] | None = None) -> list[tuple[Path, str]]:
+    """Checkpoint files in `dirs` (and the shipped ones) that cannot be used, with the reason
+    in one line: `graceful models` and the app list them instead of failing."""
+    bad = []
+    for d in checkpoint_dirs(dirs):
+        if d.is_dir():
+            for path in sorted(d.glob(f"*{SUFFIX}")):
+                reason = _read_cached(path)[1]
+                if reason is not None:
+                    bad.append((path, reason))
+    return bad
 
 
 def available(dirs: list[Path] | None = None) -> list[ModelEntry]:

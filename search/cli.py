@@ -232,12 +232,16 @@ def models_cmd(obj: Context, as_json) -> None:
     rows = [{"name": e.name, "kind": e.kind, "space": e.space, "dim": e.dim,
              "compatible_with": list(e.compatible_with), "source": e.source,
              "method": e.meta.method if e.meta else None} for e in entries]
+    bad = [{"name": path.stem, "kind": "unreadable", "source": str(path), "error": reason}
+           for path, reason in registry.unreadable(dirs)]
     if as_json:
-        emit_json(rows)
+        emit_json(rows + bad)
         return
     for r in rows:
         compat = f" compatible with {', '.join(r['compatible_with'])}" if r["compatible_with"] else ""
         click.echo(f"{r['name']:<28} {r['kind']:<13} space {r['space']:<12} {r['dim']}-d{compat}")
+    for r in bad:
+        click.echo(f"{r['name']:<28} {'unreadable':<13} {r['source']}: {r['error']}")
     click.echo("openclip:ARCH:TAG_OR_FILE     open_clip     (any open_clip architecture; offline from a local file)")
 
 

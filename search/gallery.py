@@ -240,24 +240,28 @@ class Gallery:
     def import_checkpoint(self, name: str) -> str:
         """A checkpoint given by path is copied into this gallery's models/ first, so the gallery
         never depends on a file outside it; returns the name to use from then on."""
-        from models.checkpoint import SUFFIX, CheckpointError, read_meta
+        from models.checkpoint import (MAX_CHECKPOINT_BYTES, MAX_HEADER_BYTES, SUFFIX,
+                                       CheckpointError, validate_bytes)
+        from models.fsutil import FileRefused, atomic_write_bytes, read_regular_file
 
         path = Path(name)
         if not (name.endswith(SUFFIX) and path.is_file()):
             return name
         if path.resolve().parent == self.models_dir.resolve():
             return name
-        try:
-            meta = read_meta(path)
+        try:  # read once, validate exactly these bytes, and only then write them
+            data = read_regular_file(path, MAX_CHECKPOINT_BYTES + MAX_HEADER_BYTES + 8)
+            meta = validate_bytes(data, str(path))
+        except FileRefused as e:
+            raise GalleryError(f"{path}: {e}") from None
         except CheckpointError as e:
             raise GalleryError(str(e)) from None
         dest = self.models_dir / f"{meta.name}{SUFFIX}"
-        data = path.read_bytes()
+        if dest.resolve().parent != self.models_dir.resolve():  # valid_name rules this out
+            raise GalleryError(f"{path}: model name {meta.name!r} is not a plain name")
         if dest.exists() and dest.read_bytes() != data:
             raise GalleryError(f"this gallery already has a different model called {meta.name!r} "
                                f"({dest}); rename one of them")
-        from models.fsutil import atomic_write_bytes
-
         atomic_write_bytes(dest, data)
         return meta.name
 

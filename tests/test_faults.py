@@ -271,3 +271,98 @@ def test_preflight_never_checks_a_model_against_its_own_vectors(gallery12):
     p = preflight(g, g.load_model("lite2-compat-lite0"), sample=12)
     assert p.sample == 4 and p.mean_cosine < 0.99  # the 4 photos still on lite0 vectors
     g.close()
+
+
+# -- issue 20: what the product opens is checked before it is trusted -------------------------
+
+def forged_checkpoint(path: Path, tensors=None, raw_header: bytes | None = None, **header) -> Path:
+    """A safetensors file with a Graceful header whose fields are overridden by `header` (any
+    JSON values), or with `raw_header` as its header bytes verbatim."""
+    import struct
+
+    import numpy as np
+    from safetensors.numpy import save
+
+    from models.checkpoint import CheckpointMeta
+
+    if raw_header is not None:
+        path.write_bytes(struct.pack("<Q", len(raw_header)) + raw_header)
+        return path
+    meta = CheckpointMeta(name="forged", backbone="lite0", dim=8, space="lite0",
+                          compatible_with=["lite0"], method="bct",
+                          head={"type": "linear", "in_dim": 1280, "out_dim": 8})
+    values = meta.to_header()
+    values.update({k: json.dumps(v) for k, v in header.items()})
+    if tensors is None:
+        tensors = {"proj.weight": np.zeros((8, 1280), np.float16), "proj.bias": np.zeros(8, np.float16)}
+    path.write_bytes(save(tensors, metadata=values))
+    return path
+
+
+def test_a_checkpoint_header_is_validated_before_anything_is_written(home, tmp_path):
+    """A checkpoint's own name is not a path; its header, head spec and tensor table are
+    checked (with a memory bound) before it is copied in; refusals are one line."""
+    import numpy as np
+
+    from search.gallery import Gallery, GalleryError
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    g = Gallery.open(home)
+    escapes = ["../escaped", "../../outside/escaped", str(outside / "abs"), "a/b", "..",
+               "x" * 65, "ok\n"]
+    forged = {f"name{i}": dict(name=n) for i, n in enumerate(escapes)}
+    forged.update({
+        "dim": dict(dim="abc"), "head-list": dict(head=[]), "compat": dict(compatible_with=5),
+        "metrics": dict(metrics="x"), "classes": dict(classes={}), "space": dict(space={}),
+        "head-type": dict(head={"type": "exec", "in_dim": 1280, "out_dim": 8}),
+        "head-dims": dict(head={"type": "linear", "in_dim": "1280", "out_dim": 8}),
+        "head-huge": dict(head={"type": "mlp", "in_dim": 1280, "out_dim": 8, "hidden": 10**8}),
+        "dim-mismatch": dict(dim=16),
+    })
+    cases = {k: forged_checkpoint(tmp_path / f"{k}.safetensors", **v) for k, v in forged.items()}
+    cases["shapes"] = forged_checkpoint(tmp_path / "shapes.safetensors",
+                                        tensors={"proj.weight": np.zeros((8, 100), np.float16)})
+    cases["header-bomb"] = tmp_path / "header-bomb.safetensors"
+    cases["header-bomb"].write_bytes((2**40).to_bytes(8, "little") + b"{}")
+    cases["tensor-bomb"] = forged_checkpoint(tmp_path / "tensor-bomb.safetensors", raw_header=json.dumps(
+        {"proj.weight": {"dtype": "F32", "shape": [100000, 100000], "data_offsets": [0, 4 * 10**10]}}
+    ).encode())
+    cases["not-json"] = forged_checkpoint(tmp_path / "not-json.safetensors", raw_header=b"\xff{[")
+    for what, path in cases.items():
+        with pytest.raises(GalleryError) as e:
+            g.import_checkpoint(str(path))
+        assert "\n" not in str(e.value) and str(path) in str(e.value), (what, e.value)
+    assert "is not a plain name" in str(pytest.raises(GalleryError, g.import_checkpoint,
+                                                      str(cases["name0"])).value)
+    assert not list(outside.iterdir()) and not (tmp_path / "escaped.safetensors").exists()
+    assert not (home / "models").exists() or not list((home / "models").iterdir())
+    g.close()
+    r = run(home, "upgrade", cases["name1"])  # the CLI: one line, exit 1, nothing written
+    assert r.exit_code == 1 and "is not a plain name" in r.output and "Traceback" not in r.output
+    assert not list(outside.iterdir())
+
+
+def test_bad_checkpoint_files_in_the_gallery_are_listed_as_unreadable(home, tmp_path, monkeypatch):
+    models = home / "models"
+    models.mkdir(parents=True)
+    forged_checkpoint(models / "typed.safetensors", space={}, dim="abc")
+    (models / "bomb.safetensors").write_bytes((2**40).to_bytes(8, "little"))
+    (models / "empty.safetensors").write_bytes(b"")
+    r = graceful(home, "models", timeout=60)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    lines = {line.split()[0]: line for line in r.stdout.splitlines()}
+    assert "unreadable" in lines["typed"] and "space is dict, not a string" in r.stdout
+    assert "unreadable" in lines["bomb"] and "unreadable" in lines["empty"] and "lite0" in lines
+    rows = json.loads(graceful(home, "models", "--json", timeout=60).stdout)
+    assert {r["name"] for r in rows if r["kind"] == "unreadable"} == {"typed", "bomb", "empty"}
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("GRACEFUL_HOME", str(home))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"),
+                           default_timeout=120)
+    at.run()
+    at.sidebar.radio[0].set_value("Models").run()
+    assert not at.exception, at.exception
+    assert any("typed.safetensors" in w.value for w in at.warning)
