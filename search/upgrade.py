@@ -129,18 +129,33 @@ class RollbackResult:
         return asdict(self)
 
 
-def rollback(gallery: Gallery) -> RollbackResult:
-    history = gallery.catalog.model_history()
-    if not history:
-        raise GalleryError("nothing to roll back to: this gallery has used one model only")
-    current = gallery.active_model
-    target = history[-1]
-    model = gallery.load_model(target)
-    t0 = time.perf_counter()
-    with gallery.catalog.transaction():
-        gallery.activate(model, "rollback")
-        # activate() pushed `current` onto the history; a rollback pops it instead.
-        gallery.catalog.set_model_history(history[:-1])
+def rollback(gallery: Gallery, attempts: int = 5) -> RollbackResult:
+    """Pop the model history and activate the model on top. The history and the active model
+    are read again and written inside one write transaction (BEGIN IMMEDIATE): an upgrade or
+    rollback committed by another process while the model was loading is never overwritten
+    with a stale copy; the rollback then undoes whatever is newest."""
+    for _ in range(attempts):
+        history = gallery.catalog.model_history()
+        if not history:
+            raise GalleryError("nothing to roll back to: this gallery has used one model only")
+        target = history[-1]
+        model = gallery.load_model(target)  # outside the write lock: loading takes seconds
+        t0 = time.perf_counter()
+        with gallery.catalog.transaction():
+            history = gallery.catalog.model_history()
+            current = gallery.active_model
+            if history and history[-1] == target:
+                gallery.register(model)
+                gallery.catalog.set_model_history(history[:-1])
+                gallery.catalog.set_active_model(target)
+                gallery.catalog.log_event("rollback", model=target, previous=current,
+                                          space=model.space)
+                break
+        if not history:  # another process rolled back the last step meanwhile
+            raise GalleryError("nothing to roll back to: this gallery has used one model only")
+    else:
+        raise GalleryError("the gallery's model kept changing while rolling back (another "
+                           "upgrade or rollback is running): run graceful rollback again")
     ms = (time.perf_counter() - t0) * 1000
     kept = gallery.catalog.count_vectors(current, model.space)
     missing = len(gallery.catalog.images_missing_in_space(model.space))

@@ -366,3 +366,66 @@ def test_bad_checkpoint_files_in_the_gallery_are_listed_as_unreadable(home, tmp_
     at.sidebar.radio[0].set_value("Models").run()
     assert not at.exception, at.exception
     assert any("typed.safetensors" in w.value for w in at.warning)
+
+
+def assert_history_matches_events(home: Path) -> None:
+    """Replaying the model events (init, upgrade, rollback, reembed) gives the stored history
+    and active model, and every rollback undid the newest step."""
+    with sqlite3.connect(home / "catalog.db") as db:
+        events = [(k, json.loads(d)) for k, d in
+                  db.execute("SELECT kind, detail FROM events ORDER BY id")]
+        state = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM state")}
+    active, stack = None, []
+    for kind, d in events:
+        if kind == "rollback":
+            assert d["previous"] == active and stack and stack[-1] == d["model"], (events, stack)
+            active = stack.pop()
+        elif "model" in d and "previous" in d:
+            assert d["previous"] == active, events
+            if active and active != d["model"]:
+                stack.append(active)
+            active = d["model"]
+    assert (state["active_model"], state.get("model_history", [])) == (active, stack), events
+
+
+def test_a_rollback_racing_an_upgrade_keeps_the_history(gallery12, make_checkpoint, monkeypatch):
+    """The upgrade commits while the rollback loads its model: the rollback sees it under the
+    write lock and undoes the newest step instead of writing back a stale history."""
+    from search.gallery import Gallery
+    from search.upgrade import rollback, upgrade
+
+    for name in ("tiny-a", "tiny-b"):
+        make_checkpoint(gallery12 / "models" / f"{name}.safetensors", dim=1280, name=name)
+    g1, g2 = Gallery.open(gallery12), Gallery.open(gallery12)
+    upgrade(g2, "tiny-a", force=True)  # history [lite0], active tiny-a
+    load = g1.load_model
+    raced = []
+
+    def load_while_another_process_upgrades(name):
+        if not raced:
+            raced.append(upgrade(g2, "tiny-b", force=True).model)  # history [lite0, tiny-a]
+        return load(name)
+
+    monkeypatch.setattr(g1, "load_model", load_while_another_process_upgrades)
+    r = rollback(g1)
+    assert raced == ["tiny-b"] and (r.previous, r.model) == ("tiny-b", "tiny-a")
+    assert g1.active_model == "tiny-a" and g1.catalog.model_history() == ["lite0"]
+    assert_history_matches_events(gallery12)
+    g1.close(), g2.close()
+
+
+def test_concurrent_upgrades_and_rollbacks_keep_the_history(gallery12, make_checkpoint):
+    """Real processes: an upgrade and a rollback started at the same time, several rounds."""
+    for name in ("tiny-a", "tiny-b"):
+        make_checkpoint(gallery12 / "models" / f"{name}.safetensors", dim=1280, name=name)
+    assert run(gallery12, "upgrade", "tiny-a", "--force").exit_code == 0
+    env = {**os.environ, "GRACEFUL_HOME": str(gallery12), "GRACEFUL_THREADS": "1"}
+    for n in range(3):
+        target = ("tiny-b", "tiny-a", "lite0")[n]
+        procs = [subprocess.Popen([sys.executable, "-m", "search.cli", *args], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for args in (["upgrade", target, "--force"], ["rollback"])]
+        outs = [p.communicate(timeout=300) for p in procs]
+        assert all("Traceback" not in err for _, err in outs), outs
+        assert_history_matches_events(gallery12)
+    assert run(gallery12, "check").exit_code == 0
