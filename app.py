@@ -66,10 +66,9 @@ def thumbnail(path: str, size: int = 256) -> bytes | None:
 
 
 def import_roots() -> list[Path]:
-    """Server folders the app may read photos from: none unless the operator lists them in
-    GRACEFUL_IMPORT_ROOTS (separated by ':'), as photo servers do with their library paths."""
-    raw = os.environ.get("GRACEFUL_IMPORT_ROOTS", "")
-    return [Path(p).resolve() for p in raw.split(os.pathsep) if p.strip()]
+    from search.files import import_roots as roots
+
+    return roots()
 
 
 def server_folder(text: str) -> Path | None:
@@ -86,6 +85,14 @@ def server_folder(text: str) -> Path | None:
         return None
     if not folder.is_dir():
         st.error(f"No such folder on the server: {folder}")
+        return None
+    from search.files import links_outside
+
+    escaping = links_outside(folder, roots)
+    if escaping:
+        st.error(md(f"{escaping[0]} links to {escaping[0].resolve()}, outside the folders this "
+                    f"server may read: refused ({len(escaping)} such link"
+                    f"{'s' if len(escaping) > 1 else ''} in {folder})."))
         return None
     return folder
 
@@ -157,7 +164,8 @@ def ingest_uploads(files, album: str | None = None) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_ingest(paths, rejected=None, album: str | None = None, album_from_folder: bool = True) -> None:
+def run_ingest(paths, rejected=None, album: str | None = None, album_from_folder: bool = True,
+               roots: list[Path] | None = None) -> None:
     from search.ingest import ingest
 
     for p in paths:
@@ -170,7 +178,7 @@ def run_ingest(paths, rejected=None, album: str | None = None, album_from_folder
         bar.progress(p.fraction, text=f"Indexing {p.done}/{p.total}")
 
     report = guarded(ingest, gallery(), paths, None, progress=False, on_progress=progress,
-                     album=album, album_from_folder=album_from_folder)
+                     album=album, album_from_folder=album_from_folder, roots=roots)
     if report is None:
         return
     skipped = [(Path(p).name, r) for p, r in report.skipped] + list(rejected or [])
@@ -220,7 +228,7 @@ def page_gallery() -> None:
         if folder and st.button("Index folder", key="index-folder"):
             allowed = server_folder(folder)
             if allowed:
-                run_ingest([allowed])
+                run_ingest([allowed], roots=roots)
     n = g.catalog.count_images()
     if n == 0:
         return

@@ -108,10 +108,10 @@ def train_compatible(req: TrainRequest) -> tuple[Path, CheckpointMeta]:
             test = align_classes(test, data.classes)
         old_q = extract(old, test.files, req.cache_dir, progress=req.progress)
         if req.finetune_blocks:  # a tuned backbone's features are not the cached ones
-            from .imageio import decode
+            from .imageio import decode, read_photo_file
 
             new_q = trained.embed(new_backbone.embed_images(
-                [decode(f.read_bytes(), backbone.info.image_size).image for f in test.files]))
+                [decode(read_photo_file(f), backbone.info.image_size).image for f in test.files]))
         else:
             new_q = trained.embed(extract(backbone, test.files, req.cache_dir, progress=req.progress))
         metrics_out["eval"] = {"data": str(req.eval_dir), "images": len(test),

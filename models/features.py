@@ -58,7 +58,15 @@ class FeatureCache:
 
 
 def file_shas(files: Sequence[Path]) -> list[str]:
-    return [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files]
+    from .imageio import BadImage, read_photo_file
+
+    shas = []
+    for f in files:
+        try:
+            shas.append(hashlib.sha256(read_photo_file(f)).hexdigest())
+        except BadImage as e:
+            raise BadImage(f"{f}: {e}") from None
+    return shas
 
 
 class ExtractionStopped(Exception):
@@ -73,7 +81,7 @@ def extract(model: Embedder, files: Sequence[Path], cache_root: Path, batch_size
 
     `on_progress(Progress)` is called after every batch (done counts cached files too);
     `should_stop()` is checked there and raises ExtractionStopped after saving what is done."""
-    from .imageio import BadImage, decode
+    from .imageio import BadImage, decode, read_photo_file
     from .pipeline import prefetch_map
 
     cache = FeatureCache(cache_root, model.name)
@@ -82,7 +90,7 @@ def extract(model: Embedder, files: Sequence[Path], cache_root: Path, batch_size
     if todo:
         def load(i: int):
             try:
-                img = decode(Path(files[i]).read_bytes(), model.info.image_size).image
+                img = decode(read_photo_file(files[i]), model.info.image_size).image
             except BadImage as e:
                 raise BadImage(f"{files[i]}: {e}") from None
             return i, model.preprocess(img)

@@ -73,7 +73,7 @@ def finetune(cfg: TrainConfig, backbone: Embedder, files: list[Path], labels: np
              ) -> tuple[TrainedHead, dict[str, torch.Tensor]]:
     """`init`: a head (and classifier) already trained on cached features of the frozen
     backbone; fine-tuning then starts from it instead of from scratch (far fewer epochs)."""
-    from .imageio import decode
+    from .imageio import decode, read_photo_file
     from .pipeline import prefetch_map
 
     if cfg.method not in LABELLED_METHODS:
@@ -101,7 +101,7 @@ def finetune(cfg: TrainConfig, backbone: Embedder, files: list[Path], labels: np
     size = backbone.info.image_size
 
     def load(i: int) -> torch.Tensor:  # decoded per batch: memory stays flat on large sets
-        return aug(decode(Path(files[i]).read_bytes(), size).image)
+        return aug(decode(read_photo_file(files[i]), size).image)
     y_all = torch.as_tensor(labels, device=dev)
     old_all = torch.as_tensor(old_emb, dtype=torch.float32, device=dev) if old_emb is not None else None
     w_old = old_classifier.to(dev) if old_classifier is not None else None

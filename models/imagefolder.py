@@ -13,6 +13,12 @@ class DatasetError(ValueError):
     pass
 
 
+def _photo(f: Path) -> bool:
+    """A regular file with an image suffix: FIFOs, devices, sockets and folders named like
+    photos are passed over (every read goes through imageio.read_photo_file as well)."""
+    return f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file()
+
+
 @dataclass
 class ImageFolder:
     root: Path
@@ -30,7 +36,7 @@ def scan(root: str | Path, min_per_class: int = 2, min_classes: int = 2,
     if not root.is_dir():
         raise DatasetError(f"no such folder: {root}")
     if not labelled:
-        files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(f for f in root.rglob("*") if _photo(f))
         if len(files) < min_per_class:
             raise DatasetError(f"{root}: found {len(files)} images, need at least {min_per_class}")
         return ImageFolder(root, files, np.zeros(len(files), np.int64), ["unlabelled"])
@@ -42,7 +48,7 @@ def scan(root: str | Path, min_per_class: int = 2, min_classes: int = 2,
         )
     files, labels, classes = [], [], []
     for d in class_dirs:
-        imgs = sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        imgs = sorted(f for f in d.rglob("*") if _photo(f))
         if len(imgs) < min_per_class:
             raise DatasetError(f"class {d.name!r} has {len(imgs)} images; need at least {min_per_class}")
         classes.append(d.name)

@@ -45,14 +45,41 @@ class CheckReport:
 
 
 def _sha256_file(path: Path) -> str | None:
+    """The sha256 of a regular file (opened non-blocking: a FIFO or device is None, never a
+    hang), or None."""
+    import os
+    import stat
+
     try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         h = hashlib.sha256()
-        with open(path, "rb") as f:
+        with os.fdopen(fd, "rb", closefd=False) as f:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
         return h.hexdigest()
     except OSError:
         return None
+    finally:
+        os.close(fd)
+
+
+def _original_bytes(source: Path | None, sha256: str) -> bytes | None:
+    """A photo's original file, if it is still a regular file of at most 200 MiB holding the
+    same bytes (read once, so the bytes checked are the bytes restored)."""
+    from models.imageio import BadImage, read_photo_file
+
+    if source is None:
+        return None
+    try:
+        data = read_photo_file(source)
+    except BadImage:
+        return None
+    return data if hashlib.sha256(data).hexdigest() == sha256 else None
 
 
 def check(gallery: Gallery, repair: bool = False,
@@ -80,8 +107,9 @@ def check(gallery: Gallery, repair: bool = False,
     for row in bad:
         what = "missing" if not gallery.image_path(row).exists() else "damaged (hash mismatch)"
         source = Path(row.source) if row.source else None
-        if repair and source and _sha256_file(source) == row.sha256:
-            gallery.store.put(row.sha256, row.ext, source.read_bytes())
+        original = _original_bytes(source, row.sha256) if repair else None
+        if original is not None:
+            gallery.store.put(row.sha256, row.ext, original)
             report.add("store", "repaired", f"photo #{row.id} ({row.name}) was {what}: "
                        f"re-imported from {source}")
         else:

@@ -35,10 +35,21 @@ def queries_from_folder(folder: Path) -> list[Query]:
     folder = Path(folder)
     if not folder.is_dir():
         raise GalleryError(f"no such folder: {folder}")
-    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    from models.imageio import read_photo_file
+
+    from .files import collect_files
+
+    # regular files only (FIFOs, devices, links to them passed over), each read with a bound
+    files = [f for f in collect_files([folder]) if f.suffix.lower() in IMAGE_SUFFIXES]
     labelled = all(f.parent != folder for f in files) and files
-    return [Query(str(f.relative_to(folder)), f.read_bytes(), f.parent.name if labelled else None)
-            for f in files]
+    queries = []
+    for f in files:
+        try:
+            data = read_photo_file(f)
+        except BadImage as e:
+            raise GalleryError(f"{f}: {e}") from None
+        queries.append(Query(str(f.relative_to(folder)), data, f.parent.name if labelled else None))
+    return queries
 
 
 def queries_from_log(gallery: Gallery, limit: int = 200) -> list[Query]:

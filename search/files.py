@@ -16,10 +16,37 @@ def _is_system_path(p: Path) -> bool:
     return any(resolved == root or resolved.startswith(root + "/") for root in SYSTEM_ROOTS)
 
 
-def collect_files(paths: Iterable[str | Path]) -> list[Path]:
+def import_roots() -> list[Path]:
+    """Server folders the app may read photos from: none unless the operator lists them in
+    GRACEFUL_IMPORT_ROOTS (separated by ':'), as photo servers do with their library paths."""
+    raw = os.environ.get("GRACEFUL_IMPORT_ROOTS", "")
+    return [Path(p).resolve() for p in raw.split(os.pathsep) if p.strip()]
+
+
+def inside_roots(path: str | Path, roots: list[Path]) -> bool:
+    """Whether `path`, every symlink on the way resolved, lies inside one of `roots`."""
+    resolved = Path(path).resolve()
+    return any(resolved == r or r in resolved.parents for r in roots)
+
+
+def links_outside(folder: Path, roots: list[Path]) -> list[Path]:
+    """Symlinks below `folder` (files or folders) that point outside `roots`."""
+    found = []
+    for parent, dirs, names in os.walk(folder, onerror=lambda e: None, followlinks=False):
+        for name in sorted(dirs) + sorted(names):
+            p = Path(parent) / name
+            if p.is_symlink() and not inside_roots(p, roots):
+                found.append(p)
+    return found
+
+
+def collect_files(paths: Iterable[str | Path], roots: list[Path] | None = None,
+                  outside: list[Path] | None = None) -> list[Path]:
     """Expand folders (recursively, sorted, hidden entries skipped); regular files only.
     Missing paths, system folders (/proc, /sys, /dev) and non-regular files named on
-    the command line are refused before anything is written."""
+    the command line are refused before anything is written. With `roots` (the app's import
+    roots), a file that resolves outside them (a symlink out) is passed over and appended to
+    `outside`."""
     files: list[Path] = []
     paths = [Path(p) for p in paths]
     missing = [str(p) for p in paths if not p.exists()]
@@ -35,6 +62,11 @@ def collect_files(paths: Iterable[str | Path]) -> list[Path]:
             files.append(p)
         else:
             raise GalleryError(f"{p}: not a regular file (a device, pipe or socket)")
+    if roots is not None:
+        kept = [f for f in files if inside_roots(f, roots)]
+        if outside is not None:
+            outside.extend(f for f in files if f not in set(kept))
+        files = kept
     return files
 
 

@@ -118,13 +118,16 @@ def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None
            batch_size: int = 16, progress: bool = False, on_progress: ProgressFn | None = None,
            workers: int = 1, should_stop: Callable[[], bool] | None = None,
            album: str | None = None, album_from_folder: bool = True,
-           ray: "RayOptions | None" = None) -> IngestReport:
+           ray: "RayOptions | None" = None, roots: list[Path] | None = None) -> IngestReport:
     """Add photos. Each new photo's album is `album` when given (photos already in the gallery
     move into it too), else the folder it came from (unless `album_from_folder` is off).
     With `ray`, Ray workers decode and embed; this process still reads, hashes and writes."""
-    files = collect_files(paths)
+    outside: list[Path] = []
+    files = collect_files(paths, roots, outside)  # roots: the app's import roots
     model = gallery.ensure_model(model_name)
     report = IngestReport(model.name, model.space)
+    report.skipped += [(str(f), "a link to a file outside the folders this server may read")
+                       for f in outside]
     gallery.index(model.space)  # load or rebuild the live index before adding to it
     loader = _Loader(gallery.catalog.path, model, gallery.store, decode=ray is None)
     seen_in_run: set[str] = set()

@@ -44,10 +44,16 @@ def search_bytes(gallery: Gallery, data: bytes, k: int = 10, label: str = "",
 
 def search_file(gallery: Gallery, path: str | Path, k: int = 10, log: bool = False,
                 model_name: str | None = None) -> SearchResult:
+    from models.imageio import read_photo_file
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise GalleryError(f"no such image file: {path}")
-    return search_bytes(gallery, path.read_bytes(), k, str(path), log, model_name)
+    try:  # regular files only, size checked before reading, and before any model loads
+        data = read_photo_file(path)
+    except BadImage as e:
+        raise GalleryError(f"cannot search with {path}: {e}") from None
+    return search_bytes(gallery, data, k, str(path), log, model_name)
 
 
 def search_gallery_image(gallery: Gallery, ref: str | int, k: int = 10, log: bool = False,

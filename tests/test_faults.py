@@ -429,3 +429,81 @@ def test_concurrent_upgrades_and_rollbacks_keep_the_history(gallery12, make_chec
         assert all("Traceback" not in err for _, err in outs), outs
         assert_history_matches_events(gallery12)
     assert run(gallery12, "check").exit_code == 0
+
+
+def test_every_reader_checks_the_file_before_reading_it(gallery12, few_photos, tmp_path, monkeypatch):
+    """search FILE, compare --queries DIR, train --data DIR and check --repair read through the
+    one safe reader: regular files only, size checked with fstat first; FIFOs never hang."""
+    from models import registry
+
+    big = tmp_path / "big.jpg"
+    with open(big, "wb") as f:
+        f.truncate(201 * 2**20)  # sparse: nothing is really written
+    os.mkfifo(tmp_path / "pipe.jpg")
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded before the file was checked")
+
+    monkeypatch.setattr(registry, "load", no_model)
+    r = run(gallery12, "search", big)
+    assert r.exit_code == 1 and "file too large (201 MiB > 200 MiB)" in r.output, r.output
+    r = run(gallery12, "search", tmp_path / "pipe.jpg")
+    assert r.exit_code == 1 and "not a regular file" in r.output, r.output
+    monkeypatch.undo()
+
+    # compare --queries and train --data folders with a FIFO named like a photo: passed over
+    folder = tmp_path / "queries"
+    for c in ("airplanes", "sunflower"):
+        shutil.copytree(few_photos / c, folder / c)
+        os.mkfifo(folder / c / "zz-pipe.jpg")
+    code = ("import sys; from pathlib import Path; from search.compare import queries_from_folder; "
+            "from models.imagefolder import scan; from models.features import file_shas; "
+            "q = queries_from_folder(Path(sys.argv[1])); d = scan(sys.argv[1]); "
+            "print(len(q), len(file_shas(d.files)), sorted({x.label for x in q}))")
+    out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.split()[:2] == ["8", "8"], out.stderr
+
+    # check --repair: the photo's original path is now a FIFO: a problem, not a hang
+    originals = tmp_path / "originals"
+    shutil.copytree(few_photos / "sunflower", originals)
+    home = tmp_path / "g2"
+    assert run(home, "index", originals).exit_code == 0
+    store_file = next((home / "images").rglob("*.*"))
+    store_file.unlink()
+    for f in originals.iterdir():
+        f.unlink()
+        os.mkfifo(f)
+    r = graceful(home, "check", "--repair", "--json", timeout=120)
+    assert r.returncode == 1, r.stderr
+    problems = [f for f in json.loads(r.stdout)["findings"] if f["status"] == "problem"]
+    assert len(problems) == 1 and "is gone or changed" in problems[0]["detail"]
+
+
+def test_links_out_of_the_import_roots_are_refused(home, few_photos, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from search.files import collect_files
+
+    root = tmp_path / "root"
+    shutil.copytree(few_photos / "sunflower", root / "album")
+    secret = tmp_path / "private" / "secret.jpg"
+    secret.parent.mkdir()
+    shutil.copy(next((few_photos / "airplanes").iterdir()), secret)
+    (root / "album" / "link.jpg").symlink_to(secret)
+    (root / "album" / "inside.jpg").symlink_to(root / "album" / sorted(os.listdir(root / "album"))[0])
+    outside = []
+    files = collect_files([root], [root.resolve()], outside)
+    assert outside == [root / "album" / "link.jpg"] and len(files) == 5
+
+    monkeypatch.setenv("GRACEFUL_HOME", str(home))
+    monkeypatch.setenv("GRACEFUL_IMPORT_ROOTS", str(root))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"),
+                           default_timeout=120)
+    at.run()
+    at.text_input(key="folder").set_value(str(root / "album")).run()
+    at.button(key="index-folder").click().run()
+    assert not at.exception, at.exception
+    assert any("outside the folders this server may read" in e.value and "link" in e.value
+               for e in at.error)
+    assert not (home / "catalog.db").exists() or n_images(home) == 0
