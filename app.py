@@ -29,13 +29,14 @@ PAGES = ["Gallery", "Search", "Models", "Compare"]
 st.set_page_config(page_title="Graceful", page_icon="🔎", layout="wide")
 
 
-_MD_SPECIAL = set("\\`*_{}[]()<>#+-.!|~:$=\"'")
+_MD_SPECIAL = set("\\`*_[]<>#|~:$!")
 
 
 def md(text) -> str:
     """User-provided text (album, model, file names, reasons) made inert for st.markdown and
-    friends: every markdown, directive (:red[...]) and LaTeX character is backslash-escaped,
-    so `![x](http://host/a.png)` shows as text and makes the browser fetch nothing."""
+    friends: the characters of markdown links and images, emphasis, code, HTML, directives
+    (:red[...]) and LaTeX are backslash-escaped, so `![x](http://host/a.png)` shows as text and
+    makes the browser fetch nothing."""
     return "".join("\\" + c if c in _MD_SPECIAL else c for c in str(text))
 
 
@@ -80,11 +81,11 @@ def server_folder(text: str) -> Path | None:
                  "GRACEFUL_IMPORT_ROOTS=/path/to/photos (several separated by ':').")
         return None
     if not any(folder == r or r in folder.parents for r in roots):
-        st.error(f"{folder} is outside the folders this server may read "
-                 f"({', '.join(map(str, roots))}).")
+        st.error(f"{md(folder)} is outside the folders this server may read "
+                 f"({md(', '.join(map(str, roots)))}).")
         return None
     if not folder.is_dir():
-        st.error(f"No such folder on the server: {folder}")
+        st.error(f"No such folder on the server: {md(folder)}")
         return None
     from search.files import links_outside
 
@@ -114,12 +115,12 @@ def guarded(fn, *args, **kwargs):
     except GalleryError as e:
         st.error(str(e))
     except HANDLED as e:  # full disk, permissions, a busy or damaged catalog
-        st.error(friendly(e)[0].upper() + friendly(e)[1:])
+        st.error(md(friendly(e)[0].upper() + friendly(e)[1:]))
     except Exception as e:  # noqa: BLE001 - a user must never see a stack trace
-        st.error(f"Something went wrong: {e}")
+        st.error(f"Something went wrong: {md(e)}")
     finally:
         while g.notices:
-            st.caption(f"Note: {g.notices.pop(0)}")
+            st.caption(f"Note: {md(g.notices.pop(0))}")
     return None
 
 
@@ -133,13 +134,13 @@ def show_grid(hits, columns: int = 6, highlight: dict[int, str] | None = None, k
             if data:
                 st.image(data, width="stretch")
             color = (highlight or {}).get(hit["image_id"])
-            caption = f"#{hit['image_id']} {hit['name'][:24]}"
+            caption = f"\\#{hit['image_id']} {md(hit['name'][:24])}"
             if "score" in hit:
                 caption += f" · {hit['score']:.3f}"
             if hit.get("embedded_by"):
-                caption += f" · {hit['embedded_by']}"
+                caption += f" · {md(hit['embedded_by'])}"
             if hit.get("album"):
-                caption += f" · 📁 {hit['album']}"
+                caption += f" · 📁 {md(hit['album'])}"
             st.markdown(f":{color}[{caption}]" if color else caption)
             if similar_buttons and st.button("Similar", key=f"{key}-sim-{hit['image_id']}-{n}"):
                 st.session_state.similar_to = hit["image_id"]
@@ -170,7 +171,7 @@ def run_ingest(paths, rejected=None, album: str | None = None, album_from_folder
 
     for p in paths:
         if not Path(p).exists():
-            st.error(f"No such file or folder on the server: {p}")
+            st.error(f"No such file or folder on the server: {md(p)}")
             return
     bar = st.progress(0.0, text="Indexing…")
 
@@ -235,7 +236,7 @@ def page_gallery() -> None:
     albums = g.catalog.albums()
     named = [a for a in albums if a["album"] is not None]
     in_albums = f" in {len(named)} album{'s' if len(named) != 1 else ''}" if named else ""
-    st.caption(f"{n} photos{in_albums} · active model **{g.active_model}** (space {g.space})")
+    st.caption(f"{n} photos{in_albums} · active model **{md(g.active_model)}** (space {md(g.space)})")
     labels = {"All photos": None, **{f"{a['album']} ({a['images']})": a["album"] for a in named}}
     choice = st.selectbox("Album", list(labels), key="gallery-album")
     album = labels[choice]
@@ -261,7 +262,7 @@ def album_editor(g: Gallery, rows, named: list[dict]) -> None:
         if c1.button("Move to album", key="album-move", disabled=not (picked and target.strip())):
             ids = [int(p.split()[0][1:]) for p in picked]
             n = guarded(g.catalog.set_album, ids, target.strip())
-            flash(("success", f"{n} photos moved to album {target.strip()}."))
+            flash(("success", f"{n} photos moved to album {md(target.strip())}."))
         if c2.button("Remove from their album", key="album-clear", disabled=not picked):
             n = guarded(g.catalog.set_album, [int(p.split()[0][1:]) for p in picked], None)
             flash(("success", f"{n} photos now have no album."))
@@ -271,7 +272,7 @@ def album_editor(g: Gallery, rows, named: list[dict]) -> None:
             new = r2.text_input("New name", key="album-rename-new")
             if st.button("Rename", key="album-rename", disabled=not new.strip()):
                 n = guarded(g.catalog.rename_album, old, new.strip())
-                flash(("success", f"Renamed {old} → {new.strip()} ({n} photos)."))
+                flash(("success", f"Renamed {md(old)} → {md(new.strip())} ({n} photos)."))
 
 
 def page_search() -> None:
@@ -285,7 +286,7 @@ def page_search() -> None:
     model = guarded(g.embedder)
     if model is None:
         return
-    st.caption(f"Queries use **{model.name}** (space {model.space})")
+    st.caption(f"Queries use **{md(model.name)}** (space {md(model.space)})")
     k = st.slider("Results", 4, 48, 12, step=4, key="k")
     result = None
     up = st.file_uploader("Search by photo", type=["jpg", "jpeg", "png", "webp", "bmp", "gif"],
@@ -308,7 +309,7 @@ def page_search() -> None:
             st.image(thumbnail(str(g.image_path(row))), width=160, caption=f"similar to #{row.id}")
             result = guarded(query.search_gallery_image, g, similar, k, log=True)
     if result is not None:
-        st.subheader(f"{len(result.hits)} results · {result.model} · {result.elapsed_ms:.0f} ms")
+        st.subheader(f"{len(result.hits)} results · {md(result.model)} · {result.elapsed_ms:.0f} ms")
         show_grid([h.as_dict() for h in result.hits], key="results")
 
 
@@ -325,7 +326,7 @@ def page_models() -> None:
     where = g.vector_store.describe()
     served = ("FAISS index files" if where["kind"] == "faiss"
               else f"Milvus at `{where['uri']}` ({where['mode']})")
-    st.markdown(f"Active model: **{active or '—'}** · gallery space **{space or '—'}** · "
+    st.markdown(f"Active model: **{md(active or '—')}** · gallery space **{md(space or '—')}** · "
                 f"searches served by {served}")
     table = pd.DataFrame([{
         "model": e.name, "kind": e.kind, "space": e.space, "dim": e.dim,
@@ -355,14 +356,14 @@ def page_models() -> None:
         r = try_upgrade(g, target)
         if r:
             flash(("info", preflight_text(r.preflight)),
-                  ("success", f"Upgraded {r.previous} → {r.model} in {r.switch_ms:.1f} ms; "
+                  ("success", f"Upgraded {md(r.previous)} → {md(r.model)} in {r.switch_ms:.1f} ms; "
                               f"0 vectors recomputed."))
     refused = st.session_state.get("refused")
     if refused and refused["model"] == target:
         show_refusal(g, refused)
     target_entry = next((e for e in entries if e.name == target), None)
     if target_entry is not None and target_entry.space not in (None, space):
-        st.caption(f"{target} lives in space {target_entry.space}: it cannot search this gallery's "
+        st.caption(f"{md(target)} lives in space {md(target_entry.space)}: it cannot search this gallery's "
                    "vectors. Re-embed every photo into a second index alongside; search keeps "
                    "using the current one until it is complete, then switches.")
         if st.button(f"Re-embed the gallery with {target}", key="reembed-start"):
@@ -373,8 +374,8 @@ def page_models() -> None:
                  key="rollback"):
         r = guarded(rollback, g)
         if r:
-            msgs = [("success", f"Rolled back {r.previous} → {r.model} in {r.switch_ms:.1f} ms; "
-                                f"{r.kept_vectors} vectors of {r.previous} stay searchable.")]
+            msgs = [("success", f"Rolled back {md(r.previous)} → {md(r.model)} in {r.switch_ms:.1f} ms; "
+                                f"{r.kept_vectors} vectors of {md(r.previous)} stay searchable.")]
             if r.need_reembed:
                 msgs.append(("warning", f"{r.need_reembed} photos have no {r.model} vector: "
                                         "run the backfill."))
@@ -450,7 +451,7 @@ def try_upgrade(g: Gallery, target: str, dry_run: bool = False):
 
 def show_refusal(g: Gallery, refused: dict) -> None:
     p, step = refused["preflight"], refused.get("next_step") or {}
-    st.warning(f"Pre-flight refused {refused['model']} for this gallery. {p['expectation']}")
+    st.warning(f"Pre-flight refused {md(refused['model'])} for this gallery. {p['expectation']}")
     for reason in p["reasons"]:
         st.caption(f"• {reason}")
     if step:
@@ -570,7 +571,7 @@ def generations_section(g: Gallery) -> None:
         job_progress(f"bench-{kind}")
         for path in sorted(g.reports_dir.glob("bench-*.json")):
             result = json.loads(path.read_text())
-            st.markdown(f"**{path.stem}**")
+            st.markdown(f"**{md(path.stem)}**")
             if "matrix" in result:
                 st.dataframe(pd.DataFrame({gal: {q: f"{row[gal]['top1']:.3f} ({row[gal]['map']:.3f})"
                                                  for q, row in result["matrix"].items()}
@@ -700,7 +701,7 @@ def show_backfill_curve(g: Gallery) -> None:
         st.caption("Run `graceful backfill --curve LABELLED_DIR` to record quality vs fraction "
                    "backfilled; the curve appears here.")
         return
-    st.subheader(f"Backfill curve · {curve['model']} · order {curve['order']}")
+    st.subheader(f"Backfill curve · {md(curve['model'])} · order {curve['order']}")
     df = pd.DataFrame(curve["curve"]).set_index("fraction")[["top1", "map"]]
     st.line_chart(df)
     st.caption(f"{curve['queries']} labelled queries · area under the mAP curve {curve['auc_map']:.4f}")
@@ -708,7 +709,7 @@ def show_backfill_curve(g: Gallery) -> None:
 
 def show_report(g: Gallery, report: dict) -> None:
     s = report["summary"]
-    st.subheader(f"{s['old']} → {s['new']} · {s['queries']} queries · top-{s['k']}")
+    st.subheader(f"{md(s['old'])} → {md(s['new'])} · {s['queries']} queries · top-{s['k']}")
     cols = st.columns(5)
     cols[0].metric("overlap@k", f"{s['overlap_at_k']:.2f}")
     cols[1].metric("results gained", s["gained"])
@@ -740,10 +741,10 @@ def show_report(g: Gallery, report: dict) -> None:
 
     left, right = st.columns(2)
     with left:
-        st.markdown(f"**{report['summary']['old']}** (lost in :red[red])")
+        st.markdown(f"**{md(report['summary']['old'])}** (lost in :red[red])")
         show_grid(hits(row["old"]), 3, {i: "red" for i in lost}, key="cmp-old", similar_buttons=False)
     with right:
-        st.markdown(f"**{report['summary']['new']}** (gained in :green[green])")
+        st.markdown(f"**{md(report['summary']['new'])}** (gained in :green[green])")
         show_grid(hits(row["new"]), 3, {i: "green" for i in gained}, key="cmp-new",
                   similar_buttons=False)
 

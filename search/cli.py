@@ -585,11 +585,13 @@ def albums_rename_cmd(obj: Context, old, new) -> None:
               "it has them, or class means of the old embeddings (prototypes) for every class.")
 @click.option("--force", is_flag=True, help="Replace an existing model of that name; with "
               "--from-gallery also save a model measured worse on the held-out slice.")
+@click.option("--replace", is_flag=True, help="Replace an existing model of that name (e.g. "
+              "one saved by a run that was killed), still refusing a model measured worse.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def train_cmd(obj: Context, from_gallery, old_name, backbone, method, data, sample, out, eval_dir,
               epochs, head, lam, loss, device, finetune_blocks, finetune_epochs, old_classifier,
-              force, as_json) -> None:
+              force, as_json, replace=False) -> None:
     """Train a new model whose vectors are compatible with OLD's (saved in the gallery home).
 
     With --from-gallery: fit it to this gallery's own photos and stored vectors."""
@@ -600,7 +602,7 @@ def train_cmd(obj: Context, from_gallery, old_name, backbone, method, data, samp
             raise click.UsageError("--from-gallery learns from the gallery: drop --data / --old")
         configure_threads(obj.threads)
         return fit_from_gallery(obj, backbone, out, method or "auto", sample, loss, epochs, force,
-                                as_json)
+                                as_json, replace)
     if not (old_name and method and data):
         raise click.UsageError("give --old, --method and --data (or --from-gallery)")
     from models.compat_train import TrainRequest, train_compatible
@@ -612,7 +614,7 @@ def train_cmd(obj: Context, from_gallery, old_name, backbone, method, data, samp
                        obj.home / "cache", eval_dir,
                        TrainConfig(method, epochs=epochs, head=head, lam=lam, loss=loss,
                                    device=device),
-                       progress=True, force=force, finetune_blocks=finetune_blocks,
+                       progress=True, force=force or replace, finetune_blocks=finetune_blocks,
                        finetune_epochs=finetune_epochs, old_classifier=old_classifier)
     try:
         path, meta = train_compatible(req)
@@ -632,12 +634,13 @@ def train_cmd(obj: Context, from_gallery, old_name, backbone, method, data, samp
                        + (f"  NFR {m['nfr']:.4f}  PFR {m['pfr']:.4f}" if "nfr" in m else ""))
 
 
-def fit_from_gallery(obj: Context, backbone, out, method, sample, loss, epochs, force, as_json) -> None:
+def fit_from_gallery(obj: Context, backbone, out, method, sample, loss, epochs, force, as_json,
+                     replace: bool = False) -> None:
     from models.features import ExtractionStopped
 
     from .fit import FitRefused, FitRequest, fit_upgrade
 
-    req = FitRequest(backbone, out, method, sample, loss, epochs, force=force, replace=force,
+    req = FitRequest(backbone, out, method, sample, loss, epochs, force=force, replace=force or replace,
                      progress=not as_json or sys.stderr.isatty())
     try:
         report = fit_upgrade(obj.gallery(), req)

@@ -507,3 +507,53 @@ def test_links_out_of_the_import_roots_are_refused(home, few_photos, tmp_path, m
     assert any("outside the folders this server may read" in e.value and "link" in e.value
                for e in at.error)
     assert not (home / "catalog.db").exists() or n_images(home) == 0
+
+
+def test_a_rerun_after_a_killed_fit_suggests_a_real_flag(home):
+    """A fit killed right after saving its model: the rerun is refused with a hint whose flags
+    `graceful train` really has, and following the hint gets past the refusal."""
+    import re
+
+    from search.cli import train_cmd
+
+    empty_gallery(home)
+    (home / "models").mkdir()
+    (home / "models" / "lite1-fit.safetensors").write_bytes(b"saved by the killed run")
+    r = run(home, "train", "--from-gallery", "--backbone", "lite1", "--out", "lite1-fit")
+    assert r.exit_code == 1 and "already exists" in r.output, r.output
+    options = {o for p in train_cmd.params for o in p.opts}
+    suggested = set(re.findall(r"--[a-z][a-z-]+", r.output))
+    assert suggested and suggested <= options, (suggested, r.output)
+    r = run(home, "train", "--from-gallery", "--backbone", "lite1", "--out", "lite1-fit", "--replace")
+    assert r.exit_code == 1 and "no photos yet" in r.output, r.output  # past the name check
+
+
+def empty_gallery(home: Path) -> None:
+    from search.gallery import Gallery
+
+    Gallery.open(home).close()
+
+
+EVIL = "![x](http://example.invalid/a.png) :red[y] $z$"
+
+
+def test_album_names_do_not_render_as_markdown_in_the_app(home, few_photos, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    assert run(home, "index", few_photos / "sunflower", "--album", EVIL).exit_code == 0
+    monkeypatch.setenv("GRACEFUL_HOME", str(home))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"),
+                           default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    shown = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    with_album = [v for v in shown if "📁" in v]
+    assert len(with_album) == 4
+    assert all("!\\[x\\](http\\://example.invalid/a.png) \\:red\\[y\\] \\$z\\$" in v for v in with_album)
+    assert not any("![x](" in v or ":red[" in v for v in shown)
+    at.text_input(key="album-rename-new").set_value("[new](http://example.invalid)").run()
+    at.button(key="album-rename").click().run()
+    assert not at.exception, at.exception
+    shown = [m.value for m in at.markdown] + [s.value for s in at.success] + [c.value for c in at.caption]
+    assert any("\\[new\\](http\\://example.invalid)" in v for v in shown)
+    assert not any("[new](" in v or "![x](" in v for v in shown)
