@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 
 from .catalog import Catalog
-from models.fsutil import atomic_write_bytes
+from models.fsutil import atomic_write_bytes, remove_stale_temp_files
 
 
 KINDS = ("flat", "ivf", "sq8", "pq", "auto")
@@ -298,6 +298,7 @@ class FaissStore:
 
     def open(self, catalog: Catalog, space: str, kind: str) -> tuple[SpaceIndex, str]:
         index, how = SpaceIndex.open(catalog, self.folder, space, kind)
+        remove_stale_temp_files(self.folder)  # left by a save that was killed
         return self._rerank_from(index, catalog), how
 
     def build(self, catalog: Catalog, space: str, kind: str) -> SpaceIndex:
@@ -310,6 +311,7 @@ class FaissStore:
 
     def save(self, index: SpaceIndex, catalog: Catalog) -> None:
         index.save(self.folder)
+        remove_stale_temp_files(self.folder)
 
     def verify(self, catalog: Catalog, space: str) -> str | None:
         """Why the saved index of `space` cannot serve as it is (None: fine or merely behind)."""

@@ -557,3 +557,30 @@ def test_album_names_do_not_render_as_markdown_in_the_app(home, few_photos, monk
     shown = [m.value for m in at.markdown] + [s.value for s in at.success] + [c.value for c in at.caption]
     assert any("\\[new\\](http\\://example.invalid)" in v for v in shown)
     assert not any("[new](" in v or "![x](" in v for v in shown)
+
+
+def test_temp_files_of_a_killed_save_are_removed_on_the_next_save(gallery12, few_photos):
+    """A save killed mid-write (kill -9 during an sq8/pq reindex of a large gallery) leaves
+    `.NAME.PID.XXXX.tmp` files in index/; the next open or save removes those of writers that
+    are gone, never a live writer's."""
+    index = gallery12 / "index"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = index / f".lite0.faiss.{dead}.k1ll3d.tmp"
+        stale.write_bytes(b"\0" * 4096)
+        old = index / ".lite0.faiss.abcd1234.tmp"  # written before temp names held a pid
+        old.write_bytes(b"\0" * 4096)
+        os.utime(old, (1, 1))
+        busy = index / f".lite0.faiss.{live.pid}.wr1t1n.tmp"
+        busy.write_bytes(b"\0" * 4096)
+        r = graceful(gallery12, "reindex", "--kind", "sq8", timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert not stale.exists() and not old.exists() and busy.exists()
+        stale.write_bytes(b"\0")
+        r = graceful(gallery12, "search", next(few_photos.rglob("*.jpg")), timeout=120)
+        assert r.returncode == 0 and not stale.exists() and busy.exists(), r.stderr
+    finally:
+        live.kill()
+        live.wait()
