@@ -18,7 +18,7 @@ from PIL import Image
 
 from search.errors import HANDLED, friendly
 from search.gallery import Gallery, GalleryError, default_home
-from search.jobs import Job, JobRunner, backfill_job, fit_job, reembed_job
+from search.jobs import Job, JobRunner, backfill_job, fit_job, reembed_job, transform_job
 from search.runtime import configure_threads
 from search.upgrade import duration_text
 
@@ -331,8 +331,7 @@ def page_models() -> None:
     table = pd.DataFrame([{
         "model": e.name, "kind": e.kind, "space": e.space, "dim": e.dim,
         "compatible with": ", ".join(e.compatible_with),
-        "can query this gallery": "active" if e.name == active else
-        ("yes, instantly" if e.space == space else "needs re-embed"),
+        "can query this gallery": can_query(g, e, active, space),
     } for e in entries])
     st.dataframe(table, hide_index=True, width="stretch")
     bad = registry.unreadable(g.model_dirs)
@@ -362,6 +361,7 @@ def page_models() -> None:
     if refused and refused["model"] == target:
         show_refusal(g, refused)
     target_entry = next((e for e in entries if e.name == target), None)
+    transform_section(g, target_entry)
     if target_entry is not None and target_entry.space not in (None, space):
         st.caption(f"{md(target)} lives in space {md(target_entry.space)}: it cannot search this gallery's "
                    "vectors. Re-embed every photo into a second index alongside; search keeps "
@@ -433,6 +433,26 @@ def page_models() -> None:
         job_progress("train")
 
 
+def can_query(g: Gallery, e, active: str | None, space: str | None) -> str:
+    """The Models table's verdict: measured (the fit's, or a check made on this page), never
+    just "the spaces match" (a model trained elsewhere can share the space and still make search
+    worse)."""
+    from search.preflight import standing_verdict
+
+    if e.name == active:
+        return "active"
+    if space not in (e.space, g.catalog.serving_space(e.name)):
+        return "needs re-embed"
+    known = standing_verdict(g, e) or st.session_state.get("verdicts", {}).get((e.name, space))
+    return known or "same space · not measured yet (Check compatibility)"
+
+
+def remember_verdict(g: Gallery, name: str, p) -> None:
+    text = (f"{'yes' if p.passed else 'no'}: {p.verdict}" + (" (loses results)" if p.flags else "")
+            + f" on {p.sample} photos")
+    st.session_state.setdefault("verdicts", {})[(name, g.space)] = text
+
+
 def try_upgrade(g: Gallery, target: str, dry_run: bool = False):
     """Upgrade (or check); a pre-flight refusal is kept to show what was measured and the
     gallery-fitted next step."""
@@ -441,12 +461,39 @@ def try_upgrade(g: Gallery, target: str, dry_run: bool = False):
     st.session_state.pop("refused", None)
     try:
         with g.lock:
-            return upgrade(g, target, dry_run=dry_run)
+            space = g.space
+            result = upgrade(g, target, dry_run=dry_run)
+        if dry_run:
+            remember_verdict(g, target, result.preflight)
+        return result
     except PreflightRefused as e:
         st.session_state.refused = e.result.as_dict()
+        p = e.result.preflight
+        st.session_state.setdefault("verdicts", {})[(target, space)] = (
+            f"no: {p.verdict} on {p.sample} photos")
     except GalleryError as e:
-        st.error(str(e))
+        st.error(md(str(e)))
     return None
+
+
+def transform_section(g: Gallery, entry) -> None:
+    """Move the gallery too: the target's gallery transform maps every stored vector into its
+    own space (a background job: pause = stop, start again = continue)."""
+    spec = (entry.meta.transform if entry is not None and entry.meta is not None else None) or {}
+    if not spec or spec.get("input_space") not in (None, g.space):
+        return
+    kind = "its head applied to the stored vectors (exact)" if spec["kind"] == "head" else \
+        "a map learned from the fit's photo pairs (approximate; backfill refines it)"
+    st.caption(f"{md(entry.name)} can also move this gallery into its own space by arithmetic: "
+               f"{kind}. No photo is decoded; the current vectors stay, so rollback is instant.")
+    t1, t2 = st.columns(2)
+    if t1.button(f"Upgrade and transform the gallery to {entry.name}", key="transform-start"):
+        job_runner().start("transform", transform_job(g.home, entry.name))
+    if t2.button("Pause transform", key="transform-pause"):
+        job = job_runner().get("transform")
+        if job:
+            job.stop()
+    job_progress("transform")
 
 
 def show_refusal(g: Gallery, refused: dict) -> None:
@@ -503,16 +550,59 @@ def fit_section(g: Gallery, entries, active: str) -> None:
     job_progress("fit")
     report = latest_fit_report(g)
     if report:
-        show_fit_report(report)
+        show_fit_report(report, g)
 
 
-def show_fit_report(r: dict) -> None:
+def show_plan(g: Gallery, r: dict) -> None:
+    """The upgrade plan: every path measured on the same held-out photos, quality against
+    compute (one point per path), next to the buttons that take each path."""
+    m = r["measured"]
+    o = m["old"]
+    rows = [{"path": "now (no change)", "top-1": o["top1"], "top-5": o["top5"], "mAP": o["map"],
+             "NFR": 0.0, "lost@5": 0.0, "kept": 1.0, "photos embedded": 0, "time": "—",
+             "flags": ""}]
+    for p in r["plan"]:
+        rows.append({"path": p["path"] + (" ★" if p["path"] == r.get("recommended") else ""),
+                     "top-1": p["top1"], "top-5": p["top5"], "mAP": p["map"], "NFR": p["nfr"],
+                     "lost@5": p["lost_at_5"], "kept": p["retention"],
+                     "photos embedded": p["photos_embedded"], "time": duration_text(p["seconds"]),
+                     "flags": "; ".join(p["flags"])})
+    st.markdown(f"**Upgrade plan** · measured on {m['queries']} held-out photos (near duplicates "
+                f"left out: {m['near_duplicates']['rule']}) · ★ recommended")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                 column_config={k: st.column_config.NumberColumn(format="%.3f")
+                                for k in ("top-1", "top-5", "mAP", "NFR", "lost@5", "kept")})
+    points = pd.DataFrame([{"seconds (log)": max(p["seconds"], 0.1), "mAP": p["map"],
+                            "path": p["path"]} for p in r["plan"]]
+                          + [{"seconds (log)": 0.1, "mAP": o["map"], "path": "now"}])
+    st.scatter_chart(points, x="seconds (log)", y="mAP", color="path", height=220)
+    st.caption(md(r["recommendation"]))
+    if not r.get("path") or r["name"] == g.active_model:
+        return
+    b1, b2, b3 = st.columns(3)
+    if b1.button(f"Queries only: upgrade to {r['name']}", key="plan-queries"):
+        res = try_upgrade(g, r["name"])
+        if res:
+            flash(("success", f"Upgraded {res.previous} → {res.model} in {res.switch_ms:.1f} ms; "
+                              "0 vectors recomputed."))
+    if b2.button("Transform the gallery", key="plan-transform"):
+        job_runner().start("transform", transform_job(g.home, r["name"]))
+    if b3.button("Transform, then backfill", key="plan-backfill"):
+        job_runner().start("transform", transform_job(g.home, r["name"], then_backfill=True))
+    if job_runner().get("transform") and r["name"] != st.session_state.get("upgrade-target"):
+        job_progress("transform")
+
+
+def show_fit_report(r: dict, g: Gallery | None = None) -> None:
     h, s = r["held_out"], r["sample"]
     (st.success if r["passed"] else st.error)(
-        f"**{r['name']}** ({r['method']} on {r['backbone']}): {r['verdict']}. {r['expectation']}")
+        f"**{md(r['name'])}** ({r['method']} on {r['backbone']}): {r['verdict']}. "
+        f"{md(r['expectation'])}")
+    if r.get("plan") and g is not None:
+        show_plan(g, r)
     rows = []
     albums = h.get("albums")
-    if albums:
+    if albums and not r.get("plan"):
         for pair, label in (("old/old", "before (old model)"), ("new/old", "after the upgrade"),
                             ("new/new", "after a full backfill")):
             m = albums.get(pair)
@@ -708,6 +798,8 @@ def show_backfill_curve(g: Gallery) -> None:
 
 
 def show_report(g: Gallery, report: dict) -> None:
+    from search import compare as cmp
+
     s = report["summary"]
     st.subheader(f"{md(s['old'])} → {md(s['new'])} · {s['queries']} queries · top-{s['k']}")
     cols = st.columns(5)
@@ -717,20 +809,28 @@ def show_report(g: Gallery, report: dict) -> None:
     if s.get("labelled"):
         cols[3].metric("NFR (negative flips)", f"{s['nfr']:.3f}")
         cols[4].metric("PFR (positive flips)", f"{s['pfr']:.3f}")
+        lost_at = s.get("lost_at_k") or {}
+        if lost_at:
+            lc = st.columns(len(lost_at))
+            for col, (depth, value) in zip(lc, lost_at.items()):
+                col.metric(f"lost@{depth}", f"{value:.3f}",
+                           help=f"Share of queries that had a right photo in the old top-{depth} "
+                                f"and have none in the new top-{depth}")
         st.dataframe(pd.DataFrame([{"model": s["old"], **s["old_metrics"]},
                                    {"model": s["new"], **s["new_metrics"]}]), hide_index=True)
-    rows = report["queries"]
-    df = pd.DataFrame([{"query": r["query"], "gained": len(r["gained"]), "lost": len(r["lost"]),
+    rows = cmp.lost_first(report["queries"])
+    df = pd.DataFrame([{"query": r["query"], "lost every right photo": r.get("lost_all"),
+                        "gained": len(r["gained"]), "lost": len(r["lost"]),
                         "overlap": r["overlap"], "old right": r.get("old_correct"),
                         "new right": r.get("new_correct")} for r in rows])
-    df = df.sort_values("lost", ascending=False, kind="stable")
     st.bar_chart(df.set_index("query")[["gained", "lost"]].head(40), color=["#2e7d32", "#c62828"])
     st.dataframe(df, hide_index=True, width="stretch")
     d1, d2 = st.columns(2)
     d1.download_button("Export CSV", df.to_csv(index=False), "comparison.csv", "text/csv")
     d2.download_button("Export JSON", json.dumps(report, indent=1), "comparison.json",
                        "application/json")
-    pick = st.selectbox("Inspect a query (most lost first)", df["query"].tolist(), key="cmp-pick")
+    pick = st.selectbox("Inspect a query (those that lost every right photo first)",
+                        df["query"].tolist(), key="cmp-pick")
     row = next(r for r in rows if r["query"] == pick)
     images = g.catalog.images(set(row["old"]) | set(row["new"]))
     lost, gained = set(row["lost"]), set(row["gained"])

@@ -53,7 +53,8 @@ def _int(value, positive: bool = True) -> bool:
 
 # Head types a checkpoint may declare (models/heads.py builds them): their optional keys and
 # the tensors (name -> shape) a spec implies.
-HEAD_KEYS = {"linear": {"bias"}, "mlp": {"hidden", "negative_slope", "dropout"}}
+HEAD_KEYS = {"linear": {"bias"}, "mlp": {"hidden", "negative_slope", "dropout"},
+             "blend": {"hidden", "alpha", "negative_slope", "dropout"}}
 
 
 def head_shapes(spec) -> dict[str, tuple[int, ...]]:
@@ -80,6 +81,12 @@ def head_shapes(spec) -> dict[str, tuple[int, ...]]:
         slope, drop = spec.get("negative_slope", 0.0), spec.get("dropout", 0.0)
         if not _int(h):
             raise CheckpointError(f"head hidden size must be a positive integer, not {h!r}")
+        if kind == "blend":
+            alpha = spec.get("alpha", 0.5)
+            if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+                raise CheckpointError(f"head alpha {alpha!r} is out of range")
+            if i != o:
+                raise CheckpointError(f"a blend head maps a space onto itself (in_dim {i} != out_dim {o})")
         for key, v, hi in (("negative_slope", slope, math.inf), ("dropout", drop, 1.0)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < hi:
                 raise CheckpointError(f"head {key} {v!r} is out of range")
@@ -175,6 +182,18 @@ def check_tensors(meta: "CheckpointMeta", tensors: dict[str, tuple[str, tuple[in
     if meta.head["out_dim"] != meta.dim:
         raise CheckpointError(f"{source}: head output ({meta.head['out_dim']}-d) is not its "
                               f"declared dimension ({meta.dim})")
+    transform = meta.transform or {}
+    if transform.get("kind") == "linear":
+        i, o = transform.get("in_dim"), transform.get("out_dim")
+        want = {"transform.weight": (i, o), "transform.mean_in": (i,), "transform.mean_out": (o,),
+                "transform.residual_weight": (i,), "transform.residual_bias": (1,)}
+        for key, shape in want.items():
+            got = tensors.get(AUX + key)
+            if got is None or got[1] != shape or got[0] not in FLOAT_DTYPES:
+                raise CheckpointError(f"{source}: its gallery transform needs a float {list(shape)} "
+                                      f"tensor {key!r}, found {got}")
+        if o != meta.dim:
+            raise CheckpointError(f"{source}: its gallery transform outputs {o}-d, not {meta.dim}-d")
     cls = tensors.get(AUX + "classifier")
     if cls is not None:
         rows = len(meta.classes) if meta.classes else cls[1][0] if cls[1] else 0
@@ -199,6 +218,10 @@ class CheckpointMeta:
     notes: str = ""
     classes: list[str] = field(default_factory=list)  # rows of the stored classifier, if any
     training: dict = field(default_factory=dict)  # config, data, command
+    # How the gallery's stored vectors move into this model's space (`upgrade --transform`):
+    # {"kind": "head"} (exact: its head on the stored vectors of its backbone) or {"kind":
+    # "linear", ...} (a learned map, tensors aux.transform.*); empty: no transform.
+    transform: dict = field(default_factory=dict)
 
     def to_header(self) -> dict[str, str]:
         header = {"format": FORMAT}
@@ -240,11 +263,17 @@ class CheckpointMeta:
         for key in ("compatible_with", "classes"):
             if not strs(getattr(self, key)):
                 return f"{key} is not a list of strings"
-        for key in ("metrics", "training"):
+        for key in ("metrics", "training", "transform"):
             if not isinstance(getattr(self, key), dict):
                 return f"{key} is {type(getattr(self, key)).__name__}, not an object"
         if isinstance(self.created_at, bool) or not isinstance(self.created_at, (int, float)):
             return "created_at is not a number"
+        kind = self.transform.get("kind")
+        if kind not in (None, "head", "linear"):
+            return f"unknown gallery transform {kind!r}"
+        if kind == "linear" and not (_int(self.transform.get("in_dim"))
+                                     and _int(self.transform.get("out_dim"))):
+            return "gallery transform dimensions must be positive integers"
         try:
             head_shapes(self.head)
         except CheckpointError as e:

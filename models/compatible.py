@@ -66,3 +66,17 @@ class HeadEmbedder(Embedder):
         """Cached (normalised) backbone features -> this model's normalised embeddings."""
         with torch.inference_mode():
             return l2_normalise(self.head(backbone_vectors))
+
+    def gallery_transform(self):
+        """How this model moves a gallery's stored vectors into its own space, or None: a
+        `GalleryTransform` (see models.transform)."""
+        from .transform import GalleryTransform, LinearMap
+
+        spec = self.meta.transform or {}
+        if spec.get("kind") == "head":
+            return GalleryTransform(spec, lambda x: self.project(torch.as_tensor(x)).numpy(), None)
+        if spec.get("kind") == "linear":
+            m = LinearMap.from_tensors({k: v.numpy() for k, v in self.aux.items()
+                                        if k.startswith("transform.")}, spec)
+            return GalleryTransform(spec, m.apply, m.uncertainty)
+        return None

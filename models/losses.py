@@ -77,3 +77,17 @@ def focal_rank_distillation(new_emb: torch.Tensor, old_emb: torch.Tensor, weight
     kl = F.kl_div(F.log_softmax(pred, -1), F.log_softmax(target, -1), log_target=True,
                   reduction="none").sum(-1)
     return (weights * kl).mean()
+
+
+def relational_distillation(new_emb: torch.Tensor, old_emb: torch.Tensor,
+                            temperature: float = 0.1) -> torch.Tensor:
+    """Keep the old model's neighbourhoods among the new embeddings: within the batch, each
+    item's similarity distribution over the others (new vs new) must match the old one's (old vs
+    old). Labels cannot see this: it keeps what albums coarser than the searches would erase."""
+    new = F.normalize(new_emb, dim=-1)
+    old = F.normalize(old_emb.detach(), dim=-1)
+    mask = torch.eye(len(new), dtype=torch.bool, device=new.device)
+    target = (old @ old.T / temperature).masked_fill(mask, -1e4)
+    pred = (new @ new.T / temperature).masked_fill(mask, -1e4)
+    return F.kl_div(F.log_softmax(pred, -1), F.log_softmax(target, -1), log_target=True,
+                    reduction="batchmean")

@@ -178,3 +178,89 @@ def compat_signals(new_q: np.ndarray, old_q: np.ndarray, reference: np.ndarray,
                 out["albums"]["new/new"] = {"top1": round(float(w1.mean()), 4),
                                             "map": round(float(wap.mean()), 4), **flip_rates(o1, w1)}
     return out
+
+
+# -- paths of an upgrade: per-query outcomes, lost results and their uncertainty -------------
+# An upgrade can move queries only (new queries, old gallery), the gallery too (a transform of
+# the stored vectors) or everything (a backfill). Each path is judged per query against the old
+# model's own searches, so averages cannot hide the searches that lose every right result.
+
+LOST_KS = (5, 10)
+
+
+@dataclass
+class Outcomes:
+    """Per labelled query: right photo first, a right photo within the first k, and AP."""
+    top1: np.ndarray
+    hits: dict  # k -> bool array
+    ap: np.ndarray
+    neighbours: np.ndarray  # (queries, k) reference positions of the first results
+
+
+def exclusion_mask(n_queries: int, n_reference: int, own_index: np.ndarray,
+                   near: np.ndarray | None = None) -> np.ndarray:
+    """Reference items that may not count as a query's result: its own photo and (optionally)
+    its near duplicates."""
+    mask = np.zeros((n_queries, n_reference), bool) if near is None else near.copy()
+    rows = np.flatnonzero(own_index >= 0)
+    mask[rows, own_index[rows]] = True
+    return mask
+
+
+def near_duplicates(old_q: np.ndarray, old_reference: np.ndarray, threshold: float) -> np.ndarray:
+    """(queries, reference) mask of items the old model finds at least `threshold` similar to
+    a query: shots of the same scene, which inflate every number measured on a held-out slice."""
+    return (old_q @ old_reference.T) >= threshold
+
+
+def outcomes(queries: np.ndarray, reference: np.ndarray, q_labels: list, ref_labels: list,
+             excluded: np.ndarray, ks: tuple = (1, 5, 10), keep: int = 10) -> Outcomes:
+    """Rank `reference` for each query (excluded items never count) and score it by labels."""
+    ref = np.array([x if x is not None else "\0none" for x in ref_labels], dtype=object)
+    sims = queries @ reference.T
+    sims[excluded] = -np.inf
+    order = np.argsort(-sims, axis=1, kind="stable")
+    relevant = ref[order] == np.array(q_labels, dtype=object)[:, None]
+    relevant &= ~np.take_along_axis(excluded, order, axis=1)
+    return Outcomes(relevant[:, 0].copy(), {k: relevant[:, :k].any(1) for k in ks},
+                    average_precision(relevant), order[:, :keep].copy())
+
+
+def _mean_se(x: np.ndarray) -> tuple[float, float]:
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) < 2:
+        return float(x.mean()) if len(x) else 0.0, 0.0
+    return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x)))
+
+
+def lost_at_k(old: Outcomes, new: Outcomes, k: int) -> np.ndarray:
+    """Per query: it had a right photo in its old top-k and has none in the new top-k."""
+    return old.hits[k] & ~new.hits[k]
+
+
+def retention(old: Outcomes, new: Outcomes) -> np.ndarray:
+    """Per query, label-free: the share of its old first results (old query, old gallery) that
+    stay among its new first results. Albums cannot see what this measures: the similarity
+    users relied on inside an album (the same product, the same place)."""
+    return np.array([len(np.intersect1d(a, b)) / max(len(a), 1)
+                     for a, b in zip(old.neighbours, new.neighbours)])
+
+
+def path_summary(old: Outcomes, new: Outcomes) -> dict:
+    """Top-1/top-5/mAP of a path, flips and lost@k against the old searches, each with its
+    standard error (deltas are paired, per query)."""
+    out: dict = {"queries": int(len(new.top1))}
+    for key, arr in (("top1", new.top1), ("top5", new.hits[5]), ("map", new.ap)):
+        m, se = _mean_se(arr)
+        out[key], out[f"{key}_se"] = round(m, 4), round(se, 4)
+    for key, a, b in (("top1", old.top1, new.top1), ("top5", old.hits[5], new.hits[5]),
+                      ("map", old.ap, new.ap)):
+        m, se = _mean_se(np.asarray(b, float) - np.asarray(a, float))
+        out[f"delta_{key}"], out[f"delta_{key}_se"] = round(m, 4), round(se, 4)
+    out.update({k: v for k, v in flip_rates(old.top1, new.top1).items() if k != "queries"})
+    for k in LOST_KS:
+        m, se = _mean_se(lost_at_k(old, new, k))
+        out[f"lost_at_{k}"], out[f"lost_at_{k}_se"] = round(m, 4), round(se, 4)
+    m, se = _mean_se(retention(old, new))
+    out["retention"], out["retention_se"] = round(m, 4), round(se, 4)
+    return out

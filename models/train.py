@@ -49,6 +49,11 @@ class TrainConfig:
     pct_mode: str = "rank"  # "rank": retrieval-aware (default); "kl": classifier KL (Yan et al.)
     pct_rank_temperature: float = 0.05
     nce_temperature: float = 0.02
+    # Relational distillation (new/new neighbourhoods follow old/old ones, any labelled method):
+    # off for `graceful train`, on for fits to a gallery, whose albums may be coarser than what
+    # users search for.
+    rel_weight: float = 0.0
+    rel_temperature: float = 0.1
     # "ce": cross-entropy; "lqf": LQF-style linearised fine-tuning of the head: leaky-ReLU MLP,
     # least-squares loss on the (cosine) logits against one-hot targets, Adam's diagonal
     # preconditioning (Achille et al. use a Kronecker-factored one; see docs/BENCHMARKS.md).
@@ -234,6 +239,9 @@ def _method_loss(cfg: TrainConfig, emb, idx, y_all, old_all, w_old, classifier,
     elif cfg.method in ("bct", "pct"):
         # the influence loss: the frozen old classifier must classify the new embedding
         loss = loss + cfg.lam * losses.influence_loss(emb, w_old, y, cfg.scale, classify)
+    if cfg.rel_weight and old_all is not None:
+        loss = loss + cfg.rel_weight * losses.relational_distillation(emb, old_all[idx],
+                                                                      cfg.rel_temperature)
     if cfg.method == "pct":
         old = old_all[idx]
         old_logits = losses.cosine_logits(old, w_old, cfg.scale)

@@ -30,6 +30,11 @@ def candidates(gallery: Gallery, order: str = "random", seed: int = 0) -> tuple[
     model, space = gallery.active_model, gallery.space
     missing = gallery.catalog.images_missing_in_space(space)
     rows = gallery.catalog.images_without_model(space, model)
+    # vectors a learned map made (upgrade --transform) are replaced by real embeddings too,
+    # the most uncertain (largest expected residual) first
+    mapped_rows = gallery.catalog.transformed_vectors(space, model)
+    mapped = [i for i, _ in mapped_rows]
+    rows = rows + mapped_rows
     stale = [r[0] for r in rows]
     if order == "random":
         stale = list(np.random.default_rng(seed).permutation(stale)) if stale else []
@@ -41,11 +46,13 @@ def candidates(gallery: Gallery, order: str = "random", seed: int = 0) -> tuple[
             counts.update(results)
         stale = sorted(stale, key=lambda i: (-counts.get(i, 0), i))
     elif order == "uncertainty" and stale:
-        idx = gallery.index(space)
-        vecs = idx.vectors(stale)
-        scores, _ = idx.search(vecs, 3)
-        margin = scores[:, 1] - scores[:, 2] if scores.shape[1] >= 3 else scores[:, -1]
-        stale = [stale[j] for j in np.argsort(margin, kind="stable")]
+        others = [i for i in stale if i not in set(mapped)]
+        if others:
+            idx = gallery.index(space)
+            scores, _ = idx.search(idx.vectors(others), 3)
+            margin = scores[:, 1] - scores[:, 2] if scores.shape[1] >= 3 else scores[:, -1]
+            others = [others[j] for j in np.argsort(margin, kind="stable")]
+        stale = mapped + others  # mapped: already most uncertain first
     return missing, [int(i) for i in stale]
 
 
@@ -62,7 +69,7 @@ class CurveRecorder:
         self.gallery = gallery
         vectors, ok, model = embed_queries(gallery, gallery.active_model, queries)
         kept = [q for q, q_ok in zip(queries, ok) if q_ok]
-        self.vectors, self.space = vectors, model.space
+        self.vectors, self.space = vectors, gallery.space_for(model)
         self.labels = [q.label for q in kept]
         self.own = [gallery.catalog.image_id(q.sha256) for q in kept]
         self.gallery_labels = gallery_labels(gallery)
@@ -123,8 +130,11 @@ def status(gallery: Gallery) -> dict:
     missing, stale = candidates(gallery, "oldest")
     total = gallery.catalog.count_images()
     by_active = total - len(missing) - len(stale)
+    mapped = len(gallery.catalog.transformed_vectors(gallery.space, gallery.active_model)) \
+        if gallery.active_model else 0
     return {"model": gallery.active_model, "space": gallery.space, "images": total,
-            "by_active_model": by_active, "older_vectors": len(stale), "missing": len(missing),
+            "by_active_model": by_active, "older_vectors": len(stale) - mapped,
+            "transformed": mapped, "missing": len(missing),
             "fraction_backfilled": round(by_active / total, 4) if total else 1.0}
 
 

@@ -9,6 +9,10 @@ Tables
   events    upgrade / rollback / backfill history
   query_log searches made through the CLI and app (opt-out)
   jobs      progress of long jobs (backfill, re-embed) so they resume after a kill
+
+A vector is either embedded from its photo or transformed from another vector of the same
+image (v4: `origin`, `uncertainty`); a model normally serves in the space it declares, unless
+a gallery transform gave it a space of its own (state `serving_spaces`).
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import sqlite_utils
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Vectors are stored as float16 (schema v3): half the bytes of float32, and for L2-normalised
 # embeddings a cosine error around 1e-7, far below what any retrieval figure can see.
 STORED_DTYPE = np.float16
@@ -117,7 +121,17 @@ def _migrate_to_3(db: sqlite_utils.Database) -> None:
         last = rows[-1][0]
 
 
-MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
+def _migrate_to_4(db: sqlite_utils.Database) -> None:
+    """How each vector was made: NULL = embedded from the photo by its model; 'head' = the
+    model's head applied to its backbone's stored vector (exact); 'map' = a learned map of
+    another space's vector (approximate, `uncertainty` = its expected residual)."""
+    have = set(db["vectors"].columns_dict)
+    for column, kind in (("origin", "TEXT"), ("uncertainty", "REAL")):
+        if column not in have:
+            db.execute(f"ALTER TABLE vectors ADD COLUMN {column} {kind}")
+
+
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4}
 
 
 def db_timeout() -> float:
@@ -253,6 +267,7 @@ class Catalog:
         "active_model", "model_history", "index_kind", "log_queries")
     VECTOR_STORE, STORE_SYNCED, GALLERY_ID = "vector_store", "store_synced", "gallery_id"
     RUNTIMES, COMPACT_PENDING = "runtimes", "compact_pending"
+    SERVING_SPACES = "serving_spaces"
 
     @property
     def active_model(self) -> str | None:
@@ -267,6 +282,19 @@ class Catalog:
 
     def set_model_history(self, history: list[str]) -> None:
         self.set_state(self.MODEL_HISTORY, list(history))
+
+    def serving_space(self, model: str) -> str | None:
+        """The space `model` searches and writes when active, if a transform gave it its own."""
+        return self.get_state(self.SERVING_SPACES, {}).get(model)
+
+    def set_serving_space(self, model: str, space: str | None) -> None:
+        with self.transaction():
+            spaces = self.get_state(self.SERVING_SPACES, {})
+            if space is None:
+                spaces.pop(model, None)
+            else:
+                spaces[model] = space
+            self.set_state(self.SERVING_SPACES, spaces)
 
     def index_kind(self) -> str:
         return self.get_state(self.INDEX_KIND, "flat")
@@ -497,8 +525,10 @@ class Catalog:
         vectors = decode_vectors([newest[i][1] for i in ids], self.space_dim(space))
         return dict(zip(ids, vectors))
 
-    def put_vectors(self, image_ids: list[int], vectors: np.ndarray, model: str, space: str) -> None:
-        """Store vectors (call inside a transaction); bumps the space's version."""
+    def put_vectors(self, image_ids: list[int], vectors: np.ndarray, model: str, space: str,
+                    origin: str | None = None, uncertainty: np.ndarray | None = None) -> None:
+        """Store vectors (call inside a transaction); bumps the space's version. `origin`: None
+        when embedded from the photo, 'head' / 'map' when transformed from a stored vector."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         dim = self.space_dim(space)
         if dim is not None and dim != vectors.shape[1]:
@@ -510,11 +540,12 @@ class Catalog:
         )
         seq = self.space_version(space)  # every write of a space gets the next sequence number
         now = time.time()
+        unc = [None] * len(image_ids) if uncertainty is None else [float(u) for u in uncertainty]
         self.db.conn.executemany(
-            "INSERT OR REPLACE INTO vectors (image_id, model, space, dim, vector, created_at, seq) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(int(i), model, space, vectors.shape[1], blob, now, seq)
-             for i, blob in zip(image_ids, encode_vectors(vectors))],
+            "INSERT OR REPLACE INTO vectors (image_id, model, space, dim, vector, created_at, seq, "
+            "origin, uncertainty) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(int(i), model, space, vectors.shape[1], blob, now, seq, origin, u)
+             for i, blob, u in zip(image_ids, encode_vectors(vectors), unc)],
         )
 
     def space_version(self, space: str) -> int:
@@ -579,10 +610,38 @@ class Catalog:
                                [model, space]).fetchone()[0]
 
     def vector_counts(self) -> list[dict]:
+        """Per (space, model): vectors, and how many of them were transformed from stored
+        vectors rather than embedded from the photos."""
         rows = self.db.execute(
-            "SELECT space, model, count(*) FROM vectors GROUP BY space, model ORDER BY space, model"
-        ).fetchall()
-        return [{"space": s, "model": m, "vectors": n} for s, m, n in rows]
+            "SELECT space, model, count(*), count(origin) FROM vectors GROUP BY space, model "
+            "ORDER BY space, model").fetchall()
+        return [{"space": s, "model": m, "vectors": n, "transformed": t, "embedded": n - t}
+                for s, m, n, t in rows]
+
+    def images_to_transform(self, source: str, target: str) -> list[int]:
+        """Images served in `source` with no vector in `target` yet, in id order."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT image_id FROM vectors WHERE space = ? AND image_id NOT IN "
+            "(SELECT image_id FROM vectors WHERE space = ?) ORDER BY image_id", [source, target])]
+
+    def serving_origins(self, space: str, image_ids: Iterable[int]) -> dict[int, tuple]:
+        """(model, origin) of the serving vector in `space` of each of these images."""
+        newest: dict[int, tuple] = {}
+        for chunk, marks in id_chunks(image_ids):
+            for i, seq, model, origin in self.db.execute(
+                    f"SELECT image_id, seq, model, origin FROM vectors WHERE space = ? AND "
+                    f"image_id IN ({marks})", [space, *chunk]):
+                if i not in newest or seq > newest[i][0]:
+                    newest[i] = (seq, model, origin)
+        return {i: v[1:] for i, v in newest.items()}
+
+    def transformed_vectors(self, space: str, model: str) -> list[tuple[int, float]]:
+        """(image id, when the image was added) of `model`'s vectors in `space` that a learned
+        map made, most uncertain (largest expected residual) first."""
+        return self.db.execute(
+            "SELECT v.image_id, i.added_at FROM vectors v JOIN images i ON i.id = v.image_id "
+            "WHERE v.space = ? AND v.model = ? AND v.origin = 'map' "
+            "ORDER BY v.uncertainty DESC, v.image_id", [space, model]).fetchall()
 
     def serving_model_of(self, image_ids: list[int], space: str) -> dict[int, str]:
         if not image_ids:

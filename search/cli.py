@@ -203,7 +203,9 @@ def info_cmd(obj: Context, as_json) -> None:
     for row in info["vectors"]:
         via = "/".join(info["runtimes"].get(row["model"], []))
         click.echo(f"vectors      {row['vectors']:>7} by {row['model']} in space {row['space']}"
-                   + (f" (computed with {via})" if via else ""))
+                   + (f" (computed with {via})" if via else "")
+                   + (f", {row['transformed']} of them transformed from stored vectors"
+                      if row.get("transformed") else ""))
     matrix = info["compatibility"]
     if matrix["models"]:
         click.echo("compatibility (query model x gallery space; new/old top-1 where measured):")
@@ -314,15 +316,24 @@ def check_cmd(obj: Context, repair, as_json) -> None:
 @click.option("--force", is_flag=True, help="Switch even when the pre-flight check fails.")
 @click.option("--dry-run", is_flag=True, help="Run the pre-flight check only.")
 @click.option("--sample", default=64, show_default=True, help="Photos in the pre-flight sample.")
+@click.option("--transform", is_flag=True, help="Also move the gallery: map every stored vector "
+              "into NAME's own space by arithmetic (no photo decoded; resumable), then switch.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def upgrade_cmd(obj: Context, name, force, dry_run, sample, as_json) -> None:
-    """Make NAME the query model, instantly, when it is compatible with the gallery's space."""
+def upgrade_cmd(obj: Context, name, force, dry_run, sample, transform, as_json) -> None:
+    """Make NAME the query model, instantly, when it is compatible with the gallery's space.
+
+    With --transform the stored vectors move into NAME's space first (see the fit's plan)."""
     from .preflight import summary
     from .upgrade import PreflightRefused, upgrade
 
     try:
-        result = upgrade(obj.gallery(), name, force=force, dry_run=dry_run, sample=sample)
+        result = upgrade(obj.gallery(), name, force=force, dry_run=dry_run, sample=sample,
+                         transform=transform, progress=not as_json or sys.stderr.isatty())
+    except KeyboardInterrupt:
+        click.echo("interrupted: vectors moved so far are kept; run the same command again to "
+                   "continue", err=True)
+        sys.exit(130)
     except PreflightRefused as e:
         if as_json:
             emit_json(e.result.as_dict())
@@ -336,13 +347,21 @@ def upgrade_cmd(obj: Context, name, force, dry_run, sample, as_json) -> None:
     click.echo(summary(p) + (" (forced)" if result.forced else ""))
     for reason in p.reasons:
         click.echo(f"  {reason}")
+    for warning in result.warnings:
+        click.echo(f"  warning: {warning}")
     if result.next_step:
         click.echo(result.next_step["text"])
-    if result.changed:
+    if result.changed and result.transform:
+        click.echo(f"upgraded {result.previous} -> {result.model} in {result.seconds:.1f} s "
+                   f"(space {result.space}, {result.vectors_transformed} vectors transformed, "
+                   f"{result.photos_embedded} photos embedded)")
+    elif result.changed:
         click.echo(f"upgraded {result.previous} -> {result.model} in {result.switch_ms:.1f} ms "
                    f"(space {result.space}, 0 vectors recomputed)")
     for note in result.notes:
         click.echo(note)
+    if result.transform and not result.changed and not result.dry_run:
+        sys.exit(130)
 
 
 @cli.command("rollback")
@@ -470,7 +489,13 @@ def compare_cmd(obj: Context, old_name, new_name, queries, from_log, k, json_out
         for side in ("old_metrics", "new_metrics"):
             m = s[side]
             click.echo(f"  {s[side[:3]]:<24} top1 {m['top1']:.4f} top5 {m['top5']:.4f} mAP {m['map']:.4f}")
-        click.echo(f"  NFR {s['nfr']:.4f}  PFR {s['pfr']:.4f}")
+        click.echo(f"  NFR {s['nfr']:.4f}  PFR {s['pfr']:.4f}  "
+                   + "  ".join(f"lost@{d} {v:.4f}" for d, v in s["lost_at_k"].items()))
+        lost = [r for r in cmp.lost_first(report["queries"]) if r.get("lost_all")]
+        if lost:
+            click.echo(f"  {len(lost)} queries lost every right photo from their top-{s['k']}:")
+            for r in lost[:10]:
+                click.echo(f"    {r['query']} ({r['label']}): lost {len(r['lost'])} results")
     click.echo(f"report: {report.get('path')}")
 
 
@@ -662,7 +687,18 @@ def fit_from_gallery(obj: Context, backbone, out, method, sample, loss, epochs, 
     print_fit_report(report)
     click.echo(f"saved {report['name']} ({report['method']} on {report['backbone']}, space "
                f"{report['space']}) to {report['path']}")
-    click.echo(f"next: graceful upgrade {report['name']}")
+    click.echo(f"next: {next_command(report)}")
+
+
+def next_command(report: dict) -> str:
+    """What to run after a fit: the recommended path's command."""
+    name = report["name"]
+    return {"queries": f"graceful upgrade {name}",
+            "transform": f"graceful upgrade {name} --transform",
+            "backfill": f"graceful upgrade {name} --transform, then graceful backfill --order "
+                        f"uncertainty"}.get(report.get("recommended") or "",
+                                            f"keep {report['old_model']} (no path is safe), or "
+                                            f"graceful upgrade {name} to try it")
 
 
 def print_fit_report(r: dict) -> None:
@@ -682,7 +718,36 @@ def print_fit_report(r: dict) -> None:
                 click.echo(f"  {pair:<8} top1 {m['top1']:.4f}  mAP {m['map']:.4f}{extra}")
     click.echo(f"  own stored vector rank {h['own_rank']:.2%} (median), agreement "
                f"{h['agreement']:.2f}, mean cosine {h['mean_cosine']:.3f}")
+    if r.get("plan"):
+        print_plan(r)
     click.echo(f"verdict: {r['verdict']} - {r['expectation']}")
+
+
+def print_plan(r: dict) -> None:
+    """The upgrade plan: each path measured on the held-out photos, with its cost."""
+    from .plan import duration_text
+
+    m = r["measured"]
+    o = m["old"]
+    click.echo(f"upgrade plan (measured on {m['queries']} held-out photos, their near duplicates "
+               f"left out: {m['near_duplicates']['rule']}; ± = standard error):")
+    click.echo(f"  {'path':<10} {'top-1':>13} {'top-5':>13} {'mAP':>13} {'NFR':>6} {'lost@5':>7} "
+               f"{'kept':>5} {'photos':>7} {'time':>8}")
+    click.echo(f"  {'now':<10} {o['top1']:>6.3f} ±{o['top1_se']:.3f} {o['top5']:>6.3f} "
+               f"±{o['top5_se']:.3f} {o['map']:>6.3f} ±{o['map_se']:.3f} {'-':>6} {'-':>7} "
+               f"{'-':>5} {'-':>7} {'-':>8}")
+    for row in r["plan"]:
+        mark = " *" if row["path"] == r.get("recommended") else ("  !" if row["flags"] else "")
+        se = row["se"]
+        click.echo(f"  {row['path']:<10} {row['top1']:>6.3f} ±{se['top1']:.3f} {row['top5']:>6.3f} "
+                   f"±{se['top5']:.3f} {row['map']:>6.3f} ±{se['map']:.3f} {row['nfr']:>6.3f} "
+                   f"{row['lost_at_5']:>7.3f} {row['retention']:>5.2f} {row['photos_embedded']:>7} "
+                   f"{duration_text(row['seconds']):>8}{mark}")
+        for flag in row["flags"]:
+            click.echo(f"      ! {flag}")
+    click.echo(f"  (kept: share of each photo's old first results still among its new ones; "
+               f"photos: embedded by the path; * recommended)")
+    click.echo(f"  {r['recommendation']}")
 
 
 @cli.group("bench")

@@ -17,6 +17,7 @@ from .gallery import Gallery, GalleryError
 from models.imageio import BadImage, decode
 from .store import sha256_bytes
 
+LOST_KS = metrics.LOST_KS  # lost@k is always reported at these depths, and at the compare's k
 FULL_RANKING_MAX = 20000  # mAP over the full ranking up to this many gallery vectors, else mAP@100
 
 
@@ -109,8 +110,8 @@ def relevance_metrics(relevant: list[np.ndarray], depth_label) -> dict:
 def _rank(gallery: Gallery, model_name: str, queries: list[Query], depth: int, exclude: list[int | None]):
     vectors, ok, model = embed_queries(gallery, model_name, queries)
     kept = [own for own, q_ok in zip(exclude, ok) if q_ok]
-    ranked = iter(rank_vectors(gallery, vectors, model.space, depth, kept) if kept else [])
-    return [next(ranked) if q_ok else None for q_ok in ok], model.space
+    ranked = iter(rank_vectors(gallery, vectors, gallery.space_for(model), depth, kept) if kept else [])
+    return [next(ranked) if q_ok else None for q_ok in ok], gallery.space_for(model)
 
 
 def compare(gallery: Gallery, old: str, new: str, queries: list[Query], k: int = 10,
@@ -137,6 +138,10 @@ def compare(gallery: Gallery, old: str, new: str, queries: list[Query], k: int =
             ro = np.array([labels.get(i) == q.label for i in o])
             rn = np.array([labels.get(i) == q.label for i in n])
             row["old_correct"], row["new_correct"] = bool(ro[:1].any()), bool(rn[:1].any())
+            # lost every right photo: one in the old top-k, none in the new top-k
+            row["lost_all_at"] = {str(d): bool(ro[:d].any() and not rn[:d].any())
+                                  for d in sorted({*LOST_KS, k})}
+            row["lost_all"] = row["lost_all_at"][str(k)]
             old_rel.append(ro)
             new_rel.append(rn)
         rows.append(row)
@@ -153,6 +158,9 @@ def compare(gallery: Gallery, old: str, new: str, queries: list[Query], k: int =
         summary["new_metrics"] = relevance_metrics(new_rel, depth_label)
         summary.update(metrics.flip_rates(np.array([r["old_correct"] for r in rows]),
                                           np.array([r["new_correct"] for r in rows])))
+        summary["lost_at_k"] = {d: round(float(np.mean([r["lost_all_at"][d] for r in rows])), 4)
+                                for d in rows[0]["lost_all_at"]}
+        summary["lost_queries"] = sum(r["lost_all"] for r in rows)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     report = {"summary": summary, "queries": rows, "created_at": time.time()}
     if save:
@@ -165,3 +173,9 @@ def compare(gallery: Gallery, old: str, new: str, queries: list[Query], k: int =
 def latest_report(gallery: Gallery) -> dict | None:
     reports = sorted(gallery.reports_dir.glob("compare-*.json"))
     return json.loads(reports[-1].read_text()) if reports else None
+
+
+def lost_first(rows: list[dict]) -> list[dict]:
+    """Report rows for display: queries that lost every right photo first, then by how many
+    results they lost."""
+    return sorted(rows, key=lambda r: (not r.get("lost_all", False), -len(r["lost"])))

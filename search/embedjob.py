@@ -43,7 +43,7 @@ def embed_stored(gallery: Gallery, model: Embedder, image_ids: list[int], job: s
         except (OSError, BadImage):
             return image_id, None
 
-    gallery.index(model.space)
+    gallery.index(gallery.space_for(model))
     bar = tqdm(total=len(image_ids), unit="img", desc=f"{job} with {model.name}", disable=not progress)
     t0 = time.perf_counter()
 
@@ -60,7 +60,7 @@ def embed_stored(gallery: Gallery, model: Embedder, image_ids: list[int], job: s
         with gallery.catalog.transaction():
             gallery.write_vectors(batch_ids, vectors, model)
             gallery.catalog.save_job(job, {**state.as_dict(), "done": state.done + len(batch_ids)})
-        gallery.sync_index(model.space, batch_ids, vectors, model.name)
+        gallery.sync_index(gallery.space_for(model), batch_ids, vectors, model.name)
         state.tick(state.done + len(batch_ids))
         bar.update(len(batch_ids))
         if on_progress:

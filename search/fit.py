@@ -26,8 +26,10 @@ from models.compatible import HeadEmbedder
 from models.features import extract
 from models.fsutil import atomic_write_bytes
 from models.progress import Progress
+from models.heads import build_head
 from models.train import LABELLED_METHODS, TrainConfig, old_classifier_rows, train_head
 
+from . import plan
 from .gallery import Gallery, GalleryError
 from .preflight import in_holdout, judge
 
@@ -38,7 +40,10 @@ SAMPLE_SHARE = 8  # ... else one in this many photos of the gallery ...
 SAMPLE_CAP = 5000  # ... up to this many
 HELD_OUT_SHARE = 5  # one in five sampled photos measures, the rest train
 HELD_OUT_MAX = 600
+VECTOR_HELD_OUT_MAX = 2000  # a vector-only fit decodes nothing: it can measure on more photos
 HOLDOUT = {"rule": "sha256-bucket", "salt": "graceful-holdout-1", "modulus": 5, "bucket": 0}
+BLENDS = (0.0, 0.3, 0.5, 0.7, 0.85)  # shares of the stored vector a vector-only head may keep
+REL_WEIGHT = 1.0  # relational distillation in fits (see models.train.TrainConfig.rel_weight)
 SHARD = 16  # feature-cache shard size: a kill loses at most this many images' work
 # Measured here (2 cores, batch 16, docs/BENCHMARKS.md): for estimates made before a model ran.
 NOMINAL_IMAGES_PER_SECOND = {"lite0": 86.0, "lite1": 65.0, "lite2": 36.0}
@@ -124,8 +129,8 @@ def resolve_method(method: str, albums: dict[str, int]) -> str:
     return method
 
 
-def plan_sample(members: list, labelled: bool, sample: int | None = None, seed: int = 0
-                ) -> tuple[list[int], list[int]]:
+def plan_sample(members: list, labelled: bool, sample: int | None = None, seed: int = 0,
+                held_max: int = HELD_OUT_MAX) -> tuple[list[int], list[int]]:
     """(training ids, held-out ids): the held-out slice is fixed by each photo's bytes (so the
     pre-flight can find it again); both are stratified by album."""
     labels = {m.id: m.album for m in members}
@@ -139,21 +144,33 @@ def plan_sample(members: list, labelled: bool, sample: int | None = None, seed: 
                            "aside: add photos to them, or use --method adapter")
     total = min(sample or default_sample(len(members)), len(members))
     rng = np.random.default_rng(seed)
-    n_held = min(HELD_OUT_MAX, max(8, total // HELD_OUT_SHARE), len(held_pool))
-    if total >= len(members) and len(held_pool) <= HELD_OUT_MAX:
+    n_held = min(held_max, max(8, total // HELD_OUT_SHARE), len(held_pool))
+    if held_max > HELD_OUT_MAX:  # measuring costs no decoding: use the whole held-out slice
+        n_held = min(held_max, len(held_pool))
+    if total >= len(members) and len(held_pool) <= held_max:
         n_held = len(held_pool)  # a small gallery is used whole
     held = stratified(held_pool, labels, n_held, rng)
-    train = stratified(train_pool, labels, max(total - n_held, 0), rng)
+    n_train = total - min(len(held), max(8, total // HELD_OUT_SHARE))
+    train = stratified(train_pool, labels, max(n_train, 0), rng)
     if len(train) < 8 or len(held) < 2:
         raise FitError(f"too few photos to learn from ({len(train)}) or to check on ({len(held)}); "
                        "index more photos or pass a larger --sample")
     return train, held
 
 
-def fit_upgrade(gallery: Gallery, req: FitRequest) -> dict:
-    """Train, measure and (unless refused) save a model compatible with this gallery's space.
-    Returns the report (also saved in reports/ and in the checkpoint's metadata)."""
-    t_start = time.perf_counter()
+@dataclass
+class _Sample:
+    """The photos a fit learns from and measures on, with both sides of each."""
+    train: list[int]
+    held: list[int]
+    feats: np.ndarray  # new backbone features, train rows then held rows
+    old: np.ndarray  # stored vectors, same rows
+    missing: int
+    seconds: float
+    embedded: int  # photos the new backbone ran on
+
+
+def _validate(gallery: Gallery, req: FitRequest):
     if req.method not in FIT_METHODS:
         raise FitError(f"unknown method {req.method!r}; choose from {', '.join(FIT_METHODS)}")
     if not NAME_RE.match(req.out):
@@ -165,114 +182,297 @@ def fit_upgrade(gallery: Gallery, req: FitRequest) -> dict:
     taken = {e.name for e in registry.available(gallery.model_dirs)}
     if req.out in taken and not dest.exists():
         raise FitError(f"{req.out!r} is already the name of another model")
-    active, space = gallery.active_model, gallery.space
-    if active is None:
+    if gallery.active_model is None:
         raise FitError("the gallery has no photos yet: index some first")
     backbone = gallery.load_model(req.backbone)
     if isinstance(backbone, HeadEmbedder):
         raise FitError("the backbone must be a base model (lite0/1/2 or open_clip), not a trained head")
-    if backbone.name == active:
-        raise FitError(f"{backbone.name} is already the gallery's model: choose a new backbone")
+    return dest, backbone
 
+
+def _members(gallery: Gallery, space: str, backbone, vector_only: bool) -> list:
+    """The photos a fit may use: every photo of the space, or for a vector-only fit the photos
+    whose serving vector the backbone itself embedded (those vectors are its features)."""
     members = gallery.catalog.space_photos(space)
-    if len(members) < MIN_PHOTOS:
-        raise FitError(
-            f"this gallery has {len(members)} photo{'s' if len(members) != 1 else ''}; fitting an "
-            f"upgrade to it needs at least {MIN_PHOTOS} (some to learn from, some to check on). "
-            f"For a gallery this small, re-embed it instead: graceful reembed {req.backbone}")
-    labels = {m.id: m.album for m in members}
-    method = resolve_method(req.method, _labelled_albums(labels, list(labels)))
-    labelled = method in LABELLED_METHODS
-    train, held = plan_sample(members, labelled, req.sample, req.seed)
+    if vector_only:
+        origins = gallery.catalog.serving_origins(space, [m.id for m in members])
+        members = [m for m in members if origins.get(m.id) == (backbone.name, None)]
+    return members
 
+
+def _collect(gallery: Gallery, req: FitRequest, backbone, space: str, members: list,
+             labelled: bool, vector_only: bool) -> _Sample:
     by_id = {m.id: m for m in members}
-    sample_ids = train + held
-    files = [gallery.store.path(by_id[i].sha256, by_id[i].ext) for i in sample_ids]
+    if vector_only:  # no photo is decoded: the features are the vectors the gallery stores
+        train, held = plan_sample(members, labelled, req.sample, req.seed, VECTOR_HELD_OUT_MAX)
+        ids = train + held
+        stored = gallery.catalog.serving_vectors_of(ids, space)
+        old = np.stack([stored[i] for i in ids])
+        if req.on_progress:
+            req.on_progress(Progress("features", backbone.name, len(ids), len(ids), stage="features"))
+        return _Sample(train, held, old.copy(), old, 0, 0.0, 0)
+    train, held = plan_sample(members, labelled, req.sample, req.seed)
+    ids = train + held
+    files = [gallery.store.path(by_id[i].sha256, by_id[i].ext) for i in ids]
     present = [n for n, f in enumerate(files) if f.is_file()]
     missing = len(files) - len(present)
-    sample_ids = [sample_ids[n] for n in present]
-    files = [files[n] for n in present]
-    readable = set(sample_ids)
+    readable = {ids[n] for n in present}
     train = [i for i in train if i in readable]
     held = [i for i in held if i in readable]
-
+    ids = train + held
+    files = [gallery.store.path(by_id[i].sha256, by_id[i].ext) for i in ids]
     t0 = time.perf_counter()
     feats = extract(backbone, files, gallery.cache_dir, batch_size=16, shard_size=SHARD,
-                    progress=req.progress, shas=[by_id[i].sha256 for i in sample_ids],
-                    on_progress=req.on_progress,
-                    should_stop=req.should_stop)
-    t_features = time.perf_counter() - t0
-    stored = gallery.catalog.serving_vectors_of(sample_ids, space)
-    old = np.stack([stored[i] for i in sample_ids])
-    n_train = len(train)
-    f_train = feats[:n_train]
-    o_train, o_held = old[:n_train], old[n_train:]
+                    progress=req.progress, shas=[by_id[i].sha256 for i in ids],
+                    on_progress=req.on_progress, should_stop=req.should_stop)
+    seconds = time.perf_counter() - t0
+    stored = gallery.catalog.serving_vectors_of(ids, space)
+    old = np.stack([stored[i] for i in ids])
+    return _Sample(train, held, feats, old, missing, seconds, len(ids))
 
-    t0 = time.perf_counter()
-    cfg = TrainConfig(method, dim=old.shape[1], loss=req.loss, epochs=req.epochs, seed=req.seed)
+
+def _train(req: FitRequest, method: str, sample: _Sample, labels: dict, vector_only: bool):
+    """The head, trained on the training rows. A vector-only head keeps a share of the stored
+    vector itself (a blend), chosen on a slice of the training photos so that searches that were
+    right keep their results; the held-out slice is never looked at."""
+    n_train = len(sample.train)
+    f_train, o_train = sample.feats[:n_train], sample.old[:n_train]
+    labelled = method in LABELLED_METHODS
+    cfg = TrainConfig(method, dim=sample.old.shape[1], loss=req.loss, epochs=req.epochs,
+                      seed=req.seed, rel_weight=REL_WEIGHT if labelled else 0.0)
     classes: list[str] = []
-    y = None
-    w_old = None
+    y = w_old = None
     if labelled:
-        classes = sorted({labels[i] for i in train})
+        classes = sorted({labels[i] for i in sample.train})
         index = {c: k for k, c in enumerate(classes)}
-        y = np.array([index[labels[i]] for i in train])
+        y = np.array([index[labels[i]] for i in sample.train])
         # the old classifier: one prototype per album, the mean of its stored old vectors
         w_old = old_classifier_rows(o_train, y, len(classes))
     if req.on_progress:
-        req.on_progress(Progress("fit", backbone.name, 1, 0, stage="training"))
-    trained = train_head(cfg, f_train, y, len(classes), old_emb=o_train, old_classifier=w_old,
-                         progress=req.progress)
+        req.on_progress(Progress("fit", req.backbone, 1, 0, stage="training"))
+    if not (vector_only and labelled):
+        trained = train_head(cfg, f_train, y, len(classes), old_emb=o_train, old_classifier=w_old,
+                             progress=req.progress)
+        return trained, classes, cfg, None
+    # vector-only: learn on most training photos, choose the blend on the rest
+    rng = np.random.default_rng(req.seed)
+    inner = rng.permutation(n_train)
+    n_val = max(2, n_train // 5)
+    fit_rows, val_rows = np.sort(inner[n_val:]), np.sort(inner[:n_val])
+    trained = train_head(cfg, f_train[fit_rows], y[fit_rows], len(classes),
+                         old_emb=o_train[fit_rows], old_classifier=w_old, progress=req.progress)
+    val_labels = [labels[sample.train[i]] for i in val_rows]
+    alpha, choice = choose_blend(trained, o_train[val_rows], val_labels)
+    spec = {**trained.head_spec, "type": "blend", "alpha": alpha}
+    head = build_head(spec)
+    head.load_state_dict(trained.head.state_dict())
+    head.eval()
+    trained.head, trained.head_spec = head, spec
+    return trained, classes, cfg, choice
+
+
+def choose_blend(trained, vectors: np.ndarray, labels: list) -> tuple[float, dict]:
+    """The blend (share of the stored vector kept) for a vector-only head: of those whose
+    searches among these photos lose at most MAX_LOST_AT_5 and flip at most MAX_NFR against the
+    stored vectors, the one with the best mAP; else the one that loses least."""
+    import torch
+
+    from .plan import MAX_LOST_AT_5, MAX_NFR
+
+    with torch.no_grad():
+        learned = torch.nn.functional.normalize(
+            trained.head(torch.as_tensor(vectors, dtype=torch.float32)), dim=-1).numpy()
+    own = np.arange(len(vectors))
+    excluded = metrics.exclusion_mask(len(vectors), len(vectors), own)
+    base = metrics.outcomes(vectors, vectors, labels, labels, excluded)
+    tried = []
+    for alpha in BLENDS:
+        moved = alpha * vectors + (1 - alpha) * learned
+        moved /= np.linalg.norm(moved, axis=1, keepdims=True)
+        s = metrics.path_summary(base, metrics.outcomes(moved, moved, labels, labels, excluded))
+        tried.append({"alpha": alpha, "map": s["map"], "lost_at_5": s["lost_at_5"], "nfr": s["nfr"]})
+    safe = [t for t in tried if t["lost_at_5"] <= MAX_LOST_AT_5 / 2 and t["nfr"] <= MAX_NFR]
+    best = (max(safe, key=lambda t: t["map"]) if safe
+            else min(tried, key=lambda t: (t["lost_at_5"], -t["alpha"])))
+    return best["alpha"], {"chosen": best["alpha"], "tried": tried, "photos": len(vectors)}
+
+
+def fit_upgrade(gallery: Gallery, req: FitRequest) -> dict:
+    """Train, measure and (unless refused) save a model compatible with this gallery's space,
+    with the plan of every path it can take. Returns the report (also saved in reports/ and in
+    the checkpoint's metadata)."""
+    t_start = time.perf_counter()
+    dest, backbone = _validate(gallery, req)
+    active, space = gallery.active_model, gallery.space
+    # the stored vectors are this backbone's own features: learn from them, decode nothing
+    vector_only = backbone.name == space
+    if backbone.name == active and not vector_only:
+        raise FitError(f"{backbone.name} is already the gallery's model: choose a new backbone")
+    members = _members(gallery, space, backbone, vector_only)
+    if len(members) < MIN_PHOTOS:
+        raise FitError(
+            f"this gallery has {len(members)} photo{'s' if len(members) != 1 else ''}"
+            + (f" embedded by {backbone.name}" if vector_only else "")
+            + f"; fitting an upgrade to it needs at least {MIN_PHOTOS} (some to learn from, some "
+            f"to check on). For a gallery this small, re-embed it instead: graceful reembed "
+            f"{req.backbone}")
+    labels = {m.id: m.album for m in members}
+    albums = _labelled_albums(labels, list(labels))
+    if vector_only and len(albums) < 2:
+        found = ", ".join(f"{a} ({c})" for a, c in sorted(albums.items())) or "none"
+        raise FitError(
+            f"a head on {backbone.name}, the model that computed this gallery's vectors, can only "
+            f"learn from albums, and needs at least two albums with two or more photos each; "
+            f"this gallery has: {found}. Put photos into albums (graceful albums set, or "
+            f"graceful index --album NAME), or fit a new backbone (--backbone lite2).")
+    method = resolve_method(req.method, albums)
+    if vector_only and method not in LABELLED_METHODS:
+        raise FitError(f"--method {method} maps another backbone onto the stored vectors; on "
+                       f"{backbone.name} itself only album methods apply (pct, bct)")
+    labelled = method in LABELLED_METHODS
+    sample = _collect(gallery, req, backbone, space, members, labelled, vector_only)
+    n_train = len(sample.train)
+
+    t0 = time.perf_counter()
+    trained, classes, cfg, blend = _train(req, method, sample, labels, vector_only)
     t_train = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    new_all = trained.embed(feats)
-    new_held = new_all[n_train:]
-    own_index = np.arange(n_train, len(sample_ids))
-    ref_labels = [labels[i] for i in sample_ids]
-    q_labels = [labels[i] for i in held]
-    signals = metrics.compat_signals(new_held, o_held, old, own_index, q_labels, ref_labels,
+    new_all = trained.embed(sample.feats)
+    transform, moved, t_map = _gallery_transform(trained, sample, new_all, vector_only,
+                                                   backbone, space)
+    new_held, o_held = new_all[n_train:], sample.old[n_train:]
+    own_index = np.arange(n_train, n_train + len(sample.held))
+    ref_labels = [labels[i] for i in sample.train + sample.held]
+    q_labels = [labels[i] for i in sample.held]
+    signals = metrics.compat_signals(new_held, o_held, sample.old, own_index, q_labels, ref_labels,
                                      new_reference=new_all)
-    passed, verdict, expectation, reasons = judge(signals)
+    gate_passed, gate_verdict, _, reasons = judge(signals)
+    measured = None
+    if labelled:  # every path on the held-out photos, against the held-out photos
+        measured = plan.measure(o_held, new_held,
+                                {"queries": o_held, "transform": moved[n_train:],
+                                 "backfill": new_held},
+                                o_held, np.arange(len(sample.held)), q_labels, q_labels)
     t_eval = time.perf_counter() - t0
 
+    photos = gallery.catalog.count_images()
+    rate = (sample.embedded / sample.seconds if sample.seconds > 0.5
+            else NOMINAL_IMAGES_PER_SECOND.get(backbone.name, 30.0))
+    seconds = {"queries": 0.0,
+               "transform": photos / _transform_rate(t_map, len(sample.train) + len(sample.held)),
+               "backfill": photos / rate}
+    rows = plan.plan_rows(measured, seconds, {"queries": 0, "transform": 0, "backfill": photos}
+                          ) if measured else []
+    recommended, why = plan.recommend(rows, measured["old"]) if rows else (None, "")
+    passed, verdict, expectation = _fit_verdict(gate_passed, gate_verdict, rows, recommended, why,
+                                                signals, gallery)
     report = {
         "name": req.out, "method": method, "requested_method": req.method, "backbone": backbone.name,
         "old_model": active, "space": space, "gallery_photos": len(members),
-        "sample": {"train": len(train), "held_out": len(held), "missing_files": missing,
+        "vector_only": vector_only, "photos_embedded": sample.embedded,
+        "sample": {"train": n_train, "held_out": len(sample.held), "missing_files": sample.missing,
                    "albums": len(classes), "labelled": labelled},
-        "held_out": signals, "passed": passed, "verdict": verdict, "expectation": expectation,
+        "held_out": signals, "plan": rows, "recommended": recommended, "recommendation": why,
+        "measured": measured, "transform": transform.spec if transform else None, "blend": blend,
+        "passed": passed, "verdict": verdict, "expectation": expectation,
         "reasons": reasons, "forced": bool(req.force and not passed),
-        "seconds": {"features": round(t_features, 2), "train": round(t_train, 2),
+        "gallery_state": _gallery_state(gallery, space),
+        "seconds": {"features": round(sample.seconds, 2), "train": round(t_train, 2),
                     "evaluate": round(t_eval, 2), "total": round(time.perf_counter() - t_start, 2)},
-        "images_per_second": round(len(sample_ids) / t_features, 2) if t_features > 0.5 else None,
+        "images_per_second": round(rate, 2) if sample.embedded else None,
         "created_at": time.time(), "path": None,
     }
     report["report"] = str(_save_report(gallery, report))
     if not passed and not req.force:
         raise FitRefused(
-            f"{req.out} was not saved: measured on {len(held)} held-out photos of this gallery it "
-            f"would not make search better. {expectation}"
+            f"{req.out} was not saved: measured on {len(sample.held)} held-out photos of this "
+            f"gallery it would not make search better. {expectation}"
             + "".join(f"\n  {r}" for r in reasons)
             + f"\nReport: {report['report']}. --force saves it anyway.", report)
 
+    by_id = {m.id: m for m in members}
     meta = CheckpointMeta(
-        name=req.out, backbone=backbone.name, dim=old.shape[1], space=space,
+        name=req.out, backbone=backbone.name, dim=sample.old.shape[1], space=space,
         compatible_with=sorted({space, *gallery.load_model(active).info.compatible_with}),
         method=method, head=trained.head_spec, old_model=active,
-        data_fingerprint=fingerprint(sorted(by_id[i].sha256 for i in train)),
+        data_fingerprint=fingerprint(sorted(by_id[i].sha256 for i in sample.train)),
         metrics={"train_seconds": round(t_train, 2), "gallery_fit": _compact(report),
-                 "eval": _eval_cell(signals, len(held))},
+                 "eval": _eval_cell(signals, len(sample.held))},
         classes=classes if trained.classifier is not None else [],
-        training={"config": cfg.as_dict(), "from_gallery": str(gallery.home), "images": len(train),
+        training={"config": cfg.as_dict(), "from_gallery": str(gallery.home), "images": n_train,
                   "classes": len(classes), "command": " ".join(sys.argv), "holdout": HOLDOUT},
+        transform=transform.spec if transform else {},
     )
     aux = {"classifier": trained.classifier} if trained.classifier is not None else {}
+    if transform is not None and not transform.exact:
+        import torch
+
+        aux.update({k: torch.as_tensor(v) for k, v in transform.tensors.items()})
     path = save_checkpoint(dest, meta, trained.head, aux=aux)
     report["path"] = str(path)
     report["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
     _save_report(gallery, report, Path(report["report"]))
     return report
+
+
+def _gallery_transform(trained, sample: _Sample, new_all: np.ndarray, vector_only: bool,
+                       backbone, space: str):
+    """(the transform's spec and tensors, the sample's stored vectors moved by it, seconds the
+    mapping took): for a head on the stored vectors' own backbone the head itself (exact); else
+    a map learned from the pairs, its training rows predicted out of fold (by maps that never
+    saw them), so the measurement is honest."""
+    from models.transform import fit_linear_map
+
+    n_train = len(sample.train)
+    if vector_only:
+        spec = {"kind": "head", "exact": True, "input_space": space, "input_models": [backbone.name]}
+        return _Transform(spec, {}), new_all, 0.0
+    lmap, oof = fit_linear_map(sample.old[:n_train], new_all[:n_train])
+    t0 = time.perf_counter()
+    moved = np.concatenate([oof, lmap.apply(sample.old[n_train:])])
+    lmap.spec["input_space"] = space
+    return _Transform(lmap.spec, lmap.tensors()), moved, time.perf_counter() - t0
+
+
+@dataclass
+class _Transform:
+    """A gallery transform as the fit saves it: its spec and the tensors it needs."""
+    spec: dict
+    tensors: dict
+
+    @property
+    def exact(self) -> bool:
+        return self.spec["kind"] == "head"
+
+
+def _transform_rate(apply_seconds: float, vectors: int) -> float:
+    """Vectors a gallery transform moves per second here: reading, mapping and writing in
+    batches, bounded by the catalog (plan.NOMINAL_TRANSFORM_PER_SECOND)."""
+    mapped = vectors / apply_seconds if apply_seconds > 1e-4 else float("inf")
+    return min(mapped, plan.NOMINAL_TRANSFORM_PER_SECOND)
+
+
+def _fit_verdict(gate_passed: bool, gate_verdict: str, rows: list[dict], recommended: str | None,
+                 why: str, signals: dict, gallery: Gallery) -> tuple[bool, str, str]:
+    """(saved?, verdict, one sentence). Saved when its queries line up with the stored vectors
+    and at least one path is not worse; the verdict is the recommended path's."""
+    if not gate_passed or not rows:
+        _, verdict, expectation, _ = judge(signals)
+        return gate_passed, verdict, expectation
+    by_path = {r["path"]: r for r in rows}
+    if recommended:
+        return True, by_path[recommended]["verdict"], why
+    if all(r["verdict"] == "worse" for r in rows):
+        return False, "worse", f"Search would get worse on every path. {why}"
+    return True, "no worse", why
+
+
+def _gallery_state(gallery: Gallery, space: str) -> dict:
+    """What the fit measured: if the gallery still looks like this, its measurement stands."""
+    return {"gallery_id": gallery.catalog.gallery_id(), "space": space,
+            "photos": gallery.catalog.count_served(space),
+            "albums": sorted(a["album"] for a in gallery.catalog.albums() if a["album"] is not None)}
 
 
 def _eval_cell(signals: dict, held: int) -> dict:
@@ -288,7 +488,8 @@ def _eval_cell(signals: dict, held: int) -> dict:
 def _compact(report: dict) -> dict:
     return {k: report[k] for k in ("method", "backbone", "old_model", "space", "gallery_photos",
                                    "sample", "held_out", "passed", "verdict", "expectation",
-                                   "seconds")}
+                                   "seconds", "vector_only", "photos_embedded", "plan",
+                                   "recommended", "recommendation", "gallery_state", "measured")}
 
 
 def _save_report(gallery: Gallery, report: dict, path: Path | None = None) -> Path:

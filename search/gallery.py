@@ -162,12 +162,15 @@ class Gallery:
             raise GalleryError("give a query image (path, bytes or gallery id) or text=")
         return q.search_file(self, query, k, log, model)
 
-    def upgrade(self, name: str, *, force: bool = False, dry_run: bool = False):
+    def upgrade(self, name: str, *, force: bool = False, dry_run: bool = False,
+                transform: bool = False, progress: bool = False):
         """Switch the query model after its pre-flight check; returns an UpgradeResult (a
-        refusal raises PreflightRefused, whose `.result` says what was measured)."""
+        refusal raises PreflightRefused, whose `.result` says what was measured). With
+        `transform`, the stored vectors move into the model's own space first."""
         from .upgrade import upgrade
 
-        return upgrade(self, name, force=force, dry_run=dry_run)
+        return upgrade(self, name, force=force, dry_run=dry_run, transform=transform,
+                       progress=progress)
 
     def rollback(self):
         from .upgrade import rollback
@@ -227,7 +230,12 @@ class Gallery:
         if name is None:
             return None
         row = self.catalog.model(name)
-        return row["space"] if row else None
+        return self.catalog.serving_space(name) or (row["space"] if row else None)
+
+    def space_for(self, model: Embedder) -> str:
+        """Where `model` searches and writes: its own space once a gallery transform gave it
+        one (`upgrade --transform`), else the space it declares."""
+        return self.catalog.serving_space(model.name) or model.space
 
     def resolve_model(self, name: str) -> registry.ModelEntry:
         try:
@@ -280,17 +288,22 @@ class Gallery:
     def register(self, model: Embedder) -> None:
         self.catalog.register_model(model.info.as_dict(), source=model.info.kind)
 
-    def activate(self, model: Embedder, reason: str) -> None:
-        """Make `model` the query (and ingest) model, in one transaction."""
+    def activate(self, model: Embedder, reason: str, space: str | None = None) -> None:
+        """Make `model` the query (and ingest) model, in one transaction. `space`: where it
+        serves from now on (a transform's own space); an upgrade without one returns it to the
+        space it declares."""
         with self.catalog.transaction():
             self.register(model)
+            if reason in ("upgrade", "transform"):
+                self.catalog.set_serving_space(model.name, space if space != model.space else None)
             previous = self.active_model
             history = self.catalog.model_history()
             if previous and previous != model.name:
                 history.append(previous)
             self.catalog.set_model_history(history)
             self.catalog.set_active_model(model.name)
-            self.catalog.log_event(reason, model=model.name, previous=previous, space=model.space)
+            self.catalog.log_event(reason, model=model.name, previous=previous,
+                                   space=space or self.space_for(model))
 
     def ensure_model(self, requested: str | None) -> Embedder:
         """The model that ingest uses: the active one; a new gallery takes `requested`."""
@@ -403,8 +416,9 @@ class Gallery:
             return idx.kind
 
     def write_vectors(self, image_ids: list[int], vectors: np.ndarray, model: Embedder) -> None:
-        """Store vectors and update the live index of their space (caller holds a transaction)."""
-        self.catalog.put_vectors(image_ids, vectors, model.name, model.space)
+        """Store vectors embedded by `model` in the space it serves (caller holds a
+        transaction; `sync_index` updates the live index after the commit)."""
+        self.catalog.put_vectors(image_ids, vectors, model.name, self.space_for(model))
 
     def sync_index(self, space: str, image_ids: list[int], vectors: np.ndarray,
                    model: str = "") -> None:
@@ -526,11 +540,13 @@ class Gallery:
         cells = {}
         for m in models:
             row = {}
+            own = self.catalog.serving_space(m["name"])
             for space in spaces:
-                if m["space"] != space:
+                if space not in (m["space"], own):
                     row[space] = {"compatible": False}
                     continue
-                cell = {"compatible": True, "native": m["name"] == space}
+                cell = {"compatible": True, "native": space in (m["name"], own),
+                        "transformed": space == own}
                 try:
                     entry = self.resolve_model(m["name"])
                     ev = (entry.meta.metrics.get("eval") if entry.meta else None) or {}

@@ -74,9 +74,10 @@ class _Item:
 class _Loader:
     """Runs in the loader thread, with its own read-only SQLite connection."""
 
-    def __init__(self, db_path: Path, model: Embedder, store, decode: bool = True):
+    def __init__(self, db_path: Path, model: Embedder, space: str, store, decode: bool = True):
         self.db_path = db_path
         self.model = model
+        self.space = space
         self.store = store
         self.decode = decode  # off when Ray workers decode
         self.local = threading.local()
@@ -86,7 +87,7 @@ class _Loader:
         reader = getattr(self.local, "reader", None)
         if reader is None:
             reader = self.local.reader = ReadOnlyCatalog(self.db_path)
-        return reader.stored_ext(sha, self.model.space)
+        return reader.stored_ext(sha, self.space)
 
     def __call__(self, path: Path) -> _Item:
         item = _Item(path)
@@ -125,11 +126,12 @@ def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None
     outside: list[Path] = []
     files = collect_files(paths, roots, outside)  # roots: the app's import roots
     model = gallery.ensure_model(model_name)
-    report = IngestReport(model.name, model.space)
+    space = gallery.space_for(model)
+    report = IngestReport(model.name, space)
     report.skipped += [(str(f), "a link to a file outside the folders this server may read")
                        for f in outside]
-    gallery.index(model.space)  # load or rebuild the live index before adding to it
-    loader = _Loader(gallery.catalog.path, model, gallery.store, decode=ray is None)
+    gallery.index(space)  # load or rebuild the live index before adding to it
+    loader = _Loader(gallery.catalog.path, model, space, gallery.store, decode=ray is None)
     seen_in_run: set[str] = set()
     regrouped: list[str] = []  # known photos to move into `album`
     t0 = time.perf_counter()
@@ -180,7 +182,7 @@ def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None
                 for it in batch
             ]
             gallery.write_vectors(ids, vectors, model)
-        gallery.sync_index(model.space, ids, vectors, model.name)
+        gallery.sync_index(space, ids, vectors, model.name)
         report.added += len(batch)
 
     try:

@@ -122,6 +122,31 @@ def reembed_job(home: Path, name: str) -> Callable[[Job], Any]:
     return work
 
 
+def transform_job(home: Path, name: str, then_backfill: bool = False) -> Callable[[Job], Any]:
+    """`graceful upgrade NAME --transform` in the background (pause = stop, start = resume);
+    with `then_backfill`, the mapped vectors are then replaced by real embeddings, most
+    uncertain first."""
+    def work(job: Job):
+        from . import backfill as bf
+        from .upgrade import upgrade
+
+        def run(g):
+            result = upgrade(g, name, transform=True, should_stop=job.should_stop,
+                             on_progress=_progress_into(job))
+            if not result.changed:
+                job.message = "paused: vectors moved so far are kept; start again to continue"
+                return result.as_dict()
+            job.message = f"moved {result.vectors_transformed} vectors into {name}'s space and switched to it"
+            if then_backfill:
+                state = bf.backfill(g, "uncertainty", should_stop=job.should_stop,
+                                    on_progress=_progress_into(job))
+                job.message += f"; backfilled {state.done} photos" + (
+                    " (paused)" if state.interrupted else "")
+            return result.as_dict()
+        return _in_own_gallery(home, run)
+    return work
+
+
 def fit_job(home: Path, backbone: str, out: str, method: str = "auto",
             sample: int | None = None) -> Callable[[Job], Any]:
     """Fit an upgrade to the gallery (`graceful train --from-gallery`) in the background."""
@@ -140,6 +165,7 @@ def fit_job(home: Path, backbone: str, out: str, method: str = "auto",
             return None
         job.done = job.total = 1
         job.message = (f"{report['name']}: {report['verdict']} on {report['sample']['held_out']} "
-                       f"held-out photos in {time.time() - t0:.0f} s. Upgrade to it above.")
+                       f"held-out photos in {time.time() - t0:.0f} s. "
+                       + (report.get("recommendation") or "Upgrade to it above."))
         return report
     return work

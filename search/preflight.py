@@ -44,8 +44,8 @@ AGREEMENT_MIN = 0.10
 # With albums: enough labelled queries to judge, and how much worse counts as worse (at least
 # this much, and at least one standard error of the paired difference).
 MIN_ALBUM_QUERIES = 16
-WORSE_MAP = 0.01
-WORSE_TOP1 = 0.02
+# A fit's measurement stands while the gallery's photo count stays within this share of it.
+CHANGED_SHARE = 0.10
 SEED = 20261126  # not the backfill's seed: the two must not pick the same photos
 
 
@@ -68,6 +68,10 @@ class Preflight:
     reasons: list[str] = field(default_factory=list)
     images_per_second: float = 0.0  # the candidate's measured embedding speed here
     held_out_only: bool = False  # a gallery-fitted model is checked on photos it never saw
+    path: str = "queries"  # what was judged: the queries-only switch or a gallery transform
+    measured: dict | None = None  # plan.measure's summary of that path (with albums)
+    flags: list[str] = field(default_factory=list)  # what the path loses that averages hide
+    reused: str | None = None  # the fit report whose measurement this is (nothing re-embedded)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -122,46 +126,112 @@ def embed_stored_photos(gallery: Gallery, model: Embedder, ids: list[int], want:
     return kept, vectors, time.perf_counter() - t0
 
 
-def judge(signals: dict) -> tuple[bool, str, str, list[str]]:
-    """(passed, verdict, one-sentence expectation, reasons) from compat signals."""
+def compat_gate(signals: dict) -> tuple[bool, list[str]]:
+    """Label-free: do this model's queries line up with the stored vectors at all?"""
     rank, agree = signals["own_rank"], signals["agreement"]
     reasons = [f"a typical photo's own stored vector ranks in the top {rank:.2%} of the gallery "
                f"for its new query (limit {OWN_RANK_MAX:.0%})",
                f"neighbourhood agreement with the old queries {agree:.2f} (0 = unrelated, "
                f"limit {AGREEMENT_MIN:.2f})"]
-    if rank > OWN_RANK_MAX or agree < AGREEMENT_MIN:
-        return False, "incompatible", (
-            "Search would return unrelated photos: this model's queries do not line up with the "
-            "vectors this gallery stores."), reasons
+    return rank <= OWN_RANK_MAX and agree >= AGREEMENT_MIN, reasons
+
+
+INCOMPATIBLE = ("Search would return unrelated photos: this model's queries do not line up with "
+                "the vectors this gallery stores.")
+
+
+def path_expectation(s: dict, verdict: str, where: str = "album photos") -> str:
+    """One sentence for a measured path (a `plan.measure` summary with its verdict)."""
+    figures = (f"on {s['queries']} {where} top-1 {s['top1'] - s['delta_top1']:.3f} → "
+               f"{s['top1']:.3f}, top-5 {s['top5'] - s['delta_top5']:.3f} → {s['top5']:.3f}, mAP "
+               f"{s['map'] - s['delta_map']:.3f} → {s['map']:.3f} (±{s['map_se']:.3f}), "
+               f"{s['nfr']:.1%} of searches that were right would turn wrong, "
+               f"{s['lost_at_5']:.1%} would lose every right photo from their first five")
+    lead = {"worse": "Search would get worse", "better": "Search should improve at once",
+            "no worse": "Search should stay about as good"}[verdict]
+    return f"{lead}: {figures}."
+
+
+def judge(signals: dict) -> tuple[bool, str, str, list[str]]:
+    """(passed, verdict, one-sentence expectation, reasons) from compat signals alone (no path
+    measurement): the compatibility gate, then whether albums can say anything."""
+    passed, reasons = compat_gate(signals)
+    if not passed:
+        return False, "incompatible", INCOMPATIBLE, reasons
     albums = signals.get("albums")
     if albums and albums["queries"] < MIN_ALBUM_QUERIES:
         return True, "compatible", (
             f"Queries will land in the same neighbourhoods as before; only {albums['queries']} "
             f"checked photos are in albums (at least {MIN_ALBUM_QUERIES} are needed to measure "
             f"whether search gets better), so the change in quality is not measured."), reasons
-    if not albums:
-        return True, "compatible", (
-            "Queries will land in the same neighbourhoods as before, but whether they get better "
-            "cannot be measured without albums: a model trained on other photos can make search "
-            "worse here, so put photos into albums to measure it, or fit an upgrade to this "
-            "gallery."), reasons
-    old, new = albums["old/old"], albums["new/old"]
-    figures = (f"on {albums['queries']} album photos top-1 {old['top1']:.3f} → {new['top1']:.3f}, "
-               f"mAP {old['map']:.3f} → {new['map']:.3f}, {albums['nfr']:.1%} of searches that "
-               f"were right would turn wrong")
-    worse = (albums["delta_map"] < -max(WORSE_MAP, albums["delta_map_se"])
-             or albums["delta_top1"] < -max(WORSE_TOP1, albums["delta_top1_se"]))
-    if worse:
-        return False, "worse", f"Search would get worse: {figures}.", reasons
-    if albums["delta_map"] > max(WORSE_MAP, albums["delta_map_se"]):
-        return True, "better", f"Search should improve at once: {figures}.", reasons
-    return True, "no worse", f"Search should stay about as good: {figures}.", reasons
+    return True, "compatible", (
+        "Queries will land in the same neighbourhoods as before, but whether they get better "
+        "cannot be measured without albums: a model trained on other photos can make search "
+        "worse here, so put photos into albums to measure it, or fit an upgrade to this "
+        "gallery."), reasons
+
+
+def fit_measurement(model: Embedder) -> dict | None:
+    """The measurement a gallery-fitted model carries from its fit (None for other models)."""
+    meta = getattr(model, "meta", None)
+    fit = (meta.metrics or {}).get("gallery_fit") if meta is not None else None
+    return fit if fit and fit.get("measured") else None
+
+
+def gallery_changed(gallery: Gallery, state: dict | None) -> str | None:
+    """Why the gallery no longer looks like the one a fit measured, or None when it does: the
+    same gallery and space, within 10% of its photos, the same albums."""
+    if not state:
+        return "the fit recorded no gallery state"
+    if state.get("gallery_id") != gallery.catalog.gallery_id():
+        return "the model was fitted to another gallery"
+    if state.get("space") != gallery.space:
+        return f"the gallery now searches space {gallery.space}, the fit measured {state.get('space')}"
+    photos = gallery.catalog.count_served(gallery.space)
+    if abs(photos - state.get("photos", 0)) > CHANGED_SHARE * max(state.get("photos", 0), 1):
+        return f"the gallery has {photos} photos, {state.get('photos')} when the model was fitted"
+    albums = sorted(a["album"] for a in gallery.catalog.albums() if a["album"] is not None)
+    if albums != state.get("albums"):
+        return "the albums changed since the model was fitted"
+    return None
+
+
+def reuse_fit(gallery: Gallery, model: Embedder, path: str = "queries") -> Preflight | None:
+    """The fit's own measurement of `path`, when the gallery has not changed enough to need a
+    new one: one decision, one sample, one rule (nothing is embedded)."""
+    fit = fit_measurement(model)
+    if fit is None or gallery_changed(gallery, fit.get("gallery_state")):
+        return None
+    measured, held = fit["measured"], fit["held_out"]
+    s = measured["paths"].get(path)
+    if s is None:
+        return None
+    passed, reasons = compat_gate(held)
+    verdict = s["verdict"] if passed else "incompatible"
+    return Preflight(
+        sample=measured["queries"], self_recall=held["own_in_top"], top=held["top"],
+        mean_cosine=held["mean_cosine"], threshold=OWN_RANK_MAX,
+        passed=passed and verdict != "worse", seconds=0.0, own_rank=held["own_rank"],
+        own_in_top_1pct=held["own_in_top_1pct"], agreement=held["agreement"],
+        reference=measured["reference"], albums=held.get("albums"), verdict=verdict,
+        expectation=(path_expectation(s, verdict, "held-out photos") if passed else INCOMPATIBLE),
+        reasons=reasons, held_out_only=True, path=path, measured=s, flags=s["flags"],
+        reused=f"the fit of {model.name} (same gallery, unchanged since)")
 
 
 def preflight(gallery: Gallery, model: Embedder, sample: int = PREFLIGHT_SAMPLE,
-              top: int = PREFLIGHT_TOP, reference: int = REFERENCE_SIZE) -> Preflight:
-    """Embed a sample of the gallery's photos with `model` and measure how its queries sit among
-    the stored vectors. Nothing is written."""
+              top: int = PREFLIGHT_TOP, reference: int = REFERENCE_SIZE, path: str = "queries",
+              transform=None) -> Preflight:
+    """Measure how `model`'s queries sit among the stored vectors (or, for `path="transform"`,
+    among them moved by `transform`). A model fitted to this gallery reuses its fit's
+    measurement while the gallery is unchanged; otherwise it is measured again on at least as
+    many held-out photos as the fit used. Nothing is written."""
+    reused = reuse_fit(gallery, model, path)
+    if reused is not None:
+        return reused
+    fit = fit_measurement(model)
+    if fit is not None:
+        sample = max(sample, fit["measured"]["queries"])
     t0 = time.perf_counter()
     space = gallery.space
     members = gallery.catalog.space_members(space, exclude_model=model.name)
@@ -201,6 +271,18 @@ def preflight(gallery: Gallery, model: Embedder, sample: int = PREFLIGHT_SAMPLE,
     signals = metrics.compat_signals(new_q, old_q, ref, own_index, [labels[i] for i in kept],
                                      [labels[i] for i in ref_ids], top=top)
     passed, verdict, expectation, reasons = judge(signals)
+    measured, flags = None, []
+    albums = signals.get("albums")
+    if passed and albums and albums["queries"] >= MIN_ALBUM_QUERIES:
+        from . import plan
+
+        gallery_side = ref if path == "queries" else transform.apply(ref)
+        m = plan.measure(old_q, new_q, {path: gallery_side}, ref, own_index,
+                         [labels[i] for i in kept], [labels[i] for i in ref_ids])
+        measured = m["paths"][path]
+        verdict, flags = measured["verdict"], measured["flags"]
+        passed = verdict != "worse"
+        expectation = path_expectation(measured, verdict)
     return Preflight(
         sample=len(kept), self_recall=signals["own_in_top"], top=top,
         mean_cosine=signals["mean_cosine"], threshold=OWN_RANK_MAX, passed=passed,
@@ -209,11 +291,31 @@ def preflight(gallery: Gallery, model: Embedder, sample: int = PREFLIGHT_SAMPLE,
         reference=len(ref), albums=signals.get("albums"), verdict=verdict,
         expectation=expectation, reasons=reasons,
         images_per_second=round(len(kept) / embed_s, 2) if embed_s else 0.0,
-        held_out_only=bool(rule))
+        held_out_only=bool(rule), path=path, measured=measured, flags=flags)
 
 
 def summary(p: Preflight) -> str:
     """One line for the CLI and the app."""
     state = "passed" if p.passed else "FAILED"
-    return (f"pre-flight {state} ({p.verdict}, {p.sample} photos against {p.reference} stored "
-            f"vectors): {p.expectation}")
+    where = "stored vectors" if p.path == "queries" else "transformed vectors"
+    how = f"; measured by {p.reused}" if p.reused else ""
+    return (f"pre-flight {state} ({p.verdict}, {p.sample} photos against {p.reference} {where}"
+            f"{how}): {p.expectation}")
+
+
+def standing_verdict(gallery: Gallery, entry) -> str | None:
+    """What is known, without embedding anything, about `entry` (a model or registry entry)
+    querying this gallery: its fit's verdict while the gallery is unchanged, else None."""
+    fit = fit_measurement(entry)
+    if fit is None or gallery_changed(gallery, fit.get("gallery_state")):
+        return None
+    row = next((r for r in fit.get("plan", []) if r["path"] == "queries"), None)
+    if row is None:
+        return None
+    where = f"{fit['measured']['queries']} held-out photos"
+    recommended = fit.get("recommended")
+    tail = f"; recommended: {recommended}" if recommended and recommended != "queries" else ""
+    if row["verdict"] == "worse":
+        return f"no: worse on {where}{tail}"
+    flagged = " (loses results)" if row["flags"] else ""
+    return f"yes, {row['verdict']}{flagged} on {where}{tail}"

@@ -29,7 +29,7 @@ def search_bytes(gallery: Gallery, data: bytes, k: int = 10, label: str = "",
     t0 = time.perf_counter()
     vector = embed_image_bytes(model, data)
     embed_ms = (time.perf_counter() - t0) * 1000
-    result = gallery.search_vectors(vector, k, model.name, model.space)[0]
+    result = gallery.search_vectors(vector, k, model.name, gallery.space_for(model))[0]
     result.elapsed_ms += embed_ms
     if log and gallery.catalog.log_queries():
         sha = sha256_bytes(data)
@@ -84,7 +84,7 @@ def search_text(gallery: Gallery, text: str, k: int = 10, log: bool = False) -> 
         raise GalleryError(f"the active model {model.name} has no text tower; search by image instead")
     t0 = time.perf_counter()
     vector = model.embed_text([text])
-    result = gallery.search_vectors(vector, k, model.name, model.space)[0]
+    result = gallery.search_vectors(vector, k, model.name, gallery.space_for(model))[0]
     result.elapsed_ms += (time.perf_counter() - t0) * 1000
     if log:
         try:

@@ -10,7 +10,8 @@ import time
 from dataclasses import dataclass, asdict, field
 
 from .gallery import Gallery, GalleryError
-from .preflight import PREFLIGHT_SAMPLE, Preflight, preflight
+from .plan import duration_text
+from .preflight import PREFLIGHT_SAMPLE, Preflight, fit_measurement, preflight
 
 
 @dataclass
@@ -26,6 +27,12 @@ class UpgradeResult:
     vectors_recomputed: int = 0
     notes: list[str] = field(default_factory=list)
     next_step: dict | None = None  # when the pre-flight refuses: the gallery-fitted path
+    transform: bool = False  # the gallery was moved into the model's own space
+    vectors_transformed: int = 0
+    photos_embedded: int = 0
+    seconds: float = 0.0  # the whole upgrade, pre-flight and transform included
+    warnings: list[str] = field(default_factory=list)  # what the path loses (plan flags)
+    recommended: str | None = None  # the path the model's fit recommended, if it was fitted
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -66,16 +73,12 @@ def next_step(gallery: Gallery, model, check: Preflight) -> dict:
     return est
 
 
-def duration_text(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def upgrade(gallery: Gallery, name: str, force: bool = False, dry_run: bool = False,
-            sample: int = PREFLIGHT_SAMPLE) -> UpgradeResult:
+            sample: int = PREFLIGHT_SAMPLE, transform: bool = False, progress: bool = False,
+            should_stop=None, on_progress=None) -> UpgradeResult:
+    """Switch to `name` after its pre-flight. With `transform`, first move every stored vector
+    into the model's own space by its gallery transform (resumable), then switch to it."""
+    t_start = time.perf_counter()
     model = gallery.load_model(name)  # unknown / corrupt / mismatching: GalleryError, nothing changed
     current = gallery.active_model
     if current is None:
@@ -94,9 +97,32 @@ def upgrade(gallery: Gallery, name: str, force: bool = False, dry_run: bool = Fa
     if space_dim is not None and model.dim != space_dim:
         raise GalleryError(f"{model.name} gives {model.dim}-d vectors, but space {space!r} holds "
                            f"{space_dim}-d ones: it cannot search this gallery")
-    check = preflight(gallery, model, sample)
+    gallery_transform = None
+    if transform:
+        gallery_transform = getattr(model, "gallery_transform", lambda: None)()
+        if gallery_transform is None:
+            raise GalleryError(
+                f"{model.name} carries no gallery transform: fit one to this gallery (graceful "
+                f"train --from-gallery --backbone B --out NAME), then upgrade --transform to it")
+        if gallery_transform.spec.get("input_space", space) != space:
+            raise GalleryError(
+                f"{model.name}'s gallery transform maps vectors of space "
+                f"{gallery_transform.spec['input_space']!r}; this gallery serves {space!r}")
+    check = preflight(gallery, model, sample, path="transform" if transform else "queries",
+                      transform=gallery_transform)
     result = UpgradeResult(model.name, current, space, False, dry_run, force and not check.passed,
-                           check, 0.0)
+                           check, 0.0, transform=transform)
+    fit = fit_measurement(model)
+    if fit is not None:
+        result.recommended = fit.get("recommended")
+    result.warnings = list(check.flags)
+    wanted = "transform" if transform else "queries"
+    if result.recommended and result.recommended != wanted and check.passed:
+        how = {"transform": f"graceful upgrade {model.name} --transform",
+               "backfill": f"graceful upgrade {model.name} --transform, then graceful backfill",
+               "queries": f"graceful upgrade {model.name}"}[result.recommended]
+        result.notes.append(f"the fit of {model.name} recommends the {result.recommended} path "
+                            f"({how}): {fit.get('recommendation', '')}")
     if not check.passed:
         result.next_step = next_step(gallery, model, check)
     if not check.passed and not force:
@@ -106,13 +132,44 @@ def upgrade(gallery: Gallery, name: str, force: bool = False, dry_run: bool = Fa
             f"{result.next_step['text']}\n--force switches anyway.", result)
     if dry_run:
         result.notes.append("dry run: nothing changed")
+        result.seconds = round(time.perf_counter() - t_start, 3)
         return result
+    if transform:
+        return _transform(gallery, model, gallery_transform, result, t_start, progress,
+                          should_stop, on_progress)
     t0 = time.perf_counter()
     gallery.activate(model, "upgrade")
     result.switch_ms = round((time.perf_counter() - t0) * 1000, 3)
     result.changed = True
     result.notes.append(f"queries now use {model.name}; new photos are embedded by it; "
                         f"existing vectors stay as they are (graceful backfill re-embeds them, optional)")
+    result.seconds = round(time.perf_counter() - t_start, 3)
+    return result
+
+
+def _transform(gallery: Gallery, model, gallery_transform, result: UpgradeResult, t_start: float,
+               progress: bool, should_stop, on_progress) -> UpgradeResult:
+    from .transform import transform_gallery
+
+    state, switched = transform_gallery(gallery, model, gallery_transform, progress=progress,
+                                        should_stop=should_stop, on_progress=on_progress)
+    result.vectors_transformed = state.done
+    result.seconds = round(time.perf_counter() - t_start, 3)
+    if not switched:
+        result.notes.append(f"interrupted after moving {state.done} of {state.total} vectors: "
+                            f"search still uses {result.previous}; run the same command again "
+                            f"to continue (vectors already moved are kept)")
+        return result
+    result.changed, result.space = True, gallery.space
+    result.switch_ms = 0.0
+    kind = "its head (exact)" if gallery_transform.exact else "a learned map"
+    result.notes.append(
+        f"moved {state.done} stored vectors into {model.name}'s own space by {kind} in "
+        f"{duration_text(state.seconds)}, 0 photos embedded; queries now use {model.name}; the "
+        f"{result.previous} vectors stay (rollback is instant)"
+        + ("" if gallery_transform.exact else
+           "; graceful backfill --order uncertainty replaces mapped vectors with real "
+           "embeddings, the most uncertain first"))
     return result
 
 
@@ -157,6 +214,7 @@ def rollback(gallery: Gallery, attempts: int = 5) -> RollbackResult:
         raise GalleryError("the gallery's model kept changing while rolling back (another "
                            "upgrade or rollback is running): run graceful rollback again")
     ms = (time.perf_counter() - t0) * 1000
-    kept = gallery.catalog.count_vectors(current, model.space)
-    missing = len(gallery.catalog.images_missing_in_space(model.space))
-    return RollbackResult(target, current, model.space, kept, missing, round(ms, 3))
+    space = gallery.space
+    kept = gallery.catalog.count_vectors(current, space)
+    missing = len(gallery.catalog.images_missing_in_space(space))
+    return RollbackResult(target, current, space, kept, missing, round(ms, 3))

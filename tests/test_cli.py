@@ -38,7 +38,8 @@ def test_index_search_info_models_json(home, few_photos, store):
     info = json.loads(run(home, "info", "--json").stdout)
     assert info["images"] == 12 and info["active_model"] == "lite0" and info["space"] == "lite0"
     assert info["index"] == {"space": "lite0", "vectors": 12, "dim": 1280}
-    assert info["vectors"] == [{"space": "lite0", "model": "lite0", "vectors": 12}]
+    assert info["vectors"] == [{"space": "lite0", "model": "lite0", "vectors": 12, "transformed": 0,
+                               "embedded": 12}]
     assert info["vector_store"]["kind"] == store
     assert info["runtimes"] == {"lite0": ["onnxruntime"]}  # the gallery records the fast path
 

@@ -1,0 +1,135 @@
+"""Gallery transforms: maps from the vectors a gallery stores into a new model's own space.
+
+After an upgrade, a model's queries can search the old vectors (compatibility), but the old
+vectors cap what they find. FCT (apple/ml-fct) moves the gallery instead: a map h, learned from
+pairs (old vector, new embedding) of the same photos, is applied to every stored vector. No
+labels are needed and no photo is decoded. Two kinds:
+  - `head`: the model is a head on the very backbone that computed the stored vectors, so
+    applying the head to a stored vector *is* the model's embedding of that photo (exact);
+  - `linear`: ridge regression from the stored vectors to the model's embeddings (closed form,
+    its strength chosen by cross-validation on the pairs), with a per-vector estimate of how far
+    off it is (its expected residual), so a later backfill can replace the worst first.
+Pure numpy: the transform job needs no torch for the linear kind.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+LAMBDAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+FOLDS = 5
+AUX_PREFIX = "transform."  # tensor names inside a checkpoint (behind its aux. prefix)
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@dataclass
+class LinearMap:
+    """h(x) = normalise((x - mean_in) W + mean_out), and r(x) = x . u + c its expected residual
+    (1 - cosine to the real embedding)."""
+    weight: np.ndarray  # (d_in, d_out)
+    mean_in: np.ndarray
+    mean_out: np.ndarray
+    residual_weight: np.ndarray  # (d_in,)
+    residual_bias: float
+    lam: float
+    spec: dict = field(default_factory=dict)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        return normalise((x - self.mean_in) @ self.weight + self.mean_out).astype(np.float32)
+
+    def uncertainty(self, x: np.ndarray) -> np.ndarray:
+        return np.clip(np.asarray(x, np.float32) @ self.residual_weight + self.residual_bias, 0, 2)
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {f"{AUX_PREFIX}weight": self.weight, f"{AUX_PREFIX}mean_in": self.mean_in,
+                f"{AUX_PREFIX}mean_out": self.mean_out,
+                f"{AUX_PREFIX}residual_weight": self.residual_weight,
+                f"{AUX_PREFIX}residual_bias": np.array([self.residual_bias], np.float32)}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict, spec: dict) -> "LinearMap":
+        def get(name):
+            return np.asarray(tensors[AUX_PREFIX + name], np.float32)
+        return cls(get("weight"), get("mean_in"), get("mean_out"), get("residual_weight"),
+                   float(get("residual_bias")[0]), float(spec.get("lambda", 0.0)), spec)
+
+
+def _ridge_solutions(x: np.ndarray, y: np.ndarray, lams) -> list[np.ndarray]:
+    """Ridge weights for each lambda from one SVD of the (centred) inputs."""
+    u, s, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
+    uty = u.T @ y.astype(np.float64)
+    return [(vt.T * (s / (s * s + lam))) @ uty for lam in lams]
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (normalise(a) * normalise(b)).sum(-1)
+
+
+def cross_fitted(x: np.ndarray, y: np.ndarray, lams=LAMBDAS, folds: int = FOLDS, seed: int = 0
+                 ) -> tuple[float, np.ndarray]:
+    """(the lambda with the best out-of-fold cosine, the out-of-fold predictions for it): every
+    pair is predicted by a map that never saw it, so measurements on them are honest."""
+    n = len(x)
+    fold_of = np.random.default_rng(seed).permutation(n) % max(2, min(folds, n))
+    preds = np.zeros((len(lams), n, y.shape[1]), np.float64)
+    for f in np.unique(fold_of):
+        tr, te = fold_of != f, fold_of == f
+        mi, mo = x[tr].mean(0), y[tr].mean(0)
+        for j, w in enumerate(_ridge_solutions(x[tr] - mi, y[tr] - mo, lams)):
+            preds[j, te] = (x[te] - mi) @ w + mo
+    scores = [float(_cosine(p, y).mean()) for p in preds]
+    best = int(np.argmax(scores))
+    return float(lams[best]), normalise(preds[best]).astype(np.float32)
+
+
+def fit_linear_map(old: np.ndarray, new: np.ndarray, seed: int = 0) -> tuple[LinearMap, np.ndarray]:
+    """Learn h: stored vector -> the model's embedding from pairs of the same photos. Returns
+    the map (fitted on every pair) and its out-of-fold predictions (for honest measurement)."""
+    old = np.asarray(old, np.float32)
+    new = normalise(np.asarray(new, np.float32))
+    if len(old) < 2 * FOLDS:
+        raise ValueError(f"a gallery transform needs at least {2 * FOLDS} photo pairs, got {len(old)}")
+    lam, oof = cross_fitted(old, new, seed=seed)
+    mi, mo = old.mean(0), new.mean(0)
+    w = _ridge_solutions(old - mi, new - mo, [lam])[0].astype(np.float32)
+    # the expected residual of a vector, learned from the out-of-fold residuals (FastFill-style:
+    # a backfill replaces the vectors the map got most wrong first)
+    residual = 1.0 - _cosine(oof, new)
+    rm = residual.mean()
+    r_lam, _ = cross_fitted(old, (residual - rm)[:, None], seed=seed + 1)
+    ri = old.mean(0)
+    rw = _ridge_solutions(old - ri, (residual - rm)[:, None], [r_lam])[0][:, 0]
+    rb = float(rm - ri @ rw)
+    spec = {"kind": "linear", "lambda": lam, "in_dim": int(old.shape[1]), "out_dim": int(new.shape[1]),
+            "pairs": int(len(old)), "oof_cosine": round(float(1 - residual.mean()), 4),
+            "exact": False}
+    return LinearMap(w, mi.astype(np.float32), mo.astype(np.float32), rw.astype(np.float32), rb,
+                     lam, spec), oof
+
+
+@dataclass
+class GalleryTransform:
+    """What `upgrade --transform` applies to stored vectors: `apply(vectors) -> vectors` in the
+    model's space, `uncertainty(vectors)` (a learned map's expected residual; None when exact)."""
+    spec: dict
+    apply: object
+    uncertainty: object | None
+
+    @property
+    def exact(self) -> bool:
+        return self.spec.get("kind") == "head"
+
+    @property
+    def origin(self) -> str:
+        """What the catalog records for the vectors it makes."""
+        return "head" if self.exact else "map"
+
+    def input_models(self) -> set[str]:
+        """The models whose stored vectors it maps as they were meant to be (others only
+        approximately)."""
+        return set(self.spec.get("input_models", []))

@@ -1,0 +1,151 @@
+"""The upgrade plan: every path an upgrade can take, measured on the same held-out photos and
+judged by one rule, with the time each takes at this gallery's size and one recommendation.
+
+Paths (queries are always the new model's):
+  queries    search the vectors the gallery stores (the instant switch);
+  transform  search the stored vectors moved into the model's space by arithmetic
+             (`upgrade --transform`: the model's own head, or a learned map);
+  backfill   search the model's own embedding of every photo (re-embed everything).
+The same rule (`judge_path`) decides the fit's verdict, the pre-flight's and the plan's flags,
+so the command that follows a fit never contradicts it on a smaller sample.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from models import metrics
+
+PATHS = ("queries", "transform", "backfill")
+# How much worse counts as worse: at least this much, and beyond twice the paired standard error
+# (so a sample of 64 cannot overturn a gain measured on 300).
+WORSE_MAP = 0.01
+WORSE_TOP1 = 0.02
+SIGNIFICANCE = 2.0
+# What a recommended path may lose (outside checks: averages hid lost results).
+MAX_LOST_AT_5 = 0.02
+MAX_NFR = 0.03
+MAX_TOP5_DROP = 0.005
+# Label-free: a path that keeps fewer of the old first results than this has erased similarity
+# that albums cannot see (albums coarser than what users search for). A compatible path keeps
+# 0.5-0.8 of them here (docs/BENCHMARKS.md section 13); one that collapses albums keeps < 0.3.
+MIN_RETENTION = 0.35
+# Old-model similarity at or above which two photos count as shots of the same scene: such
+# neighbours are left out of a held-out photo's results (they make a held-out slice score far
+# above new query photos).
+NEAR_DUPLICATE = 0.92
+# Gallery-side arithmetic (read, map, write in batches), measured here (docs/BENCHMARKS.md).
+NOMINAL_TRANSFORM_PER_SECOND = 4000.0
+
+
+def judge_path(s: dict) -> tuple[str, list[str]]:
+    """(verdict, flags) of one path from its `metrics.path_summary`: worse / better / no worse,
+    and what it loses that an average hides (lost@5, flips, top-5, neighbours kept)."""
+    d_map, d_map_se = s["delta_map"], s["delta_map_se"]
+    d_top1, d_top1_se = s["delta_top1"], s["delta_top1_se"]
+    worse = (d_map < -max(WORSE_MAP, SIGNIFICANCE * d_map_se)
+             or (d_top1 < -max(WORSE_TOP1, SIGNIFICANCE * d_top1_se)
+                 and d_map < max(WORSE_MAP, SIGNIFICANCE * d_map_se)))
+    if worse:
+        verdict = "worse"
+    elif d_map > max(WORSE_MAP, SIGNIFICANCE * d_map_se):
+        verdict = "better"
+    else:
+        verdict = "no worse"
+    flags = []
+    if s["lost_at_5"] > MAX_LOST_AT_5:
+        flags.append(f"{s['lost_at_5']:.1%} of searches lose every right photo from their first "
+                     f"five (lost@5, limit {MAX_LOST_AT_5:.0%})")
+    if s["nfr"] > MAX_NFR:
+        flags.append(f"{s['nfr']:.1%} of searches that were right first turn wrong (NFR, limit "
+                     f"{MAX_NFR:.0%})")
+    if s["delta_top5"] < -MAX_TOP5_DROP:
+        flags.append(f"top-5 falls by {-s['delta_top5']:.3f}")
+    if "retention" in s and s["retention"] < MIN_RETENTION:
+        flags.append(f"only {s['retention']:.0%} of each photo's old first results stay among its "
+                     f"new ones (limit {MIN_RETENTION:.0%}): similarity the albums do not "
+                     f"describe is being erased")
+    return verdict, flags
+
+
+def measure(old_q: np.ndarray, new_q: np.ndarray, references: dict[str, np.ndarray],
+            old_reference: np.ndarray, own_index: np.ndarray, q_labels: list, ref_labels: list,
+            near_duplicate: float = NEAR_DUPLICATE) -> dict:
+    """Every path on the same labelled queries: `references` maps a path to its gallery
+    (the rows of `old_reference`, moved or re-embedded). Near duplicates of each query (by the
+    old model) and its own photo never count as results."""
+    near = metrics.near_duplicates(old_q, old_reference, near_duplicate)
+    rows = np.flatnonzero(own_index >= 0)
+    near[rows, own_index[rows]] = False
+    excluded = metrics.exclusion_mask(len(old_q), len(old_reference), own_index, near)
+    # only queries with a right answer left in the gallery can be judged by labels
+    same = (np.array(q_labels, dtype=object)[:, None]
+            == np.array([x if x is not None else "\0none" for x in ref_labels], dtype=object)[None, :])
+    judged = np.flatnonzero((same & ~excluded).any(1))
+    old_q, new_q, excluded = old_q[judged], new_q[judged], excluded[judged]
+    q_labels = [q_labels[i] for i in judged]
+    base = metrics.outcomes(old_q, old_reference, q_labels, ref_labels, excluded)
+    out = {"queries": int(len(old_q)), "reference": int(len(old_reference)),
+           "old": metrics.path_summary(base, base),
+           "near_duplicates": {"rule": f"old-model cosine >= {near_duplicate}",
+                               "queries_with_any": round(float(near.any(1).mean()), 4),
+                               "left_out": int(near.sum())},
+           "paths": {}}
+    for path, reference in references.items():
+        res = metrics.outcomes(new_q, reference, q_labels, ref_labels, excluded)
+        summary = metrics.path_summary(base, res)
+        summary["verdict"], summary["flags"] = judge_path(summary)
+        out["paths"][path] = summary
+    return out
+
+
+def plan_rows(measured: dict, seconds: dict[str, float], photos_embedded: dict[str, int]) -> list[dict]:
+    """The plan as the JSON contract has it: one row per path with its figures and cost."""
+    rows = []
+    for path in PATHS:
+        s = measured["paths"].get(path)
+        if s is None:
+            continue
+        rows.append({"path": path, "top1": s["top1"], "top5": s["top5"], "map": s["map"],
+                     "nfr": s["nfr"], "lost_at_5": s["lost_at_5"], "lost_at_10": s["lost_at_10"],
+                     "retention": s["retention"], "seconds": round(seconds[path], 1),
+                     "photos_embedded": photos_embedded[path], "verdict": s["verdict"],
+                     "flags": s["flags"],
+                     "se": {k: s[f"{k}_se"] for k in ("top1", "top5", "map", "lost_at_5")}})
+    return rows
+
+
+def recommend(rows: list[dict], old: dict) -> tuple[str | None, str]:
+    """(path or None, one sentence why). Eligible: measured no worse and nothing flagged; of
+    those the best mAP, unless a cheaper one is within its uncertainty."""
+    ok = [r for r in rows if r["verdict"] != "worse" and not r["flags"]]
+    if not ok:
+        worst = min(rows, key=lambda r: (r["verdict"] != "worse", -len(r["flags"])), default=None)
+        why = (worst["flags"][0] if worst and worst["flags"] else "it measured worse")
+        return None, (f"Keep the current model: no path is safe on this gallery "
+                      f"({worst['path'] if worst else 'every path'}: {why}).")
+    best = max(ok, key=lambda r: r["map"])
+    margin = max(WORSE_MAP, best["se"]["map"])
+    cheapest = min((r for r in ok if r["map"] >= best["map"] - margin),
+                   key=lambda r: (r["seconds"], PATHS.index(r["path"])))
+    c = cheapest
+    text = (f"{c['path']}: mAP {old['map']:.3f} → {c['map']:.3f}, top-5 {old['top5']:.3f} → "
+            f"{c['top5']:.3f}, lost@5 {c['lost_at_5']:.3f}, in {duration_text(c['seconds'])}")
+    others = [r for r in rows if r is not c]
+    better = [r for r in others if r["map"] > c["map"] + margin]
+    if better:
+        b = max(better, key=lambda r: r["map"])
+        text += (f"; {b['path']} would reach mAP {b['map']:.3f} but "
+                 + ("loses results (" + b["flags"][0] + ")" if b["flags"] else "measured worse"))
+    elif c is not best or any(r["path"] != c["path"] and r in ok for r in others):
+        text += "; the others add no measurable gain for their cost"
+    return c["path"], "Recommended: " + text + "."
+
+
+def duration_text(seconds: float) -> str:
+    if seconds < 1:
+        return "an instant"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

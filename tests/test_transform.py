@@ -1,0 +1,250 @@
+"""Moving the gallery too (issue 18): vector-only fits on the gallery's own backbone, gallery
+transforms (exact heads and learned maps), the upgrade plan, one verdict, lost@k, and a kill -9
+in the middle of a transform. Real photos and models, real SQLite, FAISS and Milvus Lite."""
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from search.cli import cli
+from search.gallery import Gallery
+from search.ingest import ingest
+
+from conftest import ALBUM_CLASSES
+
+PLAN_KEYS = {"path", "top1", "top5", "map", "nfr", "lost_at_5", "seconds"}
+
+
+def run(home, *args):
+    return CliRunner().invoke(cli, ["--home", str(home), *map(str, args)], catch_exceptions=False)
+
+
+def as_json(result) -> dict:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def album_homes(tmp_path_factory, album_photos) -> dict:
+    """A lite0 gallery of 4 albums x 14 photos per store, built once; tests copy them."""
+    import os
+
+    homes = {}
+    for store in ("faiss", "milvus"):
+        if store == "milvus":
+            pytest.importorskip("milvus_lite")
+        home = tmp_path_factory.mktemp(f"transform-{store}") / "g"
+        os.environ["GRACEFUL_STORE"] = store
+        try:
+            g = Gallery.open(home, create=True)
+            ingest(g, [album_photos], progress=False)
+            g.close()
+        finally:
+            os.environ.pop("GRACEFUL_STORE", None)
+        homes[store] = home
+    return homes
+
+
+@pytest.fixture
+def album_home(album_homes, store, tmp_path) -> Path:
+    dest = tmp_path / "g"
+    shutil.copytree(album_homes[store], dest, ignore=shutil.ignore_patterns("cache", "milvus.db.lock"))
+    return dest
+
+
+def transformed_count(home: Path, model: str) -> int:
+    info = as_json(run(home, "info", "--json"))
+    return sum(r["transformed"] for r in info["vectors"] if r["model"] == model)
+
+
+@pytest.mark.usefixtures("store")
+def test_vector_only_fit_decodes_nothing_then_transforms_searches_and_rolls_back(
+        album_home, album_photos, monkeypatch):
+    import models.imageio
+    import search.fit
+
+    def never(*a, **k):
+        raise AssertionError("a vector-only fit must not decode or embed a photo")
+
+    with monkeypatch.context() as m:  # the backbone never runs, no photo is decoded
+        m.setattr(search.fit, "extract", never)
+        m.setattr(models.imageio, "decode", never)
+        m.setattr("models.embedder.Embedder.embed_batch", never)
+        report = as_json(run(album_home, "train", "--from-gallery", "--backbone", "lite0",
+                             "--out", "albums-head", "--json"))
+    assert report["vector_only"] and report["photos_embedded"] == 0
+    assert report["passed"] and report["transform"]["kind"] == "head"
+    assert [r["path"] for r in report["plan"]] == ["queries", "transform", "backfill"]
+    for row in report["plan"]:
+        assert PLAN_KEYS <= set(row) and 0 <= row["lost_at_5"] <= 1
+    assert report["recommended"] in (None, "queries", "transform", "backfill")
+    assert report["plan"][2]["photos_embedded"] == 56 and report["plan"][1]["photos_embedded"] == 0
+
+    up = as_json(run(album_home, "upgrade", "albums-head", "--transform", "--json"))
+    assert up["changed"] and up["transform"] and up["space"] == "albums-head"
+    assert up["vectors_transformed"] == 56 and up["photos_embedded"] == 0 and up["seconds"] > 0
+    assert up["preflight"]["reused"], "the fit's measurement of an unchanged gallery is reused"
+    assert transformed_count(album_home, "albums-head") == 56
+
+    # the transformed vectors are exactly what the model embeds for the same photos
+    g = Gallery.open(album_home)
+    model = g.load_model("albums-head")
+    ids = [int(i) for i in g.catalog.space_members("albums-head")[:6]]
+    rows = g.catalog.images(ids)
+    from models.imageio import decode
+
+    direct = model.embed_images([decode(g.store.read(rows[i].sha256, rows[i].ext),
+                                        model.info.image_size).image for i in ids])
+    moved = g.catalog.serving_vectors_of(ids, "albums-head")
+    cos = (direct * np.stack([moved[i] for i in ids])).sum(1)
+    assert cos.min() > 0.999, cos
+    g.close()
+
+    photo = album_photos / "sunflower" / sorted(p.name for p in (album_photos / "sunflower").iterdir())[0]
+    hits = as_json(run(album_home, "search", photo, "-k", "3", "--json"))
+    assert hits["model"] == "albums-head" and hits["space"] == "albums-head"
+    assert hits["results"][0]["score"] > 0.999 and hits["results"][0]["name"] == photo.name
+
+    back = as_json(run(album_home, "rollback", "--json"))
+    assert back["model"] == "lite0" and back["space"] == "lite0" and back["need_reembed"] == 0
+    hits = as_json(run(album_home, "search", photo, "-k", "3", "--json"))
+    assert hits["model"] == "lite0" and hits["results"][0]["name"] == photo.name
+
+
+def test_a_vector_only_fit_without_albums_says_there_is_nothing_to_learn(album_homes, tmp_path):
+    home = tmp_path / "g"
+    shutil.copytree(album_homes["faiss"], home, ignore=shutil.ignore_patterns("cache"))
+    g = Gallery.open(home)
+    g.catalog.set_album([int(i) for i in g.catalog.space_members("lite0")], None)
+    g.close()
+    r = run(home, "train", "--from-gallery", "--backbone", "lite0", "--out", "x")
+    assert r.exit_code == 1 and "can only learn from albums" in r.output
+    assert "graceful albums set" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.usefixtures("store")
+def test_lite2_fit_learns_a_map_then_backfill_replaces_the_most_uncertain_first(album_home):
+    report = as_json(run(album_home, "train", "--from-gallery", "--backbone", "lite2",
+                         "--out", "lite2-fit", "--json"))
+    assert not report["vector_only"] and report["photos_embedded"] == 56
+    assert report["transform"]["kind"] == "linear" and report["transform"]["pairs"] > 10
+    up = as_json(run(album_home, "upgrade", "lite2-fit", "--transform", "--json"))
+    assert up["changed"] and up["vectors_transformed"] == 56 and up["photos_embedded"] == 0
+    assert transformed_count(album_home, "lite2-fit") == 56
+
+    with sqlite3.connect(album_home / "catalog.db") as db:
+        unc = dict(db.execute("SELECT image_id, uncertainty FROM vectors WHERE model = ? "
+                              "AND origin = 'map'", ["lite2-fit"]).fetchall())
+    assert len(unc) == 56 and all(u is not None for u in unc.values())
+    r = run(album_home, "backfill", "--order", "uncertainty", "--limit", "10", "--json")
+    assert r.exit_code == 0, r.output
+    with sqlite3.connect(album_home / "catalog.db") as db:
+        replaced = {i for (i,) in db.execute("SELECT image_id FROM vectors WHERE model = ? AND "
+                                             "origin IS NULL", ["lite2-fit"])}
+    assert len(replaced) == 10
+    assert min(unc[i] for i in replaced) >= max(u for i, u in unc.items() if i not in replaced)
+    status = as_json(run(album_home, "backfill", "--status", "--json"))
+    assert status["transformed"] == 46
+    assert as_json(run(album_home, "backfill", "--json"))["done"] == 46
+    assert transformed_count(album_home, "lite2-fit") == 0
+
+
+def test_the_upgrade_reuses_the_fits_measurement_until_the_gallery_changes(album_homes, tmp_path,
+                                                                            few_photos):
+    home = tmp_path / "g"
+    shutil.copytree(album_homes["faiss"], home, ignore=shutil.ignore_patterns("cache"))
+    fit = as_json(run(home, "train", "--from-gallery", "--backbone", "lite0", "--out", "h",
+                      "--json"))
+    dry = as_json(run(home, "upgrade", "h", "--dry-run", "--json"))["preflight"]
+    assert dry["reused"] and dry["seconds"] == 0.0 and dry["sample"] == fit["measured"]["queries"]
+    queries = next(r for r in fit["plan"] if r["path"] == "queries")
+    assert dry["verdict"] == queries["verdict"] and dry["flags"] == queries["flags"]
+    # 12 new photos in a new album: more than 10% more, so it is measured again, on at least as
+    # many held-out photos as the fit used
+    assert run(home, "index", few_photos, "--album", "new").exit_code == 0
+    dry = as_json(run(home, "upgrade", "h", "--dry-run", "--json"))["preflight"]
+    assert not dry["reused"] and dry["seconds"] > 0 and dry["held_out_only"]
+
+
+def test_compare_reports_lost_at_k_with_the_losing_queries(album_homes, tmp_path, album_photos):
+    home = tmp_path / "g"
+    shutil.copytree(album_homes["faiss"], home, ignore=shutil.ignore_patterns("cache"))
+    assert run(home, "train", "--from-gallery", "--backbone", "lite0", "--out", "h").exit_code == 0
+    assert run(home, "upgrade", "h", "--transform").exit_code == 0
+    out = tmp_path / "cmp.json"
+    r = run(home, "compare", "--queries", album_photos, "-k", "5", "--json", out)
+    assert r.exit_code == 0, r.output
+    assert "lost@5" in r.output
+    report = json.loads(out.read_text())
+    s = report["summary"]
+    assert set(s["lost_at_k"]) == {"5", "10"} and s["new_space"] == "h"
+    rows = report["queries"]
+    assert all(isinstance(q["lost_all"], bool) for q in rows)
+    assert s["lost_at_k"]["5"] == pytest.approx(np.mean([q["lost_all_at"]["5"] for q in rows]), abs=1e-4)
+    for q in rows:  # a right photo in the old top-k and none in the new one: it was lost
+        if q["lost_all"]:
+            assert q["lost"]
+
+
+def synthetic_lite0_gallery(home: Path, n: int = 3000, albums: int = 20, seed: int = 0) -> None:
+    """A lite0 gallery of n vectors in `albums` clusters (no photo files): enough rows for a
+    transform to take a moment, built in a second."""
+    from models import registry
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(albums, 1280))
+    labels = rng.integers(0, albums, n)
+    x = centres[labels] + 1.5 * rng.normal(size=(n, 1280))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    g = Gallery.open(home, create=True)
+    model = registry.load("lite0")
+    g.activate(model, "init")
+    with g.catalog.transaction():
+        ids = [g.catalog.add_image({"sha256": f"{i:064x}", "name": f"p{i}.jpg", "ext": ".jpg",
+                                    "bytes": 1, "width": 1, "height": 1, "format": "JPEG",
+                                    "source": f"/p/a{labels[i]}/p{i}.jpg", "added_at": float(i),
+                                    "album": f"a{labels[i]}"}) for i in range(n)]
+        g.write_vectors(ids, x, model)
+    g.rebuild_index()
+    g.close()
+
+
+@pytest.mark.usefixtures("store")
+def test_kill_9_during_a_transform_then_resume(home, run_and_kill, monkeypatch):
+    import os
+
+    synthetic_lite0_gallery(home)
+    assert run(home, "train", "--from-gallery", "--backbone", "lite0", "--out", "h",
+               "--force").exit_code == 0
+    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_TRANSFORM_BATCH": "25"}
+
+    def moved() -> int:
+        with sqlite3.connect(f"file:{home / 'catalog.db'}?mode=ro", uri=True, timeout=0.1) as db:
+            return db.execute("SELECT count(*) FROM vectors WHERE space = 'h'").fetchone()[0]
+
+    code = run_and_kill([sys.executable, "-m", "search.cli", "upgrade", "h", "--transform"], env,
+                        lambda: moved() > 100)
+    assert code == -9, "the kill must land inside the transform"
+    part = moved()
+    assert 100 <= part < 3000
+    with sqlite3.connect(home / "catalog.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        active = json.loads(db.execute("SELECT value FROM state WHERE key = 'active_model'").fetchone()[0])
+    assert active == "lite0", "search keeps the old model until the transform completes"
+    r = subprocess.run([sys.executable, "-m", "search.cli", "upgrade", "h", "--transform", "--json"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    up = json.loads(r.stdout)
+    assert up["changed"] and up["vectors_transformed"] == 3000 - part
+    g = Gallery.open(home)
+    assert g.space == "h" and g.catalog.count_served("h") == 3000
+    assert g.index().ntotal == 3000 and transformed_count(home, "h") == 3000
+    g.close()
