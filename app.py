@@ -362,6 +362,7 @@ def page_models() -> None:
         show_refusal(g, refused)
     target_entry = next((e for e in entries if e.name == target), None)
     transform_section(g, target_entry)
+    job_progress("transform")  # started here or from the plan below
     if target_entry is not None and target_entry.space not in (None, space):
         st.caption(f"{md(target)} lives in space {md(target_entry.space)}: it cannot search this gallery's "
                    "vectors. Re-embed every photo into a second index alongside; search keeps "
@@ -493,7 +494,6 @@ def transform_section(g: Gallery, entry) -> None:
         job = job_runner().get("transform")
         if job:
             job.stop()
-    job_progress("transform")
 
 
 def show_refusal(g: Gallery, refused: dict) -> None:
@@ -576,7 +576,8 @@ def show_plan(g: Gallery, r: dict) -> None:
                             "path": p["path"]} for p in r["plan"]]
                           + [{"seconds (log)": 0.1, "mAP": o["map"], "path": "now"}])
     st.scatter_chart(points, x="seconds (log)", y="mAP", color="path", height=220)
-    st.caption(md(r["recommendation"]))
+    st.caption(md(r["recommendation"]) + " · the buttons below take each path; progress shows "
+               "under Upgrade above")
     if not r.get("path") or r["name"] == g.active_model:
         return
     b1, b2, b3 = st.columns(3)
@@ -589,8 +590,6 @@ def show_plan(g: Gallery, r: dict) -> None:
         job_runner().start("transform", transform_job(g.home, r["name"]))
     if b3.button("Transform, then backfill", key="plan-backfill"):
         job_runner().start("transform", transform_job(g.home, r["name"], then_backfill=True))
-    if job_runner().get("transform") and r["name"] != st.session_state.get("upgrade-target"):
-        job_progress("transform")
 
 
 def show_fit_report(r: dict, g: Gallery | None = None) -> None:

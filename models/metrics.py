@@ -258,6 +258,7 @@ def path_summary(old: Outcomes, new: Outcomes) -> dict:
         m, se = _mean_se(np.asarray(b, float) - np.asarray(a, float))
         out[f"delta_{key}"], out[f"delta_{key}_se"] = round(m, 4), round(se, 4)
     out.update({k: v for k, v in flip_rates(old.top1, new.top1).items() if k != "queries"})
+    out["nfr_se"] = round(_mean_se(old.top1 & ~new.top1)[1], 4)
     for k in LOST_KS:
         m, se = _mean_se(lost_at_k(old, new, k))
         out[f"lost_at_{k}"], out[f"lost_at_{k}_se"] = round(m, 4), round(se, 4)

@@ -24,17 +24,15 @@ ORDERS = ("random", "oldest", "most-retrieved", "uncertainty")
 
 
 def candidates(gallery: Gallery, order: str = "random", seed: int = 0) -> tuple[list[int], list[int]]:
-    """(images missing from the active space, images served by an older model's vector), ordered."""
+    """(images missing from the active space, images to re-embed), ordered: vectors of older
+    models in the chosen order, then vectors a learned map made (`upgrade --transform`), the
+    largest expected residual first (FastFill-style)."""
     if order not in ORDERS:
         raise GalleryError(f"unknown backfill order {order!r}; choose from {', '.join(ORDERS)}")
     model, space = gallery.active_model, gallery.space
     missing = gallery.catalog.images_missing_in_space(space)
     rows = gallery.catalog.images_without_model(space, model)
-    # vectors a learned map made (upgrade --transform) are replaced by real embeddings too,
-    # the most uncertain (largest expected residual) first
-    mapped_rows = gallery.catalog.transformed_vectors(space, model)
-    mapped = [i for i, _ in mapped_rows]
-    rows = rows + mapped_rows
+    mapped = [i for i, _ in gallery.catalog.transformed_vectors(space, model)]
     stale = [r[0] for r in rows]
     if order == "random":
         stale = list(np.random.default_rng(seed).permutation(stale)) if stale else []
@@ -46,14 +44,11 @@ def candidates(gallery: Gallery, order: str = "random", seed: int = 0) -> tuple[
             counts.update(results)
         stale = sorted(stale, key=lambda i: (-counts.get(i, 0), i))
     elif order == "uncertainty" and stale:
-        others = [i for i in stale if i not in set(mapped)]
-        if others:
-            idx = gallery.index(space)
-            scores, _ = idx.search(idx.vectors(others), 3)
-            margin = scores[:, 1] - scores[:, 2] if scores.shape[1] >= 3 else scores[:, -1]
-            others = [others[j] for j in np.argsort(margin, kind="stable")]
-        stale = mapped + others  # mapped: already most uncertain first
-    return missing, [int(i) for i in stale]
+        idx = gallery.index(space)
+        scores, _ = idx.search(idx.vectors(stale), 3)
+        margin = scores[:, 1] - scores[:, 2] if scores.shape[1] >= 3 else scores[:, -1]
+        stale = [stale[j] for j in np.argsort(margin, kind="stable")]
+    return missing, [int(i) for i in stale] + mapped
 
 
 class CurveRecorder:

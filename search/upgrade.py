@@ -84,8 +84,9 @@ def upgrade(gallery: Gallery, name: str, force: bool = False, dry_run: bool = Fa
     if current is None:
         raise GalleryError("the gallery has no model yet: index photos first")
     space = gallery.space
-    if model.name == current:
-        raise GalleryError(f"{model.name} is already the active model")
+    if model.name == current and not (transform and gallery.space != model.name):
+        raise GalleryError(f"{model.name} is already the active model"
+                           + (" and serves from its own space" if transform else ""))
     if model.space != space:
         raise GalleryError(
             f"{model.name} outputs into space {model.space!r}, but the gallery's vectors live in "

@@ -160,8 +160,33 @@ def test_albums_and_a_gallery_fitted_upgrade_from_the_app(app, album_photos, hom
     app.button(key="fit-from-refusal").click().run()
     wait_for(app, "held-out photos of 56", timeout=300)
     out = text_of(app)
-    held_out = next(d.value for d in app.dataframe if "held-out photos" in d.value.columns)
-    assert "lite1-fit-lite0" in out and "after the upgrade" in held_out["held-out photos"].tolist()
+    plan = next(d.value for d in app.dataframe if "path" in d.value.columns)
+    paths = plan["path"].tolist()
+    assert "lite1-fit-lite0" in out and "Upgrade plan" in out and "Recommended" in out
+    assert paths[0] == "now (no change)" and {"queries", "transform", "backfill"} <= \
+        {p.rstrip(" ★") for p in paths}
+    assert {"lost@5", "NFR", "top-5", "photos embedded", "time"} <= set(plan.columns)
+    table = next(d.value for d in app.dataframe if "can query this gallery" in d.value.columns)
+    verdict = dict(zip(table["model"], table["can query this gallery"]))
+    assert verdict["lite1-fit-lite0"].startswith(("yes", "no")), verdict  # measured, not assumed
+    assert "not measured yet" in verdict["lite2-compat-lite0"]
     app.selectbox(key="upgrade-target").set_value("lite1-fit-lite0").run()
     app.button(key="upgrade").click().run()
     assert "Upgraded lite0 → lite1-fit-lite0" in text_of(app)
+    # and the gallery-moving path, from the plan's button
+    app.button(key="rollback").click().run()
+    app.button(key="plan-transform").click().run()
+    wait_for(app, "vectors into lite1-fit-lite0's space", timeout=120)
+    assert "Active model: **lite1-fit-lite0** · gallery space **lite1-fit-lite0**" in text_of(app)
+
+    # the Compare page: lost@k, and the queries that lost every right photo listed first
+    page(app, "Compare")
+    app.radio(key="cmp-source").set_value("Labelled folder").run()
+    app.text_input(key="cmp-folder").set_value(str(album_photos)).run()
+    app.button(key="cmp-run").click().run()
+    assert not app.exception
+    labels = [m.label for m in app.metric]
+    assert "lost@5" in labels and "lost@10" in labels
+    table = next(d.value for d in app.dataframe if "lost every right photo" in d.value.columns)
+    flags = table["lost every right photo"].tolist()
+    assert flags == sorted(flags, reverse=True)  # losers first

@@ -123,16 +123,21 @@ def test_browser_upload_search_upgrade_compare_rollback(server, few_photos, albu
             timeout=300_000)
         go("Search")
         go("Models")  # a full rerun lists the new model
-        page.get_by_test_id("stSelectbox").filter(has_text="New model").click()
-        page.get_by_role("option", name="lite2-fit-lite0").click()
-        page.get_by_role("button", name="Upgrade", exact=True).click()
-        expect(page.get_by_text(re.compile(r"Upgraded lite0 → lite2-fit-lite0"))).to_be_visible()
         report = page.get_by_text(re.compile(r"held-out photos of 68"))
         expect(report).to_be_visible()
-        # the fit report sits below the fold of Streamlit's scrolling main area
-        page.get_by_role("heading", name="Fit an upgrade to this gallery").evaluate(
+        expect(page.get_by_text(re.compile(r"Upgrade plan"))).to_be_visible()
+        expect(page.get_by_text(re.compile(r"Recommended: |Keep the current model"))).to_be_visible()
+        # the fit report and its plan sit below the fold of Streamlit's scrolling main area
+        page.get_by_text(re.compile(r"Upgrade plan")).evaluate(
             "e => e.scrollIntoView({block: 'start'})")
-        page.wait_for_timeout(1000)
+        page.wait_for_timeout(1500)  # the chart
         page.screenshot(path=SHOTS / "5-fitted.png")
+        # the gallery-moving path, from the plan's own button
+        page.get_by_role("button", name="Transform the gallery").click()
+        expect(page.get_by_text(re.compile(r"moved \d+ vectors into lite2-fit-lite0's space"))
+               ).to_be_visible(timeout=120_000)
+        go("Search")
+        go("Models")
+        expect(page.get_by_text(re.compile(r"gallery space lite2-fit-lite0"))).to_be_visible()
         expect(page.get_by_text("Traceback")).to_have_count(0)
         browser.close()
