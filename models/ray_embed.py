@@ -8,7 +8,13 @@ writer of its catalog. Nothing here is imported unless a job runs with `--ray`.
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, Iterable, Iterator, TypeVar
@@ -18,7 +24,37 @@ import numpy as np
 K = TypeVar("K")
 
 IN_FLIGHT_PER_WORKER = 2  # batches queued per actor: keeps it busy while one result travels
-START_TIMEOUT = float(os.environ.get("GRACEFUL_RAY_START_TIMEOUT", "600"))  # s to load models
+START_TIMEOUT_ENV = "GRACEFUL_RAY_START_TIMEOUT"  # s to start a local runtime / join a cluster
+DEFAULT_START_TIMEOUT = 60.0  # a local runtime gets one more try with twice as long
+LOAD_TIMEOUT_ENV = "GRACEFUL_RAY_LOAD_TIMEOUT"  # s for every worker to load its model
+DEFAULT_LOAD_TIMEOUT = 600.0
+
+
+def _seconds(env: str, default: float) -> float:
+    raw = os.environ.get(env, "")
+    try:
+        value = float(raw) if raw.strip() else default
+    except ValueError:
+        raise ValueError(f"{env} must be a number of seconds, not {raw!r}") from None
+    if not value > 0:
+        raise ValueError(f"{env} must be a number of seconds above 0, not {raw!r}")
+    return value
+
+
+def start_timeout() -> float:
+    return _seconds(START_TIMEOUT_ENV, DEFAULT_START_TIMEOUT)
+
+
+class RayStartTimeout(TimeoutError):
+    """Ray did not come up (a local runtime) or answer (a cluster) in the time allowed."""
+
+    def __init__(self, address: str, waited: list[float]):
+        self.address, self.waited = address, waited
+        super().__init__(address, waited)
+
+
+class RayUnreachable(ConnectionError):
+    pass
 
 
 @dataclass
@@ -100,17 +136,189 @@ def prepare_auth(address: str) -> None:
     """Clusters started by `ray start` (Ray >= 2.59) require the token this machine keeps in
     ~/.ray/auth_token, but a driver connecting by address sends it only in token mode, which
     Ray reads when it is first imported. Token mode also works with clusters that have
-    authentication off, so turn it on whenever a token is at hand. (A local runtime that this
-    process starts makes its own arrangements: leave it alone.)"""
-    if address != "auto" and "RAY_AUTH_MODE" not in os.environ and (
+    authentication off, so turn it on whenever a token is at hand. (The local runtime of
+    `auto` is a `ray start` too, inheriting this process's mode.)
+
+    Also quiets Ray's C++ core, read as Ray is imported: a cluster that does not answer is
+    said in one line by the caller, not by Ray's retry warnings on stderr."""
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    if "RAY_AUTH_MODE" not in os.environ and (
             os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
             or (Path.home() / ".ray" / "auth_token").is_file()):
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-def connect(address: str) -> bool:
-    """Join Ray: "auto" starts a local runtime for this job (stopped when it ends); "HOST:PORT"
-    or "ray://HOST:PORT" joins that cluster. True if this call initialised Ray."""
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalRuntime:
+    """A Ray runtime for one job on this machine, bound to 127.0.0.1 only and stopped with it.
+
+    `ray start --head --block` in a session of its own: GCS, raylet, agents and every worker
+    it spawns share that session, so stopping it leaves no Ray process behind. Its node address
+    is 127.0.0.1 (Ray otherwise replaces a loopback node address with the machine's network
+    address, and its servers listen on every interface); no dashboard. Starting is a bounded
+    wait: a runtime not up in time is stopped and `start` raises TimeoutError."""
+
+    READY = "Ray runtime started"
+
+    def __init__(self, cpus: int | None = None):
+        self.cpus = cpus or os.cpu_count() or 1
+        self.proc: subprocess.Popen | None = None
+        self.address = ""
+        self._log = None
+
+    def start(self, timeout: float) -> str:
+        port = _free_port()
+        self._log = tempfile.NamedTemporaryFile("w+", prefix="graceful-ray-", suffix=".log")
+        env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+               "RAY_USAGE_STATS_ENABLED": "0"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+             "--node-ip-address", "127.0.0.1", "--port", str(port),
+             "--ray-client-server-port", str(_free_port()), "--include-dashboard", "false",
+             "--dashboard-host", "127.0.0.1", "--num-cpus", str(self.cpus),
+             "--disable-usage-stats"],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self._read_log()
+            if self.READY in text:
+                self.address = f"127.0.0.1:{port}"
+                return self.address
+            if self.proc.poll() is not None:
+                self.stop()
+                lines = [ln for ln in text.splitlines() if ln.strip()]
+                raise RuntimeError(lines[-1] if lines else f"ray start exited with "
+                                   f"{self.proc.returncode}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"not started within {timeout:g} s")
+            time.sleep(0.2)
+
+    def _read_log(self) -> str:
+        try:
+            with open(self._log.name, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def pids(self) -> list[int]:
+        """Every process of this runtime still there (its session), zombies left out."""
+        if self.proc is None:
+            return []
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if fields[0] != "Z" and int(fields[3]) == self.proc.pid:  # state, session id
+                found.append(int(entry))
+        return found
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM to the runtime's process group, then SIGKILL to whatever of its session is
+        left (workers run in process groups of their own)."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except OSError:
+            pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self.pids():
+            time.sleep(0.2)
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self.pids():
+            time.sleep(0.1)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Before Ray is asked to join (it waits long, and logs every retry on stderr): something
+    must listen at the address (else RayUnreachable at once) and answer a gRPC (HTTP/2)
+    connection preface within `timeout` s, as Ray's GCS and client servers do (else
+    RayStartTimeout). Skipped with TLS (RAY_USE_TLS), where a plain preface gets no answer."""
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    try:
+        port_n = int(port)
+    except ValueError:
+        return  # let Ray say what it makes of it
+    deadline = time.monotonic() + timeout
+    try:
+        conn = socket.create_connection((host.strip("[]") or "127.0.0.1", port_n),
+                                        timeout=min(timeout, 10))
+    except socket.timeout:
+        raise RayStartTimeout(address, [timeout]) from None
+    except OSError as e:
+        raise RayUnreachable(f"nothing answers at {hostport} ({e.strerror or e})") from None
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        conn.close()
+        return
+    with conn:
+        conn.settimeout(max(0.1, deadline - time.monotonic()))
+        try:  # client preface + an empty SETTINGS frame; a server answers with its SETTINGS
+            conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+            head = conn.recv(9)
+        except socket.timeout:
+            raise RayStartTimeout(address, [timeout]) from None
+        except OSError as e:
+            raise RayUnreachable(f"{hostport} closed the connection ({e.strerror or e})") from None
+    if len(head) < 4 or head[3] != 4:
+        raise RayUnreachable(f"{hostport} does not speak gRPC: not a Ray cluster's address?")
+
+
+def _init_within(timeout: float, address: str, **kwargs) -> None:
+    """ray.init(address=...) joining a running cluster, in a thread so that the wait is
+    bounded (joining starts no process of its own, so the thread may end first). A driver left
+    waiting on a cluster that never answers stays in its (daemon) thread."""
+    import ray
+
+    outcome: dict = {}
+
+    def join() -> None:
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, **kwargs)
+            outcome["ok"] = True
+        except BaseException as e:  # noqa: BLE001 (handed to the caller)
+            outcome["error"] = e
+    thread = threading.Thread(target=join, name="graceful-ray-init", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise RayStartTimeout(address, [timeout])
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+def connect(address: str, timeout: float | None = None) -> tuple[bool, LocalRuntime | None]:
+    """Join Ray: "auto" starts a local runtime for this job (LocalRuntime, 127.0.0.1 only; one
+    more try with twice the wait if it is not up in `timeout` s); "HOST:PORT" or
+    "ray://HOST:PORT" joins that cluster (within `timeout` s). Returns (whether this call
+    initialised Ray, the runtime it started)."""
+    timeout = start_timeout() if timeout is None else timeout
     prepare_auth(address)
     import logging
 
@@ -118,10 +326,38 @@ def connect(address: str) -> bool:
 
     logging.getLogger("ray").setLevel(logging.ERROR)  # quiet library defaults
     if ray.is_initialized():
-        return False
-    ray.init(address="local" if address == "auto" else address, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
-    return True
+        return False, None
+    if address != "auto":
+        began = time.monotonic()
+        _probe(address, timeout)
+        try:
+            _init_within(max(5.0, timeout - (time.monotonic() - began)), address)
+        except RayStartTimeout:
+            raise RayStartTimeout(address, [timeout]) from None
+        return True, None
+    from ray._private import ray_constants
+
+    waited = []
+    for wait in (timeout, 2 * timeout):
+        runtime = LocalRuntime()
+        started = time.monotonic()
+        try:
+            local = runtime.start(wait)
+            # the driver's node address must be 127.0.0.1 too (see LocalRuntime)
+            was, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
+            try:
+                _init_within(max(10.0, wait - (time.monotonic() - started)), local,
+                             _node_ip_address="127.0.0.1")
+            finally:
+                ray_constants.ENABLE_RAY_CLUSTER = was
+            return True, runtime
+        except (TimeoutError, RayStartTimeout):
+            runtime.stop()
+            waited.append(wait)
+        except BaseException:
+            runtime.stop()
+            raise
+    raise RayStartTimeout("auto", waited)
 
 
 class RayEmbedPool:
@@ -132,7 +368,9 @@ class RayEmbedPool:
         import ray
 
         self.actors: list = []
-        self._started = connect(address)
+        self._runtime: LocalRuntime | None = None
+        self._started = False
+        self._started, self._runtime = connect(address)
         try:
             cpus = int(ray.cluster_resources().get("CPU", 1))
             self.workers = max(1, workers or cpus // threads_per_worker)
@@ -144,7 +382,8 @@ class RayEmbedPool:
             self.actors = [actor.remote(package, threads_per_worker) for _ in range(self.workers)]
             # waits for every actor's model: a worker that cannot build it fails here, at once
             self.runtimes = sorted(set(ray.get([a.runtime.remote() for a in self.actors],
-                                               timeout=START_TIMEOUT)))
+                                               timeout=_seconds(LOAD_TIMEOUT_ENV,
+                                                                DEFAULT_LOAD_TIMEOUT))))
         except BaseException:
             self.close()
             raise
@@ -191,9 +430,14 @@ class RayEmbedPool:
     def close(self) -> None:
         import ray
 
-        for a in self.actors:
-            ray.kill(a)
-        self.actors = []
-        if self._started:  # a runtime this job started (or joined) ends with it
-            ray.shutdown()
-            self._started = False
+        try:
+            for a in self.actors:
+                ray.kill(a)
+            self.actors = []
+            if self._started:  # a runtime this job started (or joined) ends with it
+                ray.shutdown()
+                self._started = False
+        finally:
+            if self._runtime is not None:
+                self._runtime.stop()
+                self._runtime = None

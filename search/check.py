@@ -122,8 +122,9 @@ def check(gallery: Gallery, repair: bool = False,
 
     spaces = sorted({r["space"] for r in cat.vector_counts()})
     store = gallery.vector_store
-    for space in spaces:
-        why = store.verify(cat, space)
+    verdicts = _verify_store(gallery, spaces, repair, report)
+    for space in spaces if verdicts is not None else ():
+        why = verdicts[space]
         served = cat.count_served(space)
         if why is None:
             report.add("index", "ok", f"{space}: {served} vectors ({store.kind})")
@@ -148,3 +149,39 @@ def check(gallery: Gallery, repair: bool = False,
     if not any(f.check == "models" for f in report.findings):
         report.add("models", "ok", f"{len(names)} models loadable")
     return report
+
+
+def _verify_store(gallery: Gallery, spaces: list[str], repair: bool,
+                  report: CheckReport) -> dict[str, str | None] | None:
+    """Each space's verdict from the vector store, or None when the store as a whole was found
+    damaged (a Milvus Lite file that cannot be read, or holds vectors or an index Graceful did
+    not write): reported, or with `repair` moved aside and every space rebuilt from the
+    catalog."""
+    store = gallery.vector_store
+    damaged = None
+    if store.kind == "milvus":
+        from .milvus_store import LiteDamaged
+    else:
+        LiteDamaged = ()  # noqa: N806 (nothing to catch)
+    verdicts: dict[str, str | None] = {}
+    try:
+        for space in spaces:
+            verdicts[space] = store.verify(gallery.catalog, space)
+    except LiteDamaged as e:
+        damaged = e
+    if damaged is None:
+        return verdicts
+    uri = store.describe().get("uri", "")
+    if not repair:
+        report.add("index", "problem", f"the Milvus Lite file {uri} is damaged ({damaged.reason})",
+                   "graceful check --repair (moves it aside to "
+                   f"{Path(uri).name}.damaged-<time> and rebuilds the collections from the "
+                   "catalog, which holds every vector)")
+        return None
+    aside = store.set_aside()
+    for space in spaces:
+        gallery.rebuild_index(space)
+    report.add("index", "repaired", f"the Milvus Lite file {uri} was damaged ({damaged.reason}): "
+               f"moved it aside to {aside or '(nothing there)'}, rebuilt {', '.join(spaces)} "
+               "from the catalog")
+    return None

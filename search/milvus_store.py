@@ -30,11 +30,23 @@ TOKEN_ENV = "GRACEFUL_MILVUS_TOKEN"
 WRITE_ROWS = 2000  # rows per upsert: 1280-d float32 rows stay far below gRPC's message limit
 READ_ROWS = 1000  # ids per get, queries per search call
 MAX_LIMIT = 16384  # Milvus caps top-k
+SELF_SEARCH_SAMPLE = 4096  # served vectors `check` searches for (all of them up to this many)
+REPAIR = "graceful check --repair moves it aside and rebuilds it from the catalog"
+
+
+class LiteDamaged(GalleryError):
+    """A Milvus Lite folder that cannot be read or holds what Graceful did not write: `check`
+    reports it, `check --repair` moves it aside and rebuilds the collections from the catalog."""
+
+    def __init__(self, uri: str, reason: str):
+        self.uri, self.reason = uri, reason
+        super().__init__(f"the Milvus Lite file {uri} is damaged or unreadable ({reason}): {REPAIR}")
 
 
 def _said(method):
     """Errors from Milvus (a server gone, a collection dropped mid-call, a bad value) become one
-    GalleryError line naming the Milvus, instead of a traceback."""
+    GalleryError line naming the Milvus, instead of a traceback. For a Milvus Lite file (in this
+    process, on this disk) such an error is read as damage and names `graceful check --repair`."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
@@ -48,7 +60,9 @@ def _said(method):
                 raise e from None
             if not isinstance(e, MilvusException):
                 raise
-            text = str(getattr(e, "message", "") or e).splitlines()[0]
+            text = (str(getattr(e, "message", "") or e).splitlines() or [repr(e)])[0]
+            if is_local(self.uri):
+                raise LiteDamaged(self.uri, text) from None
             raise GalleryError(f"Milvus at {self.uri}: {text}") from None
     return wrapper
 
@@ -287,8 +301,89 @@ class MilvusStore:
 
     @_said
     def verify(self, catalog: Catalog, space: str) -> str | None:
+        """Why the collection of `space` cannot serve as it is (None: fine or merely behind).
+        Beyond the counts `open` compares, every vector it holds is read back and compared with
+        the catalog's, and its own vector is searched for (up to SELF_SEARCH_SAMPLE of them):
+        damaged data or index files of a Milvus Lite folder are often read without an error.
+        For a Milvus Lite file such damage raises LiteDamaged (the folder is moved aside)."""
         kind = (catalog.store_synced(space) or {}).get("kind", "auto")
-        return self._why_not_current(catalog, space, kind)
+        why = self._why_not_current(catalog, space, kind)
+        if why is None:
+            why = self._content_problem(catalog, space)
+            if why is not None and is_local(self.uri):
+                raise LiteDamaged(self.uri, f"the {space} collection is {why}")
+        return why
+
+    def _content_problem(self, catalog: Catalog, space: str) -> str | None:
+        synced = catalog.store_synced(space) or {}
+        idx = MilvusSpace(self.client, self.collection(space), space, catalog.space_dim(space),
+                          synced.get("version", 0), synced.get("kind", ""), self.uri)
+        with catalog.snapshot():
+            n = catalog.count_served(space)
+            step = max(1, -(-n // SELF_SEARCH_SAMPLE))
+            wrong, missing, probes, seen = [], 0, [], 0
+            for chunk in catalog.serving_rows(space, batch=READ_ROWS):
+                keep = chunk.seqs <= idx.version  # newer ones: not yet caught up (fine)
+                ids, want = chunk.ids[keep], chunk.vectors[keep]
+                if not len(ids):
+                    continue
+                try:
+                    got = idx.vectors(ids)
+                except KeyError:
+                    missing += 1
+                    continue
+                off = np.abs(got - want).max(axis=1) > 1e-3
+                wrong += [int(i) for i in ids[off]]
+                pick = (seen + np.arange(len(ids))) % step == 0
+                probes += [(int(i), v) for i, v in zip(ids[pick & ~off], want[pick & ~off])]
+                seen += len(ids)
+        if missing:
+            return "missing photos the catalog serves"
+        if wrong:
+            return (f"holding wrong vectors for {len(wrong)} photos "
+                    f"(#{', #'.join(map(str, wrong[:3]))}{', ...' if len(wrong) > 3 else ''})")
+        lost = []
+        for start in range(0, len(probes), READ_ROWS):
+            part = probes[start:start + READ_ROWS]
+            queries = np.stack([v for _, v in part]).astype(np.float32)
+            scores, _ = idx.search(queries, 1)
+            own = np.einsum("ij,ij->i", queries, queries)
+            top = scores[:, 0] if scores.shape[1] else np.full(len(part), -np.inf, np.float32)
+            # another photo may tie (a duplicate), never win or fall short of the own score
+            lost += [i for (i, _), t, o in zip(part, top, own) if abs(float(t) - float(o)) > 1e-3]
+        if lost:
+            return (f"not finding {len(lost)} of {len(probes)} photos by their own vector "
+                    f"(#{', #'.join(map(str, lost[:3]))}{', ...' if len(lost) > 3 else ''}): "
+                    "its index is damaged")
+        return None
+
+    def set_aside(self) -> str:
+        """Move a damaged Milvus Lite file (folder) aside to `URI.damaged-<time>`, so the next
+        connection starts an empty one (filled from the catalog by the caller). Returns the new
+        path."""
+        import time
+
+        if not is_local(self.uri):
+            raise GalleryError(f"{self.uri} is a Milvus server, not a file to move aside")
+        self.close()
+        key = os.path.abspath(self.uri)
+        with _lite_lock:
+            if key in _lite_users:
+                raise GalleryError(f"the Milvus Lite file {self.uri} is still open in this process "
+                                   "(the app or a job): close it, then run graceful check --repair")
+            _stop_lite_server(key)
+            path = Path(key)
+            if not os.path.lexists(path):
+                return ""
+            if path.is_dir() and (path / "LOCK").exists():
+                _wait_for_lite_lock(str(path))  # another process has it open: say so
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            dest, n = path.with_name(f"{path.name}.damaged-{stamp}"), 1
+            while os.path.lexists(dest):
+                n += 1
+                dest = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+            os.rename(path, dest)
+            return str(dest)
 
 
 _lite_users: dict[str, int] = {}  # open clients per Milvus Lite file in this process
@@ -304,9 +399,29 @@ def _release_lite(uri: str) -> None:
         if _lite_users[key] > 0:
             return
         del _lite_users[key]
-        from milvus_lite.server_manager import server_manager_instance
+        _stop_lite_server(key)
 
-        server_manager_instance.release_server(key)
+
+def _stop_lite_server(key: str) -> None:
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:  # pragma: no cover
+        return
+    server_manager_instance.release_server(key)
+
+
+def _lite_layout_problem(uri: str) -> str | None:
+    """Milvus Lite (3.x) keeps a folder at the .db path (LOCK, collections/, ...). A regular
+    file there (a 0-byte or cut file, one of an older Milvus Lite, a copy gone wrong) cannot be
+    opened."""
+    path = Path(uri)
+    if os.path.lexists(path) and not path.is_dir():
+        try:
+            size = path.stat().st_size
+            return f"a {size}-byte file where Milvus Lite keeps a folder"
+        except OSError as e:
+            return f"not a folder ({e.strerror})"
+    return None
 
 
 def connect(uri: str):
@@ -324,6 +439,8 @@ def connect(uri: str):
             raise GalleryError("a Milvus Lite file needs milvus-lite: pip install "
                                "'graceful[milvus]'") from None
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        if (why := _lite_layout_problem(uri)) is not None:
+            raise LiteDamaged(uri, why)
     for name in ("pymilvus", "milvus_lite"):  # quiet library defaults; errors are said below
         logging.getLogger(name).setLevel(logging.CRITICAL)
     with (_lite_lock if local else contextlib.nullcontext()):
@@ -333,9 +450,10 @@ def connect(uri: str):
         try:
             client = MilvusClient(uri=uri, token=os.environ.get(TOKEN_ENV, ""))
         except Exception as e:  # pymilvus raises its own types, or a bare one from milvus-lite
-            text = str(e).splitlines()[0] if str(e) else repr(e)
+            text = str(getattr(e, "message", "") or e).splitlines()[0] if str(e) else repr(e)
             if local:
-                raise GalleryError(f"cannot open the Milvus Lite file {uri} ({text})") from None
+                _stop_lite_server(key)  # a half-started one would be reused for this path
+                raise LiteDamaged(uri, f"cannot open it: {text}") from None
             raise GalleryError(f"cannot reach Milvus at {uri}: {text}") from None
         if local:
             _lite_users[key] = _lite_users.get(key, 0) + 1

@@ -54,7 +54,8 @@ def embedded(gallery: "Gallery", model: "Embedder", items: Iterable, batch_size:
 @contextmanager
 def open_pool(gallery: "Gallery", model: "Embedder", options: RayOptions
               ) -> Iterator["RayEmbedPool"]:
-    from models.ray_embed import ModelPackage, RayEmbedPool, prepare_auth
+    from models.ray_embed import (START_TIMEOUT_ENV, ModelPackage, RayEmbedPool,
+                                  RayStartTimeout, prepare_auth)
 
     prepare_auth(options.address)
     try:
@@ -66,13 +67,30 @@ def open_pool(gallery: "Gallery", model: "Embedder", options: RayOptions
     package = ModelPackage.of(model.name, gallery.model_dirs)
     try:
         pool = RayEmbedPool(package, options.address, options.workers, options.threads_per_worker)
+    except RayStartTimeout as e:
+        waits = " s, then ".join(f"{w:g}" for w in e.waited)
+        if e.address == "auto":
+            raise GalleryError(
+                f"the local Ray runtime did not start in time (waited {waits} s; "
+                f"{START_TIMEOUT_ENV} sets the first wait): the machine may be busy; set "
+                f"{START_TIMEOUT_ENV} higher, or run the command without --ray") from None
+        raise GalleryError(
+            f"the Ray cluster at {e.address} did not answer within {waits} s "
+            f"({START_TIMEOUT_ENV}): is it running and reachable (`ray status` on its head)? "
+            "Or run the command without --ray") from None
     except ConnectionError as e:
         raise GalleryError(f"cannot reach the Ray cluster at {options.address}: {e}") from None
     except ValueError as e:
         raise GalleryError(str(e)) from None
+    except RuntimeError as e:  # `ray start` of the local runtime failed, or joining did
+        if options.address != "auto":
+            raise GalleryError(f"cannot join the Ray cluster at {options.address}: "
+                               f"{_first_line(e)}") from None
+        raise GalleryError(f"the local Ray runtime could not start: {_first_line(e)}") from None
     except ray.exceptions.GetTimeoutError:
-        raise GalleryError("the Ray workers did not start in time (is the cluster short of "
-                           "CPUs or memory? `ray status` says)") from None
+        raise GalleryError("the Ray workers did not load the model in time (GRACEFUL_RAY_LOAD_"
+                           "TIMEOUT, 600 s unless set): is the cluster short of CPUs or memory? "
+                           "`ray status` says") from None
     except ray.exceptions.RayError as e:
         raise GalleryError(f"the Ray workers could not load {model.name}: {_first_line(e)}") from None
     try:

@@ -1,0 +1,173 @@
+"""The local Ray runtime of `--ray auto` and joining a cluster that is slow or gone (issue 20,
+finding 7): a bounded, retried start (GRACEFUL_RAY_START_TIMEOUT), 127.0.0.1 only, stopped
+with the job (no Ray process left), and every failure one line naming the setting."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from search.gallery import Gallery
+
+pytestmark = pytest.mark.slow
+SHIPPED = "lite2-compat-lite0"
+CLI = [sys.executable, "-m", "search.cli"]
+RAY_NAMES = ("gcs_server", "raylet", "ray::", "ray.scripts.scripts", "ray/dashboard",
+             "log_monitor", "ray.util.client.server", "autoscaler/_private/monitor")
+
+
+def ray_processes() -> dict[int, str]:
+    """Live (not zombie) processes of Ray on this machine: pid -> command line."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2] == "Z":
+            continue
+        if any(name in cmd for name in RAY_NAMES) or "(raylet)" in stat or "(gcs_server)" in stat:
+            found[int(entry)] = cmd[:120]
+    return found
+
+
+def listening(pids: list[int]) -> list[str]:
+    """host:port of every TCP socket these processes listen on."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    out = []
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] != "0A" or f[9] not in inodes:  # 0A: LISTEN
+                continue
+            addr, port = f[1].split(":")
+            raw = bytes.fromhex(addr)
+            if width == 4:
+                host = socket.inet_ntop(socket.AF_INET, raw[::-1])
+            else:
+                host = socket.inet_ntop(socket.AF_INET6, b"".join(
+                    raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+            out.append(f"{host}:{int(port, 16)}")
+    return out
+
+
+@pytest.fixture
+def no_new_ray_processes():
+    pytest.importorskip("ray", reason="graceful[ray] is not installed")
+    before = set(ray_processes())
+    yield
+    deadline = time.time() + 15
+    while time.time() < deadline and set(ray_processes()) - before:
+        time.sleep(0.5)
+    left = {p: c for p, c in ray_processes().items() if p not in before}
+    assert not left, f"Ray processes left behind: {left}"
+
+
+def cli(home: Path, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2", **(env or {})}
+    return subprocess.run([*CLI, *map(str, args)], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_the_local_runtime_listens_on_127_0_0_1_only_and_stops(no_new_ray_processes):
+    from models.ray_embed import LocalRuntime
+
+    runtime = LocalRuntime(cpus=1)
+    try:
+        address = runtime.start(timeout=180)
+        assert address.startswith("127.0.0.1:")
+        pids = runtime.pids()
+        assert len(pids) >= 3  # ray start, gcs_server, raylet, agents
+        sockets = listening(pids)
+        assert sockets and all(s.startswith(("127.0.0.1:", "::ffff:127.0.0.1:", "::1:"))
+                               for s in sockets), sockets
+    finally:
+        runtime.stop()
+    assert runtime.pids() == []
+
+
+def test_a_runtime_or_cluster_that_is_not_up_in_time_is_one_line(home, few_photos,
+                                                                   no_new_ray_processes):
+    g = Gallery.open(home, create=True)
+    g.add([few_photos / "airplanes"])
+    g.close()
+    start = time.monotonic()  # a local runtime cannot start in 0.3 s (+ 0.6 s on the retry)
+    r = cli(home, "index", few_photos / "sunflower", "--ray", "auto",
+            env={"GRACEFUL_RAY_START_TIMEOUT": "0.3"})
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "the local Ray runtime did not start in time (waited 0.3 s, then 0.6 s" in last
+    assert "GRACEFUL_RAY_START_TIMEOUT" in last
+    assert time.monotonic() - start < 120
+
+    with socket.socket() as silent:  # a "cluster" that accepts connections and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        start = time.monotonic()
+        r = cli(home, "index", few_photos / "sunflower", "--ray", f"127.0.0.1:{port}",
+                env={"GRACEFUL_RAY_START_TIMEOUT": "8"})
+        took = time.monotonic() - start
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith("indexing")]
+    assert len(lines) == 1, r.stderr
+    assert f"the Ray cluster at 127.0.0.1:{port} did not answer within 8 s" in lines[0]
+    assert "GRACEFUL_RAY_START_TIMEOUT" in lines[0] and took < 90
+
+    with socket.socket() as s:  # gone: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = cli(home, "index", few_photos / "sunflower", "--ray", f"127.0.0.1:{port}")
+    assert r.returncode == 1 and f"cannot reach the Ray cluster at 127.0.0.1:{port}" in r.stderr
+    assert "Traceback" not in r.stderr
+    g = Gallery.open(home)  # nothing was written by the failed runs
+    assert g.catalog.count_images() == 4
+    g.close()
+
+
+def test_ray_auto_backfill_on_a_busy_machine(home, few_photos, no_new_ray_processes):
+    """Both cores kept busy by other processes: `backfill --ray auto` either finishes or says in
+    one line that the runtime did not start in time; either way within the configured waits
+    (20 s, then 40 s) plus the model loading, and no Ray process is left."""
+    g = Gallery.open(home, create=True)
+    g.add([few_photos])
+    n = g.catalog.count_images()
+    g.upgrade(SHIPPED)
+    g.close()
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        start = time.monotonic()
+        r = cli(home, "backfill", "--ray", "auto", "--ray-workers", "1", "--json",
+                env={"GRACEFUL_RAY_START_TIMEOUT": "20"}, timeout=900)
+        took = time.monotonic() - start
+    finally:
+        for hog in hogs:
+            hog.kill()
+        for hog in hogs:
+            hog.wait()
+    print(f"backfill --ray auto under load: exit {r.returncode} in {took:.1f} s")
+    assert "Traceback" not in r.stderr
+    if r.returncode == 0:
+        assert json.loads(r.stdout)["done"] == n
+    else:
+        last = r.stderr.strip().splitlines()[-1]
+        assert "GRACEFUL_RAY_START_TIMEOUT" in last, r.stderr
+    assert took < 20 + 40 + 300  # the two start waits, and model loading + 12 photos on Ray
