@@ -531,15 +531,23 @@ def fit_section(g: Gallery, entries, active: str) -> None:
                "vectors it already stores (none is recomputed), and measures it on held-out photos "
                "before offering it. With albums it learns from them (PCT); without, it learns a "
                "map onto the stored vectors (adapter).")
-    bases = [e.name for e in entries if e.kind != "compatible" and e.name != active]
+    # the gallery's own model is a choice too: a head learned from the stored vectors alone
+    bases = [e.name for e in entries if e.kind != "compatible" and (e.name != active or e.name == g.space)]
     f1, f2, f3 = st.columns(3)
     backbone = f1.selectbox("New backbone", bases, key="fit-backbone",
-                            index=bases.index("lite2") if "lite2" in bases else 0)
+                            index=bases.index("lite2") if "lite2" in bases else 0,
+                            help="The model that computed the stored vectors (e.g. lite0 on a lite0 "
+                                 "gallery) learns from them alone: nothing is decoded, seconds.")
     method = f2.selectbox("Method", ["auto", "pct", "bct", "adapter", "procrustes"], key="fit-method")
-    name = f3.text_input("Name", unique_name(g, f"{backbone}-fit-{active}"), key="fit-name")
+    name = f3.text_input("Name", unique_name(g, f"{backbone}-fit-{active}"), key=f"fit-name-{backbone}")
     est = estimate_seconds(g.catalog.count_images(), NOMINAL_IMAGES_PER_SECOND.get(backbone, 30.0))
-    st.caption(f"Runs {backbone} on {est['sample']} of {est['photos']} photos: about "
-               f"{duration_text(est['fit_seconds'])} (a full re-embed: {duration_text(est['backfill_seconds'])}).")
+    if backbone == g.space:
+        st.caption(f"{backbone} computed this gallery's vectors: the head learns from them and the "
+                   f"albums alone, no photo is decoded (seconds).")
+    else:
+        st.caption(f"Runs {backbone} on {est['sample']} of {est['photos']} photos: about "
+                   f"{duration_text(est['fit_seconds'])} (a full re-embed: "
+                   f"{duration_text(est['backfill_seconds'])}).")
     b1, b2 = st.columns(2)
     if b1.button("Train an upgrade for this gallery", key="fit-start", type="primary"):
         job_runner().start("fit", fit_job(g.home, backbone, name.strip(), method))
@@ -572,24 +580,42 @@ def show_plan(g: Gallery, r: dict) -> None:
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                  column_config={k: st.column_config.NumberColumn(format="%.3f")
                                 for k in ("top-1", "top-5", "mAP", "NFR", "lost@5", "kept")})
-    points = pd.DataFrame([{"seconds (log)": max(p["seconds"], 0.1), "mAP": p["map"],
-                            "path": p["path"]} for p in r["plan"]]
-                          + [{"seconds (log)": 0.1, "mAP": o["map"], "path": "now"}])
-    st.scatter_chart(points, x="seconds (log)", y="mAP", color="path", height=220)
+    import altair as alt
+
+    points = pd.DataFrame([{"seconds": max(p["seconds"], 0.1), "mAP": p["map"], "path": p["path"],
+                            "lost@5": p["lost_at_5"]} for p in r["plan"]]
+                          + [{"seconds": 0.1, "mAP": o["map"], "path": "now", "lost@5": 0.0}])
+    base = alt.Chart(points).encode(
+        x=alt.X("seconds", scale=alt.Scale(type="log"), title="time at this gallery's size (s, log)"),
+        y=alt.Y("mAP", scale=alt.Scale(zero=False), title="mAP on held-out photos"),
+        tooltip=["path", "mAP", "seconds", "lost@5"])
+    st.altair_chart(base.mark_circle(size=140).encode(color="path")
+                    + base.mark_text(dx=12, align="left").encode(text="path"),
+                    use_container_width=True)
     st.caption(md(r["recommendation"]) + " · the buttons below take each path; progress shows "
                "under Upgrade above")
     if not r.get("path") or r["name"] == g.active_model:
         return
+    verdicts = {p["path"]: p for p in r["plan"]}
+
+    def worse(path: str) -> bool:
+        return verdicts.get(path, {}).get("verdict") == "worse"
+
     b1, b2, b3 = st.columns(3)
-    if b1.button(f"Queries only: upgrade to {r['name']}", key="plan-queries"):
+    if b1.button(f"Queries only: upgrade to {r['name']}", key="plan-queries",
+                 disabled=worse("queries"), help="measured worse" if worse("queries") else None):
         res = try_upgrade(g, r["name"])
         if res:
             flash(("success", f"Upgraded {res.previous} → {res.model} in {res.switch_ms:.1f} ms; "
                               "0 vectors recomputed."))
-    if b2.button("Transform the gallery", key="plan-transform"):
+    if b2.button("Transform the gallery", key="plan-transform", disabled=worse("transform"),
+                 help="measured worse" if worse("transform") else None):
         job_runner().start("transform", transform_job(g.home, r["name"]))
-    if b3.button("Transform, then backfill", key="plan-backfill"):
+        st.rerun()  # its progress shows under Upgrade, above
+    if b3.button("Transform, then backfill", key="plan-backfill",
+                 disabled=worse("transform") or worse("backfill")):
         job_runner().start("transform", transform_job(g.home, r["name"], then_backfill=True))
+        st.rerun()
 
 
 def show_fit_report(r: dict, g: Gallery | None = None) -> None:

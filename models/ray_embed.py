@@ -209,21 +209,7 @@ class LocalRuntime:
 
     def pids(self) -> list[int]:
         """Every process of this runtime still there (its session), zombies left out."""
-        if self.proc is None:
-            return []
-        found = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            if fields[0] != "Z" and int(fields[3]) == self.proc.pid:  # state, session id
-                found.append(int(entry))
-        return found
+        return session_pids(self.proc.pid) if self.proc is not None else []
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM to the runtime's process group, then SIGKILL to whatever of its session is
@@ -441,3 +427,20 @@ class RayEmbedPool:
             if self._runtime is not None:
                 self._runtime.stop()
                 self._runtime = None
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live (not zombie) processes of session `sid`, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[3]) == sid:  # state, session id
+            found.append(int(entry))
+    return found

@@ -144,18 +144,9 @@ def bomb_png():
 
 def _session_pids(sid: int) -> list[int]:
     """Live (not zombie) processes of session `sid`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            if fields[0] != "Z" and int(fields[3]) == sid:
-                found.append(int(entry))
-    return found
+    from models.ray_embed import session_pids
+
+    return session_pids(sid)
 
 
 @pytest.fixture(scope="session")

@@ -125,19 +125,29 @@ def test_browser_upload_search_upgrade_compare_rollback(server, few_photos, albu
         go("Models")  # a full rerun lists the new model
         report = page.get_by_text(re.compile(r"held-out photos of 68"))
         expect(report).to_be_visible()
-        expect(page.get_by_text(re.compile(r"Upgrade plan"))).to_be_visible()
-        expect(page.get_by_text(re.compile(r"Recommended: |Keep the current model"))).to_be_visible()
+        plan = page.get_by_text(re.compile(r"Upgrade plan")).first
+        expect(plan).to_be_visible()
+        expect(page.get_by_text(re.compile(r"Recommended: |Keep the current model")).first
+               ).to_be_visible()
         # the fit report and its plan sit below the fold of Streamlit's scrolling main area
-        page.get_by_text(re.compile(r"Upgrade plan")).evaluate(
-            "e => e.scrollIntoView({block: 'start'})")
+        plan.evaluate("e => e.scrollIntoView({block: 'start'})")
         page.wait_for_timeout(1500)  # the chart
         page.screenshot(path=SHOTS / "5-fitted.png")
-        # the gallery-moving path, from the plan's own button
+        # the gallery-moving path: a head on lite0 from the stored vectors, then the plan's button
+        page.get_by_test_id("stSelectbox").filter(has_text="New backbone").click()
+        page.keyboard.type("lite0")
+        page.keyboard.press("Enter")
+        expect(page.get_by_text(re.compile(r"no photo is decoded"))).to_be_visible()
+        page.get_by_role("button", name="Train an upgrade for this gallery").click()
+        expect(page.get_by_text(re.compile(r"lite0-fit-lite0: \w+.* held-out photos in"))).to_be_visible(
+            timeout=120_000)
+        go("Search")
+        go("Models")
         page.get_by_role("button", name="Transform the gallery").click()
-        expect(page.get_by_text(re.compile(r"moved \d+ vectors into lite2-fit-lite0's space"))
+        expect(page.get_by_text(re.compile(r"moved \d+ vectors into lite0-fit-lite0's space")).first
                ).to_be_visible(timeout=120_000)
         go("Search")
         go("Models")
-        expect(page.get_by_text(re.compile(r"gallery space lite2-fit-lite0"))).to_be_visible()
+        expect(page.get_by_text(re.compile(r"gallery space lite0-fit-lite0")).first).to_be_visible()
         expect(page.get_by_text("Traceback")).to_have_count(0)
         browser.close()
