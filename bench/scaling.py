@@ -3,8 +3,22 @@
     python -m bench.scaling --sizes 10000,100000 --ray-photos 2000 --json bench/out/scaling.json
 
 search   per size: p50/p95 of a Graceful search (store search + catalog rows) and of the bare
-         store call, recall@10 against exact FAISS search, build time; FAISS flat/auto and Milvus
-         Lite FLAT / IVF_FLAT on the same photo-like vectors (real lite0 embeddings + noise).
+         store call, recall@10 against exact FAISS search, build time and write throughput
+         (vectors/s of the whole build, of its upserts alone, and of upserts in batches of 16
+         into the live index, as jobs write); FAISS flat/auto and Milvus Lite FLAT / IVF_FLAT on
+         the same photo-like vectors (real lite0 embeddings + noise).
+         --milvus-server adds a Milvus 2.3 standalone server (PyPI `milvus`, started for the run
+         in a network namespace of its own through tests/milvus_sandbox.py, reached at
+         http://127.0.0.1:PORT through a relay, always stopped after) FLAT / IVF_FLAT at each
+         size, plus the round trip of a trivial request (has_collection) on each Milvus, the
+         floor every call pays (on the server: relay + gRPC + proxy), and on each Milvus the
+         store call with consistency_level="Bounded" next to Graceful's Strong (a Milvus 2.3
+         server answers a Strong search after its next time tick, proxy.timeTickInterval).
+         Server searches start once it has indexed every row and is idle again (settle_s); each
+         measurement records the share of the machine other processes used meanwhile.
+
+    python -m bench.scaling --sections search --milvus-server --sizes 10000,100000 --repeat 100 \
+        --json bench/out/scaling_server.json
 upgrade  a 100k-photo gallery on each store: cold open, then upgrade() (pre-flight on 64 real
          photos + the switch); nothing is recomputed on either store.
 ray      a backfill of N real photos (lite0 -> lite2-compat-lite0): plain path, Ray with 1 and 2
@@ -14,6 +28,9 @@ ray      a backfill of N real photos (lite0 -> lite2-compat-lite0): plain path, 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import os
 import shutil
 import sys
 import tempfile
@@ -22,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import (caltech_files, machine, percentiles, rss_mib, synthetic_vectors,
+from bench.common import (ROOT, caltech_files, machine, percentiles, rss_mib, synthetic_vectors,
                           timed, write_json)
 from search.runtime import configure_threads
 
@@ -57,7 +74,153 @@ def fill_catalog(home: Path, size: int, centers: np.ndarray, space: str = "lite0
     return g
 
 
-def search_section(sizes: list[int], centers: np.ndarray, repeat: int) -> list[dict]:
+def milvus_sandbox():
+    """tests/milvus_sandbox.py (the same sandbox the slow tests' milvus_server fixture uses)."""
+    spec = importlib.util.spec_from_file_location("milvus_sandbox",
+                                                  ROOT / "tests" / "milvus_sandbox.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all cores, /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_tree_cpu_s() -> float:
+    """CPU seconds of this process and its descendants (the Milvus server, a Lite server)."""
+    parent, seconds = {}, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(entry)] = int(fields[1])
+            seconds[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    mine, total = {os.getpid()}, 0.0
+    changed = True
+    while changed:
+        changed = False
+        for pid, pp in parent.items():
+            if pp in mine and pid not in mine:
+                mine.add(pid)
+                changed = True
+    for pid in mine:
+        total += seconds.get(pid, 0.0)
+    return total
+
+
+class OthersMeter:
+    """Share of the machine (0..1) that processes outside this benchmark used meanwhile."""
+
+    def __enter__(self):
+        self.t, self.busy, self.own = time.perf_counter(), busy_s(), own_tree_cpu_s()
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self.t
+        others = (busy_s() - self.busy) - (own_tree_cpu_s() - self.own)
+        self.share = round(max(0.0, others) / (wall * os.cpu_count()), 3)
+
+
+def settle(client, name: str, pid: int, timeout: float = 180) -> float:
+    """Wait until the server has indexed every row of `name` and is idle again (under 10 % of
+    a core for a second): Milvus builds sealed segments' indexes after create_index returns.
+    Returns the seconds waited."""
+    t0 = time.perf_counter()
+    index = client.list_indexes(name)[0]
+    while time.perf_counter() - t0 < timeout:
+        info = client.describe_index(name, index)
+        if info.get("pending_index_rows", 0) == 0 and info.get("indexed_rows") == info.get(
+                "total_rows"):
+            break
+        time.sleep(0.5)
+    while time.perf_counter() - t0 < timeout:
+        c0 = cpu_s(pid)
+        time.sleep(1.0)
+        if cpu_s(pid) - c0 < 0.1:
+            break
+    return round(time.perf_counter() - t0, 1)
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0])
+
+
+@contextlib.contextmanager
+def upsert_clock():
+    """Seconds spent in MilvusSpace.upsert (the writes of a Milvus build), as a list of one."""
+    from search.milvus_store import MilvusSpace
+
+    spent = [0.0]
+    original = MilvusSpace.upsert
+
+    def timed_upsert(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - t0
+    MilvusSpace.upsert = timed_upsert
+    try:
+        yield spent
+    finally:
+        MilvusSpace.upsert = original
+
+
+def live_upserts(idx, catalog, space: str, n: int = 2000, batch: int = 16) -> float:
+    """Vectors/s of upserts in batches of `batch` into the live index (as an index or backfill
+    job writes after each catalog transaction): `n` stored vectors written again as they are, so
+    the index's content (and the recall measured before) is unchanged."""
+    ids = catalog.space_members(space)[:n].tolist()
+    stored = catalog.serving_vectors_of(ids, space)
+    vectors = np.stack([stored[i] for i in ids]).astype(np.float32)
+    t0 = time.perf_counter()
+    for s in range(0, len(ids), batch):
+        idx.upsert(np.asarray(ids[s:s + batch]), vectors[s:s + batch], ["lite0"] * len(ids[s:s + batch]))
+    return len(ids) / (time.perf_counter() - t0)
+
+
+def round_trip(client, name: str, repeat: int) -> dict:
+    """p50/p95 of a trivial request (has_collection): the floor of every call to this Milvus."""
+    return percentiles(timed(lambda: client.has_collection(name), repeat))
+
+
+def bounded_search(client, name: str, queries: np.ndarray, exact: np.ndarray,
+                   repeat: int) -> dict:
+    """The store call with consistency_level="Bounded" instead of the collection's Strong
+    (bench only: Graceful searches with Strong): p50/p95 and recall@10 against `exact`."""
+    from search.milvus_store import DEFAULT_NPROBE
+
+    params = {"metric_type": "IP", "params": {"nprobe": DEFAULT_NPROBE}}
+
+    def search(q):
+        return client.search(name, data=list(q), limit=10, search_params=params, output_fields=[],
+                             consistency_level="Bounded")
+    it = iter(range(10**9))
+    out = percentiles(timed(lambda: search(queries[next(it) % repeat][None]), repeat))
+    found = search(queries)
+    out["recall_at_10_vs_exact"] = round(float(np.mean(
+        [len({h["id"] for h in hits} & set(b)) / 10 for hits, b in zip(found, exact)])), 4)
+    return out
+
+
+def search_section(sizes: list[int], centers: np.ndarray, repeat: int,
+                   server: dict | None = None) -> list[dict]:
+    """`server`: the facts of a running Milvus server ("uri", "milvus_pid"), or None."""
     out = []
     for size in sizes:
         home = Path(tempfile.mkdtemp(prefix="graceful-bench-scale-"))
@@ -67,36 +230,71 @@ def search_section(sizes: list[int], centers: np.ndarray, repeat: int) -> list[d
             row: dict = {"vectors": size}
             exact = None
             configs = [("faiss", "flat"), ("faiss", "auto"), ("milvus", "flat"), ("milvus", "ivf")]
+            if server:
+                configs += [("milvus-server", "flat"), ("milvus-server", "ivf")]
             for store, kind in configs:
                 if store == "faiss" and kind == "auto" and size < 50_000:
                     continue
-                if store == "milvus" and kind == "ivf" and size < 10_000:
+                if store.startswith("milvus") and kind == "ivf" and size < 10_000:
                     continue
-                g.choose_store(store, move=True)
+                if store == "milvus-server":
+                    g.choose_store("milvus", server["uri"], move=True)
+                else:
+                    g.choose_store(store, move=True)
                 rss0 = rss_mib()
-                t0 = time.perf_counter()
-                built = g.rebuild_index("lite0", kind)
-                build_s = time.perf_counter() - t0
+                server_cpu0 = cpu_s(server["milvus_pid"]) if server else 0.0
+                with upsert_clock() as upsert_s:
+                    t0 = time.perf_counter()
+                    built = g.rebuild_index("lite0", kind)
+                    build_s = time.perf_counter() - t0
                 idx = g.index("lite0")
-                it = iter(range(10**9))
-                bare = timed(lambda: idx.search(queries[next(it) % repeat][None], 10), repeat)
-                it2 = iter(range(10**9))
-                ours = timed(lambda: g.search_vectors(queries[next(it2) % repeat][None], 10,
-                                                      "bench", "lite0"), repeat)
-                _, ids = idx.search(queries, 10)
+                settled = (settle(g.vector_store.client, g.vector_store.collection("lite0"),
+                                  server["milvus_pid"]) if store == "milvus-server" else None)
+                with OthersMeter() as others:
+                    it = iter(range(10**9))
+                    bare = timed(lambda: idx.search(queries[next(it) % repeat][None], 10), repeat)
+                    it2 = iter(range(10**9))
+                    ours = timed(lambda: g.search_vectors(queries[next(it2) % repeat][None], 10,
+                                                          "bench", "lite0"), repeat)
+                    _, ids = idx.search(queries, 10)
                 if exact is None:
                     exact = ids  # faiss flat comes first: exact search
                 recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)]))
                 key = f"{store}/{kind}"
                 row[key] = {"built": built, "build_s": round(build_s, 1),
+                            "build_vectors_per_s": round(size / build_s),
                             "graceful_search": percentiles(ours), "store_search": percentiles(bare),
                             "recall_at_10_vs_exact": round(recall, 4),
-                            "rss_growth_mib": round(rss_mib() - rss0, 1)}
+                            "rss_growth_mib": round(rss_mib() - rss0, 1),
+                            "others_cpu_share_during_search": others.share}
+                if settled is not None:
+                    row[key]["settle_s"] = settled  # after the build, before the searches
+                if store.startswith("milvus"):
+                    row[key]["upsert_vectors_per_s_batch2000"] = round(size / upsert_s[0])
+                    client, name = g.vector_store.client, g.vector_store.collection("lite0")
+                    row[key]["trivial_request"] = round_trip(client, name, repeat)
+                    with OthersMeter() as others:
+                        row[key]["store_search_bounded"] = bounded_search(client, name, queries,
+                                                                          exact, repeat)
+                    row[key]["store_search_bounded"]["others_cpu_share"] = others.share
+                # last: it writes (the same vectors again), the searches above saw a flushed store
+                row[key]["live_upsert_vectors_per_s_batch16"] = round(
+                    live_upserts(idx, g.catalog, "lite0"))
+                if server:  # what the idle (or busy) server cost in CPU during this config
+                    row[key]["server_cpu_s"] = round(cpu_s(server["milvus_pid"]) - server_cpu0, 1)
+                    row[key]["server_rss_mib"] = round(rss_kib(server["milvus_pid"]) / 1024)
                 print(size, key, row[key], flush=True)
             base = row["faiss/flat"]["graceful_search"]["p50_ms"]
+            base_store = row["faiss/flat"]["store_search"]["p50_ms"]
             for key in [k for k in row if k.startswith("milvus")]:
                 row[key]["p50_over_faiss_flat"] = round(
                     row[key]["graceful_search"]["p50_ms"] / base, 2)
+                row[key]["store_p50_over_faiss_flat"] = round(
+                    row[key]["store_search"]["p50_ms"] / base_store, 2)
+                row[key]["bounded_p50_over_faiss_flat_store"] = round(
+                    row[key]["store_search_bounded"]["p50_ms"] / base_store, 2)
+            if server:  # free the server's memory for the next size
+                g.vector_store.client.drop_collection(g.vector_store.collection("lite0"))
             out.append(row)
             g.close()
         finally:
@@ -219,6 +417,12 @@ def projection(per_worker_rate: float, writer_rate: float, photos: int = 10_000_
     return out
 
 
+def milvus_version() -> str:
+    from importlib.metadata import version
+
+    return version("milvus")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10000,100000")
@@ -228,6 +432,9 @@ def main() -> None:
     ap.add_argument("--ray-workers", default="1,2")
     ap.add_argument("--sections", default="search,upgrade,ray")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--milvus-server", action="store_true",
+                    help="also search a Milvus 2.3 standalone server started for this run "
+                         "(pip install 'graceful[milvus-server]'; needs `unshare -n`)")
     ap.add_argument("--json")
     args = ap.parse_args()
     configure_threads(args.threads)
@@ -235,7 +442,20 @@ def main() -> None:
     out: dict = {"machine": machine(), "command": " ".join(sys.argv)}
     centers = photo_like_centers() if {"search", "upgrade"} & set(sections) else None
     if "search" in sections:
-        out["search"] = search_section([int(s) for s in args.sizes.split(",")], centers, args.repeat)
+        sizes = [int(s) for s in args.sizes.split(",")]
+        if args.milvus_server:
+            base = Path(tempfile.mkdtemp(prefix="graceful-bench-milvus-server-"))
+            try:
+                with milvus_sandbox().running(base) as server:
+                    out["milvus_server"] = {"version": milvus_version(), "start_s": server["start_s"],
+                                            "rss_mib_at_start": round(server["rss_kib"] / 1024)}
+                    out["search"] = search_section(sizes, centers, args.repeat, server)
+                    out["milvus_server"]["rss_mib_at_end"] = round(rss_kib(server["milvus_pid"]) / 1024)
+                out["milvus_server"]["stopped"] = True  # running() raises if a process is left
+            finally:
+                shutil.rmtree(base, ignore_errors=True)
+        else:
+            out["search"] = search_section(sizes, centers, args.repeat)
     if "upgrade" in sections:
         out["upgrade"] = upgrade_section(args.upgrade_size, centers)
     if "ray" in sections:

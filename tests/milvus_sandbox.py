@@ -9,19 +9,24 @@ relayed to the proxy's port inside. The caller starts this in a session of its o
 the whole group (SIGTERM: the server is stopped first).
 
     unshare -n -- python3 tests/milvus_sandbox.py --listen-fd N --data DIR --ready FILE
+
+`running(base)` does all of that from the caller's side (used by bench/scaling.py).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
 from os.path import dirname, join
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -100,6 +105,68 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live (not zombie) processes of session `sid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if fields[0] != "Z" and int(fields[3]) == sid:
+                found.append(int(entry))
+    return found
+
+
+@contextlib.contextmanager
+def running(base: Path, timeout: float = 240):
+    """Caller's side: this script in a network namespace and a session of its own; yields its
+    ready facts plus "uri" (http://127.0.0.1:PORT). Always stops the whole session after
+    (SIGTERM, then SIGKILL to whatever is left) and raises if any of its processes survives."""
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        raise RuntimeError("cannot make a network namespace (unshare -n)")
+    base = Path(base)
+    base.mkdir(parents=True, exist_ok=True)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    ready = base / "ready.json"
+    with open(base / "sandbox.log", "w") as log:
+        proc = subprocess.Popen(
+            ["unshare", "-n", "--", sys.executable, __file__, "--listen-fd",
+             str(listener.fileno()), "--data", str(base / "data"), "--ready", str(ready)],
+            pass_fds=[listener.fileno()], start_new_session=True, stdout=subprocess.DEVNULL,
+            stderr=log)
+    listener.close()  # the sandbox holds it now
+    try:
+        deadline = time.time() + timeout
+        while not ready.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        facts = json.loads(ready.read_text()) if ready.exists() else {
+            "error": f"no answer (exit {proc.poll()}): {(base / 'sandbox.log').read_text()[-500:]}"}
+        if "error" in facts:
+            raise RuntimeError(f"the Milvus server did not start: {facts['error']}")
+        yield {**facts, "uri": f"http://127.0.0.1:{port}"}
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        for pid in session_pids(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        if left := session_pids(proc.pid):
+            raise RuntimeError(f"Milvus server processes left: {left}")
 
 
 def main() -> None:
