@@ -142,13 +142,6 @@ def bomb_png():
     return _bomb_png
 
 
-def _session_pids(sid: int) -> list[int]:
-    """Live (not zombie) processes of session `sid`."""
-    from models.ray_embed import session_pids
-
-    return session_pids(sid)
-
-
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory):
     """A real Milvus standalone server (PyPI `milvus` 2.3.x, `pip install 'graceful[milvus-
@@ -157,11 +150,9 @@ def milvus_server(tmp_path_factory):
     after, and the test fails if any of its processes is left. Start time and memory go to
     tests/artifacts/milvus_server.json."""
     import json
-    import signal
-    import socket
     import subprocess
-    import sys
-    import time
+
+    from milvus_sandbox import running
 
     pytest.importorskip("milvus", reason="the Milvus server package is not installed "
                         "(pip install 'graceful[milvus-server]')")
@@ -169,45 +160,15 @@ def milvus_server(tmp_path_factory):
     if shutil.which("unshare") is None or subprocess.run(
             ["unshare", "-n", "true"], capture_output=True).returncode != 0:
         pytest.skip("cannot make a network namespace (unshare -n) to keep Milvus off the network")
-    base = tmp_path_factory.mktemp("milvus_server")
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    port = listener.getsockname()[1]
-    ready = base / "ready.json"
-    proc = subprocess.Popen(
-        ["unshare", "-n", "--", sys.executable, str(ROOT / "tests" / "milvus_sandbox.py"),
-         "--listen-fd", str(listener.fileno()), "--data", str(base / "data"), "--ready",
-         str(ready)], pass_fds=[listener.fileno()], start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=open(base / "sandbox.log", "w"))
-    listener.close()  # the sandbox holds it now
     try:
-        deadline = time.time() + 240
-        while not ready.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.2)
-        facts = json.loads(ready.read_text()) if ready.exists() else {
-            "error": f"no answer (exit {proc.poll()}): {(base / 'sandbox.log').read_text()[-500:]}"}
-        if "error" in facts:
-            pytest.fail(f"the Milvus server did not start: {facts['error']}")
-        yield f"http://127.0.0.1:{port}"
-        try:
-            facts["rss_kib_at_end"] = int(open(f"/proc/{facts['milvus_pid']}/status").read()
-                                          .split("VmRSS:")[1].split()[0])
-        except (OSError, IndexError):
-            pass
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        (ARTIFACTS / "milvus_server.json").write_text(json.dumps(facts))
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except OSError:
-            pass
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        for pid in _session_pids(proc.pid):
-            os.kill(pid, signal.SIGKILL)
-        time.sleep(0.5)
-        left = _session_pids(proc.pid)
-        assert not left, f"Milvus server processes left: {left}"
+        with running(tmp_path_factory.mktemp("milvus_server")) as facts:
+            yield facts["uri"]
+            try:
+                facts["rss_kib_at_end"] = int(open(f"/proc/{facts['milvus_pid']}/status").read()
+                                              .split("VmRSS:")[1].split()[0])
+            except (OSError, IndexError, KeyError):
+                pass
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            (ARTIFACTS / "milvus_server.json").write_text(json.dumps(facts))
+    except RuntimeError as e:  # did not start, or left processes behind
+        pytest.fail(str(e))

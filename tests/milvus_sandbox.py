@@ -107,27 +107,12 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def session_pids(sid: int) -> list[int]:
-    """Live (not zombie) processes of session `sid`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            if fields[0] != "Z" and int(fields[3]) == sid:
-                found.append(int(entry))
-    return found
-
-
 @contextlib.contextmanager
 def running(base: Path, timeout: float = 240):
     """Caller's side: this script in a network namespace and a session of its own; yields its
     ready facts plus "uri" (http://127.0.0.1:PORT). Always stops the whole session after
     (SIGTERM, then SIGKILL to whatever is left) and raises if any of its processes survives."""
+    from models.ray_embed import session_pids  # the caller runs inside the repository
     if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
         raise RuntimeError("cannot make a network namespace (unshare -n)")
     base = Path(base)
