@@ -139,7 +139,7 @@ def recommend(rows: list[dict], old: dict) -> tuple[str | None, str]:
         b = max(better, key=lambda r: r["map"])
         text += (f"; {b['path']} would reach mAP {b['map']:.3f} but "
                  + ("loses results (" + b["flags"][0] + ")" if b["flags"] else "measured worse"))
-    elif c is not best or any(r["path"] != c["path"] and r in ok for r in others):
+    elif len(ok) > 1:
         text += "; the others add no measurable gain for their cost"
     return c["path"], "Recommended: " + text + "."
 

@@ -52,9 +52,9 @@ def transform_gallery(gallery: Gallery, model, transform, progress: bool = False
         gallery.index(target)
         for _ in range(ROUNDS):
             for s in range(0, len(todo), batch):
-                if _write_batch(gallery, model, transform, source, target, todo[s:s + batch],
-                                exact_inputs, state):
-                    state.tick(state.done + len(todo[s:s + batch]))
+                _write_batch(gallery, model, transform, source, target, todo[s:s + batch],
+                             exact_inputs, state)
+                state.tick(state.done + len(todo[s:s + batch]))
                 bar.update(len(todo[s:s + batch]))
                 if on_progress:
                     on_progress(state)
@@ -81,7 +81,8 @@ def transform_gallery(gallery: Gallery, model, transform, progress: bool = False
 
 
 def _write_batch(gallery: Gallery, model, transform, source: str, target: str, ids: list[int],
-                 exact_inputs: set[str], state: Progress) -> bool:
+                 exact_inputs: set[str], state: Progress) -> None:
+    """One transaction: these images' serving vectors of `source`, moved into `target`."""
     stored = gallery.catalog.serving_vectors_of(ids, source)
     origins = gallery.catalog.serving_origins(source, list(stored))
     groups: dict[str | None, list[int]] = {}
@@ -105,4 +106,3 @@ def _write_batch(gallery: Gallery, model, transform, source: str, target: str, i
     for group, vectors in written:
         gallery.sync_index(target, group, vectors, model.name)
     state.failed += len(ids) - len(stored)
-    return True
