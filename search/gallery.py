@@ -436,11 +436,17 @@ class Gallery:
             idx.version = version
 
     def save_indexes(self) -> None:
-        """Save current indexes; a failure (full disk) only costs a rebuild on the next open."""
+        """Save live indexes, caught up first (a Ctrl-C can land between a batch's commit and its
+        index update); a failure (full disk) only costs a rebuild on the next open."""
         from .errors import friendly
 
         with self.lock:
             for idx in self._indexes.values():
+                try:
+                    if idx.version < self.catalog.space_version(idx.space):
+                        idx.catch_up(self.catalog)
+                except Exception:  # best effort: the next open catches up from the catalog
+                    continue
                 if idx.version == self.catalog.space_version(idx.space):
                     try:
                         self.vector_store.save(idx, self.catalog)
