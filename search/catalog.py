@@ -628,6 +628,7 @@ class Catalog:
         """(model, origin) of the serving vector in `space` of each of these images."""
         newest: dict[int, tuple] = {}
         for chunk, marks in id_chunks(image_ids):
+            # newest per image in Python: ORDER BY seq would scan the whole space
             for i, seq, model, origin in self.db.execute(
                     f"SELECT image_id, seq, model, origin FROM vectors WHERE space = ? AND "
                     f"image_id IN ({marks})", [space, *chunk]):
@@ -644,13 +645,8 @@ class Catalog:
             "ORDER BY v.uncertainty DESC, v.image_id", [space, model]).fetchall()
 
     def serving_model_of(self, image_ids: list[int], space: str) -> dict[int, str]:
-        if not image_ids:
-            return {}
-        marks = ",".join("?" * len(image_ids))
-        rows = self.db.execute(  # sorted in Python: ORDER BY seq would scan the whole space
-            f"SELECT image_id, model, seq, rowid FROM vectors WHERE space = ? AND image_id IN "
-            f"({marks})", [space, *map(int, image_ids)]).fetchall()
-        return {i: m for i, m, *_ in sorted(rows, key=lambda r: (r[2], r[3]))}  # newer rows win
+        """The model whose vector serves each of these images in `space`."""
+        return {i: model for i, (model, _) in self.serving_origins(space, image_ids).items()}
 
     # -- models ---------------------------------------------------------------------------
     def register_model(self, info: dict, source: str) -> None:
