@@ -16,11 +16,12 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
+from search.api import BACKFILL_ORDERS, Gallery, GalleryError, default_home, fit_name
+from search.cli import render
+from search.cli.render import duration_text
 from search.errors import HANDLED, friendly
-from search.gallery import Gallery, GalleryError, default_home
 from search.jobs import Job, JobRunner, backfill_job, fit_job, reembed_job, transform_job
 from search.runtime import configure_threads
-from search.upgrade import duration_text
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 PAGE_SIZE = 24
@@ -67,7 +68,7 @@ def thumbnail(path: str, size: int = 256) -> bytes | None:
 
 
 def import_roots() -> list[Path]:
-    from search.files import import_roots as roots
+    from search.api import import_roots as roots
 
     return roots()
 
@@ -87,7 +88,7 @@ def server_folder(text: str) -> Path | None:
     if not folder.is_dir():
         st.error(f"No such folder on the server: {md(folder)}")
         return None
-    from search.files import links_outside
+    from search.api import links_outside
 
     escaping = links_outside(folder, roots)
     if escaping:
@@ -167,8 +168,6 @@ def ingest_uploads(files, album: str | None = None) -> None:
 
 def run_ingest(paths, rejected=None, album: str | None = None, album_from_folder: bool = True,
                roots: list[Path] | None = None) -> None:
-    from search.ingest import ingest
-
     for p in paths:
         if not Path(p).exists():
             st.error(f"No such file or folder on the server: {md(p)}")
@@ -178,8 +177,8 @@ def run_ingest(paths, rejected=None, album: str | None = None, album_from_folder
     def progress(p):
         bar.progress(p.fraction, text=f"Indexing {p.done}/{p.total}")
 
-    report = guarded(ingest, gallery(), paths, None, progress=False, on_progress=progress,
-                     album=album, album_from_folder=album_from_folder, roots=roots)
+    report = guarded(gallery().add, paths, progress=progress, album=album,
+                     album_from_folder=album_from_folder, roots=roots)
     if report is None:
         return
     skipped = [(Path(p).name, r) for p, r in report.skipped] + list(rejected or [])
@@ -208,7 +207,7 @@ def page_gallery() -> None:
     st.header("Gallery")
     show_flash()
     show_ingest_result()
-    n = g.catalog.count_images()
+    n = g.count_images()
     if n == 0:
         st.info("**Welcome to Graceful.** Your gallery is empty. Drop photos below, or index a "
                 "folder on this server. Photos are embedded with the offline default model "
@@ -230,10 +229,10 @@ def page_gallery() -> None:
             allowed = server_folder(folder)
             if allowed:
                 run_ingest([allowed], roots=roots)
-    n = g.catalog.count_images()
+    n = g.count_images()
     if n == 0:
         return
-    albums = g.catalog.albums()
+    albums = g.albums()
     named = [a for a in albums if a["album"] is not None]
     in_albums = f" in {len(named)} album{'s' if len(named) != 1 else ''}" if named else ""
     st.caption(f"{n} photos{in_albums} · active model **{md(g.active_model)}** (space {md(g.space)})")
@@ -243,8 +242,8 @@ def page_gallery() -> None:
     shown = n if album is None else next(a["images"] for a in named if a["album"] == album)
     pages = max(1, -(-shown // PAGE_SIZE))
     page = st.number_input("Page", 1, pages, 1, key="gallery-page") if pages > 1 else 1
-    rows = g.catalog.list_images((page - 1) * PAGE_SIZE, PAGE_SIZE, album)
-    by = g.catalog.serving_model_of([r.id for r in rows], g.space)
+    rows = g.list_images((page - 1) * PAGE_SIZE, PAGE_SIZE, album)
+    by = g.embedded_by([r.id for r in rows])
     album_editor(g, rows, named)
     show_grid([{"image_id": r.id, "name": r.name, "path": str(g.image_path(r)),
                 "embedded_by": by.get(r.id, "—"), "album": r.album} for r in rows], key="gallery")
@@ -261,26 +260,24 @@ def album_editor(g: Gallery, rows, named: list[dict]) -> None:
         c1, c2 = st.columns(2)
         if c1.button("Move to album", key="album-move", disabled=not (picked and target.strip())):
             ids = [int(p.split()[0][1:]) for p in picked]
-            n = guarded(g.catalog.set_album, ids, target.strip())
+            n = guarded(g.set_album, ids, target.strip())
             flash(("success", f"{n} photos moved to album {md(target.strip())}."))
         if c2.button("Remove from their album", key="album-clear", disabled=not picked):
-            n = guarded(g.catalog.set_album, [int(p.split()[0][1:]) for p in picked], None)
+            n = guarded(g.set_album, [int(p.split()[0][1:]) for p in picked], None)
             flash(("success", f"{n} photos now have no album."))
         if named:
             r1, r2 = st.columns(2)
             old = r1.selectbox("Rename album", [a["album"] for a in named], key="album-rename-old")
             new = r2.text_input("New name", key="album-rename-new")
             if st.button("Rename", key="album-rename", disabled=not new.strip()):
-                n = guarded(g.catalog.rename_album, old, new.strip())
+                n = guarded(g.rename_album, old, new.strip())
                 flash(("success", f"Renamed {md(old)} → {md(new.strip())} ({n} photos)."))
 
 
 def page_search() -> None:
-    from search import query
-
     g = gallery()
     st.header("Search")
-    if g.catalog.count_images() == 0:
+    if g.count_images() == 0:
         st.info("The gallery is empty: add photos on the Gallery page first.")
         return
     model = guarded(g.embedder)
@@ -297,31 +294,27 @@ def page_search() -> None:
             st.error("That file is too large.")
         else:
             st.image(data, width=160, caption="query")
-            result = guarded(query.search_bytes, g, data, k, up.name, log=True)
+            result = guarded(g.search, data, k, name=up.name, log=True)
     if model.info.has_text:
         text = st.text_input("…or describe what you are looking for", key="query-text")
         if text:
-            result = guarded(query.search_text, g, text, k, log=True)
+            result = guarded(g.search, None, k, text=text, log=True)
     similar = st.session_state.get("similar_to")
     if result is None and similar:
         row = guarded(g.image_row, similar)
         if row:
             st.image(thumbnail(str(g.image_path(row))), width=160, caption=f"similar to #{row.id}")
-            result = guarded(query.search_gallery_image, g, similar, k, log=True)
+            result = guarded(g.search, None, k, image=similar, log=True)
     if result is not None:
         st.subheader(f"{len(result.hits)} results · {md(result.model)} · {result.elapsed_ms:.0f} ms")
         show_grid([h.as_dict() for h in result.hits], key="results")
 
 
 def page_models() -> None:
-    from models import registry
-    from search import backfill as bf
-    from search.upgrade import rollback
-
     g = gallery()
     st.header("Models")
     show_flash()
-    entries = registry.available(g.model_dirs)
+    entries = g.available_models()
     active, space = g.active_model, g.space
     where = g.vector_store.describe()
     served = ("FAISS index files" if where["kind"] == "faiss"
@@ -334,7 +327,7 @@ def page_models() -> None:
         "can query this gallery": can_query(g, e, active, space),
     } for e in entries])
     st.dataframe(table, hide_index=True, width="stretch")
-    bad = registry.unreadable(g.model_dirs)
+    bad = g.unreadable_models()
     if bad:
         st.warning("Unreadable model files (left out): " + "; ".join(
             md(f"{path.name}: {reason}") for path, reason in bad))
@@ -370,10 +363,10 @@ def page_models() -> None:
         if st.button(f"Re-embed the gallery with {target}", key="reembed-start"):
             job_runner().start("reembed", reembed_job(g.home, target))
         job_progress("reembed")
-    history = g.catalog.model_history()
+    history = g.model_history()
     if c3.button(f"Roll back to {history[-1]}" if history else "Roll back", disabled=not history,
                  key="rollback"):
-        r = guarded(rollback, g)
+        r = guarded(g.rollback)
         if r:
             msgs = [("success", f"Rolled back {md(r.previous)} → {md(r.model)} in {r.switch_ms:.1f} ms; "
                                 f"{r.kept_vectors} vectors of {md(r.previous)} stay searchable.")]
@@ -385,12 +378,12 @@ def page_models() -> None:
     fit_section(g, entries, active)
 
     st.subheader("Backfill (optional)")
-    status = guarded(bf.status, g) or {}
+    status = guarded(g.backfill_status) or {}
     st.caption(f"{status.get('fraction_backfilled', 0):.0%} of the gallery is embedded by "
                f"{status.get('model')} · {status.get('older_vectors', 0)} older vectors · "
                f"{status.get('missing', 0)} missing")
     runner = job_runner()
-    order = st.selectbox("Order", bf.ORDERS, key="backfill-order")
+    order = st.selectbox("Order", BACKFILL_ORDERS, key="backfill-order")
     b1, b2 = st.columns(2)
     if b1.button("Start / resume backfill", key="backfill-start"):
         runner.start("backfill", backfill_job(g.home, order))
@@ -403,12 +396,7 @@ def page_models() -> None:
     st.subheader("Compatibility matrix")
     matrix = g.compatibility_matrix()
     if matrix["models"]:
-        def cell(c):
-            if not c["compatible"]:
-                return "—"
-            m = (c.get("measured") or {}).get("new/old")
-            return f"yes (top-1 {m['top1']:.3f})" if m else ("native" if c.get("native") else "yes")
-        st.dataframe(pd.DataFrame({sp: {name: cell(matrix["cells"][name][sp]) for name in matrix["models"]}
+        st.dataframe(pd.DataFrame({sp: {name: render.compat_cell(matrix["cells"][name][sp]) for name in matrix["models"]}
                                    for sp in matrix["spaces"]}), width="stretch")
         st.caption("Rows: query models this gallery has used; columns: spaces its vectors live in.")
     generations_section(g)
@@ -438,13 +426,11 @@ def can_query(g: Gallery, e, active: str | None, space: str | None) -> str:
     """The Models table's verdict: measured (the fit's, or a check made on this page), never
     just "the spaces match" (a model trained elsewhere can share the space and still make search
     worse)."""
-    from search.preflight import standing_verdict
-
     if e.name == active:
         return "active"
-    if space not in (e.space, g.catalog.serving_space(e.name)):
+    if space not in (e.space, g.serving_space(e.name)):
         return "needs re-embed"
-    known = standing_verdict(g, e) or st.session_state.get("verdicts", {}).get((e.name, space))
+    known = g.standing_verdict(e) or st.session_state.get("verdicts", {}).get((e.name, space))
     return known or "same space · not measured yet (Check compatibility)"
 
 
@@ -457,13 +443,13 @@ def remember_verdict(g: Gallery, name: str, p) -> None:
 def try_upgrade(g: Gallery, target: str, dry_run: bool = False):
     """Upgrade (or check); a pre-flight refusal is kept to show what was measured and the
     gallery-fitted next step."""
-    from search.upgrade import PreflightRefused, upgrade
+    from search.api import PreflightRefused
 
     st.session_state.pop("refused", None)
     try:
         with g.lock:
             space = g.space
-            result = upgrade(g, target, dry_run=dry_run)
+            result = g.upgrade(target, dry_run=dry_run)
         if dry_run:
             remember_verdict(g, target, result.preflight)
         return result
@@ -506,16 +492,14 @@ def show_refusal(g: Gallery, refused: dict) -> None:
                 f"about {duration_text(step['fit_seconds'])}, against {duration_text(step['backfill_seconds'])} "
                 f"for re-embedding all {step['photos']} photos.")
         if st.button("Train an upgrade for this gallery", key="fit-from-refusal"):
-            name = f"{step['backbone']}-fit-{g.active_model}"
+            name = fit_name(step["backbone"], g.active_model)
             job_runner().start("fit", fit_job(g.home, step["backbone"], unique_name(g, name)))
             st.session_state.pop("refused", None)
             st.rerun()
 
 
 def unique_name(g: Gallery, name: str) -> str:
-    from models import registry
-
-    taken = {e.name for e in registry.available(g.model_dirs)}
+    taken = {e.name for e in g.available_models()}
     n, candidate = 1, name
     while candidate in taken:
         n += 1
@@ -524,8 +508,6 @@ def unique_name(g: Gallery, name: str) -> str:
 
 
 def fit_section(g: Gallery, entries, active: str) -> None:
-    from search.fit import NOMINAL_IMAGES_PER_SECOND, estimate_seconds, latest_fit_report
-
     st.subheader("Fit an upgrade to this gallery")
     st.caption("Trains a new backbone's head on this gallery's own photos and albums, against the "
                "vectors it already stores (none is recomputed), and measures it on held-out photos "
@@ -539,8 +521,8 @@ def fit_section(g: Gallery, entries, active: str) -> None:
                             help="The model that computed the stored vectors (e.g. lite0 on a lite0 "
                                  "gallery) learns from them alone: nothing is decoded, seconds.")
     method = f2.selectbox("Method", ["auto", "pct", "bct", "adapter", "procrustes"], key="fit-method")
-    name = f3.text_input("Name", unique_name(g, f"{backbone}-fit-{active}"), key=f"fit-name-{backbone}")
-    est = estimate_seconds(g.catalog.count_images(), NOMINAL_IMAGES_PER_SECOND.get(backbone, 30.0))
+    name = f3.text_input("Name", unique_name(g, fit_name(backbone, active)), key=f"fit-name-{backbone}")
+    est = g.fit_estimate(backbone)
     if backbone == g.space:
         st.caption(f"{backbone} computed this gallery's vectors: the head learns from them and the "
                    f"albums alone, no photo is decoded (seconds).")
@@ -556,7 +538,7 @@ def fit_section(g: Gallery, entries, active: str) -> None:
         if job:
             job.stop()
     job_progress("fit")
-    report = latest_fit_report(g)
+    report = g.latest_fit_report()
     if report:
         show_fit_report(report, g)
 
@@ -566,15 +548,11 @@ def show_plan(g: Gallery, r: dict) -> None:
     compute (one point per path), next to the buttons that take each path."""
     m = r["measured"]
     o = m["old"]
-    rows = [{"path": "now (no change)", "top-1": o["top1"], "top-5": o["top5"], "mAP": o["map"],
-             "NFR": 0.0, "lost@5": 0.0, "kept": 1.0, "photos embedded": 0, "time": "—",
-             "flags": ""}]
-    for p in r["plan"]:
-        rows.append({"path": p["path"] + (" ★" if p["path"] == r.get("recommended") else ""),
-                     "top-1": p["top1"], "top-5": p["top5"], "mAP": p["map"], "NFR": p["nfr"],
-                     "lost@5": p["lost_at_5"], "kept": p["retention"],
-                     "photos embedded": p["photos_embedded"], "time": duration_text(p["seconds"]),
-                     "flags": "; ".join(p["flags"])})
+    rows = [{"path": "now (no change)" if p["path"] == "now" else p["path"] + (" ★" if p["recommended"] else ""),
+             "top-1": p["top1"], "top-5": p["top5"], "mAP": p["map"], "NFR": p["nfr"] or 0.0,
+             "lost@5": p["lost_at_5"] or 0.0, "kept": 1.0 if p["retention"] is None else p["retention"],
+             "photos embedded": p["photos_embedded"] or 0, "time": p["time"] or "—",
+             "flags": "; ".join(p["flags"])} for p in render.plan_table(r)]
     st.markdown(f"**Upgrade plan** · measured on {m['queries']} held-out photos (near duplicates "
                 f"left out: {m['near_duplicates']['rule']}) · ★ recommended")
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
@@ -625,16 +603,10 @@ def show_fit_report(r: dict, g: Gallery | None = None) -> None:
         f"{md(r['expectation'])}")
     if r.get("plan") and g is not None:
         show_plan(g, r)
-    rows = []
-    albums = h.get("albums")
-    if albums and not r.get("plan"):
-        for pair, label in (("old/old", "before (old model)"), ("new/old", "after the upgrade"),
-                            ("new/new", "after a full backfill")):
-            m = albums.get(pair)
-            if m:
-                nfr = albums["nfr"] if pair == "new/old" else m.get("nfr")
-                rows.append({"held-out photos": label, "top-1": f"{m['top1']:.3f}",
-                             "mAP": f"{m['map']:.3f}", "NFR": "—" if nfr is None else f"{nfr:.3f}"})
+    rows = [{"held-out photos": row["label"], "top-1": f"{row['top1']:.3f}",
+             "mAP": f"{row['map']:.3f}", "NFR": "—" if row["nfr"] is None else f"{row['nfr']:.3f}"}
+            for row in render.fit_pairs(r)]
+    if rows:
         st.dataframe(pd.DataFrame(rows), hide_index=True)
     st.caption(f"Trained on {s['train']} photos" + (f" of {s['albums']} albums" if s["labelled"] else "")
                + f", measured on {s['held_out']} held-out photos of {r['gallery_photos']} · own "
@@ -645,8 +617,6 @@ def show_fit_report(r: dict, g: Gallery | None = None) -> None:
 
 def check_section(g: Gallery) -> None:
     """`graceful check [--repair]` on the page: is the gallery whole?"""
-    from search.check import check
-
     with st.expander("Check the gallery"):
         st.caption("Catalog integrity, every stored photo against its hash, index files against "
                    "their checksums and the catalog, models still loadable. Repair rebuilds index "
@@ -654,9 +624,9 @@ def check_section(g: Gallery) -> None:
         c1, c2 = st.columns(2)
         report = None
         if c1.button("Check", key="check-run"):
-            report = guarded(check, g)
+            report = guarded(g.check)
         if c2.button("Check and repair", key="check-repair"):
-            report = guarded(check, g, True)
+            report = guarded(g.check, True)
         if report is not None:
             (st.success if report.ok else st.error)(
                 "The gallery is whole." if report.ok else
@@ -704,7 +674,7 @@ def generations_job(kind: str, train_dir: Path, test_dir: Path, cache_dir: Path,
     def work(job: Job):
         import json
 
-        from bench.generations import GenConfig, chain, hetero
+        from models.evaluation.generations import GenConfig, chain, hetero
 
         cfg = GenConfig(Path(train_dir), Path(test_dir), cache_dir, loss=loss, progress=False)
         result = (chain if kind == "chain" else hetero)(cfg)
@@ -761,9 +731,8 @@ def flash(*messages: tuple[str, str]) -> None:
 
 
 def preflight_text(p) -> str:
-    from search.preflight import summary
-
-    return summary(p)[0].upper() + summary(p)[1:]
+    text = render.preflight_summary(p)
+    return text[0].upper() + text[1:]
 
 
 def show_preflight(p) -> None:
@@ -771,15 +740,15 @@ def show_preflight(p) -> None:
 
 
 def page_compare() -> None:
-    from search import compare as cmp
+    from search.api import Query
 
     g = gallery()
     st.header("Compare")
-    models = [m["name"] for m in g.catalog.models()]
+    models = [m["name"] for m in g.models()]
     if len(models) < 2:
         st.info("Compare needs two models: upgrade the gallery's model first (Models page).")
         return
-    history = g.catalog.model_history()
+    history = g.model_history()
     default_old = history[-1] if history else models[0]
     c1, c2 = st.columns(2)
     old = c1.selectbox("Old model", models, index=models.index(default_old), key="cmp-old")
@@ -790,28 +759,26 @@ def page_compare() -> None:
     queries = None
     if source == "Upload a query set":
         files = st.file_uploader("Query photos", accept_multiple_files=True, key="cmp-upload")
-        queries = [cmp.Query(f.name, f.getvalue()) for f in files or []]
+        queries = [Query(f.name, f.getvalue()) for f in files or []]
     elif source == "Labelled folder":
         folder = st.text_input("ImageFolder path (one sub-folder per class)", key="cmp-folder")
         if folder and (allowed := server_folder(folder)):
-            queries = guarded(cmp.queries_from_folder, allowed)
+            queries = allowed
     if st.button("Run comparison", type="primary", key="cmp-run"):
         if source == "Logged searches":
-            queries = guarded(cmp.queries_from_log, g)
+            queries = "log"
         if queries:
-            report = guarded(cmp.compare, g, old, new, queries, k)
+            report = guarded(g.compare, queries, old, new, k)
             if report:
                 st.session_state.report = report
-    report = st.session_state.get("report") or cmp.latest_report(g)
+    report = st.session_state.get("report") or g.latest_comparison()
     if report:
         show_report(g, report)
     show_backfill_curve(g)
 
 
 def show_backfill_curve(g: Gallery) -> None:
-    from search.backfill import latest_curve
-
-    curve = latest_curve(g)
+    curve = g.latest_backfill_curve()
     if not curve:
         st.caption("Run `graceful backfill --curve LABELLED_DIR` to record quality vs fraction "
                    "backfilled; the curve appears here.")
@@ -823,8 +790,6 @@ def show_backfill_curve(g: Gallery) -> None:
 
 
 def show_report(g: Gallery, report: dict) -> None:
-    from search import compare as cmp
-
     s = report["summary"]
     st.subheader(f"{md(s['old'])} → {md(s['new'])} · {s['queries']} queries · top-{s['k']}")
     cols = st.columns(5)
@@ -843,7 +808,7 @@ def show_report(g: Gallery, report: dict) -> None:
                                 f"and have none in the new top-{depth}")
         st.dataframe(pd.DataFrame([{"model": s["old"], **s["old_metrics"]},
                                    {"model": s["new"], **s["new_metrics"]}]), hide_index=True)
-    rows = cmp.lost_first(report["queries"])
+    rows = render.lost_first(report["queries"])
     df = pd.DataFrame([{"query": r["query"], "lost every right photo": r.get("lost_all"),
                         "gained": len(r["gained"]), "lost": len(r["lost"]),
                         "overlap": r["overlap"], "old right": r.get("old_correct"),
@@ -857,7 +822,7 @@ def show_report(g: Gallery, report: dict) -> None:
     pick = st.selectbox("Inspect a query (those that lost every right photo first)",
                         df["query"].tolist(), key="cmp-pick")
     row = next(r for r in rows if r["query"] == pick)
-    images = g.catalog.images(set(row["old"]) | set(row["new"]))
+    images = g.images(set(row["old"]) | set(row["new"]))
     lost, gained = set(row["lost"]), set(row["gained"])
 
     def hits(ids):

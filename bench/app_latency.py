@@ -28,14 +28,14 @@ def main() -> None:
     args = ap.parse_args()
     os.environ["GRACEFUL_HOME"] = args.home
     os.environ.setdefault("GRACEFUL_THREADS", "2")
-    from search.gallery import Gallery
-    from search.ingest import ingest
+    from search.api import Gallery
+    from search.ops.ingest import ingest
     from search.runtime import configure_threads
     from streamlit.testing.v1 import AppTest
 
     configure_threads()
     g = Gallery.open(args.home, create=True)
-    report = ingest(g, [CALTECH / "train", CALTECH / "test", CALTECH / "distractors"], progress=True)
+    report = ingest(g, [CALTECH / "train", CALTECH / "test", CALTECH / "distractors"])
     n = g.catalog.count_images()
     g.close()
     queries = sorted((CALTECH / "test").rglob("*.jpg"))[:: 97][: args.repeat + 1]

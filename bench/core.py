@@ -23,9 +23,9 @@ def forward_vs_ingest(n_images: int, model_name: str, batch: int) -> dict:
     import torch
 
     from models import registry
-    from search.gallery import Gallery
+    from search.api import Gallery
     from models.imageio import decode
-    from search.ingest import ingest
+    from search.ops.ingest import ingest
 
     files = caltech_files("train", n_images)
     model = registry.load(model_name)
@@ -68,8 +68,8 @@ def forward_vs_ingest(n_images: int, model_name: str, batch: int) -> dict:
 
 def query_latency(size: int, repeat: int, embed_ms: float, centers: np.ndarray,
                   kinds: tuple[str, ...]) -> dict:
-    from search.gallery import Gallery
-    from search.index import SpaceIndex, train_ivf
+    from search.api import Gallery
+    from search.storage.faiss_index import SpaceIndex, train_ivf
 
     dim = centers.shape[1]
     rng = np.random.default_rng(size)

@@ -44,7 +44,7 @@ def cached_gallery(home: Path, files: list[Path], albums: list[str], cache: Path
     at many sizes without re-embedding."""
     from models import registry
     from models.features import FeatureCache, file_shas
-    from search.gallery import Gallery
+    from search.api import Gallery
 
     g = Gallery.open(home, create=True)
     model = registry.load("lite0")
@@ -101,14 +101,14 @@ def main() -> None:
     args = ap.parse_args()
 
     from models.compat_train import TrainRequest, train_compatible
-    from search import backfill as bf
-    from search.compare import compare, queries_from_folder
-    from search.fit import FitRequest, default_sample, fit_upgrade, plan_sample
-    from search.gallery import Gallery
-    from search.ingest import ingest
-    from search.preflight import preflight
+    from search.ops import backfill as bf
+    from search.ops.compare import compare, queries_from_folder
+    from search.ops.fit import default_sample, plan_sample
+    from search.api import Gallery
+    from search.ops.ingest import ingest
+    from search.ops.preflight import preflight
     from search.runtime import configure_threads
-    from search.upgrade import upgrade
+    from search.ops.upgrade import upgrade
 
     configure_threads()
     shutil.rmtree(args.work, ignore_errors=True)
@@ -128,7 +128,7 @@ def main() -> None:
     home = args.work / "home"
     g = Gallery.open(home, create=True)
     t0 = time.perf_counter()
-    rep = ingest(g, [args.work / "gallery"], progress=True)
+    rep = ingest(g, [args.work / "gallery"])
     out["ingest"] = {"seconds": round(time.perf_counter() - t0, 1), "added": rep.added}
 
     # 1. the shipped-style model: trained elsewhere (features from --cache)
@@ -144,7 +144,7 @@ def main() -> None:
 
     # 2. fitted to the gallery (its own cache: nothing precomputed)
     t0 = time.perf_counter()
-    fit = fit_upgrade(g, FitRequest("lite2", "fitted", progress=True))
+    fit = g.train("lite2", "fitted", progress=True)
     out["fit"] = {k: fit[k] for k in ("method", "sample", "held_out", "passed", "verdict",
                                        "expectation", "seconds", "images_per_second")}
     out["fit"]["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -156,7 +156,7 @@ def main() -> None:
     before = compare(g, "lite0", "fitted", qs, k=10, save=False)
     out["fitted_compare"] = before["summary"]
     t0 = time.perf_counter()
-    state = bf.backfill(g, "random", progress=True)
+    state = bf.backfill(g, "random")
     out["backfill"] = {"seconds": round(time.perf_counter() - t0, 1), "done": state.done,
                        "images_per_second": round(state.rate, 2)}
     after = compare(g, "lite0", "fitted", qs, k=10, save=False)
@@ -183,7 +183,7 @@ def main() -> None:
     # rates of the two pipelines back to back on the same stored photos (this machine's speed
     # drifts by tens of percent between minutes, so the ratio is taken from these)
     from models.features import extract
-    from search.embedjob import embed_stored
+    from search.ops.embedjob import embed_stored
 
     probe = [m.id for m in members[:400]]
     probe_files = [g.store.path(by_id[i].sha256, by_id[i].ext) for i in probe]
@@ -194,7 +194,7 @@ def main() -> None:
                 shard_size=16, progress=False, shas=[by_id[i].sha256 for i in probe])
         rates["features"].append(len(probe) / (time.perf_counter() - t0))
         t0 = time.perf_counter()
-        embed_stored(g, fitted_model, probe, f"probe-{rnd}", progress=False)
+        embed_stored(g, fitted_model, probe, f"probe-{rnd}")
         rates["backfill"].append(len(probe) / (time.perf_counter() - t0))
     out["rates_back_to_back"] = {k: [round(x, 1) for x in v] for k, v in rates.items()}
     g.close()

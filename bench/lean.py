@@ -33,7 +33,7 @@ import json, sys, time
 import numpy as np
 from search.runtime import configure_threads
 configure_threads(2)
-from search.gallery import Gallery
+from search.api import Gallery
 home, kind, qpath = sys.argv[1:4]
 queries = np.load(qpath)
 g = Gallery.open(home)
@@ -69,7 +69,7 @@ def real_lite0() -> tuple[list[Path], np.ndarray]:
 
 
 def build_catalog(home: Path, real: np.ndarray, size: int) -> tuple[float, float, float | None]:
-    from search.gallery import Gallery
+    from search.api import Gallery
 
     g = Gallery.open(home, create=True, store="faiss")
     rng = np.random.default_rng(0)
@@ -106,7 +106,7 @@ def build_catalog(home: Path, real: np.ndarray, size: int) -> tuple[float, float
 
 def exact_top10(home: Path, queries: np.ndarray) -> np.ndarray:
     """Brute force over every stored vector, in chunks (the ground truth)."""
-    from search.catalog import Catalog
+    from search.storage.catalog import Catalog
 
     cat = Catalog(home / "catalog.db")
     best_s = np.full((len(queries), 10), -np.inf, np.float32)
@@ -128,7 +128,7 @@ def recall(found: list[list[int]], exact: np.ndarray) -> float:
 
 def kind_section(home: Path, kind: str, queries: dict[str, np.ndarray],
                  truth: dict[str, np.ndarray]) -> dict:
-    from search.gallery import Gallery
+    from search.api import Gallery
 
     g = Gallery.open(home)
     t0 = time.perf_counter()
@@ -154,7 +154,7 @@ def float16_effect(files: list[Path], real: np.ndarray) -> dict:
     from models import registry
     from models.features import extract
     from models.metrics import label_retrieval
-    from search.catalog import as_stored
+    from search.storage.catalog import as_stored
 
     test = [i for i, f in enumerate(files) if f.parent.parent.name == "test"]
     labels = [files[i].parent.name for i in test]

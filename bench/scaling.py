@@ -58,7 +58,7 @@ def photo_like_centers(n: int = 300) -> np.ndarray:
 
 def fill_catalog(home: Path, size: int, centers: np.ndarray, space: str = "lite0"):
     """A gallery whose catalog holds `size` photo-like vectors of `space` (no image files)."""
-    from search.gallery import Gallery
+    from search.api import Gallery
 
     g = Gallery.open(home, create=True, store="faiss")
     gen = np.random.default_rng(size + 1)
@@ -163,7 +163,7 @@ def rss_kib(pid: int) -> int:
 @contextlib.contextmanager
 def upsert_clock():
     """Seconds spent in MilvusSpace.upsert (the writes of a Milvus build), as a list of one."""
-    from search.milvus_store import MilvusSpace
+    from search.storage.milvus_store import MilvusSpace
 
     spent = [0.0]
     original = MilvusSpace.upsert
@@ -203,7 +203,7 @@ def bounded_search(client, name: str, queries: np.ndarray, exact: np.ndarray,
                    repeat: int) -> dict:
     """The store call with consistency_level="Bounded" instead of the collection's Strong
     (bench only: Graceful searches with Strong): p50/p95 and recall@10 against `exact`."""
-    from search.milvus_store import DEFAULT_NPROBE
+    from search.storage.milvus_store import DEFAULT_NPROBE
 
     params = {"metric_type": "IP", "params": {"nprobe": DEFAULT_NPROBE}}
 
@@ -306,8 +306,8 @@ def upgrade_section(size: int, centers: np.ndarray) -> list[dict]:
     """upgrade() on a `size`-photo gallery per store. The stored files of the synthetic photos
     are hard links to real Caltech photos so that the pre-flight embeds real images; their
     vectors are synthetic, so the check refuses and the upgrade is forced (timed the same)."""
-    from search.gallery import Gallery
-    from search.upgrade import upgrade
+    from search.api import Gallery
+    from search.ops.upgrade import upgrade
 
     real = caltech_files("test", 200)
     out = []
@@ -344,9 +344,9 @@ def upgrade_section(size: int, centers: np.ndarray) -> list[dict]:
 
 
 def ray_section(n_photos: int, workers: list[int]) -> dict:
-    from search import backfill as bf
-    from search.gallery import Gallery
-    from search.raypool import RayOptions
+    from search.ops import backfill as bf
+    from search.api import Gallery
+    from search.ops.raypool import RayOptions
 
     root = Path(tempfile.mkdtemp(prefix="graceful-bench-ray-"))
     try:
@@ -385,7 +385,7 @@ def ray_section(n_photos: int, workers: list[int]) -> dict:
 def writer_ceiling(template: Path, batches: int = 200, batch: int = 16) -> dict:
     """Vectors/s the single catalog writer commits (one transaction per batch of 16, 1280-d):
     the ceiling of any number of Ray workers feeding one catalog."""
-    from search.gallery import Gallery
+    from search.api import Gallery
 
     home = template.parent / "writer"
     shutil.copytree(template, home)

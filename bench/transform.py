@@ -47,9 +47,9 @@ def public(d: dict) -> dict:
 def scenario(split: str, coarse: bool, cache: Path, work: Path) -> dict:
     from bench.gallery_fit import cached_gallery, halves
     from models.features import FeatureCache, file_shas
-    from search.fit import FitRequest, fit_upgrade
-    from search.gallery import Gallery
-    from search.upgrade import rollback, upgrade
+    from search.ops.fit import FitRequest, fit_upgrade
+    from search.api import Gallery
+    from search.ops.upgrade import rollback, upgrade
 
     _, user = halves(split == "first")
     classes = sorted(user)
@@ -115,10 +115,10 @@ def at_scale(n: int, cache: Path, work: Path, checkpoint: Path | None) -> dict:
     """Timings at n synthetic photo-like lite0 vectors in 50 albums (no photo files)."""
     from models import registry
     from models.features import FeatureCache
-    from search.fit import FitRequest, fit_upgrade
-    from search.gallery import Gallery
-    from search.transform import transform_gallery
-    from search.upgrade import rollback, upgrade
+    from search.ops.fit import FitRequest, fit_upgrade
+    from search.api import Gallery
+    from search.ops.transform import transform_gallery
+    from search.ops.upgrade import rollback, upgrade
 
     home = work / f"scale-{n}"
     shutil.rmtree(home, ignore_errors=True)

@@ -26,11 +26,11 @@ NEW = "lite2-compat-lite0"
 
 
 def synthetic_gallery(home: Path, size: int, real: list[Path]):
-    from search.gallery import Gallery
-    from search.ingest import ingest
+    from search.api import Gallery
+    from search.ops.ingest import ingest
 
     g = Gallery.open(home, create=True)
-    ingest(g, real, progress=False)
+    ingest(g, real)
     n_real = g.catalog.count_images()
     rng = np.random.default_rng(size)
     with g.catalog.transaction():
@@ -56,15 +56,15 @@ def upgrade_times(sizes: list[int], new_rate: float) -> list[dict]:
     photos + random lite0 vectors) times the parts that could grow with N: the pre-flight's
     index search for its sample of queries and the switch transaction, run by
     upgrade(--force) itself."""
-    from search.gallery import Gallery
-    from search.ingest import ingest
-    from search.upgrade import PREFLIGHT_SAMPLE, upgrade
+    from search.api import Gallery
+    from search.ops.ingest import ingest
+    from search.ops.upgrade import PREFLIGHT_SAMPLE, upgrade
 
     real = caltech_files("test", 48)
     home = Path(tempfile.mkdtemp(prefix="graceful-bench-up-"))
     try:
         g = Gallery.open(home, create=True)
-        ingest(g, real, progress=False)
+        ingest(g, real)
         t = time.perf_counter()
         small = upgrade(g, NEW)
         real_total = time.perf_counter() - t
@@ -119,7 +119,7 @@ def backfill_curves(cache: Path, steps: int = 10) -> dict:
     from models import registry
     from models.features import extract
     from models.imagefolder import scan
-    from search.backfill import area_under_curve, quality_curve
+    from search.ops.backfill import area_under_curve, quality_curve
 
     test = scan(CALTECH / "test")
     old = extract(registry.load("lite0"), test.files, cache)

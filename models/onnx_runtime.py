@@ -35,7 +35,9 @@ PROBE_COSINE = 0.9999
 
 
 def requested_runtime(runtime: str | None = None) -> str:
-    value = (runtime or os.environ.get("GRACEFUL_RUNTIME") or "auto").strip().lower()
+    from models.settings import Settings
+
+    value = (runtime or Settings.from_env().runtime).strip().lower()
     if value not in RUNTIMES:
         raise ValueError(f"GRACEFUL_RUNTIME must be one of {', '.join(RUNTIMES)}, got {value!r}")
     return value
@@ -43,7 +45,9 @@ def requested_runtime(runtime: str | None = None) -> str:
 
 def cache_dir() -> Path:
     """`$GRACEFUL_CACHE/onnx`, else `~/.cache/graceful/onnx`."""
-    root = os.environ.get("GRACEFUL_CACHE")
+    from models.settings import Settings
+
+    root = Settings.from_env().cache
     return Path(root) / "onnx" if root else Path.home() / ".cache" / "graceful" / "onnx"
 
 

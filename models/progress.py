@@ -16,6 +16,7 @@ class Progress:
     seconds: float = 0.0
     interrupted: bool = False
     stage: str = ""
+    notes: list[str] = field(default_factory=list)  # one-line messages for whoever draws this
     started: float = field(default_factory=time.perf_counter, repr=False)
 
     def tick(self, done: int | None = None) -> "Progress":
@@ -40,6 +41,35 @@ class Progress:
     def as_dict(self) -> dict:
         d = asdict(self)
         d.pop("started")
+        d.pop("notes")
         d["images_per_second"] = round(self.rate, 2)
         d["eta_seconds"] = round(self.eta_seconds, 1) if self.eta_seconds is not None else None
         return d
+
+
+class ProgressBar:
+    """Draws Progress reports as a tqdm bar on stderr: the CLI's (and the API's progress=True)
+    view of a job; the engine itself only reports Progress."""
+
+    def __init__(self, unit: str = "img", enabled: bool = True):
+        self.unit, self.enabled = unit, enabled
+        self.bar = None
+
+    def __call__(self, p: Progress) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            desc = f"{p.job} with {p.model}" if p.model and p.model not in p.job else p.job
+            self.bar = tqdm(total=p.total, unit=self.unit, desc=desc, dynamic_ncols=True)
+        for note in p.notes:
+            self.bar.write(note)
+        p.notes.clear()
+        self.bar.total = max(p.total, p.done)
+        self.bar.update(p.done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -31,14 +31,11 @@ DEFAULT_LOAD_TIMEOUT = 600.0
 
 
 def _seconds(env: str, default: float) -> float:
-    raw = os.environ.get(env, "")
-    try:
-        value = float(raw) if raw.strip() else default
-    except ValueError:
-        raise ValueError(f"{env} must be a number of seconds, not {raw!r}") from None
-    if not value > 0:
-        raise ValueError(f"{env} must be a number of seconds above 0, not {raw!r}")
-    return value
+    """A timeout from the settings (GRACEFUL_RAY_START_TIMEOUT / GRACEFUL_RAY_LOAD_TIMEOUT)."""
+    from models.settings import Settings
+
+    s = Settings.from_env()
+    return {START_TIMEOUT_ENV: s.ray_start_timeout, LOAD_TIMEOUT_ENV: s.ray_load_timeout}.get(env, default)
 
 
 def start_timeout() -> float:

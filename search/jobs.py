@@ -1,4 +1,5 @@
-"""Background jobs for long-running work started from the app (backfill, training).
+"""Background jobs for long-running work started from the app (backfill, training): part of
+the API, each job one `Gallery` call.
 
 A job runs in a daemon thread with its *own* Gallery (own SQLite connection), so it never
 shares a transaction with the foreground. Stopping is cooperative (checked every batch); since
@@ -92,7 +93,7 @@ def _progress_into(job: Job) -> Callable[[Any], None]:
 
 
 def _in_own_gallery(home: Path, fn: Callable[[Any], Any]) -> Any:
-    from .gallery import Gallery
+    from search.api import Gallery
 
     gallery = Gallery.open(home, create=False)
     try:
@@ -103,20 +104,15 @@ def _in_own_gallery(home: Path, fn: Callable[[Any], Any]) -> Any:
 
 def backfill_job(home: Path, order: str, limit: int | None = None) -> Callable[[Job], Any]:
     def work(job: Job):
-        from . import backfill as bf
-
-        return _in_own_gallery(home, lambda g: bf.backfill(
-            g, order, limit, progress=False, should_stop=job.should_stop,
-            on_progress=_progress_into(job)).as_dict())
+        return _in_own_gallery(home, lambda g: g.backfill(
+            order, limit, should_stop=job.should_stop, progress=_progress_into(job)).as_dict())
     return work
 
 
 def reembed_job(home: Path, name: str) -> Callable[[Job], Any]:
     def work(job: Job):
-        from .reembed import reembed
-
-        state, switched = _in_own_gallery(home, lambda g: reembed(
-            g, name, progress=False, should_stop=job.should_stop, on_progress=_progress_into(job)))
+        state, switched = _in_own_gallery(home, lambda g: g.reembed(
+            name, should_stop=job.should_stop, progress=_progress_into(job)))
         job.message = f"switched to {name}" if switched else ""
         return {**state.as_dict(), "switched": switched}
     return work
@@ -127,19 +123,16 @@ def transform_job(home: Path, name: str, then_backfill: bool = False) -> Callabl
     with `then_backfill`, the mapped vectors are then replaced by real embeddings, most
     uncertain first."""
     def work(job: Job):
-        from . import backfill as bf
-        from .upgrade import upgrade
-
         def run(g):
-            result = upgrade(g, name, transform=True, should_stop=job.should_stop,
-                             on_progress=_progress_into(job))
+            result = g.upgrade(name, transform=True, should_stop=job.should_stop,
+                               progress=_progress_into(job))
             if not result.changed:
                 job.message = "paused: vectors moved so far are kept; start again to continue"
                 return result.as_dict()
             job.message = f"moved {result.vectors_transformed} vectors into {name}'s space and switched to it"
             if then_backfill:
-                state = bf.backfill(g, "uncertainty", should_stop=job.should_stop,
-                                    on_progress=_progress_into(job))
+                state = g.backfill("uncertainty", should_stop=job.should_stop,
+                                   progress=_progress_into(job))
                 job.message += f"; backfilled {state.done} photos" + (
                     " (paused)" if state.interrupted else "")
             return result.as_dict()
@@ -153,13 +146,11 @@ def fit_job(home: Path, backbone: str, out: str, method: str = "auto",
     def work(job: Job):
         from models.features import ExtractionStopped
 
-        from .fit import FitRequest, fit_upgrade
-
         t0 = time.time()
         try:
-            report = _in_own_gallery(home, lambda g: fit_upgrade(g, FitRequest(
-                backbone, out, method, sample, on_progress=_progress_into(job),
-                should_stop=job.should_stop)))
+            report = _in_own_gallery(home, lambda g: g.train(
+                backbone, out, method, sample=sample, progress=_progress_into(job),
+                should_stop=job.should_stop))
         except ExtractionStopped:
             job.message = "paused: features computed so far are kept; start again to resume"
             return None

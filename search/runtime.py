@@ -8,7 +8,9 @@ _configured = False
 
 def configure_threads(n: int | None = None) -> int:
     global _configured
-    n = n or int(os.environ.get("GRACEFUL_THREADS", 0)) or max(1, min(os.cpu_count() or 1, 8))
+    from models.settings import Settings
+
+    n = n or Settings.from_env().threads or max(1, min(os.cpu_count() or 1, 8))
     if _configured == n:
         return n
     import sys

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from search.catalog import SCHEMA_VERSION
+from search.storage.catalog import SCHEMA_VERSION
 from search.cli import cli
 
 
@@ -61,7 +61,7 @@ def test_devices_fifos_and_system_folders_are_refused(home, few_photos, tmp_path
 
 def test_concurrent_creation_runs_the_migration_once(tmp_path):
     """Two processes creating the same gallery at once: both open it, no 'already exists'."""
-    code = ("import sys; from search.catalog import Catalog; c = Catalog(sys.argv[1]); "
+    code = ("import sys; from search.storage.catalog import Catalog; c = Catalog(sys.argv[1]); "
             "print(c.schema_version)")
     for n in range(4):
         db = tmp_path / f"c{n}.db"
@@ -261,13 +261,13 @@ def test_a_bad_model_for_a_new_gallery_writes_nothing(home, few_photos, tmp_path
 
 def test_preflight_never_checks_a_model_against_its_own_vectors(gallery12):
     """After a partial backfill the pre-flight samples photos still holding old vectors."""
-    from search import backfill as bf
-    from search.gallery import Gallery
-    from search.preflight import preflight
+    from search.ops import backfill as bf
+    from search.api import Gallery
+    from search.ops.preflight import preflight
 
     assert run(gallery12, "upgrade", "lite2-compat-lite0").exit_code == 0
     g = Gallery.open(gallery12)
-    bf.backfill(g, "random", limit=8, progress=False)
+    bf.backfill(g, "random", limit=8)
     p = preflight(g, g.load_model("lite2-compat-lite0"), sample=12)
     assert p.sample == 4 and p.mean_cosine < 0.99  # the 4 photos still on lite0 vectors
     g.close()
@@ -304,7 +304,7 @@ def test_a_checkpoint_header_is_validated_before_anything_is_written(home, tmp_p
     checked (with a memory bound) before it is copied in; refusals are one line."""
     import numpy as np
 
-    from search.gallery import Gallery, GalleryError
+    from search.api import Gallery, GalleryError
 
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -391,8 +391,8 @@ def assert_history_matches_events(home: Path) -> None:
 def test_a_rollback_racing_an_upgrade_keeps_the_history(gallery12, make_checkpoint, monkeypatch):
     """The upgrade commits while the rollback loads its model: the rollback sees it under the
     write lock and undoes the newest step instead of writing back a stale history."""
-    from search.gallery import Gallery
-    from search.upgrade import rollback, upgrade
+    from search.api import Gallery
+    from search.ops.upgrade import rollback, upgrade
 
     for name in ("tiny-a", "tiny-b"):
         make_checkpoint(gallery12 / "models" / f"{name}.safetensors", dim=1280, name=name)
@@ -456,7 +456,7 @@ def test_every_reader_checks_the_file_before_reading_it(gallery12, few_photos, t
     for c in ("airplanes", "sunflower"):
         shutil.copytree(few_photos / c, folder / c)
         os.mkfifo(folder / c / "zz-pipe.jpg")
-    code = ("import sys; from pathlib import Path; from search.compare import queries_from_folder; "
+    code = ("import sys; from pathlib import Path; from search.ops.compare import queries_from_folder; "
             "from models.imagefolder import scan; from models.features import file_shas; "
             "q = queries_from_folder(Path(sys.argv[1])); d = scan(sys.argv[1]); "
             "print(len(q), len(file_shas(d.files)), sorted({x.label for x in q}))")
@@ -483,7 +483,7 @@ def test_every_reader_checks_the_file_before_reading_it(gallery12, few_photos, t
 def test_links_out_of_the_import_roots_are_refused(home, few_photos, tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from search.files import collect_files
+    from search.storage.files import collect_files
 
     root = tmp_path / "root"
     shutil.copytree(few_photos / "sunflower", root / "album")
@@ -529,7 +529,7 @@ def test_a_rerun_after_a_killed_fit_suggests_a_real_flag(home):
 
 
 def empty_gallery(home: Path) -> None:
-    from search.gallery import Gallery
+    from search.api import Gallery
 
     Gallery.open(home).close()
 

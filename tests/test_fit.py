@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from search.catalog import SCHEMA_VERSION, Catalog, _migrate_to_1
+from search.storage.catalog import SCHEMA_VERSION, Catalog, _migrate_to_1
 from search.cli import cli
-from search.fit import FitError, FitRefused, FitRequest, fit_upgrade, stratified
-from search.gallery import Gallery
-from search.ingest import ingest
+from search.ops.fit import FitError, FitRefused, FitRequest, fit_upgrade, stratified
+from search.api import Gallery
+from search.ops.ingest import ingest
 
 from conftest import ALBUM_CLASSES
 
@@ -33,7 +33,7 @@ def album_home(tmp_path_factory, album_photos) -> Path:
     """A lite0 gallery of those photos, built once; tests copy it."""
     home = tmp_path_factory.mktemp("album_gallery") / "g"
     g = Gallery.open(home, create=True)
-    ingest(g, [album_photos], progress=False)
+    ingest(g, [album_photos])
     g.close()
     return home
 
@@ -134,7 +134,7 @@ def test_fit_without_albums_takes_the_unlabelled_path(gallery_copy):
 def test_a_model_worse_on_the_held_out_slice_is_refused(gallery_copy, monkeypatch):
     """Sabotaged training (the old side shuffled between photos) must be caught by the held-out
     measurement: nothing saved, the message says what was measured; --force saves it."""
-    import search.fit as fit
+    import search.ops.fit as fit
 
     real = fit.train_head
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from search.gallery import Gallery
-from search.index import SpaceIndex, effective_kind
+from search.api import Gallery
+from search.storage.faiss_index import SpaceIndex, effective_kind
 
 
 def clustered(n: int, dim: int = 64, centers: int = 200, seed: int = 0) -> np.ndarray:

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search.gallery import Gallery, GalleryError
-from search.index import SpaceIndex
-from search.ingest import ingest
-from search.query import search_file, search_gallery_image
+from search.api import Gallery, GalleryError
+from search.storage.faiss_index import SpaceIndex
+from search.ops.ingest import ingest
+from search.ops.query import search_file, search_gallery_image
 
 
 
@@ -28,13 +28,13 @@ def catalog_ids(home: Path) -> list[int]:
 def test_ingest_is_idempotent_and_counts_duplicates(home, few_photos, tmp_path, store):
     g = Gallery.open(home, create=True)
     assert g.vector_store.kind == store
-    first = ingest(g, [few_photos], progress=False)
+    first = ingest(g, [few_photos])
     assert first.added == 12 and first.duplicates == 0 and not first.skipped
-    again = ingest(g, [few_photos], progress=False)
+    again = ingest(g, [few_photos])
     assert again.added == 0 and again.duplicates == 12
     copy = tmp_path / "copy.jpg"  # same bytes under another name: a duplicate, not a new photo
     shutil.copy(next((few_photos / "airplanes").iterdir()), copy)
-    dup = ingest(g, [copy, copy], progress=False)
+    dup = ingest(g, [copy, copy])
     assert dup.added == 0 and dup.duplicates == 2
     assert g.catalog.count_images() == 12
     assert g.index().ntotal == 12
@@ -52,7 +52,7 @@ def test_bad_inputs_are_reported_and_nothing_written(home, few_photos, tmp_path,
     (bad / "bomb.png").write_bytes(bomb_png(30000, 30000))
     (bad / "drawing.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
     g = Gallery.open(home, create=True)
-    report = ingest(g, [bad], progress=False)
+    report = ingest(g, [bad])
     assert report.added == 0
     reasons = dict((Path(p).name, r) for p, r in report.skipped)
     assert set(reasons) == {"empty.jpg", "truncated.jpg", "notes.txt", "bomb.png", "drawing.svg"}
@@ -76,15 +76,15 @@ def test_missing_path_or_unknown_model_writes_nothing(home, few_photos):
 
 def test_wrong_model_for_existing_gallery_is_refused(home, few_photos):
     g = Gallery.open(home, create=True)
-    ingest(g, [few_photos / "airplanes"], progress=False)
+    ingest(g, [few_photos / "airplanes"])
     with pytest.raises(GalleryError, match="indexed with lite0"):
-        ingest(g, [few_photos / "sunflower"], model_name="lite2", progress=False)
+        ingest(g, [few_photos / "sunflower"], model_name="lite2")
     assert g.catalog.count_images() == 4
 
 
 def test_corrupt_or_stale_index_is_rebuilt(home, few_photos):
     g = Gallery.open(home, create=True)
-    ingest(g, [few_photos], progress=False)
+    ingest(g, [few_photos])
     index_file, _ = SpaceIndex.paths(g.index_dir, "lite0")
     index_file.write_bytes(b"garbage" * 100)
     idx, how = SpaceIndex.open(g.catalog, g.index_dir, "lite0")
@@ -103,7 +103,7 @@ def test_corrupt_or_stale_index_is_rebuilt(home, few_photos):
 @pytest.mark.usefixtures("store")
 def test_leave_one_out_retrieval_is_far_above_chance(home, caltech_small):
     g = Gallery.open(home, create=True)
-    report = ingest(g, [caltech_small], progress=False)
+    report = ingest(g, [caltech_small])
     assert report.added > 150
     ids, vecs = g.catalog.vectors_by_model("lite0")
     rows = g.catalog.images(ids)
@@ -131,7 +131,7 @@ def test_kill_9_during_ingest_then_resume(home, caltech_small, run_and_kill):
     partial = g.catalog.count_images()
     assert 40 <= partial < 206
     assert g.index().ntotal == partial  # stale index file rebuilt to agree with the catalog
-    report = ingest(g, [caltech_small], progress=False)
+    report = ingest(g, [caltech_small])
     assert report.duplicates == partial and report.added == 206 - partial
     ids = catalog_ids(home)
     assert len(ids) == len(set(ids)) == 206 == g.catalog.count_images()
@@ -163,5 +163,5 @@ def test_ctrl_c_stops_cleanly_and_resumes(home, caltech_small):
     # a clean stop saves the index: it is current, not rebuilt
     idx, how = g.vector_store.open(g.catalog, "lite0", g.index_kind)
     assert how == "loaded" and idx.ntotal == done
-    report = ingest(g, [caltech_small], progress=False)
+    report = ingest(g, [caltech_small])
     assert report.duplicates == done and report.added == 206 - done

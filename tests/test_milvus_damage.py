@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from search.gallery import Gallery
+from search.api import Gallery
 
 pytestmark = pytest.mark.slow
 

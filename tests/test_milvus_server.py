@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from search.gallery import Gallery
+from search.api import Gallery
 
 pytestmark = pytest.mark.slow
 SHIPPED = "lite2-compat-lite0"

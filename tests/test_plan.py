@@ -8,7 +8,7 @@ import pytest
 
 from models import metrics
 from models.transform import fit_linear_map
-from search import plan
+from search.ops import plan
 
 pytestmark = pytest.mark.fast
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search.gallery import Gallery, GalleryError
+from search.api import Gallery, GalleryError
 
 SHIPPED = "lite2-compat-lite0"
 CLI = [sys.executable, "-m", "search.cli"]

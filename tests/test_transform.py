@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from search.cli import cli
-from search.gallery import Gallery
-from search.ingest import ingest
+from search.api import Gallery
+from search.ops.ingest import ingest
 
 from conftest import ALBUM_CLASSES
 
@@ -45,7 +45,7 @@ def album_homes(tmp_path_factory, album_photos) -> dict:
         os.environ["GRACEFUL_STORE"] = store
         try:
             g = Gallery.open(home, create=True)
-            ingest(g, [album_photos], progress=False)
+            ingest(g, [album_photos])
             g.close()
         finally:
             os.environ.pop("GRACEFUL_STORE", None)
@@ -69,7 +69,7 @@ def transformed_count(home: Path, model: str) -> int:
 def test_vector_only_fit_decodes_nothing_then_transforms_searches_and_rolls_back(
         album_home, album_photos, monkeypatch):
     import models.imageio
-    import search.fit
+    import search.ops.fit
 
     def never(*a, **k):
         raise AssertionError("a vector-only fit must not decode or embed a photo")

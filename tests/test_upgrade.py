@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search import backfill as bf
-from search.compare import compare, queries_from_folder, queries_from_log
-from search.gallery import Gallery, GalleryError
-from search.ingest import ingest
-from search.query import search_file
-from search.reembed import reembed
-from search.upgrade import rollback, upgrade
+from search.ops import backfill as bf
+from search.ops.compare import compare, queries_from_folder, queries_from_log
+from search.api import Gallery, GalleryError
+from search.ops.ingest import ingest
+from search.ops.query import search_file
+from search.ops.reembed import reembed
+from search.ops.upgrade import rollback, upgrade
 
 from conftest import caltech_subset
 
@@ -45,12 +45,12 @@ def lite0_gallery(home, upgrade_photos, request) -> Gallery:
     g = Gallery.open(home, create=True)
     if "store" in request.fixturenames:  # the behavioural tests run on each vector store
         assert g.vector_store.kind == request.getfixturevalue("store")
-    ingest(g, [upgrade_photos / "before"], progress=False)
+    ingest(g, [upgrade_photos / "before"])
     return g
 
 
 def own_id(g: Gallery, f: Path) -> int | None:
-    from search.store import sha256_bytes
+    from search.storage.imagestore import sha256_bytes
 
     return g.catalog.image_id(sha256_bytes(f.read_bytes()))
 
@@ -74,7 +74,7 @@ def test_upgrade_recomputes_nothing_and_mixes_new_photos(lite0_gallery, upgrade_
     hits = search_file(g, q, k=5).hits
     assert hits[0].name == q.name and hits[0].embedded_by == "lite0"
     # new photos are embedded by the new model into the same index: a mixed gallery
-    report = ingest(g, [upgrade_photos / "after"], progress=False)
+    report = ingest(g, [upgrade_photos / "after"])
     assert report.model == SHIPPED and report.added > 0
     assert counts(g)[(SHIPPED, "lite0")] == report.added
     assert g.index().ntotal == n + report.added
@@ -126,14 +126,14 @@ def test_backfill_orders_limit_and_status(lite0_gallery):
     for order in bf.ORDERS:
         missing, stale = bf.candidates(g, order)
         assert missing == [] and sorted(stale) == sorted(range(1, n + 1))
-    state = bf.backfill(g, "uncertainty", limit=10, progress=False)
+    state = bf.backfill(g, "uncertainty", limit=10)
     assert state.done == 10
     st = bf.status(g)
     assert st["by_active_model"] == 10 and st["older_vectors"] == n - 10
     assert g.index().ntotal == n  # replaced, not added
-    bf.backfill(g, "oldest", progress=False)
+    bf.backfill(g, "oldest")
     assert bf.status(g)["fraction_backfilled"] == 1.0
-    assert bf.backfill(g, progress=False).done == 0  # nothing left
+    assert bf.backfill(g).done == 0  # nothing left
 
 
 @pytest.mark.usefixtures("store")
@@ -141,7 +141,7 @@ def test_backfill_records_its_quality_curve(lite0_gallery, upgrade_photos):
     g = lite0_gallery
     upgrade(g, SHIPPED)
     curve = bf.CurveRecorder(g, upgrade_photos / "after", points=4)
-    state = bf.backfill(g, "random", batch_size=8, progress=False, curve=curve)
+    state = bf.backfill(g, "random", batch_size=8, curve=curve)
     assert state.done == g.catalog.count_images()
     fractions = [p["fraction"] for p in curve.curve]
     assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
@@ -224,7 +224,7 @@ def _integrity(home: Path) -> str:
 @pytest.mark.usefixtures("store")
 def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos, run_and_kill):
     g = Gallery.open(home, create=True)
-    ingest(g, [upgrade_photos / "before", upgrade_photos / "after"], progress=False)
+    ingest(g, [upgrade_photos / "before", upgrade_photos / "after"])
     n = g.catalog.count_images()
     upgrade(g, SHIPPED)
     g.close()
@@ -242,7 +242,7 @@ def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos, ru
     indexed = set(g.index().ids().tolist())
     assert indexed == {r[0] for r in g.catalog.db.execute("SELECT id FROM images")}
     assert len(search_file(g, next((upgrade_photos / "after").rglob("*.jpg")), k=5).hits) == 5
-    state = bf.backfill(g, progress=False)
+    state = bf.backfill(g)
     assert state.done == n - done  # resumed: nothing re-embedded twice
     assert _n_vectors(home, SHIPPED) == n
     g.close()
@@ -254,7 +254,7 @@ def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos, ru
     g = Gallery.open(home)
     assert g.active_model == SHIPPED and g.index().ntotal == n  # still serving the old space
     partial = _n_vectors(home, "lite1")
-    state, switched = reembed(g, "lite1", progress=False)
+    state, switched = reembed(g, "lite1")
     assert switched and state.done == n - partial and _n_vectors(home, "lite1") == n
     assert g.index().ntotal == n and g.space == "lite1"
 
@@ -262,7 +262,7 @@ def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos, ru
 @pytest.mark.usefixtures("store")
 def test_kill_9_during_upgrade_leaves_old_or_new_state(home, upgrade_photos):
     g = Gallery.open(home, create=True)
-    ingest(g, [upgrade_photos / "before"], progress=False)
+    ingest(g, [upgrade_photos / "before"])
     g.close()
     env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
     outcomes, killed = set(), []

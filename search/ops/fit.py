@@ -29,9 +29,10 @@ from models.progress import Progress
 from models.heads import build_head
 from models.train import LABELLED_METHODS, TrainConfig, old_classifier_rows, train_head
 
-from . import plan
-from .gallery import Gallery, GalleryError
-from .preflight import in_holdout, judge
+from search.ops import plan
+from search.core import GalleryCore
+from search.errors import GalleryError
+from search.ops.preflight import in_holdout, judge
 
 FIT_METHODS = ("auto", "bct", "pct", "adapter", "procrustes")
 MIN_PHOTOS = 20  # below this a held-out slice cannot say anything
@@ -77,7 +78,6 @@ class FitRequest:
     epochs: int = 30
     force: bool = False  # save (and later upgrade to) a model measured worse
     replace: bool = False  # overwrite a model of the same name
-    progress: bool = False  # tqdm bars on stderr (the CLI)
     on_progress: Callable[[Progress], None] | None = None  # stage "features", then "training"
     should_stop: Callable[[], bool] | None = None
     seed: int = 0
@@ -176,7 +176,7 @@ class _Sample:
     embedded: int  # photos the new backbone ran on
 
 
-def _validate(gallery: Gallery, req: FitRequest):
+def _validate(gallery: GalleryCore, req: FitRequest):
     if req.method not in FIT_METHODS:
         raise FitError(f"unknown method {req.method!r}; choose from {', '.join(FIT_METHODS)}")
     if not NAME_RE.match(req.out):
@@ -196,7 +196,7 @@ def _validate(gallery: Gallery, req: FitRequest):
     return dest, backbone
 
 
-def _members(gallery: Gallery, space: str, backbone, vector_only: bool) -> list:
+def _members(gallery: GalleryCore, space: str, backbone, vector_only: bool) -> list:
     """The photos a fit may use: every photo of the space, or for a vector-only fit the photos
     whose serving vector the backbone itself embedded (those vectors are its features)."""
     members = gallery.catalog.space_photos(space)
@@ -206,7 +206,7 @@ def _members(gallery: Gallery, space: str, backbone, vector_only: bool) -> list:
     return members
 
 
-def _collect(gallery: Gallery, req: FitRequest, backbone, space: str, members: list,
+def _collect(gallery: GalleryCore, req: FitRequest, backbone, space: str, members: list,
              labelled: bool, vector_only: bool) -> _Sample:
     by_id = {m.id: m for m in members}
     if vector_only:  # no photo is decoded: the features are the vectors the gallery stores
@@ -229,7 +229,7 @@ def _collect(gallery: Gallery, req: FitRequest, backbone, space: str, members: l
     files = [gallery.store.path(by_id[i].sha256, by_id[i].ext) for i in ids]
     t0 = time.perf_counter()
     feats = extract(backbone, files, gallery.cache_dir, batch_size=16, shard_size=SHARD,
-                    progress=req.progress, shas=[by_id[i].sha256 for i in ids],
+                    shas=[by_id[i].sha256 for i in ids],
                     on_progress=req.on_progress, should_stop=req.should_stop)
     seconds = time.perf_counter() - t0
     stored = gallery.catalog.serving_vectors_of(ids, space)
@@ -258,8 +258,7 @@ def _train(req: FitRequest, method: str, sample: _Sample, labels: dict, vector_o
     if req.on_progress:
         req.on_progress(Progress("fit", req.backbone, 1, 0, stage="training"))
     if not (vector_only and labelled):
-        trained = train_head(cfg, f_train, y, len(classes), old_emb=o_train, old_classifier=w_old,
-                             progress=req.progress)
+        trained = train_head(cfg, f_train, y, len(classes), old_emb=o_train, old_classifier=w_old)
         return trained, classes, cfg, None
     # vector-only: learn on most training photos, choose the blend on the rest
     rng = np.random.default_rng(req.seed)
@@ -267,7 +266,7 @@ def _train(req: FitRequest, method: str, sample: _Sample, labels: dict, vector_o
     n_val = max(2, n_train // 5)
     fit_rows, val_rows = np.sort(inner[n_val:]), np.sort(inner[:n_val])
     trained = train_head(cfg, f_train[fit_rows], y[fit_rows], len(classes),
-                         old_emb=o_train[fit_rows], old_classifier=w_old, progress=req.progress)
+                         old_emb=o_train[fit_rows], old_classifier=w_old)
     val_labels = [labels[sample.train[i]] for i in val_rows]
     alpha, choice = choose_blend(trained, o_train[val_rows], val_labels)
     spec = {**trained.head_spec, "type": "blend", "alpha": alpha}
@@ -286,7 +285,7 @@ def choose_blend(trained, vectors: np.ndarray, labels: list) -> tuple[float, dic
     conservative."""
     import torch
 
-    from .plan import MAX_LOST_AT_5, MAX_NFR
+    from search.ops.plan import MAX_LOST_AT_5, MAX_NFR
 
     with torch.no_grad():
         learned = torch.nn.functional.normalize(
@@ -307,7 +306,7 @@ def choose_blend(trained, vectors: np.ndarray, labels: list) -> tuple[float, dic
     return best["alpha"], {"chosen": best["alpha"], "tried": tried, "photos": len(vectors)}
 
 
-def fit_upgrade(gallery: Gallery, req: FitRequest) -> dict:
+def fit_upgrade(gallery: GalleryCore, req: FitRequest) -> dict:
     """Train, measure and (unless refused) save a model compatible with this gallery's space,
     with the plan of every path it can take. Returns the report (also saved in reports/ and in
     the checkpoint's metadata)."""
@@ -477,7 +476,7 @@ def _fit_verdict(gate_passed: bool, rows: list[dict], recommended: str | None, w
     return True, "no worse", why
 
 
-def _gallery_state(gallery: Gallery, space: str) -> dict:
+def _gallery_state(gallery: GalleryCore, space: str) -> dict:
     """What the fit measured: if the gallery still looks like this, its measurement stands."""
     return {"gallery_id": gallery.catalog.gallery_id(), "space": space,
             "photos": gallery.catalog.count_served(space),
@@ -501,12 +500,12 @@ def _compact(report: dict) -> dict:
                                    "recommended", "recommendation", "gallery_state", "measured")}
 
 
-def _save_report(gallery: Gallery, report: dict, path: Path | None = None) -> Path:
-    path = path or gallery.reports_dir / f"fit-{time.strftime('%Y%m%d-%H%M%S')}-{report['name']}.json"
+def _save_report(gallery: GalleryCore, report: dict, path: Path | None = None) -> Path:
+    if path is None:
+        return gallery.save_report("fit", report["name"], report)
     atomic_write_bytes(path, json.dumps(report, indent=1, default=str).encode())
     return path
 
 
-def latest_fit_report(gallery: Gallery) -> dict | None:
-    reports = sorted(gallery.reports_dir.glob("fit-*.json"), key=lambda p: p.stat().st_mtime)
-    return json.loads(reports[-1].read_text()) if reports else None
+def latest_fit_report(gallery: GalleryCore) -> dict | None:
+    return gallery.latest_report("fit")

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
-from .errors import GalleryError
+from search.errors import GalleryError
 
 if TYPE_CHECKING:
     from models.embedder import Embedder
     from models.ray_embed import EncodedBatch, RayEmbedPool
 
-    from .gallery import Gallery
+    from search.core import GalleryCore
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class RayOptions:
         return self
 
 
-def embedded(gallery: "Gallery", model: "Embedder", items: Iterable, batch_size: int,
+def embedded(gallery: "GalleryCore", model: "Embedder", items: Iterable, batch_size: int,
              ray: RayOptions | None) -> Iterator["EncodedBatch"]:
     """The one place a job's photos are embedded, here or on Ray workers; records which
     runtime computed the vectors. `items`: (key, preprocessed tensor) pairs here, (key, encoded
@@ -52,7 +52,7 @@ def embedded(gallery: "Gallery", model: "Embedder", items: Iterable, batch_size:
 
 
 @contextmanager
-def open_pool(gallery: "Gallery", model: "Embedder", options: RayOptions
+def open_pool(gallery: "GalleryCore", model: "Embedder", options: RayOptions
               ) -> Iterator["RayEmbedPool"]:
     from models.ray_embed import (START_TIMEOUT_ENV, ModelPackage, RayEmbedPool,
                                   RayStartTimeout, prepare_auth)

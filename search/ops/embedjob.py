@@ -10,22 +10,21 @@ import time
 from contextlib import closing
 from typing import Callable
 
-from tqdm import tqdm
 
 from models.embedder import Embedder
 from models.progress import Progress
 
-from .gallery import Gallery
+from search.core import GalleryCore
 from models.imageio import BadImage, decode
 from models.pipeline import prefetch_map
-from .raypool import RayOptions, embedded
+from search.ops.raypool import RayOptions, embedded
 
 
 JobProgress = Progress  # the name this module has always exported
 
 
-def embed_stored(gallery: Gallery, model: Embedder, image_ids: list[int], job: str,
-                 batch_size: int = 16, progress: bool = False,
+def embed_stored(gallery: GalleryCore, model: Embedder, image_ids: list[int], job: str,
+                 batch_size: int = 16,
                  should_stop: Callable[[], bool] | None = None,
                  on_progress: Callable[[JobProgress], None] | None = None,
                  ray: RayOptions | None = None) -> JobProgress:
@@ -44,14 +43,12 @@ def embed_stored(gallery: Gallery, model: Embedder, image_ids: list[int], job: s
             return image_id, None
 
     gallery.index(gallery.space_for(model))
-    bar = tqdm(total=len(image_ids), unit="img", desc=f"{job} with {model.name}", disable=not progress)
     t0 = time.perf_counter()
 
     def loaded():
         for image_id, tensor in prefetch_map(load, [i for i in image_ids if i in rows]):
             if tensor is None:  # missing or damaged store file
                 state.failed += 1
-                bar.update(1)
                 continue
             yield image_id, tensor
 
@@ -62,7 +59,6 @@ def embed_stored(gallery: Gallery, model: Embedder, image_ids: list[int], job: s
             gallery.catalog.save_job(job, {**state.as_dict(), "done": state.done + len(batch_ids)})
         gallery.sync_index(gallery.space_for(model), batch_ids, vectors, model.name)
         state.tick(state.done + len(batch_ids))
-        bar.update(len(batch_ids))
         if on_progress:
             on_progress(state)
         return not (should_stop and should_stop())
@@ -71,14 +67,12 @@ def embed_stored(gallery: Gallery, model: Embedder, image_ids: list[int], job: s
         with closing(embedded(gallery, model, loaded(), batch_size, ray)) as batches:
             for done in batches:
                 state.failed += len(done.failed)  # reported by a Ray worker
-                bar.update(len(done.failed))
                 if done.keys and not write(done.keys, done.vectors):
                     state.interrupted = True
                     break
     except KeyboardInterrupt:
         state.interrupted = True
     finally:
-        bar.close()
         state.seconds = time.perf_counter() - t0
         gallery.save_indexes()
     if on_progress:

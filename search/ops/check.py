@@ -16,7 +16,8 @@ from typing import Callable
 
 from models.progress import Progress
 
-from .gallery import Gallery, GalleryError
+from search.core import GalleryCore
+from search.errors import GalleryError
 
 
 @dataclass
@@ -82,7 +83,7 @@ def _original_bytes(source: Path | None, sha256: str) -> bytes | None:
     return data if hashlib.sha256(data).hexdigest() == sha256 else None
 
 
-def check(gallery: Gallery, repair: bool = False,
+def check(gallery: GalleryCore, repair: bool = False,
           on_progress: Callable[[Progress], None] | None = None) -> CheckReport:
     report = CheckReport()
     cat = gallery.catalog
@@ -151,7 +152,7 @@ def check(gallery: Gallery, repair: bool = False,
     return report
 
 
-def _verify_store(gallery: Gallery, spaces: list[str], repair: bool,
+def _verify_store(gallery: GalleryCore, spaces: list[str], repair: bool,
                   report: CheckReport) -> dict[str, str | None] | None:
     """Each space's verdict from the vector store, or None when the store as a whole was found
     damaged (a Milvus Lite file that cannot be read, or holds vectors or an index Graceful did
@@ -160,7 +161,7 @@ def _verify_store(gallery: Gallery, spaces: list[str], repair: bool,
     store = gallery.vector_store
     damaged = None
     if store.kind == "milvus":
-        from .milvus_store import LiteDamaged
+        from search.storage.milvus_store import LiteDamaged
     else:
         LiteDamaged = ()  # noqa: N806 (nothing to catch)
     verdicts: dict[str, str | None] = {}

@@ -2,7 +2,6 @@
 and lost in the top-k; with labels (ImageFolder queries), top-1/top-5/mAP and flip rates."""
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +11,10 @@ import numpy as np
 from models import metrics
 from models.imagefolder import IMAGE_SUFFIXES
 
-from models.fsutil import atomic_write_bytes
-from .gallery import Gallery, GalleryError
+from search.core import GalleryCore
+from search.errors import GalleryError
 from models.imageio import BadImage, decode
-from .store import sha256_bytes
+from search.storage.imagestore import sha256_bytes
 
 LOST_KS = metrics.LOST_KS  # lost@k is always reported at these depths, and at the compare's k
 FULL_RANKING_MAX = 20000  # mAP over the full ranking up to this many gallery vectors, else mAP@100
@@ -38,7 +37,7 @@ def queries_from_folder(folder: Path) -> list[Query]:
         raise GalleryError(f"no such folder: {folder}")
     from models.imageio import read_photo_file
 
-    from .files import collect_files
+    from search.storage.files import collect_files
 
     # regular files only (FIFOs, devices, links to them passed over), each read with a bound
     files = [f for f in collect_files([folder]) if f.suffix.lower() in IMAGE_SUFFIXES]
@@ -53,7 +52,7 @@ def queries_from_folder(folder: Path) -> list[Query]:
     return queries
 
 
-def queries_from_log(gallery: Gallery, limit: int = 200) -> list[Query]:
+def queries_from_log(gallery: GalleryCore, limit: int = 200) -> list[Query]:
     out, seen = [], set()
     for query, sha in gallery.catalog.logged_image_queries():
         if sha in seen:
@@ -69,12 +68,12 @@ def queries_from_log(gallery: Gallery, limit: int = 200) -> list[Query]:
     return out
 
 
-def gallery_labels(gallery: Gallery) -> dict[int, str | None]:
+def gallery_labels(gallery: GalleryCore) -> dict[int, str | None]:
     """A gallery photo's label: its album (by default the folder it was indexed from)."""
     return gallery.catalog.album_labels()
 
 
-def embed_queries(gallery: Gallery, model_name: str, queries: list[Query]):
+def embed_queries(gallery: GalleryCore, model_name: str, queries: list[Query]):
     """(vectors of the decodable queries, mask of which were decodable, the model)."""
     model = gallery.load_model(model_name)
     images, ok = [], []
@@ -87,7 +86,7 @@ def embed_queries(gallery: Gallery, model_name: str, queries: list[Query]):
     return model.embed_images(images), ok, model
 
 
-def rank_vectors(gallery: Gallery, vectors: np.ndarray, space: str, depth: int,
+def rank_vectors(gallery: GalleryCore, vectors: np.ndarray, space: str, depth: int,
                  exclude: list[int | None]) -> list[list[int]]:
     """Gallery ids by decreasing similarity for each query vector, its own image left out."""
     idx = gallery.index(space)
@@ -107,14 +106,14 @@ def relevance_metrics(relevant: list[np.ndarray], depth_label) -> dict:
             "map": round(float(metrics.average_precision(m).mean()), 4), "map_depth": depth_label}
 
 
-def _rank(gallery: Gallery, model_name: str, queries: list[Query], depth: int, exclude: list[int | None]):
+def _rank(gallery: GalleryCore, model_name: str, queries: list[Query], depth: int, exclude: list[int | None]):
     vectors, ok, model = embed_queries(gallery, model_name, queries)
     kept = [own for own, q_ok in zip(exclude, ok) if q_ok]
     ranked = iter(rank_vectors(gallery, vectors, gallery.space_for(model), depth, kept) if kept else [])
     return [next(ranked) if q_ok else None for q_ok in ok], gallery.space_for(model)
 
 
-def compare(gallery: Gallery, old: str, new: str, queries: list[Query], k: int = 10,
+def compare(gallery: GalleryCore, old: str, new: str, queries: list[Query], k: int = 10,
             save: bool = True) -> dict:
     t0 = time.perf_counter()
     if not queries:
@@ -164,18 +163,10 @@ def compare(gallery: Gallery, old: str, new: str, queries: list[Query], k: int =
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     report = {"summary": summary, "queries": rows, "created_at": time.time()}
     if save:
-        path = gallery.reports_dir / f"compare-{time.strftime('%Y%m%d-%H%M%S')}-{old}-vs-{new}.json".replace(":", "_").replace("/", "_")
-        atomic_write_bytes(path, json.dumps(report, indent=1).encode())
+        path = gallery.save_report("compare", f"{old}-vs-{new}", report)
         report["path"] = str(path)
     return report
 
 
-def latest_report(gallery: Gallery) -> dict | None:
-    reports = sorted(gallery.reports_dir.glob("compare-*.json"))
-    return json.loads(reports[-1].read_text()) if reports else None
-
-
-def lost_first(rows: list[dict]) -> list[dict]:
-    """Report rows for display: queries that lost every right photo first, then by how many
-    results they lost."""
-    return sorted(rows, key=lambda r: (not r.get("lost_all", False), -len(r["lost"])))
+def latest_report(gallery: GalleryCore) -> dict | None:
+    return gallery.latest_report("compare")

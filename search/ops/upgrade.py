@@ -9,9 +9,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, asdict, field
 
-from .gallery import Gallery, GalleryError
-from .plan import duration_text
-from .preflight import PREFLIGHT_SAMPLE, Preflight, fit_measurement, preflight
+from search.core import GalleryCore
+from search.errors import GalleryError
+from search.units import duration_text
+from search.ops.preflight import PREFLIGHT_SAMPLE, Preflight, fit_measurement, preflight
 
 
 @dataclass
@@ -51,9 +52,9 @@ class PreflightRefused(GalleryError):
         self.result = result
 
 
-def next_step(gallery: Gallery, model, check: Preflight) -> dict:
+def next_step(gallery: GalleryCore, model, check: Preflight) -> dict:
     """The gallery-fitted path, with its estimated time next to a full backfill's."""
-    from .fit import estimate_seconds
+    from search.ops.fit import estimate_seconds
 
     backbone = getattr(getattr(model, "meta", None), "backbone", None) or model.name
     if backbone == gallery.active_model or backbone == gallery.space:
@@ -73,8 +74,8 @@ def next_step(gallery: Gallery, model, check: Preflight) -> dict:
     return est
 
 
-def upgrade(gallery: Gallery, name: str, force: bool = False, dry_run: bool = False,
-            sample: int = PREFLIGHT_SAMPLE, transform: bool = False, progress: bool = False,
+def upgrade(gallery: GalleryCore, name: str, force: bool = False, dry_run: bool = False,
+            sample: int = PREFLIGHT_SAMPLE, transform: bool = False,
             should_stop=None, on_progress=None) -> UpgradeResult:
     """Switch to `name` after its pre-flight. With `transform`, first move every stored vector
     into the model's own space by its gallery transform (resumable), then switch to it."""
@@ -136,7 +137,7 @@ def upgrade(gallery: Gallery, name: str, force: bool = False, dry_run: bool = Fa
         result.seconds = round(time.perf_counter() - t_start, 3)
         return result
     if transform:
-        return _transform(gallery, model, gallery_transform, result, t_start, progress,
+        return _transform(gallery, model, gallery_transform, result, t_start,
                           should_stop, on_progress)
     t0 = time.perf_counter()
     gallery.activate(model, "upgrade")
@@ -148,11 +149,11 @@ def upgrade(gallery: Gallery, name: str, force: bool = False, dry_run: bool = Fa
     return result
 
 
-def _transform(gallery: Gallery, model, gallery_transform, result: UpgradeResult, t_start: float,
-               progress: bool, should_stop, on_progress) -> UpgradeResult:
-    from .transform import transform_gallery
+def _transform(gallery: GalleryCore, model, gallery_transform, result: UpgradeResult, t_start: float,
+               should_stop, on_progress) -> UpgradeResult:
+    from search.ops.transform import transform_gallery
 
-    state, switched = transform_gallery(gallery, model, gallery_transform, progress=progress,
+    state, switched = transform_gallery(gallery, model, gallery_transform,
                                         should_stop=should_stop, on_progress=on_progress)
     result.vectors_transformed = state.done
     result.seconds = round(time.perf_counter() - t_start, 3)
@@ -187,7 +188,7 @@ class RollbackResult:
         return asdict(self)
 
 
-def rollback(gallery: Gallery, attempts: int = 5) -> RollbackResult:
+def rollback(gallery: GalleryCore, attempts: int = 5) -> RollbackResult:
     """Pop the model history and activate the model on top. The history and the active model
     are read again and written inside one write transaction (BEGIN IMMEDIATE): an upgrade or
     rollback committed by another process while the model was loading is never overwritten

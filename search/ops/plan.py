@@ -15,6 +15,8 @@ import numpy as np
 
 from models import metrics
 
+from search.units import duration_text
+
 PATHS = ("queries", "transform", "backfill")
 # How much worse counts as worse: at least this much, and beyond twice the paired standard error
 # (so a sample of 64 cannot overturn a gain measured on 300).
@@ -142,13 +144,3 @@ def recommend(rows: list[dict], old: dict) -> tuple[str | None, str]:
     elif len(ok) > 1:
         text += "; the others add no measurable gain for their cost"
     return c["path"], "Recommended: " + text + "."
-
-
-def duration_text(seconds: float) -> str:
-    if seconds < 1:
-        return "an instant"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

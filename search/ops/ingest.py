@@ -6,7 +6,6 @@ already there and picks up the rest. The FAISS index is a cache, rebuilt if it i
 """
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from contextlib import closing
@@ -15,18 +14,17 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
-from tqdm import tqdm
 
 from models.embedder import Embedder
 from models.progress import Progress
 
-from .catalog import ReadOnlyCatalog, album_of_source
-from .files import collect_files
-from .gallery import Gallery
+from search.storage.catalog import ReadOnlyCatalog, album_of_source
+from search.storage.files import collect_files
+from search.core import GalleryCore
 from models.imageio import BadImage, decode, read_photo_file
 from models.pipeline import prefetch_map
-from .raypool import RayOptions, embedded
-from .store import sha256_bytes
+from search.ops.raypool import RayOptions, embedded
+from search.storage.imagestore import sha256_bytes
 
 EXT_BY_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp",
                  "TIFF": ".tif", "MPO": ".jpg", "PPM": ".ppm", "ICO": ".ico"}
@@ -115,8 +113,8 @@ class _Loader:
 ProgressFn = Callable[[Progress], None]  # done = files seen so far, failed = files skipped
 
 
-def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None = None,
-           batch_size: int = 16, progress: bool = False, on_progress: ProgressFn | None = None,
+def ingest(gallery: GalleryCore, paths: Iterable[str | Path], model_name: str | None = None,
+           batch_size: int = 16, on_progress: ProgressFn | None = None,
            workers: int = 1, should_stop: Callable[[], bool] | None = None,
            album: str | None = None, album_from_folder: bool = True,
            ray: "RayOptions | None" = None, roots: list[Path] | None = None) -> IngestReport:
@@ -136,13 +134,11 @@ def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None
     regrouped: list[str] = []  # known photos to move into `album`
     t0 = time.perf_counter()
     state = Progress("ingest", model.name, len(files))
-    bar = tqdm(total=len(files), unit="img", desc=f"indexing with {model.name}",
-               disable=not progress, dynamic_ncols=True)
 
     def skip(item: _Item, reason: str) -> None:
         report.skipped.append((str(item.path), reason))
         state.failed += 1
-        bar.write(f"skipped {item.path}: {reason}", file=sys.stderr)
+        state.notes.append(f"skipped {item.path}: {reason}")
 
     def new_photos():
         """Decoded photos not in the gallery yet; counts and reports everything else."""
@@ -160,7 +156,6 @@ def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None
             else:
                 seen_in_run.add(item.sha256)
                 yield item, (item.tensor if ray is None else item.data)
-            bar.update(1)
             if on_progress:
                 on_progress(state.tick(report.seen))
             if should_stop and should_stop():
@@ -199,7 +194,8 @@ def ingest(gallery: Gallery, paths: Iterable[str | Path], model_name: str | None
     except KeyboardInterrupt:
         report.interrupted = True
     finally:
-        bar.close()
+        if on_progress:
+            on_progress(state.tick(report.seen))
         report.seconds = time.perf_counter() - t0
         gallery.save_indexes()
     return report

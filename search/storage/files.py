@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from .errors import GalleryError
+from models.settings import Settings
+
+from search.errors import GalleryError
 
 SYSTEM_ROOTS = ("/proc", "/sys", "/dev")  # not /run: USB drives mount under /run/media
 
@@ -16,10 +18,10 @@ def _is_system_path(p: Path) -> bool:
     return any(resolved == root or resolved.startswith(root + "/") for root in SYSTEM_ROOTS)
 
 
-def import_roots() -> list[Path]:
+def import_roots(settings: Settings | None = None) -> list[Path]:
     """Server folders the app may read photos from: none unless the operator lists them in
     GRACEFUL_IMPORT_ROOTS (separated by ':'), as photo servers do with their library paths."""
-    raw = os.environ.get("GRACEFUL_IMPORT_ROOTS", "")
+    raw = (settings or Settings.from_env()).import_roots
     return [Path(p).resolve() for p in raw.split(os.pathsep) if p.strip()]
 
 

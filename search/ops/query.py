@@ -9,10 +9,11 @@ import numpy as np
 
 from models.embedder import Embedder
 
-from .errors import friendly
-from .gallery import Gallery, GalleryError, SearchResult
+from search.errors import friendly
+from search.core import GalleryCore, SearchResult
+from search.errors import GalleryError
 from models.imageio import BadImage, decode
-from .store import sha256_bytes
+from search.storage.imagestore import sha256_bytes
 
 
 def embed_image_bytes(model: Embedder, data: bytes) -> np.ndarray:
@@ -23,7 +24,7 @@ def embed_image_bytes(model: Embedder, data: bytes) -> np.ndarray:
     return model.embed_images([decoded.image])
 
 
-def search_bytes(gallery: Gallery, data: bytes, k: int = 10, label: str = "",
+def search_bytes(gallery: GalleryCore, data: bytes, k: int = 10, label: str = "",
                  log: bool = False, model_name: str | None = None) -> SearchResult:
     model = gallery.load_model(model_name) if model_name else gallery.embedder()
     t0 = time.perf_counter()
@@ -42,7 +43,7 @@ def search_bytes(gallery: Gallery, data: bytes, k: int = 10, label: str = "",
     return result
 
 
-def search_file(gallery: Gallery, path: str | Path, k: int = 10, log: bool = False,
+def search_file(gallery: GalleryCore, path: str | Path, k: int = 10, log: bool = False,
                 model_name: str | None = None) -> SearchResult:
     from models.imageio import read_photo_file
 
@@ -56,7 +57,7 @@ def search_file(gallery: Gallery, path: str | Path, k: int = 10, log: bool = Fal
     return search_bytes(gallery, data, k, str(path), log, model_name)
 
 
-def search_gallery_image(gallery: Gallery, ref: str | int, k: int = 10, log: bool = False,
+def search_gallery_image(gallery: GalleryCore, ref: str | int, k: int = 10, log: bool = False,
                          model_name: str | None = None) -> SearchResult:
     """"More like this" for a gallery photo: re-embedded by the query model, itself excluded."""
     row = gallery.image_row(ref)
@@ -72,13 +73,13 @@ def search_gallery_image(gallery: Gallery, ref: str | int, k: int = 10, log: boo
     return result
 
 
-def missing_file_message(gallery: Gallery, row) -> str:
+def missing_file_message(gallery: GalleryCore, row) -> str:
     return (f"photo #{row.id} ({row.name}) is missing from the gallery's store "
             f"({gallery.image_path(row)}): `graceful check --repair` restores it from {row.source} "
             f"if that file is unchanged, or index the original again")
 
 
-def search_text(gallery: Gallery, text: str, k: int = 10, log: bool = False) -> SearchResult:
+def search_text(gallery: GalleryCore, text: str, k: int = 10, log: bool = False) -> SearchResult:
     model = gallery.embedder()
     if not model.info.has_text:
         raise GalleryError(f"the active model {model.name} has no text tower; search by image instead")
@@ -94,7 +95,7 @@ def search_text(gallery: Gallery, text: str, k: int = 10, log: bool = False) -> 
     return result
 
 
-def log_query(gallery: Gallery, result: SearchResult, kind: str, query_sha: str, query: str) -> None:
+def log_query(gallery: GalleryCore, result: SearchResult, kind: str, query_sha: str, query: str) -> None:
     if not gallery.catalog.log_queries():
         return
     gallery.catalog.log_query(result.model, kind, query_sha, query, result.k,

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import Catalog
-from .errors import GalleryError
-from .index import DEFAULT_NPROBE, effective_kind, ivf_lists
+from search.storage.catalog import Catalog
+from models.settings import Settings
+
+from search.errors import GalleryError
+from search.storage.faiss_index import DEFAULT_NPROBE, effective_kind, ivf_lists
 
 TOKEN_ENV = "GRACEFUL_MILVUS_TOKEN"
 WRITE_ROWS = 2000  # rows per upsert: 1280-d float32 rows stay far below gRPC's message limit
@@ -85,7 +87,7 @@ def collection_name(gallery_id: str, space: str) -> str:
 
 
 class MilvusSpace:
-    """The vectors of one space in one collection; the same surface as search.index.SpaceIndex."""
+    """The vectors of one space in one collection; the same surface as search.storage.faiss_index.SpaceIndex."""
 
     def __init__(self, client, collection: str, space: str, dim: int, version: int, kind: str,
                  uri: str = ""):
@@ -220,7 +222,7 @@ class MilvusStore:
     def collection(self, space: str) -> str:
         return collection_name(self.gallery_id, space)
 
-    # -- the store interface (as search.index.FaissStore) ---------------------------------
+    # -- the store interface (as search.storage.faiss_index.FaissStore) ---------------------------------
     @_said
     def open(self, catalog: Catalog, space: str, kind: str) -> tuple[MilvusSpace, str]:
         """The collection of `space`, caught up or rebuilt to agree with the catalog."""
@@ -448,7 +450,7 @@ def connect(uri: str):
         if local and key not in _lite_users:
             _wait_for_lite_lock(uri)
         try:
-            client = MilvusClient(uri=uri, token=os.environ.get(TOKEN_ENV, ""))
+            client = MilvusClient(uri=uri, token=Settings.from_env().milvus_token)
         except Exception as e:  # pymilvus raises its own types, or a bare one from milvus-lite
             text = str(getattr(e, "message", "") or e).splitlines()[0] if str(e) else repr(e)
             if local:
@@ -467,7 +469,7 @@ def _wait_for_lite_lock(uri: str) -> None:
     import fcntl
     import time
 
-    from .catalog import db_timeout
+    from search.storage.catalog import db_timeout
 
     lock = Path(os.path.abspath(uri)) / "LOCK"
     if not lock.exists():

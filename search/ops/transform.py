@@ -11,16 +11,15 @@ mapped vectors with real embeddings, the most uncertain first.
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Callable
 
 import numpy as np
-from tqdm import tqdm
 
 from models.progress import Progress
 
-from .gallery import Gallery, GalleryError
+from search.core import GalleryCore
+from search.errors import GalleryError
 
 BATCH = 2048  # vectors per transaction (GRACEFUL_TRANSFORM_BATCH)
 ROUNDS = 3  # photos added by another process while the transform ran are taken in later rounds
@@ -31,13 +30,13 @@ def transform_space(model) -> str:
     return model.name
 
 
-def transform_gallery(gallery: Gallery, model, transform, progress: bool = False,
+def transform_gallery(gallery: GalleryCore, model, transform,
                       should_stop: Callable[[], bool] | None = None,
                       on_progress: Callable[[Progress], None] | None = None,
                       batch: int | None = None) -> tuple[Progress, bool]:
     """Map every vector served in the gallery's space into `model`'s own space; switch to it
     when none is left. Returns (progress, switched)."""
-    batch = batch or int(os.environ.get("GRACEFUL_TRANSFORM_BATCH", BATCH))
+    batch = batch or gallery.settings.transform_batch
     source, target = gallery.space, transform_space(model)
     if source == target:
         raise GalleryError(f"the gallery already serves {model.name}'s own space")
@@ -45,7 +44,6 @@ def transform_gallery(gallery: Gallery, model, transform, progress: bool = False
     todo = gallery.catalog.images_to_transform(source, target)
     state = Progress(f"transform:{model.name}", model.name, len(todo))
     state.stage = "transform"
-    bar = tqdm(total=len(todo), unit="vec", desc=f"transform to {model.name}", disable=not progress)
     t0 = time.perf_counter()
     exact_inputs = transform.input_models() if transform.exact else set()
     try:
@@ -55,7 +53,6 @@ def transform_gallery(gallery: Gallery, model, transform, progress: bool = False
                 _write_batch(gallery, model, transform, source, target, todo[s:s + batch],
                              exact_inputs, state)
                 state.tick(state.done + len(todo[s:s + batch]))
-                bar.update(len(todo[s:s + batch]))
                 if on_progress:
                     on_progress(state)
                 if should_stop and should_stop():
@@ -69,7 +66,6 @@ def transform_gallery(gallery: Gallery, model, transform, progress: bool = False
         state.interrupted = True
         return state, False
     finally:
-        bar.close()
         state.seconds = time.perf_counter() - t0
         gallery.save_indexes()
     if todo:  # photos kept arriving faster than they were moved
@@ -80,7 +76,7 @@ def transform_gallery(gallery: Gallery, model, transform, progress: bool = False
     return state, True
 
 
-def _write_batch(gallery: Gallery, model, transform, source: str, target: str, ids: list[int],
+def _write_batch(gallery: GalleryCore, model, transform, source: str, target: str, ids: list[int],
                  exact_inputs: set[str], state: Progress) -> None:
     """One transaction: these images' serving vectors of `source`, moved into `target`."""
     stored = gallery.catalog.serving_vectors_of(ids, source)

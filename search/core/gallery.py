@@ -6,9 +6,9 @@ for this gallery), cache/ and reports/.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
-from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,51 +16,27 @@ import numpy as np
 
 from models import registry
 
-from .catalog import Catalog, ImageRow
-from .errors import GalleryError
-from .home import default_home
-from .store import ImageStore
-from .vectorstore import SpaceVectors, VectorStore, open_store, store_config
+from search.storage.catalog import Catalog, ImageRow
+from search.errors import GalleryError
+from search.settings import Settings, default_home
+from search.storage.imagestore import ImageStore
+from search.core.results import SearchHit, SearchResult
+from search.storage.vectorstore import SpaceVectors, VectorStore, open_store, store_config
 
 if TYPE_CHECKING:
     from models.embedder import Embedder
 
-    from .raypool import RayOptions
 
-__all__ = ["Gallery", "GalleryError", "SearchHit", "SearchResult", "default_home"]
-
-
-@dataclass
-class SearchHit:
-    rank: int
-    image_id: int
-    sha256: str
-    name: str
-    path: str
-    score: float
-    embedded_by: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["GalleryCore", "GalleryError", "SearchHit", "SearchResult", "default_home"]
 
 
-@dataclass
-class SearchResult:
-    model: str
-    space: str
-    k: int
-    elapsed_ms: float
-    hits: list[SearchHit]
+class GalleryCore:
+    """The open gallery: catalog, image store, vector store, live indexes and models. The
+    operations (search.ops) work on it; `search.api.Gallery` adds one method per operation."""
 
-    def as_dict(self) -> dict:
-        return {"model": self.model, "space": self.space, "k": self.k,
-                "elapsed_ms": round(self.elapsed_ms, 3),
-                "results": [h.as_dict() for h in self.hits]}
-
-
-class Gallery:
-    def __init__(self, home: Path, catalog: Catalog):
+    def __init__(self, home: Path, catalog: Catalog, settings: Settings | None = None):
         self.home = Path(home)
+        self.settings = settings or Settings.from_env()
         self.catalog = catalog
         self.store = ImageStore(self.home / "images")
         self.queries_store = ImageStore(self.home / "queries")
@@ -76,17 +52,19 @@ class Gallery:
     # -- opening --------------------------------------------------------------------------
     @classmethod
     def open(cls, home: Path | str | None = None, create: bool = True, *,
-             store: str | None = None, milvus_uri: str | None = None) -> "Gallery":
+             store: str | None = None, milvus_uri: str | None = None,
+             settings: Settings | None = None) -> "GalleryCore":
         """The gallery at `home` (default: `default_home()`), created if missing unless
         `create=False` (then a missing gallery is a GalleryError). A new gallery serves its
         vectors from `store` ("faiss" or "milvus" at `milvus_uri`; default: env GRACEFUL_STORE
-        and GRACEFUL_MILVUS_URI, else faiss)."""
-        import os
+        and GRACEFUL_MILVUS_URI, else faiss). `settings`: read from the environment unless given,
+        once, and passed down to every operation on this gallery."""
         import sqlite3
 
-        from .errors import friendly
+        from search.errors import friendly
 
-        home = Path(home).expanduser() if home else default_home()
+        settings = settings or Settings.from_env()
+        home = Path(home).expanduser() if home else default_home(settings)
         db_path = home / "catalog.db"
         if not db_path.exists():
             if not create:
@@ -103,11 +81,11 @@ class Gallery:
                 f"Restore catalog.db from a backup, or move it away and re-index the stored photos "
                 f"(graceful index {home / 'images'})")
         try:
-            gallery = cls(home, Catalog(db_path))
+            gallery = cls(home, Catalog(db_path), settings)
         except sqlite3.DatabaseError as e:
             raise GalleryError(f"cannot open the gallery at {home}: {friendly(e)}") from None
-        store = store or os.environ.get("GRACEFUL_STORE") or None
-        milvus_uri = milvus_uri or os.environ.get("GRACEFUL_MILVUS_URI") or None
+        store = store or settings.store
+        milvus_uri = milvus_uri or settings.milvus_uri
         if (store or milvus_uri) and not gallery.catalog.has_vectors():
             try:
                 gallery.choose_store(store, milvus_uri)
@@ -127,92 +105,11 @@ class Gallery:
         self._indexes.clear()
         self.catalog.close()
 
-    def __enter__(self) -> "Gallery":
+    def __enter__(self) -> "GalleryCore":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    # -- the Python API: one object, quiet by default (the CLI and app turn progress on) ----
-    def add(self, paths, *, album: str | None = None, album_from_folder: bool = True,
-            model: str | None = None, progress: bool = False, **options):
-        """Index photos (files or folders, any iterable of paths); returns an IngestReport."""
-        from .ingest import ingest
-
-        if isinstance(paths, (str, Path)):
-            paths = [paths]
-        return ingest(self, list(paths), model, progress=progress, album=album,
-                      album_from_folder=album_from_folder, **options)
-
-    def search(self, query=None, k: int = 10, *, text: str | None = None,
-               model: str | None = None, log: bool = False) -> "SearchResult":
-        """Photos most like `query`: a file path, image bytes or a gallery image id; or `text`
-        (models with a text tower). Not logged unless `log=True`."""
-        from . import query as q
-
-        if k < 1:
-            raise GalleryError("k must be at least 1")
-        if text is not None:
-            return q.search_text(self, text, k, log)
-        if isinstance(query, (bytes, bytearray)):
-            return q.search_bytes(self, bytes(query), k, "", log, model)
-        if isinstance(query, int):
-            return q.search_gallery_image(self, query, k, log, model)
-        if query is None:
-            raise GalleryError("give a query image (path, bytes or gallery id) or text=")
-        return q.search_file(self, query, k, log, model)
-
-    def upgrade(self, name: str, *, force: bool = False, dry_run: bool = False,
-                transform: bool = False, progress: bool = False):
-        """Switch the query model after its pre-flight check; returns an UpgradeResult (a
-        refusal raises PreflightRefused, whose `.result` says what was measured). With
-        `transform`, the stored vectors move into the model's own space first."""
-        from .upgrade import upgrade
-
-        return upgrade(self, name, force=force, dry_run=dry_run, transform=transform,
-                       progress=progress)
-
-    def rollback(self):
-        from .upgrade import rollback
-
-        return rollback(self)
-
-    def backfill(self, order: str = "random", limit: int | None = None, *, progress: bool = False,
-                 ray: "RayOptions | None" = None):
-        """Re-embed older vectors with the active model (optional, resumable; on Ray workers
-        with `ray=RayOptions(...)`)."""
-        from .backfill import backfill
-
-        return backfill(self, order, limit, progress=progress, ray=ray)
-
-    def compare(self, queries, old: str | None = None, new: str | None = None, k: int = 10,
-                save: bool = True) -> dict:
-        """Per-query gained/lost results between two models. `queries`: a folder (labelled
-        when it has one sub-folder per class) or a list of `search.compare.Query`."""
-        from . import compare as cmp
-
-        history = self.catalog.model_history()
-        old = old or (history[-1] if history else None)
-        if old is None:
-            raise GalleryError("no previous model to compare with: name the old model "
-                               "(old=..., or --old NAME on the command line)")
-        if isinstance(queries, (str, Path)):
-            queries = cmp.queries_from_folder(Path(queries))
-        return cmp.compare(self, old, new or self.active_model, list(queries), k, save)
-
-    def train(self, backbone: str, out: str, method: str = "auto", *, sample: int | None = None,
-              force: bool = False, progress: bool = False) -> dict:
-        """Fit an upgrade to this gallery (`graceful train --from-gallery`); returns its
-        report. A model measured worse raises FitRefused unless `force`."""
-        from .fit import FitRequest, fit_upgrade
-
-        return fit_upgrade(self, FitRequest(backbone, out, method, sample, force=force,
-                                            replace=force, progress=progress))
-
-    def check(self, repair: bool = False):
-        from .check import check
-
-        return check(self, repair)
 
     # -- models ---------------------------------------------------------------------------
     @property
@@ -405,7 +302,7 @@ class Gallery:
         space = space or self.space
         with self.lock:
             if kind is not None:
-                from .index import effective_kind
+                from search.storage.faiss_index import effective_kind
 
                 effective_kind(kind, 0)  # validates
                 self.catalog.set_index_kind(kind)
@@ -423,7 +320,7 @@ class Gallery:
     def sync_index(self, space: str, image_ids: list[int], vectors: np.ndarray,
                    model: str = "") -> None:
         """After a committed write of these vectors (by `model`): add them to the live index."""
-        from .catalog import as_stored
+        from search.storage.catalog import as_stored
 
         with self.lock:
             idx = self._indexes.get(space)
@@ -438,7 +335,7 @@ class Gallery:
     def save_indexes(self) -> None:
         """Save live indexes, caught up first (a Ctrl-C can land between a batch's commit and its
         index update); a failure (full disk) only costs a rebuild on the next open."""
-        from .errors import friendly
+        from search.errors import friendly
 
         with self.lock:
             for idx in self._indexes.values():
@@ -479,7 +376,7 @@ class Gallery:
 
     def save_query_image(self, data: bytes) -> str:
         """Keep a searched-with image so the query log can be replayed (`compare --log`)."""
-        from .store import sha256_bytes
+        from search.storage.imagestore import sha256_bytes
 
         sha = sha256_bytes(data)
         self.queries_store.put(sha, ".img", data)
@@ -516,51 +413,18 @@ class Gallery:
                 return self.catalog.images(found)[found[0]]
         raise GalleryError(f"no gallery image {ref!r} (give an image id or a sha256 prefix)")
 
-    # -- info -----------------------------------------------------------------------------
-    def info(self) -> dict:
-        space = self.space
-        idx = self.index(space) if space else None
-        return {
-            "home": str(self.home),
-            "schema_version": self.catalog.schema_version,
-            "images": self.catalog.count_images(),
-            "albums": sum(1 for a in self.catalog.albums() if a["album"] is not None),
-            "active_model": self.active_model,
-            "space": space,
-            "index": {"space": space, "vectors": idx.ntotal if idx else 0,
-                      "dim": idx.dim if idx else None},
-            "index_kind": {"setting": self.index_kind, "built": idx.kind if idx else None},
-            "vector_store": self.vector_store.describe(),
-            "runtimes": self.catalog.runtimes(),
-            "vectors": self.catalog.vector_counts(),
-            "models": self.catalog.models(),
-            "model_history": self.catalog.model_history(),
-            "compatibility": self.compatibility_matrix(),
-        }
+    # -- reports ----------------------------------------------------------------------------
+    def save_report(self, kind: str, tag: str, report: dict) -> Path:
+        """Write `report` as reports/KIND-TIMESTAMP-TAG.json (atomically); returns its path."""
+        from models.fsutil import atomic_write_bytes
 
-    def compatibility_matrix(self) -> dict:
-        """Query model x gallery space: can its queries search that space's vectors, and what was
-        measured when it was trained (checkpoint metrics), if anything."""
-        spaces = sorted({r["space"] for r in self.catalog.vector_counts()})
-        models = self.catalog.models()
-        cells = {}
-        for m in models:
-            row = {}
-            own = self.catalog.serving_space(m["name"])
-            for space in spaces:
-                if space not in (m["space"], own):
-                    row[space] = {"compatible": False}
-                    continue
-                cell = {"compatible": True, "native": space in (m["name"], own),
-                        "transformed": space == own}
-                try:
-                    entry = self.resolve_model(m["name"])
-                    ev = (entry.meta.metrics.get("eval") if entry.meta else None) or {}
-                    if ev:
-                        cell["measured"] = {"data": ev.get("data"), "old/old": ev.get("old/old"),
-                                            "new/old": ev.get("new/old")}
-                except GalleryError:
-                    cell["missing"] = True
-                row[space] = cell
-            cells[m["name"]] = row
-        return {"spaces": spaces, "models": [m["name"] for m in models], "cells": cells}
+        safe = tag.replace(":", "_").replace("/", "_")
+        path = self.reports_dir / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{safe}.json"
+        atomic_write_bytes(path, json.dumps(report, indent=1, default=str).encode())
+        return path
+
+    def latest_report(self, kind: str) -> dict | None:
+        """The newest reports/KIND-*.json, or None."""
+        reports = sorted(self.reports_dir.glob(f"{kind}-*.json"),
+                         key=lambda p: (p.stat().st_mtime, p.name))
+        return json.loads(reports[-1].read_text()) if reports else None

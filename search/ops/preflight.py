@@ -22,7 +22,7 @@ import numpy as np
 from models import metrics
 from models.imageio import BadImage, decode
 
-from .gallery import Gallery
+from search.core import GalleryCore
 
 if TYPE_CHECKING:
     from models.embedder import Embedder
@@ -90,7 +90,7 @@ def holdout_rule(model: Embedder) -> dict | None:
     return (meta.training or {}).get("holdout") if meta is not None else None
 
 
-def embed_stored_photos(gallery: Gallery, model: Embedder, ids: list[int], want: int
+def embed_stored_photos(gallery: GalleryCore, model: Embedder, ids: list[int], want: int
                         ) -> tuple[list[int], np.ndarray, float]:
     """Embed up to `want` of these stored photos (in order) with `model`; unreadable store files
     are passed over (they are not the model's fault). Decoding runs ahead in a thread while
@@ -178,7 +178,7 @@ def fit_measurement(model: Embedder) -> dict | None:
     return fit if fit and fit.get("measured") else None
 
 
-def gallery_changed(gallery: Gallery, state: dict | None) -> str | None:
+def gallery_changed(gallery: GalleryCore, state: dict | None) -> str | None:
     """Why the gallery no longer looks like the one a fit measured, or None when it does: the
     same gallery and space, within 10% of its photos, the same albums."""
     if not state:
@@ -196,7 +196,7 @@ def gallery_changed(gallery: Gallery, state: dict | None) -> str | None:
     return None
 
 
-def reuse_fit(gallery: Gallery, model: Embedder, path: str = "queries") -> Preflight | None:
+def reuse_fit(gallery: GalleryCore, model: Embedder, path: str = "queries") -> Preflight | None:
     """The fit's own measurement of `path`, when the gallery has not changed enough to need a
     new one: one decision, one sample, one rule (nothing is embedded)."""
     fit = fit_measurement(model)
@@ -219,7 +219,7 @@ def reuse_fit(gallery: Gallery, model: Embedder, path: str = "queries") -> Prefl
         reused=f"the fit of {model.name} (same gallery, unchanged since)")
 
 
-def preflight(gallery: Gallery, model: Embedder, sample: int = PREFLIGHT_SAMPLE,
+def preflight(gallery: GalleryCore, model: Embedder, sample: int = PREFLIGHT_SAMPLE,
               top: int = PREFLIGHT_TOP, reference: int = REFERENCE_SIZE, path: str = "queries",
               transform=None) -> Preflight:
     """Measure how `model`'s queries sit among the stored vectors (or, for `path="transform"`,
@@ -274,7 +274,7 @@ def preflight(gallery: Gallery, model: Embedder, sample: int = PREFLIGHT_SAMPLE,
     measured, flags = None, []
     albums = signals.get("albums")
     if passed and albums and albums["queries"] >= MIN_ALBUM_QUERIES:
-        from . import plan
+        from search.ops import plan
 
         gallery_side = ref if path == "queries" else transform.apply(ref)
         m = plan.measure(old_q, new_q, {path: gallery_side}, ref, own_index,
@@ -294,16 +294,7 @@ def preflight(gallery: Gallery, model: Embedder, sample: int = PREFLIGHT_SAMPLE,
         held_out_only=bool(rule), path=path, measured=measured, flags=flags)
 
 
-def summary(p: Preflight) -> str:
-    """One line for the CLI and the app."""
-    state = "passed" if p.passed else "FAILED"
-    where = "stored vectors" if p.path == "queries" else "transformed vectors"
-    how = f"; measured by {p.reused}" if p.reused else ""
-    return (f"pre-flight {state} ({p.verdict}, {p.sample} photos against {p.reference} {where}"
-            f"{how}): {p.expectation}")
-
-
-def standing_verdict(gallery: Gallery, entry) -> str | None:
+def standing_verdict(gallery: GalleryCore, entry) -> str | None:
     """What is known, without embedding anything, about `entry` (a model or registry entry)
     querying this gallery: its fit's verdict while the gallery is unchanged, else None."""
     fit = fit_measurement(entry)

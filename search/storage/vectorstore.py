@@ -12,8 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
-from .catalog import Catalog
-from .errors import GalleryError
+from search.storage.catalog import Catalog
+from search.errors import GalleryError
 
 STORES = ("faiss", "milvus")
 DEFAULT_MILVUS_FILE = "milvus.db"
@@ -58,7 +58,7 @@ def store_config(kind: str, home: Path, milvus_uri: str | None = None) -> dict:
         if milvus_uri:
             raise GalleryError("--milvus-uri goes with --store milvus")
         return {"kind": "faiss"}
-    from .milvus_store import is_local
+    from search.storage.milvus_store import is_local
 
     uri = milvus_uri or DEFAULT_MILVUS_FILE
     if is_local(uri):
@@ -77,12 +77,12 @@ def store_config(kind: str, home: Path, milvus_uri: str | None = None) -> dict:
 def open_store(home: Path, catalog: Catalog) -> VectorStore:
     config = catalog.vector_store() or {"kind": "faiss"}
     if config["kind"] == "milvus":
-        from .milvus_store import MilvusStore, is_local
+        from search.storage.milvus_store import MilvusStore, is_local
 
         uri = config["uri"]
         if is_local(uri) and not Path(uri).is_absolute():
             uri = str(Path(home) / uri)
         return MilvusStore(uri, catalog.gallery_id())
-    from .index import FaissStore
+    from search.storage.faiss_index import FaissStore
 
     return FaissStore(Path(home) / "index")

@@ -7,7 +7,6 @@ whose nearest neighbour is least certain first).
 """
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,15 +14,15 @@ from typing import Callable
 
 import numpy as np
 
-from .embedjob import JobProgress, embed_stored
-from .raypool import RayOptions
-from models.fsutil import atomic_write_bytes
-from .gallery import Gallery, GalleryError
+from search.ops.embedjob import JobProgress, embed_stored
+from search.ops.raypool import RayOptions
+from search.core import GalleryCore
+from search.errors import GalleryError
 
 ORDERS = ("random", "oldest", "most-retrieved", "uncertainty")
 
 
-def candidates(gallery: Gallery, order: str = "random", seed: int = 0) -> tuple[list[int], list[int]]:
+def candidates(gallery: GalleryCore, order: str = "random", seed: int = 0) -> tuple[list[int], list[int]]:
     """(images missing from the active space, images to re-embed), ordered: vectors of older
     models in the chosen order, then vectors a learned map made (`upgrade --transform`), the
     largest expected residual first (FastFill-style)."""
@@ -55,8 +54,8 @@ class CurveRecorder:
     """Records retrieval quality of labelled queries (embedded once by the active model)
     against the live gallery as backfill progresses: the FastFill-style curve of a real run."""
 
-    def __init__(self, gallery: Gallery, queries_dir: Path, points: int = 10):
-        from .compare import embed_queries, gallery_labels, queries_from_folder
+    def __init__(self, gallery: GalleryCore, queries_dir: Path, points: int = 10):
+        from search.ops.compare import embed_queries, gallery_labels, queries_from_folder
 
         queries = queries_from_folder(queries_dir)
         if not queries or any(q.label is None for q in queries):
@@ -72,7 +71,7 @@ class CurveRecorder:
         self.curve: list[dict] = []
 
     def measure(self) -> dict:
-        from .compare import FULL_RANKING_MAX, rank_vectors, relevance_metrics
+        from search.ops.compare import FULL_RANKING_MAX, rank_vectors, relevance_metrics
 
         n = self.gallery.catalog.count_images()
         depth = n if n <= FULL_RANKING_MAX else 100
@@ -89,8 +88,8 @@ class CurveRecorder:
                 "auc_top1": area_under_curve(self.curve, "top1")}
 
 
-def backfill(gallery: Gallery, order: str = "random", limit: int | None = None,
-             batch_size: int = 16, progress: bool = False,
+def backfill(gallery: GalleryCore, order: str = "random", limit: int | None = None,
+             batch_size: int = 16,
              should_stop: Callable[[], bool] | None = None,
              on_progress: Callable[[JobProgress], None] | None = None,
              curve: CurveRecorder | None = None, ray: "RayOptions | None" = None) -> JobProgress:
@@ -111,17 +110,16 @@ def backfill(gallery: Gallery, order: str = "random", limit: int | None = None,
                 next_at[0], last[0] = state.done + step, state.done
             if on_progress:
                 on_progress(state)
-    state = embed_stored(gallery, model, todo, "backfill", batch_size, progress, should_stop,
+    state = embed_stored(gallery, model, todo, "backfill", batch_size, should_stop,
                          progress_cb, ray=ray)
     gallery.catalog.log_event("backfill-stop", **state.as_dict())
     if curve is not None:
         report = {**curve.report(), "order": order, "created_at": time.time()}
-        path = gallery.reports_dir / f"backfill-curve-{time.strftime('%Y%m%d-%H%M%S')}-{order}.json"
-        atomic_write_bytes(path, json.dumps(report, indent=1).encode())
+        gallery.save_report("backfill-curve", order, report)
     return state
 
 
-def status(gallery: Gallery) -> dict:
+def status(gallery: GalleryCore) -> dict:
     missing, stale = candidates(gallery, "oldest")
     total = gallery.catalog.count_images()
     by_active = total - len(missing) - len(stale)
@@ -157,6 +155,5 @@ def area_under_curve(curve: list[dict], key: str = "map") -> float:
     return round(float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2)), 4)
 
 
-def latest_curve(gallery: Gallery) -> dict | None:
-    reports = sorted(gallery.reports_dir.glob("backfill-curve-*.json"))
-    return json.loads(reports[-1].read_text()) if reports else None
+def latest_curve(gallery: GalleryCore) -> dict | None:
+    return gallery.latest_report("backfill-curve")

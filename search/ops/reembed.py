@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .embedjob import JobProgress, embed_stored
-from .gallery import Gallery, GalleryError
-from .raypool import RayOptions
+from search.ops.embedjob import JobProgress, embed_stored
+from search.core import GalleryCore
+from search.errors import GalleryError
+from search.ops.raypool import RayOptions
 
 
-def pending(gallery: Gallery, space: str) -> list[int]:
+def pending(gallery: GalleryCore, space: str) -> list[int]:
     return gallery.catalog.images_missing_in_space(space)
 
 
-def reembed(gallery: Gallery, name: str, batch_size: int = 16, progress: bool = False,
+def reembed(gallery: GalleryCore, name: str, batch_size: int = 16,
             switch: bool = True, should_stop: Callable[[], bool] | None = None,
             on_progress: Callable[[JobProgress], None] | None = None,
             ray: RayOptions | None = None) -> tuple[JobProgress, bool]:
@@ -28,7 +29,7 @@ def reembed(gallery: Gallery, name: str, batch_size: int = 16, progress: bool = 
                            f"{model.name}` (instant, nothing to re-embed)")
     gallery.register(model)
     todo = pending(gallery, model.space)
-    state = embed_stored(gallery, model, todo, f"reembed:{model.name}", batch_size, progress,
+    state = embed_stored(gallery, model, todo, f"reembed:{model.name}", batch_size,
                          should_stop, on_progress, ray=ray)
     switched = False
     if switch and not state.interrupted and not pending(gallery, model.space):

@@ -1,0 +1,36 @@
+"""The faces' command line: `graceful`, every engine operation scriptable through `Gallery`.
+`--json` output is a stable contract (documented in README.md). One module per command group
+(photos, upgrades, training); `render` turns reports into text for the CLI and the app."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from search.cli import photos, training, upgrades
+from search.cli.base import Context, GracefulGroup
+from search.settings import default_home
+
+# Heavy modules (torch, timm, faiss) are imported by the commands that use them, so that
+# `graceful --help`, `info` and `models` start quickly.
+
+
+@click.group(cls=GracefulGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(path_type=Path), envvar="GRACEFUL_HOME",
+              help=f"Gallery home (default {default_home()}; env GRACEFUL_HOME).")
+@click.option("--threads", type=int, envvar="GRACEFUL_THREADS",
+              help="Threads for torch and faiss (default: all cores, at most 8).")
+@click.version_option(package_name="graceful")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None, threads: int | None) -> None:
+    """Graceful: image search whose embedding model can be upgraded without re-indexing."""
+    ctx.obj = Context(home or default_home(), threads)
+
+
+for module in (photos, upgrades, training):
+    for command in module.COMMANDS:
+        cli.add_command(command)
+
+
+def main() -> None:
+    cli(prog_name="graceful")

@@ -1,0 +1,54 @@
+"""What a gallery holds (`graceful info`) and which query model can search which space."""
+from __future__ import annotations
+
+from search.core import GalleryCore
+from search.errors import GalleryError
+
+
+def info(gallery: GalleryCore) -> dict:
+    space = gallery.space
+    idx = gallery.index(space) if space else None
+    return {
+        "home": str(gallery.home),
+        "schema_version": gallery.catalog.schema_version,
+        "images": gallery.catalog.count_images(),
+        "albums": sum(1 for a in gallery.catalog.albums() if a["album"] is not None),
+        "active_model": gallery.active_model,
+        "space": space,
+        "index": {"space": space, "vectors": idx.ntotal if idx else 0,
+                  "dim": idx.dim if idx else None},
+        "index_kind": {"setting": gallery.index_kind, "built": idx.kind if idx else None},
+        "vector_store": gallery.vector_store.describe(),
+        "runtimes": gallery.catalog.runtimes(),
+        "vectors": gallery.catalog.vector_counts(),
+        "models": gallery.catalog.models(),
+        "model_history": gallery.catalog.model_history(),
+        "compatibility": compatibility_matrix(gallery),
+    }
+
+def compatibility_matrix(gallery: GalleryCore) -> dict:
+    """Query model x gallery space: can its queries search that space's vectors, and what was
+    measured when it was trained (checkpoint metrics), if anything."""
+    spaces = sorted({r["space"] for r in gallery.catalog.vector_counts()})
+    models = gallery.catalog.models()
+    cells = {}
+    for m in models:
+        row = {}
+        own = gallery.catalog.serving_space(m["name"])
+        for space in spaces:
+            if space not in (m["space"], own):
+                row[space] = {"compatible": False}
+                continue
+            cell = {"compatible": True, "native": space in (m["name"], own),
+                    "transformed": space == own}
+            try:
+                entry = gallery.resolve_model(m["name"])
+                ev = (entry.meta.metrics.get("eval") if entry.meta else None) or {}
+                if ev:
+                    cell["measured"] = {"data": ev.get("data"), "old/old": ev.get("old/old"),
+                                        "new/old": ev.get("new/old")}
+            except GalleryError:
+                cell["missing"] = True
+            row[space] = cell
+        cells[m["name"]] = row
+    return {"spaces": spaces, "models": [m["name"] for m in models], "cells": cells}
