@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from conftest import caltech_subset
 from models.checkpoint import read_meta
-from bench.compat import CompatBenchConfig, run
+from models.evaluation.compat import CompatBenchConfig, run
 from models.imagefolder import DatasetError, scan
 from search.cli import cli
 
