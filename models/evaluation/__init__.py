@@ -1,0 +1,1 @@
+"""Evaluation the product runs: compatibility matrices, upgrade chains and heterogeneous (edge/cloud) search."""
