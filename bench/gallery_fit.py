@@ -103,7 +103,7 @@ def main() -> None:
     from models.compat_train import TrainRequest, train_compatible
     from search.ops import backfill as bf
     from search.ops.compare import compare, queries_from_folder
-    from search.ops.fit import default_sample, plan_sample
+    from search.ops.fit_sample import default_sample, plan_sample
     from search.api import Gallery
     from search.ops.ingest import ingest
     from search.ops.preflight import preflight

@@ -248,7 +248,7 @@ class Gallery(GalleryCore):
 
     def fit_estimate(self, backbone: str, sample: int | None = None) -> dict:
         """Time to fit an upgrade on `backbone` against a full backfill, at nominal speed."""
-        from search.ops.fit import NOMINAL_IMAGES_PER_SECOND, estimate_seconds
+        from search.ops.fit_sample import NOMINAL_IMAGES_PER_SECOND, estimate_seconds
 
         return estimate_seconds(self.count_images(),
                                 NOMINAL_IMAGES_PER_SECOND.get(backbone, 30.0), sample)

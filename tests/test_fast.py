@@ -183,6 +183,44 @@ def test_info_models_and_albums_import_no_torch(tmp_path):
     assert info["images"] == 50 and info["albums"] == 2 and info["index"]["vectors"] == 50
 
 
+def _imports(path: Path) -> list[str]:
+    """Every module `path` imports, at the top or inside a function (relative imports resolved)."""
+    import ast
+
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            found.append(base)
+            found += [f"{base}.{a.name}" for a in node.names]  # `from search.ops import fit`
+    return found
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+# search/'s layers, lowest first: a module imports only its own layer and those below it.
+LAYERS = {"search.errors": 0, "search.settings": 0, "search.units": 0, "search.runtime": 0,
+          "search.storage": 1, "search.core": 2, "search.ops": 3, "search.api": 4,
+          "search.jobs": 4, "search.cli": 5, "search.__main__": 5, "search": 4}
+
+
+def _layer(module: str) -> int | None:
+    while module:
+        if module in LAYERS:
+            return LAYERS[module]
+        module = module.rpartition(".")[0]
+    return None
+
+
 def test_layers_models_never_imports_search_and_sql_stays_in_the_catalog():
     import ast
 
@@ -191,8 +229,65 @@ def test_layers_models_never_imports_search_and_sql_stays_in_the_catalog():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
                 assert not any(n.split(".")[0] in ("search", "bench") for n in names), path
-    for path in [*(ROOT / "search").glob("*.py"), ROOT / "app.py"]:
-        if path.name == "catalog.py":
+    for path in [*(ROOT / "search").rglob("*.py"), ROOT / "app.py"]:
+        if "catalog" in path.relative_to(ROOT).parts[:-1] or path.name == "catalog.py":
             continue
         text = path.read_text()
         assert ".execute(" not in text and "get_state(" not in text and "set_state(" not in text, path
+
+
+def test_layers_search_imports_one_way_without_a_circle():
+    """storage <- core <- ops <- api <- faces: each layer imports only those below it (and
+    itself), nothing imports a face, and no import circle exists inside search/."""
+    graph: dict[str, set[str]] = {}
+    for path in (ROOT / "search").rglob("*.py"):
+        me = _module(path)
+        mine = _layer(me)
+        assert mine is not None, f"{me}: not in a layer (add it to LAYERS)"
+        for target in _imports(path):
+            if target.split(".")[0] == "bench":
+                raise AssertionError(f"{me} imports {target}: the product never imports bench/")
+            if not target.startswith("search"):
+                continue
+            theirs = _layer(target)
+            if target == "search":
+                continue
+            assert theirs is not None and theirs <= mine, f"{me} (layer {mine}) imports {target} (layer {theirs})"
+            if target != me and (ROOT / Path(*target.split("."))).with_suffix(".py").exists():
+                graph.setdefault(me, set()).add(target)
+            elif target != me and (ROOT / Path(*target.split(".")) / "__init__.py").exists():
+                graph.setdefault(me, set()).add(target)
+    # the only way back up is through a package's __init__ re-exporting its own modules
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph.get(node, ()):
+            if nxt.startswith(node + "."):  # a package importing its own modules
+                continue
+            if state.get(nxt) == 1:
+                raise AssertionError("import circle: " + " -> ".join(trail + [node, nxt]))
+            if nxt not in state:
+                visit(nxt, trail + [node])
+        state[node] = 2
+
+    for node in list(graph):
+        if node not in state:
+            visit(node, [])
+
+
+def test_faces_use_the_gallery_api_only():
+    """The CLI and the app reach the engine through `Gallery` (search.api, search.jobs) and the
+    shared renderer: no catalog access, no operation, storage or core module, no bench/."""
+    faces = [*(ROOT / "search" / "cli").rglob("*.py"), ROOT / "app.py"]
+    for path in faces:
+        assert ".catalog." not in path.read_text(), f"{path}: reaches into the catalog"
+        for target in _imports(path):
+            assert not target.startswith(("search.ops", "search.storage", "search.core", "bench")), \
+                f"{path.relative_to(ROOT)} imports {target}"
+
+
+def test_no_engine_file_over_400_lines():
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "search").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long

@@ -143,32 +143,11 @@ class GalleryCore:
             raise GalleryError(str(e)) from None
 
     def import_checkpoint(self, name: str) -> str:
-        """A checkpoint given by path is copied into this gallery's models/ first, so the gallery
-        never depends on a file outside it; returns the name to use from then on."""
-        from models.checkpoint import (MAX_CHECKPOINT_BYTES, MAX_HEADER_BYTES, SUFFIX,
-                                       CheckpointError, validate_bytes)
-        from models.fsutil import FileRefused, atomic_write_bytes, read_regular_file
+        """A checkpoint given by path is copied into this gallery's models/ first (see
+        search.storage.modelfiles); returns the name to use from then on."""
+        from search.storage.modelfiles import import_checkpoint
 
-        path = Path(name)
-        if not (name.endswith(SUFFIX) and path.is_file()):
-            return name
-        if path.resolve().parent == self.models_dir.resolve():
-            return name
-        try:  # read once, validate exactly these bytes, and only then write them
-            data = read_regular_file(path, MAX_CHECKPOINT_BYTES + MAX_HEADER_BYTES + 8)
-            meta = validate_bytes(data, str(path))
-        except FileRefused as e:
-            raise GalleryError(f"{path}: {e}") from None
-        except CheckpointError as e:
-            raise GalleryError(str(e)) from None
-        dest = self.models_dir / f"{meta.name}{SUFFIX}"
-        if dest.resolve().parent != self.models_dir.resolve():  # valid_name rules this out
-            raise GalleryError(f"{path}: model name {meta.name!r} is not a plain name")
-        if dest.exists() and dest.read_bytes() != data:
-            raise GalleryError(f"this gallery already has a different model called {meta.name!r} "
-                               f"({dest}); rename one of them")
-        atomic_write_bytes(dest, data)
-        return meta.name
+        return import_checkpoint(self.models_dir, name)
 
     def load_model(self, name: str) -> Embedder:
         name = self.import_checkpoint(name)
@@ -373,29 +352,6 @@ class GalleryCore:
             ]
             results.append(SearchResult(model, space, k, elapsed, hits))
         return results
-
-    def save_query_image(self, data: bytes) -> str:
-        """Keep a searched-with image so the query log can be replayed (`compare --log`)."""
-        from search.storage.imagestore import sha256_bytes
-
-        sha = sha256_bytes(data)
-        self.queries_store.put(sha, ".img", data)
-        return sha
-
-    def read_query_image(self, sha: str) -> bytes | None:
-        try:
-            return self.queries_store.read(sha, ".img")
-        except OSError:
-            pass
-        row = self.catalog.image_id(sha)
-        if row is not None:
-            r = self.catalog.images([row])[row]
-            try:
-                return self.store.read(r.sha256, r.ext)
-            except OSError:
-                self.notices.append(f"photo #{r.id} is missing from the store: left out "
-                                    "(graceful check --repair)")
-        return None
 
     def image_path(self, row: ImageRow) -> Path:
         return self.store.path(row.sha256, row.ext)

@@ -161,7 +161,7 @@ def _verify_store(gallery: GalleryCore, spaces: list[str], repair: bool,
     store = gallery.vector_store
     damaged = None
     if store.kind == "milvus":
-        from search.storage.milvus_store import LiteDamaged
+        from search.storage.milvus_lite import LiteDamaged
     else:
         LiteDamaged = ()  # noqa: N806 (nothing to catch)
     verdicts: dict[str, str | None] = {}

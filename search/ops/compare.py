@@ -12,6 +12,7 @@ from models import metrics
 from models.imagefolder import IMAGE_SUFFIXES
 
 from search.core import GalleryCore
+from search.ops.query import read_query_image
 from search.errors import GalleryError
 from models.imageio import BadImage, decode
 from search.storage.imagestore import sha256_bytes
@@ -58,7 +59,7 @@ def queries_from_log(gallery: GalleryCore, limit: int = 200) -> list[Query]:
         if sha in seen:
             continue
         seen.add(sha)
-        data = gallery.read_query_image(sha)
+        data = read_query_image(gallery, sha)
         if data is not None:
             out.append(Query(query or sha[:12], data))
         if len(out) >= limit:

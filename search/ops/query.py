@@ -36,7 +36,7 @@ def search_bytes(gallery: GalleryCore, data: bytes, k: int = 10, label: str = ""
         sha = sha256_bytes(data)
         try:
             if gallery.catalog.image_id(sha) is None:
-                gallery.save_query_image(data)
+                save_query_image(gallery, data)
             log_query(gallery, result, "image", sha, label)
         except (OSError, sqlite3.Error) as e:  # a search must work on a full disk
             gallery.notices.append(f"this search was not logged: {friendly(e)}")
@@ -100,3 +100,26 @@ def log_query(gallery: GalleryCore, result: SearchResult, kind: str, query_sha: 
         return
     gallery.catalog.log_query(result.model, kind, query_sha, query, result.k,
                               [h.image_id for h in result.hits])
+
+
+def save_query_image(gallery: GalleryCore, data: bytes) -> str:
+    """Keep a searched-with image so the query log can be replayed (`compare --log`)."""
+    sha = sha256_bytes(data)
+    gallery.queries_store.put(sha, ".img", data)
+    return sha
+
+
+def read_query_image(gallery: GalleryCore, sha: str) -> bytes | None:
+    try:
+        return gallery.queries_store.read(sha, ".img")
+    except OSError:
+        pass
+    row = gallery.catalog.image_id(sha)
+    if row is not None:
+        r = gallery.catalog.images([row])[row]
+        try:
+            return gallery.store.read(r.sha256, r.ext)
+        except OSError:
+            gallery.notices.append(f"photo #{r.id} is missing from the store: left out "
+                                "(graceful check --repair)")
+    return None

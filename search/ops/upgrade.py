@@ -54,7 +54,7 @@ class PreflightRefused(GalleryError):
 
 def next_step(gallery: GalleryCore, model, check: Preflight) -> dict:
     """The gallery-fitted path, with its estimated time next to a full backfill's."""
-    from search.ops.fit import estimate_seconds
+    from search.ops.fit_sample import estimate_seconds
 
     backbone = getattr(getattr(model, "meta", None), "backbone", None) or model.name
     if backbone == gallery.active_model or backbone == gallery.space:

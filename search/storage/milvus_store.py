@@ -11,38 +11,24 @@ ahead of the catalog or of the wrong size is rebuilt from the catalog.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
 import os
 import re
-import threading
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from search.storage.catalog import Catalog
-from models.settings import Settings
-
 from search.errors import GalleryError
+from search.storage.catalog import Catalog
+from search.storage import milvus_lite
+from search.storage.milvus_lite import LiteDamaged, _release_lite, connect, is_local
 from search.storage.faiss_index import DEFAULT_NPROBE, effective_kind, ivf_lists
 
-TOKEN_ENV = "GRACEFUL_MILVUS_TOKEN"
 WRITE_ROWS = 2000  # rows per upsert: 1280-d float32 rows stay far below gRPC's message limit
 READ_ROWS = 1000  # ids per get, queries per search call
 MAX_LIMIT = 16384  # Milvus caps top-k
 SELF_SEARCH_SAMPLE = 4096  # served vectors `check` searches for (all of them up to this many)
-REPAIR = "graceful check --repair moves it aside and rebuilds it from the catalog"
-
-
-class LiteDamaged(GalleryError):
-    """A Milvus Lite folder that cannot be read or holds what Graceful did not write: `check`
-    reports it, `check --repair` moves it aside and rebuilds the collections from the catalog."""
-
-    def __init__(self, uri: str, reason: str):
-        self.uri, self.reason = uri, reason
-        super().__init__(f"the Milvus Lite file {uri} is damaged or unreadable ({reason}): {REPAIR}")
 
 
 def _said(method):
@@ -74,10 +60,6 @@ def milvus_kind(kind: str, n: int) -> str:
     Lite has no IVF_SQ8 / IVF_PQ; a server's could take over sq8 / pq later)."""
     built = effective_kind(kind, n)
     return "flat" if built == "flat" else "ivf"
-
-
-def is_local(uri: str) -> bool:
-    return not re.match(r"^[a-z][a-z0-9+.-]*://", uri)
 
 
 def collection_name(gallery_id: str, space: str) -> str:
@@ -369,16 +351,16 @@ class MilvusStore:
             raise GalleryError(f"{self.uri} is a Milvus server, not a file to move aside")
         self.close()
         key = os.path.abspath(self.uri)
-        with _lite_lock:
-            if key in _lite_users:
+        with milvus_lite._lite_lock:
+            if key in milvus_lite._lite_users:
                 raise GalleryError(f"the Milvus Lite file {self.uri} is still open in this process "
                                    "(the app or a job): close it, then run graceful check --repair")
-            _stop_lite_server(key)
+            milvus_lite._stop_lite_server(key)
             path = Path(key)
             if not os.path.lexists(path):
                 return ""
             if path.is_dir() and (path / "LOCK").exists():
-                _wait_for_lite_lock(str(path))  # another process has it open: say so
+                milvus_lite._wait_for_lite_lock(str(path))  # another process has it open: say so
             stamp = time.strftime("%Y%m%d-%H%M%S")
             dest, n = path.with_name(f"{path.name}.damaged-{stamp}"), 1
             while os.path.lexists(dest):
@@ -386,108 +368,3 @@ class MilvusStore:
                 dest = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
             os.rename(path, dest)
             return str(dest)
-
-
-_lite_users: dict[str, int] = {}  # open clients per Milvus Lite file in this process
-_lite_lock = threading.Lock()  # held across wait + connect + count, and uncount + release
-
-
-def _release_lite(uri: str) -> None:
-    """Stop the in-process Milvus Lite server of `uri` when its last client closes, so that the
-    file's lock goes back (another process may open the gallery then)."""
-    key = os.path.abspath(uri)
-    with _lite_lock:
-        _lite_users[key] = _lite_users.get(key, 1) - 1
-        if _lite_users[key] > 0:
-            return
-        del _lite_users[key]
-        _stop_lite_server(key)
-
-
-def _stop_lite_server(key: str) -> None:
-    try:
-        from milvus_lite.server_manager import server_manager_instance
-    except ImportError:  # pragma: no cover
-        return
-    server_manager_instance.release_server(key)
-
-
-def _lite_layout_problem(uri: str) -> str | None:
-    """Milvus Lite (3.x) keeps a folder at the .db path (LOCK, collections/, ...). A regular
-    file there (a 0-byte or cut file, one of an older Milvus Lite, a copy gone wrong) cannot be
-    opened."""
-    path = Path(uri)
-    if os.path.lexists(path) and not path.is_dir():
-        try:
-            size = path.stat().st_size
-            return f"a {size}-byte file where Milvus Lite keeps a folder"
-        except OSError as e:
-            return f"not a folder ({e.strerror})"
-    return None
-
-
-def connect(uri: str):
-    """A MilvusClient for `uri`, with the errors a user can act on said in one line."""
-    try:
-        from pymilvus import MilvusClient
-    except ImportError:
-        raise GalleryError("this gallery keeps its vectors in Milvus: install the extra "
-                           "(pip install 'graceful[milvus]')") from None
-    local = is_local(uri)
-    if local:
-        try:
-            import milvus_lite  # noqa: F401
-        except ImportError:
-            raise GalleryError("a Milvus Lite file needs milvus-lite: pip install "
-                               "'graceful[milvus]'") from None
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        if (why := _lite_layout_problem(uri)) is not None:
-            raise LiteDamaged(uri, why)
-    for name in ("pymilvus", "milvus_lite"):  # quiet library defaults; errors are said below
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    with (_lite_lock if local else contextlib.nullcontext()):
-        key = os.path.abspath(uri)
-        if local and key not in _lite_users:
-            _wait_for_lite_lock(uri)
-        try:
-            client = MilvusClient(uri=uri, token=Settings.from_env().milvus_token)
-        except Exception as e:  # pymilvus raises its own types, or a bare one from milvus-lite
-            text = str(getattr(e, "message", "") or e).splitlines()[0] if str(e) else repr(e)
-            if local:
-                _stop_lite_server(key)  # a half-started one would be reused for this path
-                raise LiteDamaged(uri, f"cannot open it: {text}") from None
-            raise GalleryError(f"cannot reach Milvus at {uri}: {text}") from None
-        if local:
-            _lite_users[key] = _lite_users.get(key, 0) + 1
-    return client
-
-
-def _wait_for_lite_lock(uri: str) -> None:
-    """Milvus Lite lets one process at a time open a file. Wait for another process to let go
-    as long as a busy catalog is waited for, then say so. (Called with _lite_lock held, when
-    this process does not hold the file.)"""
-    import fcntl
-    import time
-
-    from search.storage.catalog import db_timeout
-
-    lock = Path(os.path.abspath(uri)) / "LOCK"
-    if not lock.exists():
-        return
-    deadline = time.monotonic() + db_timeout()
-    while True:
-        fd = os.open(lock, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise GalleryError(
-                    f"the gallery's Milvus Lite file {uri} is open in another process (Milvus "
-                    "Lite serves one process at a time): close the app or the other command "
-                    "using this gallery, or serve the gallery from a Milvus server "
-                    "(graceful reindex --store milvus --milvus-uri http://HOST:19530)") from None
-            time.sleep(0.2)
-        finally:
-            os.close(fd)

@@ -58,7 +58,7 @@ def store_config(kind: str, home: Path, milvus_uri: str | None = None) -> dict:
         if milvus_uri:
             raise GalleryError("--milvus-uri goes with --store milvus")
         return {"kind": "faiss"}
-    from search.storage.milvus_store import is_local
+    from search.storage.milvus_lite import is_local
 
     uri = milvus_uri or DEFAULT_MILVUS_FILE
     if is_local(uri):
@@ -77,7 +77,8 @@ def store_config(kind: str, home: Path, milvus_uri: str | None = None) -> dict:
 def open_store(home: Path, catalog: Catalog) -> VectorStore:
     config = catalog.vector_store() or {"kind": "faiss"}
     if config["kind"] == "milvus":
-        from search.storage.milvus_store import MilvusStore, is_local
+        from search.storage.milvus_lite import is_local
+        from search.storage.milvus_store import MilvusStore
 
         uri = config["uri"]
         if is_local(uri) and not Path(uri).is_absolute():
