@@ -47,7 +47,7 @@ def forward_vs_ingest(n_images: int, model_name: str, batch: int) -> dict:
     try:
         g = Gallery.open(home, create=True)
         rss_before = rss_mib()
-        report = ingest(g, files, model_name, batch_size=batch, progress=False, on_progress=sample)
+        report = ingest(g, files, model_name, batch_size=batch, on_progress=sample)
         _, real_vectors = g.catalog.vectors_by_model(model_name)
     finally:
         shutil.rmtree(home, ignore_errors=True)

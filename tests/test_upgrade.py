@@ -178,7 +178,7 @@ def test_reembed_incompatible_model_alongside_then_switch(lite0_gallery, upgrade
         # searches keep being served from the current space while the new index is built
         seen.append((g.active_model, search_file(g, q, k=1, log=False).hits[0].name))
 
-    state, switched = reembed(g, "lite1", batch_size=8, progress=False, on_progress=during)
+    state, switched = reembed(g, "lite1", batch_size=8, on_progress=during)
     assert switched and state.done == n and g.active_model == "lite1" and g.space == "lite1"
     assert all(m == "lite0" and name == q.name for m, name in seen[:-1])
     assert counts(g)[("lite0", "lite0")] == n and counts(g)[("lite1", "lite1")] == n
