@@ -27,7 +27,7 @@ def build_gallery(code_root: Path, home: Path, n: int) -> None:
     script = f"""
 import sys, numpy as np
 sys.path.insert(0, {str(code_root)!r})
-from search.catalog import Catalog
+from search.storage.catalog import Catalog
 c = Catalog(__import__('pathlib').Path({str(home / 'catalog.db')!r}))
 rng = np.random.default_rng(0)
 v = rng.normal(size=({n}, 1280)).astype(np.float32); v /= np.linalg.norm(v, axis=1, keepdims=True)

@@ -106,7 +106,7 @@ def build_catalog(home: Path, real: np.ndarray, size: int) -> tuple[float, float
 
 def exact_top10(home: Path, queries: np.ndarray) -> np.ndarray:
     """Brute force over every stored vector, in chunks (the ground truth)."""
-    from search.catalog import Catalog
+    from search.storage.catalog import Catalog
 
     cat = Catalog(home / "catalog.db")
     best_s = np.full((len(queries), 10), -np.inf, np.float32)
@@ -154,7 +154,7 @@ def float16_effect(files: list[Path], real: np.ndarray) -> dict:
     from models import registry
     from models.features import extract
     from models.metrics import label_retrieval
-    from search.catalog import as_stored
+    from search.storage.catalog import as_stored
 
     test = [i for i, f in enumerate(files) if f.parent.parent.name == "test"]
     labels = [files[i].parent.name for i in test]

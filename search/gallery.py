@@ -16,7 +16,7 @@ import numpy as np
 
 from models import registry
 
-from .catalog import Catalog, ImageRow
+from .storage.catalog import Catalog, ImageRow
 from .errors import GalleryError
 from .home import default_home
 from .store import ImageStore
@@ -423,7 +423,7 @@ class Gallery:
     def sync_index(self, space: str, image_ids: list[int], vectors: np.ndarray,
                    model: str = "") -> None:
         """After a committed write of these vectors (by `model`): add them to the live index."""
-        from .catalog import as_stored
+        from .storage.catalog import as_stored
 
         with self.lock:
             idx = self._indexes.get(space)

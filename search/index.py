@@ -22,7 +22,7 @@ from typing import Callable
 import faiss
 import numpy as np
 
-from .catalog import Catalog
+from .storage.catalog import Catalog
 from models.fsutil import atomic_write_bytes, remove_stale_temp_files
 
 

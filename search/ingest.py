@@ -20,7 +20,7 @@ from tqdm import tqdm
 from models.embedder import Embedder
 from models.progress import Progress
 
-from .catalog import ReadOnlyCatalog, album_of_source
+from .storage.catalog import ReadOnlyCatalog, album_of_source
 from .files import collect_files
 from .gallery import Gallery
 from models.imageio import BadImage, decode, read_photo_file

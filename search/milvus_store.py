@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import Catalog
+from .storage.catalog import Catalog
 from .errors import GalleryError
 from .index import DEFAULT_NPROBE, effective_kind, ivf_lists
 
@@ -467,7 +467,7 @@ def _wait_for_lite_lock(uri: str) -> None:
     import fcntl
     import time
 
-    from .catalog import db_timeout
+    from .storage.catalog import db_timeout
 
     lock = Path(os.path.abspath(uri)) / "LOCK"
     if not lock.exists():

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .catalog import Catalog
+from .storage.catalog import Catalog
 from .errors import GalleryError
 
 STORES = ("faiss", "milvus")

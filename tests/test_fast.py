@@ -22,7 +22,7 @@ def unit(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
 
 
 def synthetic_catalog(path: Path, n: int = 50, dim: int = 32):
-    from search.catalog import Catalog
+    from search.storage.catalog import Catalog
 
     cat = Catalog(path)
     with cat.transaction():
@@ -50,7 +50,7 @@ def test_vectors_are_stored_as_float16_and_old_catalogs_migrate(tmp_path):
     place and read back within float16 precision, by every reader."""
     import sqlite3
 
-    from search.catalog import SCHEMA_VERSION, Catalog
+    from search.storage.catalog import SCHEMA_VERSION, Catalog
 
     cat, ids = synthetic_catalog(tmp_path / "new.db", n=50, dim=1280)
     blob_len = cat.db.execute("SELECT length(vector) FROM vectors LIMIT 1").fetchone()[0]
@@ -82,7 +82,7 @@ def test_vectors_are_stored_as_float16_and_old_catalogs_migrate(tmp_path):
         assert db.execute("PRAGMA page_size").fetchone()[0] == 65536
     assert old.stat().st_size < 0.7 * before  # the migration gave the space back
 
-    from search.catalog import decode_vectors
+    from search.storage.catalog import decode_vectors
     with pytest.raises(sqlite3.DatabaseError, match="damaged"):
         decode_vectors([b"\x00" * 3], 1280)
 
@@ -166,7 +166,7 @@ def test_cli_help_and_usage_errors_import_no_torch(tmp_path):
 
 
 def test_info_models_and_albums_import_no_torch(tmp_path):
-    from search.catalog import Catalog
+    from search.storage.catalog import Catalog
 
     home = tmp_path / "g"
     home.mkdir()

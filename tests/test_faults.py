@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from search.catalog import SCHEMA_VERSION
+from search.storage.catalog import SCHEMA_VERSION
 from search.cli import cli
 
 
@@ -61,7 +61,7 @@ def test_devices_fifos_and_system_folders_are_refused(home, few_photos, tmp_path
 
 def test_concurrent_creation_runs_the_migration_once(tmp_path):
     """Two processes creating the same gallery at once: both open it, no 'already exists'."""
-    code = ("import sys; from search.catalog import Catalog; c = Catalog(sys.argv[1]); "
+    code = ("import sys; from search.storage.catalog import Catalog; c = Catalog(sys.argv[1]); "
             "print(c.schema_version)")
     for n in range(4):
         db = tmp_path / f"c{n}.db"

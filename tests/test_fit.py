@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from search.catalog import SCHEMA_VERSION, Catalog, _migrate_to_1
+from search.storage.catalog import SCHEMA_VERSION, Catalog, _migrate_to_1
 from search.cli import cli
 from search.fit import FitError, FitRefused, FitRequest, fit_upgrade, stratified
 from search.gallery import Gallery
