@@ -81,7 +81,7 @@ class GalleryCore:
                 f"Restore catalog.db from a backup, or move it away and re-index the stored photos "
                 f"(graceful index {home / 'images'})")
         try:
-            gallery = cls(home, Catalog(db_path), settings)
+            gallery = cls(home, Catalog(db_path, settings), settings)
         except sqlite3.DatabaseError as e:
             raise GalleryError(f"cannot open the gallery at {home}: {friendly(e)}") from None
         store = store or settings.store

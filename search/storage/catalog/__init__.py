@@ -1,0 +1,30 @@
+"""The SQLite catalog: every SQL statement and state key of Graceful lives in this package."""
+from .codec import STORED_DTYPE, as_stored, decode_vectors, encode_vectors
+from .core import Catalog
+from .db import (
+    MIGRATIONS,
+    PAGE_SIZE,
+    SCHEMA_VERSION,
+    Db,
+    ReadOnlyCatalog,
+    _migrate_to_1,
+    _migrate_to_2,
+    _migrate_to_3,
+    _migrate_to_4,
+    _Transaction,
+    album_of_source,
+    db_timeout,
+    id_chunks,
+)
+from .images import ImageRow, ImagesRepo
+from .logs import LogsRepo
+from .models import ModelsRepo
+from .state import StateRepo
+from .vectors import ServingChunk, SpacePhoto, VectorsRepo
+
+__all__ = [
+    "Catalog", "ReadOnlyCatalog", "ImageRow", "SpacePhoto", "ServingChunk",
+    "album_of_source", "as_stored", "db_timeout", "decode_vectors", "encode_vectors", "id_chunks",
+    "SCHEMA_VERSION", "STORED_DTYPE", "PAGE_SIZE", "MIGRATIONS",
+    "Db", "ImagesRepo", "VectorsRepo", "ModelsRepo", "StateRepo", "LogsRepo",
+]

@@ -1,0 +1,88 @@
+"""The state table: key/value settings (index kind, vector store, query logging, ...)."""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+from .db import Db
+
+
+class StateRepo(Db):
+    # -- state ----------------------------------------------------------------------------
+    # The keys of the state table; nothing outside this class names them.
+    ACTIVE_MODEL, MODEL_HISTORY, INDEX_KIND, LOG_QUERIES = (
+        "active_model", "model_history", "index_kind", "log_queries")
+    VECTOR_STORE, STORE_SYNCED, GALLERY_ID = "vector_store", "store_synced", "gallery_id"
+    RUNTIMES, COMPACT_PENDING = "runtimes", "compact_pending"
+    SERVING_SPACES = "serving_spaces"
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM state WHERE key = ?", [key]).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_state(self, key: str, value: Any) -> None:
+        self.db["state"].upsert({"key": key, "value": json.dumps(value)}, pk="key")
+
+    def index_kind(self) -> str:
+        return self.get_state(self.INDEX_KIND, "flat")
+
+    def set_index_kind(self, kind: str) -> None:
+        self.set_state(self.INDEX_KIND, kind)
+
+    def vector_store(self) -> dict | None:
+        """Where the search vectors are served from: {"kind": "faiss"} or {"kind": "milvus",
+        "uri": ...}; None for a gallery that never chose (it uses FAISS index files)."""
+        return self.get_state(self.VECTOR_STORE)
+
+    def set_vector_store(self, config: dict | None) -> None:
+        if config is None:
+            self.db.execute("DELETE FROM state WHERE key = ?", [self.VECTOR_STORE])
+        else:
+            self.set_state(self.VECTOR_STORE, config)
+        self.set_state(self.STORE_SYNCED, {})  # nothing is known to be in the new store yet
+
+    def gallery_id(self) -> str:
+        """A random id naming this gallery's collections in a shared vector database."""
+        gid = self.get_state(self.GALLERY_ID)
+        if gid is None:
+            import uuid
+
+            with self.transaction():
+                gid = self.get_state(self.GALLERY_ID)
+                if gid is None:
+                    gid = uuid.uuid4().hex[:12]
+                    self.set_state(self.GALLERY_ID, gid)
+        return gid
+
+    def store_synced(self, space: str) -> dict | None:
+        """What an external vector store was last known to hold for `space`: {"version",
+        "kind"} recorded after a write to it was flushed; None when unknown."""
+        return self.get_state(self.STORE_SYNCED, {}).get(space)
+
+    def set_store_synced(self, space: str, record: dict | None) -> None:
+        with self.transaction():
+            synced = self.get_state(self.STORE_SYNCED, {})
+            if record is None:
+                synced.pop(space, None)
+            else:
+                synced[space] = record
+            self.set_state(self.STORE_SYNCED, synced)
+
+    def runtimes(self) -> dict[str, list[str]]:
+        """Per model, the inference paths (torch, onnxruntime) that computed its stored vectors."""
+        return self.get_state(self.RUNTIMES, {})
+
+    def note_runtime(self, model: str, runtimes: Iterable[str]) -> None:
+        known = self.runtimes().get(model, [])
+        if set(runtimes) <= set(known):
+            return
+        with self.transaction():
+            record = self.runtimes()
+            record[model] = sorted(set(record.get(model, [])) | set(runtimes))
+            self.set_state(self.RUNTIMES, record)
+
+    def log_queries(self) -> bool:
+        return self.get_state(self.LOG_QUERIES, True)
+
+    def set_log_queries(self, on: bool) -> None:
+        self.set_state(self.LOG_QUERIES, bool(on))
