@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-# Re-exported: `graceful bench compat` imports them from here until it switches to models.evaluation.
+# The library code (also behind `graceful bench compat`); this module is only its script.
 from models.evaluation.compat import DEFAULT_METHODS, CompatBenchConfig, run  # noqa: F401
 
 

@@ -12,8 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-# Re-exported: `graceful bench chain|hetero` and the app import them from here until they switch
-# to models.evaluation.
+# The library code (also behind `graceful bench chain|hetero` and the app); this is its script.
 from models.evaluation.generations import GenConfig, chain, hetero  # noqa: F401
 
 

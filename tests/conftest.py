@@ -59,7 +59,7 @@ def home(tmp_path) -> Path:
     return tmp_path / "gallery"
 
 
-@pytest.fixture(params=["faiss", "milvus"])
+@pytest.fixture(params=["faiss", pytest.param("milvus", marks=pytest.mark.slow)])
 def store(request, monkeypatch) -> str:
     """Run a behavioural test once per vector store: new galleries (in this process and in the
     CLI processes it starts) take the store from GRACEFUL_STORE. Milvus is a Milvus Lite file

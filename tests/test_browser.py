@@ -1,6 +1,7 @@
 """End to end in a real headless Chromium (Debian's), driven by Playwright: start the app on a
-free localhost port, upload photos, search, upgrade, compare, roll back. Screenshots go to
-docs/screenshots/ (README shows them)."""
+free localhost port, upload photos, search, upgrade, compare, roll back. Screenshots go to a
+temporary folder; `python -m bench.screenshots` runs this test to refresh docs/screenshots/
+(README shows them)."""
 from __future__ import annotations
 
 import os
@@ -16,7 +17,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "docs" / "screenshots"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 
@@ -58,10 +58,21 @@ def server(home, album_photos):
         proc.kill()
 
 
-def test_browser_upload_search_upgrade_compare_rollback(server, few_photos, album_photos):
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    """Where the screenshots go: a temporary folder, or GRACEFUL_SCREENSHOTS (bench/screenshots.py)."""
+    folder = Path(os.environ.get("GRACEFUL_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_browser_upload_search_upgrade_compare_rollback(server, few_photos, album_photos, shots):
     from playwright.sync_api import expect, sync_playwright
 
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    SHOTS = shots
     photos = sorted(few_photos.rglob("*.jpg"))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=FLAGS)

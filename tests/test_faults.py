@@ -514,7 +514,7 @@ def test_a_rerun_after_a_killed_fit_suggests_a_real_flag(home):
     `graceful train` really has, and following the hint gets past the refusal."""
     import re
 
-    from search.cli import train_cmd
+    from search.cli.training import train_cmd
 
     empty_gallery(home)
     (home / "models").mkdir()

@@ -128,7 +128,10 @@ def test_fit_without_albums_takes_the_unlabelled_path(gallery_copy):
         fit_upgrade(g, FitRequest("lite2", "needs-albums", method="bct"))
     report = fit_upgrade(g, FitRequest("lite2", "adapted"))
     assert report["method"] == "adapter" and not report["sample"]["labelled"]
-    assert "albums" not in report["held_out"] and report["verdict"] in ("compatible", "incompatible")
+    # without albums only the compatibility signals can judge: the adapter lines up with
+    # the stored vectors (an incompatible one would have been refused above, not returned)
+    assert "albums" not in report["held_out"] and report["verdict"] == "compatible"
+    assert report["held_out"]["own_rank"] < 0.30
     g.close()
 
 
@@ -177,6 +180,7 @@ def _feature_shards(home: Path) -> int:
     return len(list((home / "cache" / "lite2").glob("*.npz")))
 
 
+@pytest.mark.slow  # kill -9 loops
 def test_kill_9_during_feature_extraction_resumes(gallery_copy):
     env = {**os.environ, "GRACEFUL_HOME": str(gallery_copy), "GRACEFUL_THREADS": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "search.cli", "train", "--from-gallery",

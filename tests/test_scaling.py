@@ -19,6 +19,8 @@ import pytest
 
 from search.api import Gallery, GalleryError
 
+pytestmark = pytest.mark.slow  # a Ray cluster and Milvus Lite
+
 SHIPPED = "lite2-compat-lite0"
 CLI = [sys.executable, "-m", "search.cli"]
 

@@ -75,7 +75,7 @@ def test_vector_only_fit_decodes_nothing_then_transforms_searches_and_rolls_back
         raise AssertionError("a vector-only fit must not decode or embed a photo")
 
     with monkeypatch.context() as m:  # the backbone never runs, no photo is decoded
-        m.setattr(search.fit, "extract", never)
+        m.setattr(search.ops.fit, "extract", never)
         m.setattr(models.imageio, "decode", never)
         m.setattr("models.embedder.Embedder.embed_batch", never)
         report = as_json(run(album_home, "train", "--from-gallery", "--backbone", "lite0",
@@ -217,6 +217,7 @@ def synthetic_lite0_gallery(home: Path, n: int = 3000, albums: int = 20, seed: i
     g.close()
 
 
+@pytest.mark.slow  # kill -9 loops
 @pytest.mark.usefixtures("store")
 def test_kill_9_during_a_transform_then_resume(home, run_and_kill, monkeypatch):
     import os
