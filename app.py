@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -100,7 +99,7 @@ def server_folder(text: str) -> Path | None:
 
 
 def home() -> str:
-    return str(os.environ.get("GRACEFUL_HOME") or default_home())
+    return str(default_home())
 
 
 def gallery() -> Gallery:

@@ -51,6 +51,8 @@ class ProgressBar:
     """Draws Progress reports as a tqdm bar on stderr: the CLI's (and the API's progress=True)
     view of a job; the engine itself only reports Progress."""
 
+    VERBS = {"ingest": "indexing"}  # what the bar says a job is doing, where the name differs
+
     def __init__(self, unit: str = "img", enabled: bool = True):
         self.unit, self.enabled = unit, enabled
         self.bar = None
@@ -61,7 +63,8 @@ class ProgressBar:
         if self.bar is None:
             from tqdm import tqdm
 
-            desc = f"{p.job} with {p.model}" if p.model and p.model not in p.job else p.job
+            job = self.VERBS.get(p.job, p.job)
+            desc = f"{job} with {p.model}" if p.model and p.model not in job else job
             self.bar = tqdm(total=p.total, unit=self.unit, desc=desc, dynamic_ncols=True)
         for note in p.notes:
             self.bar.write(note)

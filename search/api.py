@@ -13,6 +13,7 @@ from search.core import GalleryCore, SearchHit, SearchResult
 from search.errors import GalleryError
 from search.settings import Settings, default_home
 from search.storage.files import import_roots, links_outside
+from search.units import fit_name
 
 if TYPE_CHECKING:
     from search.ops.backfill import CurveRecorder
@@ -27,11 +28,6 @@ __all__ = ["Gallery", "GalleryError", "SearchHit", "SearchResult", "Settings", "
 
 ProgressArg = "bool | Callable[[Progress], None]"
 BACKFILL_ORDERS = ("random", "oldest", "most-retrieved", "uncertainty")
-
-
-def fit_name(backbone: str, active: str | None) -> str:
-    """The default name of an upgrade fitted to a gallery: `{backbone}-fit-{active model}`."""
-    return f"{backbone}-fit-{active}"
 
 
 @contextmanager

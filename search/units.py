@@ -1,4 +1,5 @@
-"""Durations and counts as people read them (the engine's messages and the faces share these)."""
+"""Wording the engine's messages and the faces share: durations as people read them, and the
+default name of a fitted upgrade."""
 from __future__ import annotations
 
 
@@ -10,3 +11,8 @@ def duration_text(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def fit_name(backbone: str, active: str | None) -> str:
+    """The default name of an upgrade fitted to a gallery: `{backbone}-fit-{active model}`."""
+    return f"{backbone}-fit-{active}"

@@ -59,6 +59,24 @@ def home(tmp_path) -> Path:
     return tmp_path / "gallery"
 
 
+@pytest.fixture(scope="session")
+def gallery12_template(tmp_path_factory, few_photos) -> Path:
+    """The 12 `few_photos` indexed once per session (lite0, FAISS, albums from the folders),
+    closed; tests get their own copy (`copy_gallery`), never this one."""
+    from search.api import Gallery
+
+    home = tmp_path_factory.mktemp("gallery12") / "gallery"
+    with Gallery.open(home, create=True, store="faiss") as g:
+        assert g.add([few_photos]).added == 12
+    return home
+
+
+def copy_gallery(template: Path, dest: Path) -> Path:
+    """A test's own copy of a closed template gallery (catalog, photos, index files)."""
+    shutil.copytree(template, dest)
+    return dest
+
+
 @pytest.fixture(params=["faiss", pytest.param("milvus", marks=pytest.mark.slow)])
 def store(request, monkeypatch) -> str:
     """Run a behavioural test once per vector store: new galleries (in this process and in the

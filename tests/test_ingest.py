@@ -141,6 +141,7 @@ def test_kill_9_during_ingest_then_resume(home, caltech_small, run_and_kill):
     assert how == "loaded" and idx.ntotal == 206
 
 
+@pytest.mark.slow  # several processes, kill -9 or waits on locks
 @pytest.mark.usefixtures("store")
 def test_ctrl_c_stops_cleanly_and_resumes(home, caltech_small):
     env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}

@@ -9,22 +9,28 @@ import click
 
 from search.cli import photos, training, upgrades
 from search.cli.base import Context, GracefulGroup
-from search.settings import default_home
+from search.settings import Settings, default_home
 
 # Heavy modules (torch, timm, faiss) are imported by the commands that use them, so that
 # `graceful --help`, `info` and `models` start quickly.
 
 
 @click.group(cls=GracefulGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--home", type=click.Path(path_type=Path), envvar="GRACEFUL_HOME",
-              help=f"Gallery home (default {default_home()}; env GRACEFUL_HOME).")
-@click.option("--threads", type=int, envvar="GRACEFUL_THREADS",
-              help="Threads for torch and faiss (default: all cores, at most 8).")
+@click.option("--home", type=click.Path(path_type=Path),
+              help="Gallery home (default: env GRACEFUL_HOME, else the checkout's data/gallery/, "
+                   "else ~/.local/share/graceful/gallery).")
+@click.option("--threads", type=int,
+              help="Threads for torch and faiss (default: env GRACEFUL_THREADS, else all cores, "
+                   "at most 8).")
 @click.version_option(package_name="graceful")
 @click.pass_context
 def cli(ctx: click.Context, home: Path | None, threads: int | None) -> None:
     """Graceful: image search whose embedding model can be upgraded without re-indexing."""
-    ctx.obj = Context(home or default_home(), threads)
+    try:
+        settings = Settings.from_env()  # every GRACEFUL_* variable, read once for this command
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    ctx.obj = Context(home or default_home(settings), threads or settings.threads, settings)
 
 
 for module in (photos, upgrades, training):

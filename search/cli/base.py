@@ -15,16 +15,18 @@ if TYPE_CHECKING:
 
 
 class Context:
-    def __init__(self, home: Path, threads: int | None):
+    def __init__(self, home: Path, threads: int | None, settings=None):
         self.home = home
         self.threads = threads
+        self.settings = settings
         self.opened: list = []
 
     def gallery(self, create: bool = False) -> "Gallery":
         from search.api import Gallery
 
         self.configure()
-        g = Gallery.open(self.home, create=create)  # read commands: a missing gallery is an error
+        g = Gallery.open(self.home, create=create,  # read commands: a missing gallery is an error
+                         settings=self.settings)
         self.opened.append(g)
         return g
 

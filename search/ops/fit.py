@@ -121,7 +121,7 @@ def _collect(gallery: GalleryCore, req: FitRequest, backbone, space: str, member
     ids = train + held
     files = [gallery.store.path(by_id[i].sha256, by_id[i].ext) for i in ids]
     t0 = time.perf_counter()
-    feats = extract(backbone, files, gallery.cache_dir, batch_size=16, shard_size=SHARD,
+    feats = extract(backbone, files, gallery.cache_dir, batch_size=16, shard_size=SHARD, progress=False,
                     shas=[by_id[i].sha256 for i in ids],
                     on_progress=req.on_progress, should_stop=req.should_stop)
     seconds = time.perf_counter() - t0
