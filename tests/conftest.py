@@ -11,6 +11,18 @@ ROOT = Path(__file__).resolve().parent.parent
 CALTECH = Path(os.environ.get("GRACEFUL_CALTECH", ROOT.parent / "shared" / "data" / "caltech101"))
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
+# The modules whose tests are marked `fast`: `-m fast` collects only these, so the fast tier never
+# imports torch, streamlit or the models for tests it would deselect anyway.
+FAST_MODULES = {"test_fast.py", "test_plan.py"}
+
+
+def pytest_ignore_collect(collection_path, config):
+    if (config.getoption("markexpr", "") or "").strip() == "fast" and \
+            collection_path.name.startswith("test_") and collection_path.suffix == ".py":
+        return collection_path.name not in FAST_MODULES
+    return None
+
+
 os.environ.setdefault("GRACEFUL_THREADS", "2")
 # ONNX exports of the backbones go to a cache of the test run's own, not the user's ~/.cache
 os.environ.setdefault("GRACEFUL_CACHE", str(ARTIFACTS / "cache"))

@@ -291,3 +291,10 @@ def test_no_engine_file_over_400_lines():
     long = {str(p.relative_to(ROOT)): n for p in (ROOT / "search").rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 400}
     assert not long, long
+
+
+def test_every_module_with_fast_tests_is_collected_by_the_fast_tier():
+    from conftest import FAST_MODULES
+
+    marked = {p.name for p in (ROOT / "tests").glob("test_*.py") if "mark.fast" in p.read_text()}
+    assert marked == FAST_MODULES, marked ^ FAST_MODULES

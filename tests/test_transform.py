@@ -240,6 +240,7 @@ def test_kill_9_during_a_transform_then_resume(home, run_and_kill, monkeypatch):
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         active = json.loads(db.execute("SELECT value FROM state WHERE key = 'active_model'").fetchone()[0])
     assert active == "lite0", "search keeps the old model until the transform completes"
+    env.pop("GRACEFUL_TRANSFORM_BATCH")  # small batches only so the kill lands inside; resume whole
     r = subprocess.run([sys.executable, "-m", "search.cli", "upgrade", "h", "--transform", "--json"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
