@@ -263,6 +263,9 @@ class Gallery(GalleryCore):
                                "(old=..., or --old NAME on the command line)")
         if isinstance(queries, str) and queries == "log":
             queries = cmp.queries_from_log(self)
+            if not queries:
+                raise GalleryError("the query log holds no searches yet: turn it on (graceful log "
+                                   "on), search, then compare; or compare on a folder of photos")
         elif isinstance(queries, (str, Path)):
             queries = cmp.queries_from_folder(Path(queries))
         return cmp.compare(self, old, new or self.active_model, list(queries), k, save)
