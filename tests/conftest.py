@@ -1,9 +1,21 @@
-"""Shared fixtures: real Caltech-101 photos (from ../shared), real models, temp gallery homes."""
+"""Shared fixtures: real Caltech-101 photos (from ../shared), real models, temp gallery homes,
+galleries built once per session and copied for each test.
+
+Tiers (markers; pyproject's addopts deselects `slow`):
+    python3 -m pytest                        the default tier: fast + real models on FAISS
+    python3 -m pytest -m fast                no torch, synthetic data, seconds
+    python3 -m pytest -m slow                Ray, Milvus (Lite and server), the browser, kill -9
+                                             and Ctrl-C loops, real processes racing, a real full
+                                             disk, the second store of store-parametrised tests
+    python3 -m pytest -m "slow or not slow"  everything (what .ci/run and README run)
+A module holding fast tests must be listed in FAST_MODULES (checked by tests/test_fast.py), so
+that `-m fast` collects only those modules and never imports torch."""
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -11,9 +23,20 @@ ROOT = Path(__file__).resolve().parent.parent
 CALTECH = Path(os.environ.get("GRACEFUL_CALTECH", ROOT.parent / "shared" / "data" / "caltech101"))
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
+# Modules with tests marked `fast`: with exactly `-m fast` only these are collected (importing the
+# others would load torch, streamlit and the models' modules for tests that are deselected).
+FAST_MODULES = {"test_fast.py", "test_plan.py", "test_images.py"}
+
 os.environ.setdefault("GRACEFUL_THREADS", "2")
 # ONNX exports of the backbones go to a cache of the test run's own, not the user's ~/.cache
 os.environ.setdefault("GRACEFUL_CACHE", str(ARTIFACTS / "cache"))
+
+
+def pytest_ignore_collect(collection_path, config):
+    if (config.getoption("markexpr", "") or "").strip() == "fast" and \
+            collection_path.name.startswith("test_") and collection_path.suffix == ".py":
+        return collection_path.name not in FAST_MODULES
+    return None
 
 
 def caltech_subset(dest: Path, split: str, classes: list[str] | int, per_class: int) -> Path:
@@ -59,15 +82,71 @@ def home(tmp_path) -> Path:
     return tmp_path / "gallery"
 
 
-@pytest.fixture(params=["faiss", "milvus"])
+STORES = ["faiss", pytest.param("milvus", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(params=STORES)
 def store(request, monkeypatch) -> str:
     """Run a behavioural test once per vector store: new galleries (in this process and in the
     CLI processes it starts) take the store from GRACEFUL_STORE. Milvus is a Milvus Lite file
-    inside the gallery."""
+    inside the gallery; that variant belongs to the slow tier."""
     if request.param == "milvus":
         pytest.importorskip("milvus_lite", reason="graceful[milvus] is not installed")
     monkeypatch.setenv("GRACEFUL_STORE", request.param)
     return request.param
+
+
+# -- galleries built once per session --------------------------------------------------------
+
+def copy_gallery(src: Path, dest: Path) -> Path:
+    """A private copy of a closed gallery: catalog, photo store, index files, models, reports and
+    the Milvus Lite folder (milvus.db) when it has one. The fit feature cache stays behind (tests
+    that need it warm or cold decide themselves) and so does the lock file of the Milvus Lite
+    file's holder."""
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("cache", "milvus.db.lock"))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def gallery_snapshot(tmp_path_factory) -> Callable[[str, Callable[[Path], None]], Path]:
+    """`gallery_snapshot(key, build)`: the home of a gallery that `build(home)` made, built once
+    per session per key; `build` must leave it closed (so its files are a consistent snapshot:
+    the SQLite catalog checkpointed, the FAISS files saved, Milvus Lite flushed). Tests never
+    write to it: they take `copy_gallery(snapshot, their_home)`."""
+    built: dict[str, Path] = {}
+
+    def snapshot(key: str, build: Callable[[Path], None]) -> Path:
+        if key not in built:
+            home = tmp_path_factory.mktemp(f"snapshot-{key}") / "gallery"
+            build(home)
+            assert (home / "catalog.db").is_file(), f"the {key} snapshot was not built"
+            built[key] = home
+        return built[key]
+
+    return snapshot
+
+
+def ingested(paths: list[Path], store: str = "faiss") -> Callable[[Path], None]:
+    """A snapshot builder: a new lite0 gallery on `store` holding these photos (albums = folders)."""
+    def build(home: Path) -> None:
+        from search.gallery import Gallery
+        from search.ingest import ingest
+
+        g = Gallery.open(home, create=True, store=store)
+        try:
+            ingest(g, paths, progress=False)
+        finally:
+            g.close()
+    return build
+
+
+@pytest.fixture
+def album_gallery(gallery_snapshot, album_photos, tmp_path, request) -> Path:
+    """A private copy of a lite0 gallery of the 4 albums x 14 photos (album_photos), on the
+    test's `store` when it uses that fixture, else FAISS."""
+    store = request.getfixturevalue("store") if "store" in request.fixturenames else "faiss"
+    src = gallery_snapshot(f"albums-{store}", ingested([album_photos], store))
+    return copy_gallery(src, tmp_path / "album-gallery")
 
 
 @pytest.fixture(scope="session")

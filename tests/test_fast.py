@@ -183,6 +183,16 @@ def test_info_models_and_albums_import_no_torch(tmp_path):
     assert info["images"] == 50 and info["albums"] == 2 and info["index"]["vectors"] == 50
 
 
+def test_every_module_with_fast_tests_is_collected_by_the_fast_tier():
+    """`pytest -m fast` collects only conftest.FAST_MODULES (so it never imports torch): a module
+    with fast tests that is not listed would silently drop out of that tier."""
+    from conftest import FAST_MODULES
+
+    marked = {p.name for p in (ROOT / "tests").glob("test_*.py")
+              if "mark.fast" in p.read_text()}
+    assert marked == FAST_MODULES
+
+
 def test_layers_models_never_imports_search_and_sql_stays_in_the_catalog():
     import ast
 

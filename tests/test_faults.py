@@ -36,10 +36,16 @@ def n_images(home: Path) -> int:
 
 
 @pytest.fixture
-def gallery12(home, few_photos) -> Path:
-    r = run(home, "index", few_photos)
-    assert r.exit_code == 0, r.output
-    return home
+def gallery12(home, few_photos, gallery_snapshot) -> Path:
+    """A private copy of a lite0 gallery of the 12 few_photos, indexed once per session by
+    `graceful index`."""
+    from conftest import copy_gallery
+
+    def build(dest: Path) -> None:
+        r = run(dest, "index", few_photos)
+        assert r.exit_code == 0, r.output
+
+    return copy_gallery(gallery_snapshot("few-cli", build), home)
 
 
 def test_devices_fifos_and_system_folders_are_refused(home, few_photos, tmp_path):
@@ -59,6 +65,7 @@ def test_devices_fifos_and_system_folders_are_refused(home, few_photos, tmp_path
     assert json.loads(r.stdout)["added"] == 4
 
 
+@pytest.mark.slow  # real processes racing (or a real full disk): the slow tier
 def test_concurrent_creation_runs_the_migration_once(tmp_path):
     """Two processes creating the same gallery at once: both open it, no 'already exists'."""
     code = ("import sys; from search.catalog import Catalog; c = Catalog(sys.argv[1]); "
@@ -72,6 +79,7 @@ def test_concurrent_creation_runs_the_migration_once(tmp_path):
         assert all(o[0].strip() == str(SCHEMA_VERSION) for o in outs)
 
 
+@pytest.mark.slow  # real processes racing (or a real full disk): the slow tier
 def test_two_index_runs_creating_one_gallery_at_once(home, few_photos):
     env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "search.cli", "index", str(few_photos / c)],
@@ -199,9 +207,14 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_disk_full(tiny_disk, few_photos):
-    home = tiny_disk / "g"
-    assert graceful(home, "index", few_photos / "airplanes").returncode == 0
+@pytest.mark.slow  # real processes racing (or a real full disk): the slow tier
+def test_disk_full(tiny_disk, few_photos, gallery_snapshot):
+    from conftest import copy_gallery, ingested
+
+    # a 4-photo gallery (indexed once per session) on the small disk
+    home = copy_gallery(gallery_snapshot("airplanes", ingested([few_photos / "airplanes"])),
+                        tiny_disk / "g")
+    assert n_images(home) == 4
     filler = tiny_disk / "filler"
     with open(filler, "wb") as f:
         try:
@@ -414,6 +427,7 @@ def test_a_rollback_racing_an_upgrade_keeps_the_history(gallery12, make_checkpoi
     g1.close(), g2.close()
 
 
+@pytest.mark.slow  # real processes racing (or a real full disk): the slow tier
 def test_concurrent_upgrades_and_rollbacks_keep_the_history(gallery12, make_checkpoint):
     """Real processes: an upgrade and a rollback started at the same time, several rounds."""
     for name in ("tiny-a", "tiny-b"):

@@ -28,23 +28,10 @@ def run(home, *args):
     return CliRunner().invoke(cli, ["--home", str(home), *map(str, args)], catch_exceptions=False)
 
 
-@pytest.fixture(scope="module")
-def album_home(tmp_path_factory, album_photos) -> Path:
-    """A lite0 gallery of those photos, built once; tests copy it."""
-    home = tmp_path_factory.mktemp("album_gallery") / "g"
-    g = Gallery.open(home, create=True)
-    ingest(g, [album_photos], progress=False)
-    g.close()
-    return home
-
-
 @pytest.fixture
-def gallery_copy(album_home, tmp_path) -> Path:
-    import shutil
-
-    dest = tmp_path / "g"
-    shutil.copytree(album_home, dest, ignore=shutil.ignore_patterns("cache"))
-    return dest
+def gallery_copy(album_gallery) -> Path:
+    """A private copy of the session's lite0 gallery of album_photos (conftest)."""
+    return album_gallery
 
 
 def test_albums_follow_folders_and_can_be_edited(gallery_copy, few_photos):
@@ -176,6 +163,7 @@ def _feature_shards(home: Path) -> int:
     return len(list((home / "cache" / "lite2").glob("*.npz")))
 
 
+@pytest.mark.slow
 def test_kill_9_during_feature_extraction_resumes(gallery_copy):
     env = {**os.environ, "GRACEFUL_HOME": str(gallery_copy), "GRACEFUL_THREADS": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "search.cli", "train", "--from-gallery",

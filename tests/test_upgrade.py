@@ -41,12 +41,17 @@ def upgrade_photos(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def lite0_gallery(home, upgrade_photos, request) -> Gallery:
-    g = Gallery.open(home, create=True)
-    if "store" in request.fixturenames:  # the behavioural tests run on each vector store
-        assert g.vector_store.kind == request.getfixturevalue("store")
-    ingest(g, [upgrade_photos / "before"], progress=False)
-    return g
+def lite0_gallery(home, upgrade_photos, request, gallery_snapshot) -> Gallery:
+    """A private copy of a lite0 gallery of the 48 `before` photos, built once per store."""
+    from conftest import copy_gallery, ingested
+
+    # the behavioural tests run on each vector store
+    store = request.getfixturevalue("store") if "store" in request.fixturenames else "faiss"
+    src = gallery_snapshot(f"upgrade-before-{store}", ingested([upgrade_photos / "before"], store))
+    g = Gallery.open(copy_gallery(src, home))
+    assert g.vector_store.kind == store and g.catalog.count_images() == 48
+    yield g
+    g.close()
 
 
 def own_id(g: Gallery, f: Path) -> int | None:
@@ -221,6 +226,7 @@ def _integrity(home: Path) -> str:
         return db.execute("PRAGMA integrity_check").fetchone()[0]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("store")
 def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos, run_and_kill):
     g = Gallery.open(home, create=True)
@@ -259,6 +265,7 @@ def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos, ru
     assert g.index().ntotal == n and g.space == "lite1"
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("store")
 def test_kill_9_during_upgrade_leaves_old_or_new_state(home, upgrade_photos):
     g = Gallery.open(home, create=True)
