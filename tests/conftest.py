@@ -216,6 +216,73 @@ def run_and_kill():
     return _run_and_kill
 
 
+# Run as `python -c PAUSE_HOOK MODULE ARGS...`: runs MODULE as __main__ with every SQLite
+# connection traced, and stops the process for good, writing the file $GRACEFUL_TEST_PAUSED
+# first ("in a transaction" or "outside a transaction"), just before it runs the statement
+# named by $GRACEFUL_TEST_PAUSE:
+#   write:KEY   the first write (INSERT/UPDATE) of the catalog's state row KEY
+#   commit:KEY  the COMMIT of the transaction that wrote state row KEY
+# So a test can SIGKILL a real CLI process at a known point inside a transaction, without a
+# hook in the product (the statements are the catalog's own; only `sqlite3.connect` is wrapped).
+PAUSE_HOOK = r"""
+import os, runpy, sqlite3, sys, time
+
+where, key = os.environ["GRACEFUL_TEST_PAUSE"].split(":", 1)
+marker = os.environ["GRACEFUL_TEST_PAUSED"]
+literal = "'" + key.upper() + "'"
+connect = sqlite3.connect
+
+
+def pause(conn):
+    with open(marker + ".tmp", "w") as f:
+        f.write("in a transaction" if conn.in_transaction else "outside a transaction")
+    os.replace(marker + ".tmp", marker)  # whole when it appears
+    while True:
+        time.sleep(3600)
+
+
+def traced(*args, **kwargs):
+    conn = connect(*args, **kwargs)
+    wrote = []
+
+    def trace(sql):
+        s = sql.lstrip().upper()
+        if s.startswith(("INSERT", "UPDATE", "REPLACE")) and literal in s:
+            if where == "write":
+                pause(conn)
+            wrote.append(s)
+        elif s.startswith("COMMIT") and wrote and where == "commit":
+            pause(conn)
+        elif s.startswith(("COMMIT", "ROLLBACK")):
+            wrote.clear()
+
+    conn.set_trace_callback(trace)
+    return conn
+
+
+sqlite3.connect = traced
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def _kill_at(module_args: list[str], env: dict, point: str, marker: Path,
+             timeout: float = 300) -> int:
+    """Run `python -m MODULE ARGS` (module_args) until it reaches `point` (see PAUSE_HOOK), then
+    SIGKILL it; returns its exit status. The marker file says that it really stopped there."""
+    import sys
+
+    marker.unlink(missing_ok=True)
+    env = {**env, "GRACEFUL_TEST_PAUSE": point, "GRACEFUL_TEST_PAUSED": str(marker)}
+    return _run_and_kill([sys.executable, "-c", PAUSE_HOOK, *module_args], env, marker.exists,
+                         timeout)
+
+
+@pytest.fixture
+def kill_at():
+    return _kill_at
+
+
 @pytest.fixture
 def bomb_png():
     return _bomb_png

@@ -62,7 +62,15 @@ def test_vector_only_fit_decodes_nothing_then_transforms_searches_and_rolls_back
     assert [r["path"] for r in report["plan"]] == ["queries", "transform", "backfill"]
     for row in report["plan"]:
         assert PLAN_KEYS <= set(row) and 0 <= row["lost_at_5"] <= 1
-    assert report["recommended"] in (None, "queries", "transform", "backfill")
+    rows = {r["path"]: r for r in report["plan"]}
+    # a head on the stored vectors' own model: the transform moves them to exactly what a
+    # backfill would embed, so both paths measure the same
+    assert rows["transform"]["map"] == rows["backfill"]["map"]
+    # four distinct albums: the old vectors already rank every held-out photo's album first
+    # (mAP 1.000), so no path can gain and the plan recommends the instant, queries-only switch
+    assert report["measured"]["old"]["map"] == pytest.approx(1.0)
+    assert all(r["verdict"] == "no worse" and not r["flags"] for r in rows.values()), rows
+    assert report["recommended"] == "queries" and report["verdict"] == "no worse"
     assert report["plan"][2]["photos_embedded"] == 56 and report["plan"][1]["photos_embedded"] == 0
 
     up = as_json(run(album_home, "upgrade", "albums-head", "--transform", "--json"))
