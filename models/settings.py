@@ -38,7 +38,6 @@ class Settings:
     cache: Path | None = None            # GRACEFUL_CACHE: ONNX exports (default ~/.cache/graceful)
     ray_start_timeout: float = 60.0      # GRACEFUL_RAY_START_TIMEOUT: s to start or join Ray
     ray_load_timeout: float = 600.0      # GRACEFUL_RAY_LOAD_TIMEOUT: s for workers to load a model
-    test_hold_switch: str = ""           # GRACEFUL_TEST_HOLD_SWITCH: fault-injection hook (tests only)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -63,7 +62,6 @@ class Settings:
             cache=Path(env["GRACEFUL_CACHE"]).expanduser() if env.get("GRACEFUL_CACHE") else None,
             ray_start_timeout=_number(env, "GRACEFUL_RAY_START_TIMEOUT", cls.ray_start_timeout),
             ray_load_timeout=_number(env, "GRACEFUL_RAY_LOAD_TIMEOUT", cls.ray_load_timeout),
-            test_hold_switch=env.get("GRACEFUL_TEST_HOLD_SWITCH", ""),
         )
 
     @staticmethod

@@ -1,9 +1,21 @@
-"""Shared fixtures: real Caltech-101 photos (from ../shared), real models, temp gallery homes."""
+"""Shared fixtures: real Caltech-101 photos (from ../shared), real models, temp gallery homes,
+galleries built once per session and copied for each test.
+
+Tiers (markers; pyproject's addopts deselects `slow`):
+    python3 -m pytest                        the default tier: fast + real models on FAISS
+    python3 -m pytest -m fast                no torch, synthetic data, seconds
+    python3 -m pytest -m slow                Ray, Milvus (Lite and server), the browser, kill -9
+                                             and Ctrl-C loops, real processes racing, a real full
+                                             disk, the second store of store-parametrised tests
+    python3 -m pytest -m "slow or not slow"  everything (what .ci/run and README run)
+A module holding fast tests must be listed in FAST_MODULES (checked by tests/test_fast.py), so
+that `-m fast` collects only those modules and never imports torch."""
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -11,9 +23,13 @@ ROOT = Path(__file__).resolve().parent.parent
 CALTECH = Path(os.environ.get("GRACEFUL_CALTECH", ROOT.parent / "shared" / "data" / "caltech101"))
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
-# The modules whose tests are marked `fast`: `-m fast` collects only these, so the fast tier never
-# imports torch, streamlit or the models for tests it would deselect anyway.
-FAST_MODULES = {"test_fast.py", "test_plan.py"}
+# Modules with tests marked `fast`: with exactly `-m fast` only these are collected (importing the
+# others would load torch, streamlit and the models' modules for tests that are deselected).
+FAST_MODULES = {"test_fast.py", "test_plan.py", "test_images.py"}
+
+os.environ.setdefault("GRACEFUL_THREADS", "2")
+# ONNX exports of the backbones go to a cache of the test run's own, not the user's ~/.cache
+os.environ.setdefault("GRACEFUL_CACHE", str(ARTIFACTS / "cache"))
 
 
 def pytest_ignore_collect(collection_path, config):
@@ -21,11 +37,6 @@ def pytest_ignore_collect(collection_path, config):
             collection_path.name.startswith("test_") and collection_path.suffix == ".py":
         return collection_path.name not in FAST_MODULES
     return None
-
-
-os.environ.setdefault("GRACEFUL_THREADS", "2")
-# ONNX exports of the backbones go to a cache of the test run's own, not the user's ~/.cache
-os.environ.setdefault("GRACEFUL_CACHE", str(ARTIFACTS / "cache"))
 
 
 def caltech_subset(dest: Path, split: str, classes: list[str] | int, per_class: int) -> Path:
@@ -71,33 +82,71 @@ def home(tmp_path) -> Path:
     return tmp_path / "gallery"
 
 
-@pytest.fixture(scope="session")
-def gallery12_template(tmp_path_factory, few_photos) -> Path:
-    """The 12 `few_photos` indexed once per session (lite0, FAISS, albums from the folders),
-    closed; tests get their own copy (`copy_gallery`), never this one."""
-    from search.api import Gallery
-
-    home = tmp_path_factory.mktemp("gallery12") / "gallery"
-    with Gallery.open(home, create=True, store="faiss") as g:
-        assert g.add([few_photos]).added == 12
-    return home
+STORES = ["faiss", pytest.param("milvus", marks=pytest.mark.slow)]
 
 
-def copy_gallery(template: Path, dest: Path) -> Path:
-    """A test's own copy of a closed template gallery (catalog, photos, index files)."""
-    shutil.copytree(template, dest)
-    return dest
-
-
-@pytest.fixture(params=["faiss", pytest.param("milvus", marks=pytest.mark.slow)])
+@pytest.fixture(params=STORES)
 def store(request, monkeypatch) -> str:
     """Run a behavioural test once per vector store: new galleries (in this process and in the
     CLI processes it starts) take the store from GRACEFUL_STORE. Milvus is a Milvus Lite file
-    inside the gallery."""
+    inside the gallery; that variant belongs to the slow tier."""
     if request.param == "milvus":
         pytest.importorskip("milvus_lite", reason="graceful[milvus] is not installed")
     monkeypatch.setenv("GRACEFUL_STORE", request.param)
     return request.param
+
+
+# -- galleries built once per session --------------------------------------------------------
+
+def copy_gallery(src: Path, dest: Path) -> Path:
+    """A private copy of a closed gallery: catalog, photo store, index files, models, reports and
+    the Milvus Lite folder (milvus.db) when it has one. The fit feature cache stays behind (tests
+    that need it warm or cold decide themselves) and so does the lock file of the Milvus Lite
+    file's holder."""
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("cache", "milvus.db.lock"))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def gallery_snapshot(tmp_path_factory) -> Callable[[str, Callable[[Path], None]], Path]:
+    """`gallery_snapshot(key, build)`: the home of a gallery that `build(home)` made, built once
+    per session per key; `build` must leave it closed (so its files are a consistent snapshot:
+    the SQLite catalog checkpointed, the FAISS files saved, Milvus Lite flushed). Tests never
+    write to it: they take `copy_gallery(snapshot, their_home)`."""
+    built: dict[str, Path] = {}
+
+    def snapshot(key: str, build: Callable[[Path], None]) -> Path:
+        if key not in built:
+            home = tmp_path_factory.mktemp(f"snapshot-{key}") / "gallery"
+            build(home)
+            assert (home / "catalog.db").is_file(), f"the {key} snapshot was not built"
+            built[key] = home
+        return built[key]
+
+    return snapshot
+
+
+def ingested(paths: list[Path], store: str = "faiss") -> Callable[[Path], None]:
+    """A snapshot builder: a new lite0 gallery on `store` holding these photos (albums = folders)."""
+    def build(home: Path) -> None:
+        from search.api import Gallery
+        from search.ops.ingest import ingest
+
+        g = Gallery.open(home, create=True, store=store)
+        try:
+            ingest(g, paths)
+        finally:
+            g.close()
+    return build
+
+
+@pytest.fixture
+def album_gallery(gallery_snapshot, album_photos, tmp_path, request) -> Path:
+    """A private copy of a lite0 gallery of the 4 albums x 14 photos (album_photos), on the
+    test's `store` when it uses that fixture, else FAISS."""
+    store = request.getfixturevalue("store") if "store" in request.fixturenames else "faiss"
+    src = gallery_snapshot(f"albums-{store}", ingested([album_photos], store))
+    return copy_gallery(src, tmp_path / "album-gallery")
 
 
 @pytest.fixture(scope="session")
@@ -165,6 +214,73 @@ def _run_and_kill(cmd: list[str], env: dict, ready, timeout: float = 180) -> int
 @pytest.fixture
 def run_and_kill():
     return _run_and_kill
+
+
+# Run as `python -c PAUSE_HOOK MODULE ARGS...`: runs MODULE as __main__ with every SQLite
+# connection traced, and stops the process for good, writing the file $GRACEFUL_TEST_PAUSED
+# first ("in a transaction" or "outside a transaction"), just before it runs the statement
+# named by $GRACEFUL_TEST_PAUSE:
+#   write:KEY   the first write (INSERT/UPDATE) of the catalog's state row KEY
+#   commit:KEY  the COMMIT of the transaction that wrote state row KEY
+# So a test can SIGKILL a real CLI process at a known point inside a transaction, without a
+# hook in the product (the statements are the catalog's own; only `sqlite3.connect` is wrapped).
+PAUSE_HOOK = r"""
+import os, runpy, sqlite3, sys, time
+
+where, key = os.environ["GRACEFUL_TEST_PAUSE"].split(":", 1)
+marker = os.environ["GRACEFUL_TEST_PAUSED"]
+literal = "'" + key.upper() + "'"
+connect = sqlite3.connect
+
+
+def pause(conn):
+    with open(marker + ".tmp", "w") as f:
+        f.write("in a transaction" if conn.in_transaction else "outside a transaction")
+    os.replace(marker + ".tmp", marker)  # whole when it appears
+    while True:
+        time.sleep(3600)
+
+
+def traced(*args, **kwargs):
+    conn = connect(*args, **kwargs)
+    wrote = []
+
+    def trace(sql):
+        s = sql.lstrip().upper()
+        if s.startswith(("INSERT", "UPDATE", "REPLACE")) and literal in s:
+            if where == "write":
+                pause(conn)
+            wrote.append(s)
+        elif s.startswith("COMMIT") and wrote and where == "commit":
+            pause(conn)
+        elif s.startswith(("COMMIT", "ROLLBACK")):
+            wrote.clear()
+
+    conn.set_trace_callback(trace)
+    return conn
+
+
+sqlite3.connect = traced
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def _kill_at(module_args: list[str], env: dict, point: str, marker: Path,
+             timeout: float = 300) -> int:
+    """Run `python -m MODULE ARGS` (module_args) until it reaches `point` (see PAUSE_HOOK), then
+    SIGKILL it; returns its exit status. The marker file says that it really stopped there."""
+    import sys
+
+    marker.unlink(missing_ok=True)
+    env = {**env, "GRACEFUL_TEST_PAUSE": point, "GRACEFUL_TEST_PAUSED": str(marker)}
+    return _run_and_kill([sys.executable, "-c", PAUSE_HOOK, *module_args], env, marker.exists,
+                         timeout)
+
+
+@pytest.fixture
+def kill_at():
+    return _kill_at
 
 
 @pytest.fixture

@@ -21,7 +21,10 @@ def test_readme_python_example_runs(few_photos, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("12 photos added;") and "'airplanes'" in out[0]
     assert [line.split()[0] for line in out[1:4]] == ["1", "2", "3"]
-    assert out[4].split(" - ")[0] in ("better", "no worse", "compatible")
+    # 12 photos: fewer album photos than the pre-flight needs (16) to measure a gain, so it may
+    # only say that the spaces line up ("compatible"), never claim "better" or "no worse"
+    verdict, expectation = out[4].split(" - ", 1)
+    assert verdict == "compatible" and "only 12 checked photos are in albums" in expectation
     assert out[5] == "lite0"
     from search import Gallery
 

@@ -1,9 +1,10 @@
 """End to end in a real headless Chromium (Debian's), driven by Playwright: start the app on a
-free localhost port, upload photos, search, upgrade, compare, roll back. Screenshots go to a
-temporary folder; `python -m bench.screenshots` runs this test to refresh docs/screenshots/
-(README shows them)."""
+free localhost port, upload photos, search, upgrade, compare, roll back, fit and transform.
+Screenshots go to a temporary folder; `python -m bench.screenshots` runs the same walk-through
+to refresh docs/screenshots/ (README shows them)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -16,7 +17,12 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "docs" / "screenshots"  # refreshed by bench/screenshots.py, never by the test
+SHOT_NAMES = ["0-empty.png", "1-gallery.png", "2-search.png", "3-models.png", "4-compare.png",
+              "5-fitted.png"]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 
@@ -27,52 +33,73 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(home, album_photos):
-    if not shutil.which("chromium"):
-        pytest.fail("Debian's chromium is required for the browser test (apt-get install chromium)")
+class AppDidNotStart(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def running_app(home: Path, import_root: Path):
+    """`streamlit run app.py` on a free 127.0.0.1 port with GRACEFUL_HOME=home, reading server
+    folders under import_root; yields its URL, stops it after."""
     port = free_port()
     env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2",
            "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
-           "GRACEFUL_IMPORT_ROOTS": str(album_photos.parent)}
+           "GRACEFUL_IMPORT_ROOTS": str(import_root)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("the app did not start: " + proc.stdout.read().decode()[-2000:])
-    yield url
-    proc.terminate()
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            proc.kill()
+            raise AppDidNotStart("the app did not start: " + proc.stdout.read().decode()[-2000:])
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
-pytestmark = pytest.mark.slow
+CHROMIUM_MISSING = ("Debian's chromium is required for the browser walk-through "
+                    "(apt-get install chromium)")
 
 
 @pytest.fixture
-def shots(tmp_path) -> Path:
-    """Where the screenshots go: a temporary folder, or GRACEFUL_SCREENSHOTS (bench/screenshots.py)."""
-    folder = Path(os.environ.get("GRACEFUL_SCREENSHOTS") or tmp_path / "screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+def server(home, album_photos):
+    if not shutil.which("chromium"):
+        pytest.fail(CHROMIUM_MISSING)
+    with running_app(home, album_photos.parent) as url:
+        yield url
 
 
-def test_browser_upload_search_upgrade_compare_rollback(server, few_photos, album_photos, shots):
+def test_browser_upload_search_upgrade_compare_rollback(server, few_photos, album_photos, tmp_path):
+    shots = tmp_path / "screenshots"
+    tracked = {f.name: f.stat().st_mtime_ns for f in SHOTS.glob("*.png")}
+    walk_through(server, few_photos, album_photos, shots)
+    for name in SHOT_NAMES:  # written where it was told ...
+        assert (shots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    # ... and not into the checkout (python -m bench.screenshots refreshes those)
+    assert {f.name: f.stat().st_mtime_ns for f in SHOTS.glob("*.png")} == tracked
+
+
+def walk_through(server: str, few_photos: Path, album_photos: Path, shots: Path) -> None:
+    """The whole tour in a fresh gallery: 12 uploads (few_photos), search, upgrade, compare,
+    rollback, the 56 album photos indexed from the server, a fitted upgrade, a lite0 head and
+    its gallery transform; screenshots SHOT_NAMES into `shots`."""
     from playwright.sync_api import expect, sync_playwright
 
-    SHOTS = shots
+    shots.mkdir(parents=True, exist_ok=True)
     photos = sorted(few_photos.rglob("*.jpg"))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=FLAGS)
@@ -81,7 +108,7 @@ def test_browser_upload_search_upgrade_compare_rollback(server, few_photos, albu
         expect.set_options(timeout=60_000)
         page.goto(server)
         expect(page.get_by_text("Welcome to Graceful.")).to_be_visible()
-        page.screenshot(path=SHOTS / "0-empty.png")
+        page.screenshot(path=shots / "0-empty.png")
 
         sidebar = page.get_by_test_id("stSidebar")
 
@@ -94,26 +121,26 @@ def test_browser_upload_search_upgrade_compare_rollback(server, few_photos, albu
         expect(page.get_by_text(re.compile(r"Added 12 photos"))).to_be_visible()
         expect(page.get_by_text("12 photos · active model")).to_be_visible()
         page.wait_for_timeout(1500)  # thumbnails
-        page.screenshot(path=SHOTS / "1-gallery.png", full_page=True)
+        page.screenshot(path=shots / "1-gallery.png", full_page=True)
 
         go("Search")
         uploader = page.get_by_test_id("stFileUploader").filter(has_text="Search by photo")
         uploader.locator("input[type=file]").set_input_files(str(photos[0]))
         expect(page.get_by_text(re.compile(r"12 results · lite0"))).to_be_visible()
         page.wait_for_timeout(1500)
-        page.screenshot(path=SHOTS / "2-search.png", full_page=True)
+        page.screenshot(path=shots / "2-search.png", full_page=True)
 
         go("Models")
         page.get_by_role("button", name="Upgrade", exact=True).click()
         expect(page.get_by_text(re.compile(r"Upgraded lite0 → lite2-compat-lite0"))).to_be_visible()
         expect(page.get_by_text(re.compile(r"Pre-flight passed"))).to_be_visible()
-        page.screenshot(path=SHOTS / "3-models.png", full_page=True)
+        page.screenshot(path=shots / "3-models.png", full_page=True)
 
         go("Compare")
         page.get_by_role("button", name="Run comparison").click()
         expect(page.get_by_text(re.compile(r"lite0 → lite2-compat-lite0 · 1 queries"))).to_be_visible()
         page.wait_for_timeout(1500)
-        page.screenshot(path=SHOTS / "4-compare.png", full_page=True)
+        page.screenshot(path=shots / "4-compare.png", full_page=True)
 
         go("Models")
         page.get_by_role("button", name=re.compile(r"Roll back to lite0")).click()
@@ -143,7 +170,7 @@ def test_browser_upload_search_upgrade_compare_rollback(server, few_photos, albu
         # the fit report and its plan sit below the fold of Streamlit's scrolling main area
         plan.evaluate("e => e.scrollIntoView({block: 'start'})")
         page.wait_for_timeout(1500)  # the chart
-        page.screenshot(path=SHOTS / "5-fitted.png")
+        page.screenshot(path=shots / "5-fitted.png")
         # the gallery-moving path: a head on lite0 from the stored vectors, then the plan's button
         page.get_by_test_id("stSelectbox").filter(has_text="New backbone").click()
         page.keyboard.type("lite0")

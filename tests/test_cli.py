@@ -14,7 +14,7 @@ def run(home, *args):
     return r
 
 
-@pytest.mark.parametrize("store", ["faiss", "milvus"])
+@pytest.mark.parametrize("store", ["faiss", pytest.param("milvus", marks=pytest.mark.slow)])
 def test_index_search_info_models_json(home, few_photos, store):
     r = run(home, "index", few_photos, "--store", store, "--json")
     assert r.exit_code == 0, r.output

@@ -45,6 +45,10 @@ def test_independent_fails_and_bct_passes_the_criterion(small_split):
 def test_graceful_train_writes_a_compatible_checkpoint(small_split, tmp_path):
     train, test, cache = small_split
     home = tmp_path / "home"
+    if cache.is_dir():  # the lite0/lite2 features the benchmark above extracted from these photos
+        import shutil  # (content-addressed): this test is about what train writes, not extraction
+
+        shutil.copytree(cache, home / "cache")
     r = CliRunner().invoke(cli, ["--home", str(home), "train", "--old", "lite0", "--backbone", "lite2",
                                  "--method", "bct", "--data", str(train), "--eval", str(test),
                                  "--out", "my-upgrade", "--epochs", "20", "--json"],

@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import copy_gallery
 from click.testing import CliRunner
 from PIL import Image
 
@@ -38,9 +36,16 @@ def n_images(home: Path) -> int:
 
 
 @pytest.fixture
-def gallery12(home, gallery12_template) -> Path:
-    """12 photos of 3 albums, lite0, FAISS: a copy of the session's template."""
-    return copy_gallery(gallery12_template, home)
+def gallery12(home, few_photos, gallery_snapshot) -> Path:
+    """A private copy of a lite0 gallery of the 12 few_photos, indexed once per session by
+    `graceful index`."""
+    from conftest import copy_gallery
+
+    def build(dest: Path) -> None:
+        r = run(dest, "index", few_photos)
+        assert r.exit_code == 0, r.output
+
+    return copy_gallery(gallery_snapshot("few-cli", build), home)
 
 
 def test_devices_fifos_and_system_folders_are_refused(home, few_photos, tmp_path):
@@ -60,7 +65,7 @@ def test_devices_fifos_and_system_folders_are_refused(home, few_photos, tmp_path
     assert json.loads(r.stdout)["added"] == 4
 
 
-@pytest.mark.slow  # several processes, kill -9 or waits on locks
+@pytest.mark.slow  # real processes racing (or a real full disk): the slow tier
 def test_concurrent_creation_runs_the_migration_once(tmp_path):
     """Two processes creating the same gallery at once: both open it, no 'already exists'."""
     code = ("import sys; from search.storage.catalog import Catalog; c = Catalog(sys.argv[1]); "
@@ -74,7 +79,7 @@ def test_concurrent_creation_runs_the_migration_once(tmp_path):
         assert all(o[0].strip() == str(SCHEMA_VERSION) for o in outs)
 
 
-@pytest.mark.slow  # several processes, kill -9 or waits on locks
+@pytest.mark.slow  # real processes racing (or a real full disk): the slow tier
 def test_two_index_runs_creating_one_gallery_at_once(home, few_photos):
     env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "search.cli", "index", str(few_photos / c)],
@@ -87,7 +92,6 @@ def test_two_index_runs_creating_one_gallery_at_once(home, few_photos):
     assert r.exit_code == 0 and json.loads(r.stdout)["ok"]
 
 
-@pytest.mark.slow  # several processes, kill -9 or waits on locks
 def test_a_busy_gallery_waits_then_says_so(gallery12, few_photos):
     """Another process holds the write lock: a writer waits (GRACEFUL_DB_TIMEOUT), then one line."""
     holder = sqlite3.connect(gallery12 / "catalog.db", isolation_level=None)
@@ -203,10 +207,14 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-@pytest.mark.slow  # several processes, kill -9 or waits on locks
-def test_disk_full(tiny_disk, few_photos):
-    home = tiny_disk / "g"
-    assert graceful(home, "index", few_photos / "airplanes").returncode == 0
+@pytest.mark.slow  # real processes racing (or a real full disk): the slow tier
+def test_disk_full(tiny_disk, few_photos, gallery_snapshot):
+    from conftest import copy_gallery, ingested
+
+    # a 4-photo gallery (indexed once per session) on the small disk
+    home = copy_gallery(gallery_snapshot("airplanes", ingested([few_photos / "airplanes"])),
+                        tiny_disk / "g")
+    assert n_images(home) == 4
     filler = tiny_disk / "filler"
     with open(filler, "wb") as f:
         try:
@@ -419,7 +427,7 @@ def test_a_rollback_racing_an_upgrade_keeps_the_history(gallery12, make_checkpoi
     g1.close(), g2.close()
 
 
-@pytest.mark.slow  # several processes, kill -9 or waits on locks
+@pytest.mark.slow  # real processes racing (or a real full disk): the slow tier
 def test_concurrent_upgrades_and_rollbacks_keep_the_history(gallery12, make_checkpoint):
     """Real processes: an upgrade and a rollback started at the same time, several rounds."""
     for name in ("tiny-a", "tiny-b"):
@@ -565,7 +573,6 @@ def test_album_names_do_not_render_as_markdown_in_the_app(home, few_photos, monk
     assert not any("[new](" in v or "![x](" in v for v in shown)
 
 
-@pytest.mark.slow  # several processes, kill -9 or waits on locks
 def test_temp_files_of_a_killed_save_are_removed_on_the_next_save(gallery12, few_photos):
     """A save killed mid-write (kill -9 during an sq8/pq reindex of a large gallery) leaves
     `.NAME.PID.XXXX.tmp` files in index/; the next open or save removes those of writers that

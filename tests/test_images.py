@@ -9,6 +9,8 @@ from PIL import Image
 
 from models.imageio import BadImage, decode
 
+pytestmark = pytest.mark.fast  # PIL and numpy only, no torch
+
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()

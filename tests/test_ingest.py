@@ -118,7 +118,7 @@ def test_leave_one_out_retrieval_is_far_above_chance(home, caltech_small):
     assert res.hits[0].image_id == int(found[0, 1]) and len(res.hits) == 3
 
 
-@pytest.mark.slow  # kill -9 loops
+@pytest.mark.slow
 @pytest.mark.usefixtures("store")
 def test_kill_9_during_ingest_then_resume(home, caltech_small, run_and_kill):
     env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
@@ -141,7 +141,7 @@ def test_kill_9_during_ingest_then_resume(home, caltech_small, run_and_kill):
     assert how == "loaded" and idx.ntotal == 206
 
 
-@pytest.mark.slow  # several processes, kill -9 or waits on locks
+@pytest.mark.slow
 @pytest.mark.usefixtures("store")
 def test_ctrl_c_stops_cleanly_and_resumes(home, caltech_small):
     env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}

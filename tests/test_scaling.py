@@ -62,6 +62,7 @@ def vectors_of(home: Path, model: str) -> dict[str, np.ndarray]:
             "WHERE v.model = ?", [model])}
 
 
+@pytest.mark.slow
 def test_ray_jobs_write_what_the_plain_path_writes(ray_cluster, home, tmp_path, few_photos):
     """index, backfill and reembed on Ray workers into a Milvus gallery: the same vectors and
     image facts as the plain path into a FAISS gallery, bad files reported by the workers."""
@@ -69,8 +70,9 @@ def test_ray_jobs_write_what_the_plain_path_writes(ray_cluster, home, tmp_path, 
     photos = tmp_path / "photos"
     shutil.copytree(few_photos, photos)
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    plain = tmp_path / "plain"
-    cli(plain, "index", photos, "--json")
+    plain = tmp_path / "plain"  # the reference: the plain path, in this process (models loaded once)
+    ref = Gallery.open(plain, create=True, store="faiss")
+    ref.add([photos])
 
     report = json.loads(cli(home, "index", photos, "--store", "milvus", "--ray", ray_cluster,
                             "--ray-workers", "2", "--json").stdout)
@@ -84,10 +86,11 @@ def test_ray_jobs_write_what_the_plain_path_writes(ray_cluster, home, tmp_path, 
         assert a.execute(facts).fetchall() == b.execute(facts).fetchall()
 
     cli(home, "upgrade", SHIPPED)
-    cli(plain, "upgrade", SHIPPED)
+    ref.upgrade(SHIPPED)
     out = json.loads(cli(home, "backfill", "--ray", ray_cluster, "--json").stdout)
     assert out["done"] == 12 and out["status"]["fraction_backfilled"] == 1.0
-    cli(plain, "backfill")
+    assert ref.backfill().done == 12
+    ref.close()
     ray_v, plain_v = vectors_of(home, SHIPPED), vectors_of(plain, SHIPPED)
     assert len(ray_v) == 12 and min(float(ray_v[k] @ plain_v[k]) for k in ray_v) > 0.9999
 
@@ -98,10 +101,12 @@ def test_ray_jobs_write_what_the_plain_path_writes(ray_cluster, home, tmp_path, 
     assert hits[0]["name"] == query.name and hits[0]["embedded_by"] == "lite1"
 
 
-def test_kill_9_during_a_ray_backfill_then_resume(ray_cluster, home, caltech_small, run_and_kill):
-    g = Gallery.open(home, create=True)
-    g.add([caltech_small])
+@pytest.mark.slow
+def test_kill_9_during_a_ray_backfill_then_resume(ray_cluster, album_gallery, run_and_kill):
+    home = album_gallery  # a copy of the session's 56-photo lite0 gallery (conftest)
+    g = Gallery.open(home)
     n = g.catalog.count_images()
+    assert n == 56
     g.upgrade(SHIPPED)
     g.close()
     env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
@@ -120,6 +125,7 @@ def test_kill_9_during_a_ray_backfill_then_resume(ray_cluster, home, caltech_sma
     g.close()
 
 
+@pytest.mark.slow
 def test_ray_auto_starts_a_local_runtime_and_bad_addresses_are_one_line(home, few_photos):
     pytest.importorskip("ray", reason="graceful[ray] is not installed")
     r = cli(home, "index", few_photos / "airplanes", "--ray", "auto", "--ray-workers", "1",
@@ -158,6 +164,7 @@ def milvus_gallery(home, few_photos) -> Gallery:
     return g
 
 
+@pytest.mark.slow
 def test_milvus_collection_is_checked_against_the_catalog_on_open(milvus_gallery):
     g = milvus_gallery
     name = g.vector_store.collection("lite0")
@@ -180,6 +187,7 @@ def test_milvus_collection_is_checked_against_the_catalog_on_open(milvus_gallery
     g.close()
 
 
+@pytest.mark.slow
 def test_moving_a_gallery_between_stores_keeps_every_search(home, few_photos):
     pytest.importorskip("milvus_lite", reason="graceful[milvus] is not installed")
     g = Gallery.open(home, create=True)
@@ -208,6 +216,7 @@ def test_moving_a_gallery_between_stores_keeps_every_search(home, few_photos):
     g.close()
 
 
+@pytest.mark.slow
 def test_milvus_lite_file_held_by_another_process_is_one_line(milvus_gallery):
     g = milvus_gallery
     g.index()  # this process holds the Milvus Lite file

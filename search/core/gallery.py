@@ -180,9 +180,6 @@ class GalleryCore:
             self.catalog.set_active_model(model.name)
             self.catalog.log_event(reason, model=model.name, previous=previous,
                                    space=space or self.space_for(model))
-            if self.settings.test_hold_switch:  # tests: kill -9 lands inside this transaction
-                Path(self.settings.test_hold_switch).touch()
-                time.sleep(60)
 
     def ensure_model(self, requested: str | None) -> Embedder:
         """The model that ingest uses: the active one; a new gallery takes `requested`."""
