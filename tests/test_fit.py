@@ -17,7 +17,8 @@ from click.testing import CliRunner
 
 from search.storage.catalog import SCHEMA_VERSION, Catalog, _migrate_to_1
 from search.cli import cli
-from search.ops.fit import FitError, FitRefused, FitRequest, fit_upgrade, stratified
+from search.ops.fit import FitRefused, FitRequest, fit_upgrade
+from search.ops.fit_sample import FitError, stratified
 from search.api import Gallery
 
 from conftest import ALBUM_CLASSES
