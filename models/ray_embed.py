@@ -25,21 +25,20 @@ K = TypeVar("K")
 
 IN_FLIGHT_PER_WORKER = 2  # batches queued per actor: keeps it busy while one result travels
 START_TIMEOUT_ENV = "GRACEFUL_RAY_START_TIMEOUT"  # s to start a local runtime / join a cluster
-DEFAULT_START_TIMEOUT = 60.0  # a local runtime gets one more try with twice as long
 LOAD_TIMEOUT_ENV = "GRACEFUL_RAY_LOAD_TIMEOUT"  # s for every worker to load its model
-DEFAULT_LOAD_TIMEOUT = 600.0
-
-
-def _seconds(env: str, default: float) -> float:
-    """A timeout from the settings (GRACEFUL_RAY_START_TIMEOUT / GRACEFUL_RAY_LOAD_TIMEOUT)."""
-    from models.settings import Settings
-
-    s = Settings.from_env()
-    return {START_TIMEOUT_ENV: s.ray_start_timeout, LOAD_TIMEOUT_ENV: s.ray_load_timeout}.get(env, default)
 
 
 def start_timeout() -> float:
-    return _seconds(START_TIMEOUT_ENV, DEFAULT_START_TIMEOUT)
+    """Seconds to start a local runtime (one more try with twice as long) or join a cluster."""
+    from models.settings import Settings
+
+    return Settings.from_env().ray_start_timeout
+
+
+def load_timeout() -> float:
+    from models.settings import Settings
+
+    return Settings.from_env().ray_load_timeout
 
 
 class RayStartTimeout(TimeoutError):
@@ -365,8 +364,7 @@ class RayEmbedPool:
             self.actors = [actor.remote(package, threads_per_worker) for _ in range(self.workers)]
             # waits for every actor's model: a worker that cannot build it fails here, at once
             self.runtimes = sorted(set(ray.get([a.runtime.remote() for a in self.actors],
-                                               timeout=_seconds(LOAD_TIMEOUT_ENV,
-                                                                DEFAULT_LOAD_TIMEOUT))))
+                                               timeout=load_timeout())))
         except BaseException:
             self.close()
             raise

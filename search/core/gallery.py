@@ -370,12 +370,13 @@ class GalleryCore:
         raise GalleryError(f"no gallery image {ref!r} (give an image id or a sha256 prefix)")
 
     # -- reports ----------------------------------------------------------------------------
-    def save_report(self, kind: str, tag: str, report: dict) -> Path:
-        """Write `report` as reports/KIND-TIMESTAMP-TAG.json (atomically); returns its path."""
+    def save_report(self, kind: str, tag: str, report: dict, path: Path | None = None) -> Path:
+        """Write `report` as reports/KIND-TIMESTAMP-TAG.json, or over `path` (a report saved
+        before), atomically; returns its path."""
         from models.fsutil import atomic_write_bytes
 
         safe = tag.replace(":", "_").replace("/", "_")
-        path = self.reports_dir / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{safe}.json"
+        path = path or self.reports_dir / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{safe}.json"
         atomic_write_bytes(path, json.dumps(report, indent=1, default=str).encode())
         return path
 

@@ -9,7 +9,6 @@ not saved without `force`.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ from models.checkpoint import SUFFIX, CheckpointMeta, fingerprint, save_checkpoi
 from models.compat_train import NAME_RE
 from models.compatible import HeadEmbedder
 from models.features import extract
-from models.fsutil import atomic_write_bytes
 from models.progress import Progress
 from models.heads import build_head
 from models.train import LABELLED_METHODS, TrainConfig, old_classifier_rows, train_head
@@ -284,7 +282,7 @@ def fit_upgrade(gallery: GalleryCore, req: FitRequest) -> dict:
         "images_per_second": round(rate, 2) if sample.embedded else None,
         "created_at": time.time(), "path": None,
     }
-    report["report"] = str(_save_report(gallery, report))
+    report["report"] = str(gallery.save_report("fit", report["name"], report))
     if not passed and not req.force:
         raise FitRefused(
             f"{req.out} was not saved: measured on {len(sample.held)} held-out photos of this "
@@ -313,7 +311,7 @@ def fit_upgrade(gallery: GalleryCore, req: FitRequest) -> dict:
     path = save_checkpoint(dest, meta, trained.head, aux=aux)
     report["path"] = str(path)
     report["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
-    _save_report(gallery, report, Path(report["report"]))
+    gallery.save_report("fit", report["name"], report, Path(report["report"]))
     return report
 
 
@@ -391,10 +389,3 @@ def _compact(report: dict) -> dict:
                                    "sample", "held_out", "passed", "verdict", "expectation",
                                    "seconds", "vector_only", "photos_embedded", "plan",
                                    "recommended", "recommendation", "gallery_state", "measured")}
-
-
-def _save_report(gallery: GalleryCore, report: dict, path: Path | None = None) -> Path:
-    if path is None:
-        return gallery.save_report("fit", report["name"], report)
-    atomic_write_bytes(path, json.dumps(report, indent=1, default=str).encode())
-    return path

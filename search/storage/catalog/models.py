@@ -28,13 +28,7 @@ class ModelsRepo(StateRepo):
         return self.get_state(self.SERVING_SPACES, {}).get(model)
 
     def set_serving_space(self, model: str, space: str | None) -> None:
-        with self.transaction():
-            spaces = self.get_state(self.SERVING_SPACES, {})
-            if space is None:
-                spaces.pop(model, None)
-            else:
-                spaces[model] = space
-            self.set_state(self.SERVING_SPACES, spaces)
+        self.set_state_entry(self.SERVING_SPACES, model, space)
 
     # -- models ---------------------------------------------------------------------------
     def register_model(self, info: dict, source: str) -> None:

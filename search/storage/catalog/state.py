@@ -23,6 +23,16 @@ class StateRepo(Db):
     def set_state(self, key: str, value: Any) -> None:
         self.db["state"].upsert({"key": key, "value": json.dumps(value)}, pk="key")
 
+    def set_state_entry(self, key: str, name: str, value: Any) -> None:
+        """Set one entry of the dict kept under `key` (None removes it), in one transaction."""
+        with self.transaction():
+            entries = self.get_state(key, {})
+            if value is None:
+                entries.pop(name, None)
+            else:
+                entries[name] = value
+            self.set_state(key, entries)
+
     def index_kind(self) -> str:
         return self.get_state(self.INDEX_KIND, "flat")
 
@@ -60,13 +70,7 @@ class StateRepo(Db):
         return self.get_state(self.STORE_SYNCED, {}).get(space)
 
     def set_store_synced(self, space: str, record: dict | None) -> None:
-        with self.transaction():
-            synced = self.get_state(self.STORE_SYNCED, {})
-            if record is None:
-                synced.pop(space, None)
-            else:
-                synced[space] = record
-            self.set_state(self.STORE_SYNCED, synced)
+        self.set_state_entry(self.STORE_SYNCED, space, record)
 
     def runtimes(self) -> dict[str, list[str]]:
         """Per model, the inference paths (torch, onnxruntime) that computed its stored vectors."""
