@@ -8,6 +8,7 @@ Names a user can give:
   openclip:ARCH:TAG                      open_clip with a hub tag (needs the model hub)
   openclip:ARCH:/path/to/weights.pt      open_clip from a local file (offline)
   openclip:ARCH:random                   open_clip with random weights (for tests)
+  fused:OLD+BRIDGE@W                     OLD and BRIDGE's backbone searched together (models.fused)
 """
 from __future__ import annotations
 
@@ -116,6 +117,15 @@ def available(dirs: list[Path] | None = None) -> list[ModelEntry]:
 def resolve(name: str, dirs: list[Path] | None = None) -> ModelEntry:
     if name in LITE_VARIANTS:
         return next(e for e in available([]) if e.name == name)
+    if name.startswith("fused:"):
+        from .bridge import parse_fused
+
+        try:
+            old, bridge, _ = parse_fused(name)
+        except ValueError as e:
+            raise UnknownModelError(str(e)) from None
+        resolve(old, dirs), resolve(bridge, dirs)  # both must exist
+        return ModelEntry(name, "fused", name, None, "")
     if name.startswith("openclip:"):
         parts = name.split(":", 2)
         if len(parts) != 3 or not parts[1]:
@@ -157,8 +167,18 @@ def load(name: str, dirs: list[Path] | None = None) -> Embedder:
 
             arch, tag = entry.name.split(":", 2)[1:]
             model = OpenClipEmbedder(arch, None if tag == "random" else tag)
+        elif entry.kind == "fused":
+            model = None
         else:
             model = None  # built below, outside the lock, since it loads its backbone
+    if model is None and entry.kind == "fused":
+        from .bridge import parse_fused
+        from .fused import FusedEmbedder
+
+        old, bridge_name, weight = parse_fused(entry.name)
+        bridge = load(bridge_name, dirs)
+        model = FusedEmbedder(load(old, dirs), load(bridge.meta.backbone, dirs),  # type: ignore[attr-defined]
+                              bridge, weight)
     if model is None:
         from .compatible import HeadEmbedder
 

@@ -87,16 +87,52 @@ def cross_fitted(x: np.ndarray, y: np.ndarray, lams=LAMBDAS, folds: int = FOLDS,
     return float(lams[best]), normalise(preds[best]).astype(np.float32)
 
 
-def fit_linear_map(old: np.ndarray, new: np.ndarray, seed: int = 0) -> tuple[LinearMap, np.ndarray]:
-    """Learn h: stored vector -> the model's embedding from pairs of the same photos. Returns
-    the map (fitted on every pair) and its out-of-fold predictions (for honest measurement)."""
+def procrustes_weight(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The (semi-)orthogonal W minimising |x W - y| for centred x, y: U V^T of svd(x^T y).
+    With fewer pairs than dimensions, x^T y has rank n: its SVD comes from an n-row matrix
+    (like ridge, the map then acts on the span of the pairs only)."""
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    if len(x) >= x.shape[1]:
+        u, _, vt = np.linalg.svd(x.T @ y, full_matrices=False)
+        return u @ vt
+    q, r = np.linalg.qr(x.T)  # x^T = q r: x^T y = q (r y)
+    u, _, vt = np.linalg.svd(r @ y, full_matrices=False)
+    return (q @ u) @ vt
+
+
+def procrustes_oof(x: np.ndarray, y: np.ndarray, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
+    """Out-of-fold predictions of an orthogonal Procrustes map (no strength to choose)."""
+    n = len(x)
+    fold_of = np.random.default_rng(seed).permutation(n) % max(2, min(folds, n))
+    preds = np.zeros((n, y.shape[1]), np.float64)
+    for f in np.unique(fold_of):
+        tr, te = fold_of != f, fold_of == f
+        mi, mo = x[tr].mean(0), y[tr].mean(0)
+        preds[te] = (x[te] - mi) @ procrustes_weight(x[tr] - mi, y[tr] - mo) + mo
+    return normalise(preds).astype(np.float32)
+
+
+MAP_KINDS = ("ridge", "procrustes")
+
+
+def fit_linear_map(old: np.ndarray, new: np.ndarray, seed: int = 0, kind: str = "ridge"
+                   ) -> tuple[LinearMap, np.ndarray]:
+    """Learn h: stored vector -> the model's embedding from pairs of the same photos, by ridge
+    regression or orthogonal Procrustes (`kind`). Returns the map (fitted on every pair) and its
+    out-of-fold predictions (for honest measurement)."""
     old = np.asarray(old, np.float32)
     new = normalise(np.asarray(new, np.float32))
     if len(old) < 2 * FOLDS:
         raise ValueError(f"a gallery transform needs at least {2 * FOLDS} photo pairs, got {len(old)}")
-    lam, oof = cross_fitted(old, new, seed=seed)
+    if kind not in MAP_KINDS:
+        raise ValueError(f"unknown map kind {kind!r}; choose from {', '.join(MAP_KINDS)}")
     mi, mo = old.mean(0), new.mean(0)
-    w = _ridge_solutions(old - mi, new - mo, [lam])[0].astype(np.float32)
+    if kind == "ridge":
+        lam, oof = cross_fitted(old, new, seed=seed)
+        w = _ridge_solutions(old - mi, new - mo, [lam])[0].astype(np.float32)
+    else:
+        lam, oof = 0.0, procrustes_oof(old, new, seed=seed)
+        w = procrustes_weight(old - mi, new - mo).astype(np.float32)
     # the expected residual of a vector, learned from the out-of-fold residuals (FastFill-style:
     # a backfill replaces the vectors the map got most wrong first)
     residual = 1.0 - _cosine(oof, new)
@@ -105,7 +141,7 @@ def fit_linear_map(old: np.ndarray, new: np.ndarray, seed: int = 0) -> tuple[Lin
     ri = old.mean(0)
     rw = _ridge_solutions(old - ri, (residual - rm)[:, None], [r_lam])[0][:, 0]
     rb = float(rm - ri @ rw)
-    spec = {"kind": "linear", "lambda": lam, "in_dim": int(old.shape[1]), "out_dim": int(new.shape[1]),
+    spec = {"kind": "linear", "map": kind, "lambda": lam, "in_dim": int(old.shape[1]), "out_dim": int(new.shape[1]),
             "pairs": int(len(old)), "oof_cosine": round(float(1 - residual.mean()), 4),
             "exact": False}
     return LinearMap(w, mi.astype(np.float32), mo.astype(np.float32), rw.astype(np.float32), rb,

@@ -173,8 +173,9 @@ class Gallery(GalleryCore):
 
     # -- upgrades -------------------------------------------------------------------------
     def upgrade(self, name: str, *, force: bool = False, dry_run: bool = False,
-                sample: int | None = None, transform: bool = False,
-                progress: ProgressArg = False, should_stop=None) -> "UpgradeResult":
+                sample: int | None = None, transform: bool = False, mode: str | None = None,
+                weight: float | None = None, progress: ProgressArg = False,
+                should_stop=None) -> "UpgradeResult":
         """Switch the query model after its pre-flight check; returns an UpgradeResult (a
         refusal raises PreflightRefused, whose `.result` says what was measured). With
         `transform`, the stored vectors move into the model's own space first."""
@@ -184,7 +185,8 @@ class Gallery(GalleryCore):
         with _reporter(progress, "vec") as on_progress:
             return upgrade(self, name, force=force, dry_run=dry_run,
                            sample=sample or PREFLIGHT_SAMPLE, transform=transform,
-                           should_stop=should_stop, on_progress=on_progress)
+                           should_stop=should_stop, on_progress=on_progress, mode=mode,
+                           weight=weight)
 
     def rollback(self) -> "RollbackResult":
         from search.ops.upgrade import rollback
@@ -232,12 +234,14 @@ class Gallery(GalleryCore):
               progress: ProgressArg = False, should_stop=None) -> dict:
         """Fit an upgrade to this gallery (`graceful train --from-gallery`); returns its
         report. A model measured worse raises FitRefused unless `force`."""
+        from search.ops.bridge import fit_bridge, wants_bridge
         from search.ops.fit import FitRequest, fit_upgrade
 
         with _reporter(progress) as on_progress:
-            return fit_upgrade(self, FitRequest(backbone, out, method, sample, loss, epochs,
-                                                force=force, replace=force or replace,
-                                                on_progress=on_progress, should_stop=should_stop))
+            req = FitRequest(backbone, out, method, sample, loss, epochs, force=force,
+                             replace=force or replace, on_progress=on_progress,
+                             should_stop=should_stop)
+            return (fit_bridge if wants_bridge(self, req) else fit_upgrade)(self, req)
 
     def latest_fit_report(self) -> dict | None:
         return self.latest_report("fit")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from search.units import duration_text
 
 __all__ = ["duration_text", "preflight_summary", "lost_first", "next_command", "plan_table",
-           "fit_pairs", "fit_lines", "plan_lines", "compat_cell", "compat_lines", "info_lines"]
+           "fit_pairs", "fit_lines", "bridge_lines", "command_text", "plan_lines", "compat_cell", "compat_lines", "info_lines"]
 
 PAIR_LABELS = {"old/old": "before (old model)", "new/old": "after the upgrade",
                "new/new": "after a full backfill"}
@@ -91,6 +91,42 @@ def fit_lines(r: dict) -> list[str]:
     if r.get("plan"):
         lines += plan_lines(r)
     lines.append(f"verdict: {r['verdict']} - {r['expectation']}")
+    return lines
+
+
+def command_text(argv: list[str] | None) -> str | None:
+    return "graceful " + " ".join(argv) if argv else None
+
+
+def bridge_lines(r: dict) -> list[str]:
+    """A label-free bridge's report: the sample, the maps and the plan of every path."""
+    s, m = r["sample"], r["measured"]
+    curve = ", ".join(f"{c['photos']}: {c['oof_cosine']:.3f}" for c in s["curve"])
+    lines = [f"bridge {r['name']}: {r['old_model']} (space {r['space']}) <-> {r['backbone']}, "
+             f"{r['photos_embedded']} of {r['gallery_photos']} photos embedded by "
+             f"{r['backbone']} (learning curve, photos: map cosine {curve}); "
+             f"{r['seconds']['total']:.0f} s",
+             f"  maps: gallery {r['maps']['gallery']['map']}, query {r['maps']['query']['map']}",
+             f"plan ({m['queries']} held-out photos searching {m['reference']} photos of the "
+             f"gallery; ± standard error; fidelity: share of a full re-embed's first 10 results, "
+             f"kept: share of the old search's first 10):"]
+    labelled = r["labelled"]
+    head = f"  {'path':<10} {'fidelity':>14} {'kept':>14}"
+    if labelled:
+        head += f" {'top-1':>6} {'mAP':>6} {'NFR':>6} {'lost@5':>7}"
+    lines.append(head + f" {'photos':>7} {'time':>8}")
+    for p in r["plan"]:
+        name = p["path"] + (f"@{p['weight']:.2f}" if p["path"] == "fused" else "")
+        row = (f"  {name:<10} {p['fidelity']:>6.3f} ±{p['fidelity_se']:.3f} "
+               f"{p['kept_old']:>6.3f} ±{p['kept_old_se']:.3f}")
+        if labelled:
+            row += f" {p['top1']:>6.3f} {p['map']:>6.3f} {p['nfr']:>6.3f} {p['lost_at_5']:>7.3f}"
+        mark = " *" if p["path"] == r["recommended"] else ("  !" if p["flags"] else "")
+        lines.append(row + f" {p['photos_embedded']:>7} {duration_text(p['seconds']):>8}{mark}")
+        lines += [f"      ! {flag}" for flag in p["flags"]]
+    lines.append(f"  {r['recommendation']}")
+    nxt = command_text(r.get("next_command"))
+    lines.append(f"next: {nxt}" if nxt else f"next: keep {r['old_model']}")
     return lines
 
 

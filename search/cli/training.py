@@ -18,8 +18,9 @@ from search.cli.base import Context, bars, echo_lines, emit_json, fail, interrup
 @click.option("--old", "old_name", help="The model to be compatible with (e.g. lite0).")
 @click.option("--backbone", required=True, help="The new, frozen backbone (e.g. lite2).")
 @click.option("--method", type=click.Choice(
-    ["auto", "independent", "l2", "bct", "pct", "adapter", "procrustes"]),
-    help="With --from-gallery default auto: pct when albums give labels, else adapter.")
+    ["auto", "independent", "l2", "bct", "pct", "adapter", "procrustes", "bridge"]),
+    help="With --from-gallery default auto: pct when albums give labels, else bridge (a "
+         "label-free bridge to a backbone of another space: query map, gallery map, fused).")
 @click.option("--data", type=click.Path(path_type=Path),
               help="ImageFolder (one sub-folder per class); any image folder for adapter/procrustes.")
 @click.option("--sample", type=int, help="--from-gallery: photos the new backbone runs on "
@@ -107,6 +108,9 @@ def fit_from_gallery(obj: Context, backbone, out, method, sample, loss, epochs, 
         fail(e)
     if as_json:
         emit_json(report)
+        return
+    if report["method"] == "bridge":
+        echo_lines(render.bridge_lines(report))
         return
     echo_lines(render.fit_lines(report))
     click.echo(f"saved {report['name']} ({report['method']} on {report['backbone']}, space "

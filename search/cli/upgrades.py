@@ -18,17 +18,27 @@ from search.cli.base import Context, bars, emit_json, fail, interrupted, ray_fla
 @click.option("--sample", default=64, show_default=True, help="Photos in the pre-flight sample.")
 @click.option("--transform", is_flag=True, help="Also move the gallery: map every stored vector "
               "into NAME's own space by arithmetic (no photo decoded; resumable), then switch.")
+@click.option("--mode", type=click.Choice(["native", "queries", "fused"]),
+              help="For a model of another space, through its bridge (train --from-gallery): "
+                   "native = move the stored vectors into its space by the gallery map; queries "
+                   "= its queries mapped into the gallery's space; fused = search both "
+                   "generations together. Default: the bridge's recommended path.")
+@click.option("--weight", type=float, help="--mode fused: the old space's weight (0-1; "
+              "default: the bridge plan's choice).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def upgrade_cmd(obj: Context, name, force, dry_run, sample, transform, as_json) -> None:
+def upgrade_cmd(obj: Context, name, force, dry_run, sample, transform, mode, weight,
+                as_json) -> None:
     """Make NAME the query model, instantly, when it is compatible with the gallery's space.
 
-    With --transform the stored vectors move into NAME's space first (see the fit's plan)."""
+    With --transform the stored vectors move into NAME's space first (see the fit's plan). A
+    model of another space goes through the bridge fitted to it (--mode)."""
     from search.api import PreflightRefused
 
     try:
         result = obj.gallery().upgrade(name, force=force, dry_run=dry_run, sample=sample,
-                                       transform=transform, progress=bars(as_json))
+                                       transform=transform, mode=mode, weight=weight,
+                                       progress=bars(as_json))
     except KeyboardInterrupt:
         interrupted("vectors moved so far are kept; run the same command again to continue")
     except PreflightRefused as e:
@@ -39,20 +49,21 @@ def upgrade_cmd(obj: Context, name, force, dry_run, sample, transform, as_json) 
         emit_json(result.as_dict())
         return
     p = result.preflight
-    click.echo(render.preflight_summary(p) + (" (forced)" if result.forced else ""))
-    for reason in p.reasons:
-        click.echo(f"  {reason}")
+    if p is not None:
+        click.echo(render.preflight_summary(p) + (" (forced)" if result.forced else ""))
+        for reason in p.reasons:
+            click.echo(f"  {reason}")
     for warning in result.warnings:
         click.echo(f"  warning: {warning}")
     if result.next_step:
         click.echo(result.next_step["text"])
     if result.changed and result.transform:
         click.echo(f"upgraded {result.previous} -> {result.model} in {result.seconds:.1f} s "
-                   f"(space {result.space}, {result.vectors_transformed} vectors transformed, "
-                   f"{result.photos_embedded} photos embedded)")
+                   f"({result.mode} mode, space {result.space}, {result.vectors_transformed} "
+                   f"vectors transformed, {result.photos_embedded} photos embedded)")
     elif result.changed:
         click.echo(f"upgraded {result.previous} -> {result.model} in {result.switch_ms:.1f} ms "
-                   f"(space {result.space}, 0 vectors recomputed)")
+                   f"({result.mode} mode, space {result.space}, 0 vectors recomputed)")
     for note in result.notes:
         click.echo(note)
     if result.transform and not result.changed and not result.dry_run:

@@ -292,9 +292,12 @@ class GalleryCore:
             return idx.kind
 
     def write_vectors(self, image_ids: list[int], vectors: np.ndarray, model: Embedder) -> None:
-        """Store vectors embedded by `model` in the space it serves (caller holds a
-        transaction; `sync_index` updates the live index after the commit)."""
+        """Store vectors embedded by `model` in the space it serves, and a fused model's
+        halves in their own spaces too (caller holds a transaction; `sync_index` updates the
+        live index after the commit)."""
         self.catalog.put_vectors(image_ids, vectors, model.name, self.space_for(model))
+        for part, half in getattr(model, "parts", lambda v: [])(vectors):
+            self.catalog.put_vectors(image_ids, half, part.name, self.space_for(part))
 
     def sync_index(self, space: str, image_ids: list[int], vectors: np.ndarray,
                    model: str = "") -> None:

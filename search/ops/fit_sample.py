@@ -18,7 +18,7 @@ class FitError(GalleryError):
     """The gallery cannot be fitted as asked; the message says why and what to do."""
 
 
-FIT_METHODS = ("auto", "bct", "pct", "adapter", "procrustes")
+FIT_METHODS = ("auto", "bct", "pct", "adapter", "procrustes", "bridge")
 MIN_PHOTOS = 20  # below this a held-out slice cannot say anything
 SAMPLE_FLOOR = 1500  # photos the new backbone runs on, at least (or all, if fewer) ...
 SAMPLE_SHARE = 8  # ... else one in this many photos of the gallery ...

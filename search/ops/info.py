@@ -23,8 +23,20 @@ def info(gallery: GalleryCore) -> dict:
         "vectors": gallery.catalog.vector_counts(),
         "models": gallery.catalog.models(),
         "model_history": gallery.catalog.model_history(),
+        "serving": _serving(gallery, idx),
         "compatibility": compatibility_matrix(gallery),
     }
+
+def _serving(gallery: GalleryCore, idx) -> dict:
+    """The serving mode and what carrying its spaces costs: index memory, and for fused mode
+    the old and new halves' share of it."""
+    from search.ops.modes import serving
+
+    s = serving(gallery)
+    s["index_bytes"] = int(idx.ntotal * idx.dim * 4) if idx else 0
+    s["spaces_held"] = sorted({r["space"] for r in gallery.catalog.vector_counts()})
+    return s
+
 
 def compatibility_matrix(gallery: GalleryCore) -> dict:
     """Query model x gallery space: can its queries search that space's vectors, and what was

@@ -82,9 +82,15 @@ def _write_batch(gallery: GalleryCore, model, transform, source: str, target: st
     stored = gallery.catalog.serving_vectors_of(ids, source)
     origins = gallery.catalog.serving_origins(source, list(stored))
     groups: dict[str | None, list[int]] = {}
+    # a fused transform takes a photo's real new vector where the gallery already has one
+    new_space = getattr(transform, "new_space", None)
+    real = (gallery.catalog.serving_vectors_of(list(stored), new_space)
+            if new_space and gallery.catalog.space_dim(new_space) else {})
     for i in stored:
         made_by, origin = origins[i]
-        if made_by == model.name and origin is None:
+        if i in real:
+            groups.setdefault("known", []).append(i)
+        elif made_by == model.name and origin is None:
             groups.setdefault(None, []).append(i)  # already the model's own embedding
         elif made_by in exact_inputs and origin is None:
             groups.setdefault("head", []).append(i)
@@ -94,7 +100,11 @@ def _write_batch(gallery: GalleryCore, model, transform, source: str, target: st
     with gallery.catalog.transaction():
         for origin, group in groups.items():
             x = np.stack([stored[i] for i in group])
-            vectors = x if origin is None else transform.apply(x)
+            if origin == "known":
+                vectors = transform.apply_known(x, np.stack([real[i] for i in group]))
+                origin = None
+            else:
+                vectors = x if origin is None else transform.apply(x)
             unc = transform.uncertainty(x) if origin == "map" and transform.uncertainty else None
             gallery.catalog.put_vectors(group, vectors, model.name, target, origin, unc)
             written.append((group, vectors))

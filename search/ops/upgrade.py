@@ -34,6 +34,7 @@ class UpgradeResult:
     seconds: float = 0.0  # the whole upgrade, pre-flight and transform included
     warnings: list[str] = field(default_factory=list)  # what the path loses (plan flags)
     recommended: str | None = None  # the path the model's fit recommended, if it was fitted
+    mode: str = "queries"  # how the gallery serves afterwards: native, queries or fused
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -77,15 +78,58 @@ def next_step(gallery: GalleryCore, model, check: Preflight) -> dict:
 
 def upgrade(gallery: GalleryCore, name: str, force: bool = False, dry_run: bool = False,
             sample: int = PREFLIGHT_SAMPLE, transform: bool = False,
-            should_stop=None, on_progress=None) -> UpgradeResult:
+            should_stop=None, on_progress=None, mode: str | None = None,
+            weight: float | None = None) -> UpgradeResult:
     """Switch to `name` after its pre-flight. With `transform`, first move every stored vector
-    into the model's own space by its gallery transform (resumable), then switch to it."""
+    into the model's own space by its gallery transform (resumable), then switch to it. A model
+    of another space goes through a label-free bridge (search.ops.modes): `mode` native, queries
+    or fused (default: the bridge's recommended path), `weight` the old space's share in fused."""
+    from search.ops import modes
+
     t_start = time.perf_counter()
     model = gallery.load_model(name)  # unknown / corrupt / mismatching: GalleryError, nothing changed
     current = gallery.active_model
     if current is None:
         raise GalleryError("the gallery has no model yet: index photos first")
+    if mode is not None and mode not in modes.MODES:
+        raise GalleryError(f"unknown mode {mode!r}; choose from {', '.join(modes.MODES)}")
     space = gallery.space
+    bridge = None
+    if modes.is_bridge(model) and (mode in ("native", "fused") or transform):
+        bridge = model
+    elif model.info.kind == "fused":
+        _, bridge_name, weight = modes.parse_fused(model.name)
+        bridge, mode = gallery.load_model(bridge_name), "fused"
+    elif model.space != space and not modes.is_bridge(model):
+        if modes.complete_space(gallery, model.space) and mode in (None, "native"):
+            result = UpgradeResult(model.name, current, space, False, dry_run, False, None, 0.0)
+            if not dry_run:
+                modes.switch_native(gallery, model, result)
+            result.seconds = round(time.perf_counter() - t_start, 3)
+            return result
+        found = modes.find_bridge(gallery, model.name)
+        if found is None:
+            raise GalleryError(modes.no_bridge_message(gallery, model))
+        bridge = gallery.load_model(found)
+        fit = bridge.meta.metrics.get("bridge") or {}
+        mode = mode or modes.PATH_MODE.get(fit.get("recommended") or "")
+        if mode is None:
+            raise GalleryError(f"{found}'s plan does not recommend a bridged path for this gallery "
+                               f"({fit.get('recommendation', '')}); choose one with --mode "
+                               f"native|queries|fused, or graceful reembed {model.name}")
+        if mode == "queries":
+            model, bridge = bridge, None
+    elif mode == "fused":
+        raise GalleryError(f"--mode fused searches the old space and a new model's together: "
+                           f"fit a bridge to a model of another space first (graceful train "
+                           f"--from-gallery --backbone B --out NAME), then graceful upgrade NAME "
+                           f"--mode fused")
+    if bridge is not None:
+        result = UpgradeResult(bridge.name, current, space, False, dry_run, False, None, 0.0)
+        modes.bridge_upgrade(gallery, bridge, mode or "native", weight, force, dry_run, result,
+                             should_stop, on_progress)
+        result.seconds = round(time.perf_counter() - t_start, 3)
+        return result
     if model.name == current and not (transform and gallery.space != model.name):
         raise GalleryError(f"{model.name} is already the active model"
                            + (" and serves from its own space" if transform else ""))
@@ -143,7 +187,7 @@ def upgrade(gallery: GalleryCore, name: str, force: bool = False, dry_run: bool 
     t0 = time.perf_counter()
     gallery.activate(model, "upgrade")
     result.switch_ms = round((time.perf_counter() - t0) * 1000, 3)
-    result.changed = True
+    result.changed, result.mode = True, modes.mode_of(gallery, model)
     result.notes.append(f"queries now use {model.name}; new photos are embedded by it; "
                         f"existing vectors stay as they are (graceful backfill re-embeds them, optional)")
     result.seconds = round(time.perf_counter() - t_start, 3)
@@ -163,7 +207,7 @@ def _transform(gallery: GalleryCore, model, gallery_transform, result: UpgradeRe
                             f"search still uses {result.previous}; run the same command again "
                             f"to continue (vectors already moved are kept)")
         return result
-    result.changed, result.space = True, gallery.space
+    result.changed, result.space, result.mode = True, gallery.space, "native"
     result.switch_ms = 0.0
     kind = "its head (exact)" if gallery_transform.exact else "a learned map"
     result.notes.append(

@@ -1,0 +1,95 @@
+"""The embedder of fused search: both generations' query models, their vectors concatenated.
+
+`FusedEmbedder(old, new, bridge)` embeds every image with both models and returns
+`bridge.fuse(old, new, w)`; it lives in a space of its own (its name), whose stored vectors are
+made from the old ones by `FusedTransform` (the new half: the photo's real new embedding where
+the gallery has one, else the bridge's gallery map of the old vector).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .bridge import fuse, fused_name, split
+from .embedder import Embedder, ModelInfo
+
+
+class FusedEmbedder(Embedder):
+    def __init__(self, old: Embedder, new: Embedder, bridge: Embedder, weight: float):
+        self.old, self.new, self.bridge, self.weight = old, new, bridge, float(weight)
+        self._old_shape: tuple[int, ...] | None = None
+        self._new_shape: tuple[int, ...] | None = None
+        self.transform = self._preprocess
+        self.info = ModelInfo(
+            name=fused_name(old.name, bridge.name, self.weight), dim=old.dim + new.dim,
+            space=fused_name(old.name, bridge.name, self.weight),
+            image_size=max(old.info.image_size, new.info.image_size), kind="fused",
+            has_text=old.info.has_text and new.info.has_text,
+            description=f"{old.name} ({self.weight:.2f}) and {new.name} "
+                        f"({1 - self.weight:.2f}) searched together",
+            extra={"parts": [old.name, new.name], "weights": [self.weight, 1 - self.weight],
+                   "spaces": [old.space, new.space], "bridge": bridge.name})
+
+    @property
+    def runtime(self) -> str:  # type: ignore[override]
+        return self.new.runtime
+
+    @property
+    def spaces(self) -> list[str]:
+        return [self.old.space, self.new.space]
+
+    def _preprocess(self, image: Image.Image) -> torch.Tensor:
+        """Both models' inputs, flattened into one row (their sizes may differ)."""
+        a, b = self.old.preprocess(image), self.new.preprocess(image)
+        self._old_shape, self._new_shape = tuple(a.shape), tuple(b.shape)
+        return torch.cat([a.flatten(), b.flatten()])
+
+    def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
+        if self._old_shape is None or self._new_shape is None:
+            raise RuntimeError("fused embedder: preprocess images with it first")
+        n_old = int(np.prod(self._old_shape))
+        old = self.old.embed_batch(batch[:, :n_old].reshape(-1, *self._old_shape))
+        new = self.new.embed_batch(batch[:, n_old:].reshape(-1, *self._new_shape))
+        return fuse(old, new, self.weight)
+
+    def embed_text(self, texts) -> np.ndarray:
+        return fuse(self.old.embed_text(texts), self.new.embed_text(texts), self.weight)
+
+    def parts(self, vectors: np.ndarray) -> list[tuple[Embedder, np.ndarray]]:
+        """Each generation's own vectors inside fused ones (written to their spaces too)."""
+        old, new = split(vectors, self.old.dim, self.weight)
+        return [(self.old, old), (self.new, new)]
+
+    def gallery_transform(self) -> "FusedTransform":
+        return FusedTransform(self)
+
+
+class FusedTransform:
+    """Stored old vectors -> fused vectors: the new half is the photo's real new embedding when
+    `known` has it, else the bridge's gallery map (origin 'map', with its expected residual)."""
+
+    exact = False
+    origin = "map"
+
+    def __init__(self, model: FusedEmbedder):
+        self.model = model
+        inner = model.bridge.gallery_transform()  # type: ignore[attr-defined]
+        if inner is None:
+            raise ValueError(f"{model.bridge.name} carries no gallery map")
+        self.map = inner
+        self.new_space = model.new.space  # where the photos' real new vectors are kept
+        self.spec = {**inner.spec, "kind": "fused", "weight": model.weight,
+                     "input_space": inner.spec.get("input_space")}
+
+    def input_models(self) -> set[str]:
+        return set()
+
+    def apply(self, old: np.ndarray) -> np.ndarray:
+        return fuse(old, self.map.apply(old), self.model.weight)
+
+    def apply_known(self, old: np.ndarray, new: np.ndarray) -> np.ndarray:
+        return fuse(old, new, self.model.weight)
+
+    def uncertainty(self, old: np.ndarray) -> np.ndarray:
+        return self.map.uncertainty(old)
