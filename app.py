@@ -318,8 +318,12 @@ def page_models() -> None:
     where = g.vector_store.describe()
     served = ("FAISS index files" if where["kind"] == "faiss"
               else f"Milvus at `{where['uri']}` ({where['mode']})")
+    mode = g.serving()
+    how = (" + ".join(f"{md(m)} {w:.2f}" for m, w in zip(mode["models"], mode["weights"]))
+           if mode["mode"] == "fused" else "")
     st.markdown(f"Active model: **{md(active or '—')}** · gallery space **{md(space or '—')}** · "
-                f"searches served by {served}")
+                f"serving mode **{mode['mode']}**" + (f" ({how})" if how else "")
+                + f" · searches served by {served}")
     table = pd.DataFrame([{
         "model": e.name, "kind": e.kind, "space": e.space, "dim": e.dim,
         "compatible with": ", ".join(e.compatible_with),
@@ -595,7 +599,53 @@ def show_plan(g: Gallery, r: dict) -> None:
         st.rerun()
 
 
+def show_bridge_report(r: dict, g: Gallery | None = None) -> None:
+    """A label-free bridge's plan: every path against the whole gallery, a button per path."""
+    st.info(f"**{md(r['name'])}** (bridge {md(r['old_model'])} ↔ {md(r['backbone'])}, "
+            f"{r['photos_embedded']} of {r['gallery_photos']} photos embedded): "
+            f"{md(r['recommendation'])}")
+    rows = []
+    for p in r["plan"]:
+        row = {"path": p["path"] + (f" @{p['weight']:.2f}" if p["path"] == "fused" else "")
+               + (" ★" if p["path"] == r["recommended"] else ""),
+               "fidelity": f"{p['fidelity']:.3f} ±{p['fidelity_se']:.3f}",
+               "kept old": f"{p['kept_old']:.3f} ±{p['kept_old_se']:.3f}"}
+        if r["labelled"]:
+            row.update({k: f"{p[v]:.3f}" for k, v in (("top-1", "top1"), ("mAP", "map"),
+                                                         ("NFR", "nfr"), ("lost@5", "lost_at_5"))})
+        row.update({"photos embedded": p["photos_embedded"], "time": duration_text(p["seconds"]),
+                    "flags": "; ".join(p["flags"])})
+        rows.append(row)
+    m = r["measured"]
+    st.markdown(f"**Upgrade plan** · {m['queries']} held-out photos searching {m['reference']} "
+                f"photos of the gallery · fidelity: share of a full re-embed's first 10 results · "
+                f"kept old: share of the old search's first 10 · ★ recommended")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    if g is None or not r.get("path"):
+        return
+    b1, b2, b3, b4 = st.columns(4)
+    if b1.button("Query map", key="bridge-queries", help="lite2's queries mapped into the "
+                 "stored space; nothing moves"):
+        res = try_upgrade(g, r["name"])
+        if res:
+            flash(("success", f"Upgraded {res.previous} → {res.model} ({res.mode} mode)."))
+    if b2.button("Gallery map", key="bridge-native", help="the stored vectors mapped into the "
+                 "new model's space; it then serves natively"):
+        job_runner().start("transform", transform_job(g.home, r["name"], mode="native"))
+        st.rerun()
+    if b3.button(f"Fused @{r['weight']:.2f}", key="bridge-fused", type="primary",
+                 help="old and new generations searched together"):
+        job_runner().start("transform", transform_job(g.home, r["name"], mode="fused",
+                                                      weight=r["weight"]))
+        st.rerun()
+    if b4.button(f"Re-embed with {r['backbone']}", key="bridge-reembed"):
+        job_runner().start("reembed", reembed_job(g.home, r["backbone"]))
+        st.rerun()
+
+
 def show_fit_report(r: dict, g: Gallery | None = None) -> None:
+    if r.get("method") == "bridge":
+        return show_bridge_report(r, g)
     h, s = r["held_out"], r["sample"]
     (st.success if r["passed"] else st.error)(
         f"**{md(r['name'])}** ({r['method']} on {r['backbone']}): {r['verdict']}. "

@@ -188,6 +188,12 @@ class Gallery(GalleryCore):
                            should_stop=should_stop, on_progress=on_progress, mode=mode,
                            weight=weight)
 
+    def serving(self) -> dict:
+        """How searches are served: mode (native, queries, fused), spaces and their weights."""
+        from search.ops.modes import serving
+
+        return serving(self)
+
     def rollback(self) -> "RollbackResult":
         from search.ops.upgrade import rollback
 

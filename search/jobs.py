@@ -118,18 +118,20 @@ def reembed_job(home: Path, name: str) -> Callable[[Job], Any]:
     return work
 
 
-def transform_job(home: Path, name: str, then_backfill: bool = False) -> Callable[[Job], Any]:
-    """`graceful upgrade NAME --transform` in the background (pause = stop, start = resume);
-    with `then_backfill`, the mapped vectors are then replaced by real embeddings, most
-    uncertain first."""
+def transform_job(home: Path, name: str, then_backfill: bool = False, mode: str | None = None,
+                  weight: float | None = None) -> Callable[[Job], Any]:
+    """`graceful upgrade NAME --transform` (or, for a bridge, `--mode native|fused`) in the
+    background (pause = stop, start = resume); with `then_backfill`, the mapped vectors are then
+    replaced by real embeddings, most uncertain first."""
     def work(job: Job):
         def run(g):
-            result = g.upgrade(name, transform=True, should_stop=job.should_stop,
-                               progress=_progress_into(job))
+            result = g.upgrade(name, transform=mode is None, mode=mode, weight=weight,
+                               should_stop=job.should_stop, progress=_progress_into(job))
             if not result.changed:
                 job.message = "paused: vectors moved so far are kept; start again to continue"
                 return result.as_dict()
-            job.message = f"moved {result.vectors_transformed} vectors into {name}'s space and switched to it"
+            job.message = (f"moved {result.vectors_transformed} vectors into {result.space} and "
+                           f"switched to it ({result.mode} mode)")
             if then_backfill:
                 state = g.backfill("uncertainty", should_stop=job.should_stop,
                                    progress=_progress_into(job))
