@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
-from PIL import Image
 
-from search.api import BACKFILL_ORDERS, Gallery, GalleryError, default_home, fit_name
+from search.api import BACKFILL_ORDERS, Gallery, GalleryError, default_home, fit_name, stage_uploads
 from search.cli import render
 from search.cli.render import duration_text
 from search.errors import HANDLED, friendly
@@ -52,17 +51,29 @@ def job_runner() -> JobRunner:
     return JobRunner()
 
 
+def preview(data: bytes, size: int = 256) -> bytes | None:
+    """A square JPEG of an untrusted image, through the engine's bounded decoder (pixel and
+    aspect limits from the header, reduced-size JPEG decode); None if it is not a usable image."""
+    from PIL import ImageOps
+
+    from models.imageio import BadImage, decode
+
+    try:
+        im = ImageOps.fit(decode(data, target_size=size).image, (size, size))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=85)
+        return buf.getvalue()
+    except (BadImage, OSError, ValueError):
+        return None
+
+
 @st.cache_data(max_entries=4096, show_spinner=False)
 def thumbnail(path: str, size: int = 256) -> bytes | None:
-    try:
-        with Image.open(path) as im:
-            from PIL import ImageOps
+    from models.imageio import BadImage, read_photo_file
 
-            im = ImageOps.fit(ImageOps.exif_transpose(im).convert("RGB"), (size, size))
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=85)
-            return buf.getvalue()
-    except OSError:
+    try:
+        return preview(read_photo_file(path), size)
+    except BadImage:
         return None
 
 
@@ -149,18 +160,16 @@ def show_grid(hits, columns: int = 6, highlight: dict[int, str] | None = None, k
 
 
 def ingest_uploads(files, album: str | None = None) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="graceful-upload-"))
-    rejected = []
-    for n, f in enumerate(files):
-        data = f.getvalue()
-        if len(data) > MAX_UPLOAD_BYTES:
-            rejected.append((f.name, f"larger than {MAX_UPLOAD_BYTES // 2**20} MiB"))
-            continue
-        dest = tmp / f"{n:05d}" / Path(f.name).name  # one folder each: same names never collide
-        dest.parent.mkdir()
-        dest.write_bytes(data)
+    """Uploads are written under names of our own (the client's file name is never a path),
+    inside the error handling; the temp folder goes whatever happens (st.rerun included)."""
+    tmp = guarded(tempfile.mkdtemp, prefix="graceful-upload-")
+    if tmp is None:
+        return
     try:
-        run_ingest([tmp], rejected, album=album or None, album_from_folder=False)
+        staged = guarded(stage_uploads, files, Path(tmp), MAX_UPLOAD_BYTES)
+        if staged is not None:
+            run_ingest([staged.folder], staged.rejected, album=album or None,
+                       album_from_folder=False)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -212,8 +221,10 @@ def page_gallery() -> None:
                 "folder on this server. Photos are embedded with the offline default model "
                 "(EfficientNet-Lite0); later you can upgrade the model without re-indexing.")
     with st.expander("Add photos", expanded=n == 0):
-        files = st.file_uploader("Drop photos here", accept_multiple_files=True,
-                                 type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"],
+        # No `type=`: Streamlit enforces it by raising on a file name it dislikes (`..`, no
+        # extension), which loses the whole upload; the decoder judges each file by its bytes.
+        files = st.file_uploader("Drop photos here (JPEG, PNG, WebP, BMP, GIF, TIFF)",
+                                 accept_multiple_files=True,
                                  key=f"uploads-{st.session_state.get('upload_round', 0)}")
         upload_album = st.text_input("Album for these photos (optional)", key="upload-album",
                                      placeholder="e.g. Holidays 2026")
@@ -285,14 +296,15 @@ def page_search() -> None:
     st.caption(f"Queries use **{md(model.name)}** (space {md(model.space)})")
     k = st.slider("Results", 4, 48, 12, step=4, key="k")
     result = None
-    up = st.file_uploader("Search by photo", type=["jpg", "jpeg", "png", "webp", "bmp", "gif"],
-                          key="query-upload")
+    up = st.file_uploader("Search by photo", key="query-upload")  # no `type=`: see page_gallery
     if up is not None:
         data = up.getvalue()
         if len(data) > MAX_UPLOAD_BYTES:
             st.error("That file is too large.")
         else:
-            st.image(data, width=160, caption="query")
+            shown = preview(data, 160)
+            if shown:
+                st.image(shown, width=160, caption="query")
             result = guarded(g.search, data, k, name=up.name, log=True)
     if model.info.has_text:
         text = st.text_input("…or describe what you are looking for", key="query-text")
@@ -302,7 +314,9 @@ def page_search() -> None:
     if result is None and similar:
         row = guarded(g.image_row, similar)
         if row:
-            st.image(thumbnail(str(g.image_path(row))), width=160, caption=f"similar to #{row.id}")
+            shown = thumbnail(str(g.image_path(row)))
+            if shown:
+                st.image(shown, width=160, caption=f"similar to #{row.id}")
             result = guarded(g.search, None, k, image=similar, log=True)
     if result is not None:
         st.subheader(f"{len(result.hits)} results · {md(result.model)} · {result.elapsed_ms:.0f} ms")

@@ -43,6 +43,13 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: corrupt, of another format, or mismatching."""
 
 
+def is_base_model(name: str) -> bool:
+    """A model that is not a checkpoint: the backbone a head may sit on."""
+    from .variants import LITE_VARIANTS
+
+    return name in LITE_VARIANTS or (name.startswith("openclip:") and len(name.split(":", 2)) == 3)
+
+
 def valid_name(name) -> bool:
     return isinstance(name, str) and bool(NAME_RE.fullmatch(name)) and ".." not in name
 
@@ -256,6 +263,11 @@ class CheckpointMeta:
                 return f"{key} is {type(getattr(self, key)).__name__}, not a string"
         if not (self.backbone and self.space and self.method):
             return "backbone, space and method must not be empty"
+        if not is_base_model(self.backbone):
+            # loading a head loads its backbone first: one naming a checkpoint (itself, say)
+            # would recurse without bound
+            return (f"backbone {self.backbone!r} is not a base model (lite0, lite1, lite2 or "
+                    f"openclip:ARCH:TAG): a head sits on a base model, never on another checkpoint")
         if not _int(self.dim):
             return f"dim {self.dim!r} is not a positive integer"
         if self.old_model is not None and not isinstance(self.old_model, str):
@@ -289,9 +301,10 @@ def save_checkpoint(path: str | os.PathLike, meta: CheckpointMeta, head: torch.n
     """Atomic write: a crash leaves either no file or a complete one."""
     from safetensors.torch import save
 
-    from .fsutil import atomic_write_bytes
+    from .fsutil import atomic_write_bytes, remove_stale_temp_files
 
     path = Path(path)
+    remove_stale_temp_files(path.parent)  # left by a save that was killed before its rename
     state = dict(head.state_dict())
     state.update({AUX + k: v for k, v in (aux or {}).items()})
     tensors = {

@@ -61,7 +61,9 @@ class Embedder:
         return self.info.space
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self.transform(image)
+        from .imageio import bounded_aspect
+
+        return self.transform(bounded_aspect(image))  # images handed in directly, too
 
     @torch.inference_mode()
     def embed_batch(self, batch: torch.Tensor) -> np.ndarray:

@@ -33,10 +33,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 _TEMP = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
 
 
-def remove_stale_temp_files(folder: Path, older_than: float = 3600.0) -> list[Path]:
+def remove_stale_temp_files(folder: Path, older_than: float = 3600.0,
+                            dry_run: bool = False) -> list[Path]:
     """Remove the temp files atomic_write_bytes left in `folder` when its writer was killed
-    (kill -9 during a save of a large index): those of processes no longer running, and
-    unnamed ones older than `older_than` seconds. A live writer's file is never touched."""
+    (kill -9 during a save of a large index or checkpoint): those of processes no longer
+    running, and unnamed ones older than `older_than` seconds. A live writer's file is never
+    touched. `dry_run`: only list them."""
     import time
 
     removed = []
@@ -53,7 +55,8 @@ def remove_stale_temp_files(folder: Path, older_than: float = 3600.0) -> list[Pa
                     continue
             elif time.time() - p.stat().st_mtime < older_than:
                 continue
-            p.unlink()
+            if not dry_run:
+                p.unlink()
             removed.append(p)
         except OSError:
             pass

@@ -14,6 +14,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_PIXELS = 120_000_000
 MAX_FULL_DECODE_PIXELS = 64_000_000  # non-JPEG formats: 8000 x 8000
 MAX_BYTES = 200 * 1024 * 1024
+# Preprocessing scales the short side up to the model's input size before cropping a square:
+# a 30000x1 image would become 224 x 6.7M pixels (4.5 GB). No photo is this elongated; so the
+# resized image stays under size^2 * MAX_ASPECT pixels (10 MB at 260 px).
+MAX_ASPECT = 50
 Image.MAX_IMAGE_PIXELS = 2 * MAX_PIXELS  # PIL warns past this (an error here); our checks come first
 
 
@@ -69,6 +73,9 @@ def decode(data: bytes, target_size: int | None = None) -> Decoded:
             if w * h > limit:
                 raise BadImage(f"image too large ({w}x{h} = {w * h / 1e6:.0f} MP > {limit / 1e6:.0f} MP "
                                f"for {fmt})")
+            if max(w, h) > MAX_ASPECT * max(1, min(w, h)):
+                raise BadImage(f"image too thin or elongated ({w}x{h}: its sides differ by more "
+                               f"than {MAX_ASPECT}:1)")
             if target_size and fmt == "JPEG":
                 # libjpeg DCT scaling: decode straight at >= 2x the model's input size.
                 img.draft("RGB", (target_size * 2, target_size * 2))
@@ -88,3 +95,17 @@ def decode(data: bytes, target_size: int | None = None) -> Decoded:
     if w < 1 or h < 1:
         raise BadImage("image has no pixels")
     return Decoded(rgb, w, h, fmt)
+
+
+def bounded_aspect(image: Image.Image, limit: int = MAX_ASPECT) -> Image.Image:
+    """`image`, centre-cropped to sides at most `limit`:1 (unchanged when within): what an
+    embedder's resize-then-crop-a-square sees, without an unbounded resize of a thin image."""
+    w, h = image.size
+    short = max(1, min(w, h))
+    if max(w, h) <= limit * short:
+        return image
+    if w > h:
+        left = (w - limit * short) // 2
+        return image.crop((left, 0, left + limit * short, h))
+    top = (h - limit * short) // 2
+    return image.crop((0, top, w, top + limit * short))

@@ -13,6 +13,7 @@ from search.core import GalleryCore, SearchHit, SearchResult
 from search.errors import GalleryError
 from search.settings import Settings, default_home
 from search.storage.files import import_roots, links_outside
+from search.storage.uploads import stage_uploads
 from search.units import fit_name
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from search.ops.upgrade import RollbackResult, UpgradeResult
 
 __all__ = ["Gallery", "GalleryError", "SearchHit", "SearchResult", "Settings", "default_home",
-           "import_roots", "links_outside", "fit_name", "BACKFILL_ORDERS",
+           "import_roots", "links_outside", "stage_uploads", "fit_name", "BACKFILL_ORDERS",
            "available_models", "verify_model"]
 
 ProgressArg = "bool | Callable[[Progress], None]"

@@ -149,7 +149,26 @@ def check(gallery: GalleryCore, repair: bool = False,
                           if name == active else ""))
     if not any(f.check == "models" for f in report.findings):
         report.add("models", "ok", f"{len(names)} models loadable")
+    _check_temp_files(gallery, repair, report)
     return report
+
+
+def _check_temp_files(gallery: GalleryCore, repair: bool, report: CheckReport) -> None:
+    """Temp files of a save killed before its rename (a fit's checkpoint) in models/."""
+    from models.fsutil import remove_stale_temp_files
+
+    stale = remove_stale_temp_files(gallery.models_dir, dry_run=not repair)
+    if not stale:
+        return
+    size = sum(p.stat().st_size for p in stale if p.exists()) if not repair else 0
+    names = ", ".join(p.name for p in stale[:3]) + (" …" if len(stale) > 3 else "")
+    if repair:
+        report.add("models", "repaired", f"removed {len(stale)} temp file(s) left in models/ by a "
+                   f"save that was killed ({names})")
+    else:
+        report.add("models", "problem", f"{len(stale)} temp file(s) in models/ left by a save that "
+                   f"was killed ({names}; {size / 2**20:.1f} MiB)",
+                   "graceful check --repair removes them (so does the next fit)")
 
 
 def _verify_store(gallery: GalleryCore, spaces: list[str], repair: bool,

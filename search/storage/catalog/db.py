@@ -27,8 +27,10 @@ import numpy as np
 import sqlite_utils
 
 from models.settings import Settings
+from search.errors import GalleryError
 
 from .codec import STORED_DTYPE
+from .readonly import disk_full, open_for_reading
 
 SCHEMA_VERSION = 4
 
@@ -160,15 +162,26 @@ class Db:
         self.path = Path(path)
         settings = settings or Settings.from_env()
         self.page_size = settings.db_page_size
+        # why the catalog is open for reading only (a full disk), else None
+        self.read_only: str | None = None
         conn = sqlite3.connect(str(self.path), timeout=settings.db_timeout,
                                check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute("PRAGMA user_version").fetchone()  # the first read sizes the WAL's -shm
+        except sqlite3.OperationalError as e:
+            conn.close()
+            if not disk_full(e) or (conn := open_for_reading(self.path, settings.db_timeout)) is None:
+                raise
+            self.read_only = str(e)
         self.db = sqlite_utils.Database(conn)
-        self.db.execute(f"PRAGMA page_size = {self.page_size}")  # takes effect in a new file only
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.refuse_newer_schema()  # before any PRAGMA that could change the file
+        if self.read_only is None:
+            self.db.execute(f"PRAGMA page_size = {self.page_size}")  # a new file only
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.migrate()
-        if self.get_state(self.COMPACT_PENDING) and self.compact():
+        if self.read_only is None and self.get_state(self.COMPACT_PENDING) and self.compact():
             self.set_state(self.COMPACT_PENDING, False)
 
     # -- schema ---------------------------------------------------------------------------
@@ -176,12 +189,19 @@ class Db:
     def schema_version(self) -> int:
         return self.db.execute("PRAGMA user_version").fetchone()[0]
 
-    def migrate(self) -> None:
+    def refuse_newer_schema(self) -> None:
+        """A catalog written by a newer Graceful is left untouched: GalleryError, one line."""
         current = self.schema_version
         if current > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{self.path} has schema v{current}, newer than this Graceful (v{SCHEMA_VERSION}); upgrade Graceful"
-            )
+            self.close()
+            raise GalleryError(
+                f"{self.path} was written by a newer Graceful (catalog schema v{current}; this "
+                f"one reads up to v{SCHEMA_VERSION}): upgrade Graceful to open it (nothing was "
+                "changed)")
+
+    def migrate(self) -> None:
+        self.refuse_newer_schema()
+        current = self.schema_version
         if current == SCHEMA_VERSION:
             return
         # The version is read again inside the write lock: two processes opening a new (or old)
