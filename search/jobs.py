@@ -130,8 +130,8 @@ def transform_job(home: Path, name: str, then_backfill: bool = False, mode: str 
             if not result.changed:
                 job.message = "paused: vectors moved so far are kept; start again to continue"
                 return result.as_dict()
-            job.message = (f"moved {result.vectors_transformed} vectors into {result.space} and "
-                           f"switched to it ({result.mode} mode)")
+            job.message = (f"moved {result.vectors_transformed} vectors into {result.space}'s "
+                           f"space and switched to it ({result.mode} mode)")
             if then_backfill:
                 state = g.backfill("uncertainty", should_stop=job.should_stop,
                                    progress=_progress_into(job))

@@ -111,7 +111,8 @@ def fit_bridge(gallery: GalleryCore, req: FitRequest) -> dict:
                        f"upgrade to it directly (graceful upgrade {backbone.name})")
     members = gallery.catalog.space_photos(space)
     if len(members) < MIN_PHOTOS:
-        raise FitError(f"this gallery has {len(members)} photos; a bridge needs at least "
+        raise FitError(f"this gallery has {len(members)} photo{'s' if len(members) != 1 else ''}; "
+                       f"a bridge needs at least "
                        f"{MIN_PHOTOS} (some to learn from, some to check on). For a gallery "
                        f"this small, re-embed it instead: graceful reembed {backbone.name}")
     labels = {m.id: m.album for m in members}
