@@ -5,7 +5,7 @@ indexed with lite0; NEW is plain lite2; the same classes' test photos are the qu
 "real queries", never seen by any fit). Albums are hidden from every fit: labels only score.
 For each path the engine's own pieces are used (models.bridge maps chosen by cross-validated
 fidelity, the fused concatenation, search.ops.bridge_plan for the plan and its weight), on the
-sample the fit would take (search.ops.bridge.sample_bound), then every query searches the whole
+sample the fit would take (search.ops.fit_sample.bridge_sample), then every query searches the whole
 gallery. The plan's own figures (held-out gallery photos, labels used only to score) are set
 next to the test-split figures.
 
@@ -48,7 +48,7 @@ def run_split(gallery_classes: list[str], cache: Path, seed: int) -> dict:
     from models.bridge import choose_map, fuse
     from models.features import extract
     from search.ops import bridge_plan
-    from search.ops.bridge import sample_bound
+    from search.ops.fit_sample import bridge_sample as sample_bound
 
     g_files, g_labels = files_of("train", gallery_classes)
     dis = sorted((CALTECH / "distractors").iterdir())

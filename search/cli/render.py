@@ -125,6 +125,11 @@ def bridge_lines(r: dict) -> list[str]:
         lines.append(row + f" {p['photos_embedded']:>7} {duration_text(p['seconds']):>8}{mark}")
         lines += [f"      ! {flag}" for flag in p["flags"]]
     lines.append(f"  {r['recommendation']}")
+    for e in r.get("earlier_predictions") or []:
+        gaps = ", ".join(f"{k} {c['predicted']:.3f} -> {c['measured']:.3f}"
+                         for k, c in e["checks"].items())
+        lines.append(f"  earlier on this gallery: {e['bridge']} {e['path']} on {e['queries']} "
+                     f"searches: {gaps}" + ("" if e["within_2_se"] else " (beyond 2 SE)"))
     nxt = command_text(r.get("next_command"))
     lines.append(f"next: {nxt}" if nxt else f"next: keep {r['old_model']}")
     return lines

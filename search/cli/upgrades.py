@@ -179,6 +179,12 @@ def compare_cmd(obj: Context, old_name, new_name, queries, from_log, k, json_out
                        f"photo from the top-{s['k']}:")
             for r in lost[:10]:
                 click.echo(f"    {r['query']} ({r['label']}): lost {len(r['lost'])} results")
+    check = s.get("plan_check")
+    if check:
+        click.echo(f"  {check['bridge']}'s plan for the {check['path']} path, predicted vs measured:")
+        for name, c in check["checks"].items():
+            click.echo(f"    {name:<10} {c['predicted']:.3f} ±{c['se']:.3f} -> {c['measured']:.3f} "
+                       f"({c['off_by_se']:.1f} SE off)")
     click.echo(f"report: {report.get('path')}")
 
 

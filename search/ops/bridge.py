@@ -29,23 +29,12 @@ from models.transform import LinearMap, fit_linear_map
 
 from search.core import GalleryCore
 from search.ops import bridge_plan
+from search.ops.compare import earlier_checks
 from search.ops.fit import SHARD, FitRequest, _gallery_state, _transform_rate, _validate
-from search.ops.fit_sample import (HOLDOUT, MIN_PHOTOS, NOMINAL_IMAGES_PER_SECOND, FitError,
-                                    _labelled_albums)
+from search.ops.fit_sample import (CURVE_GAIN, CURVE_START, HOLDOUT, MIN_PHOTOS,
+                                    NOMINAL_IMAGES_PER_SECOND, FitError, _labelled_albums,
+                                    bridge_sample)
 from search.ops.preflight import in_holdout
-
-SAMPLE_MIN = 200  # photos the new model runs on at least (all of a smaller gallery)
-SAMPLE_SHARE = 0.25  # ... and at most this share of the gallery ...
-SAMPLE_CAP = 5000  # ... up to this many
-CURVE_START = 200  # the learning curve's first step; each next step doubles
-CURVE_GAIN = 0.005  # stop growing when the map's out-of-fold cosine gains less per doubling
-
-
-def sample_bound(photos: int, requested: int | None = None) -> int:
-    if requested:
-        return max(1, min(requested, photos))
-    return min(photos, max(SAMPLE_MIN, min(SAMPLE_CAP, int(photos * SAMPLE_SHARE))))
-
 
 def curve_steps(cap: int, requested: int | None) -> list[int]:
     if requested:
@@ -119,7 +108,7 @@ def fit_bridge(gallery: GalleryCore, req: FitRequest) -> dict:
     labelled = len(_labelled_albums(labels, list(labels))) >= 2
     shas = {m.id: m.sha256 for m in members}
     order = [members[i] for i in np.random.default_rng(req.seed).permutation(len(members))]
-    cap = sample_bound(len(members), req.sample)
+    cap = bridge_sample(len(members), req.sample)
     curve: list[dict] = []
     seconds = 0.0
     for n in curve_steps(cap, req.sample):
@@ -193,6 +182,7 @@ def fit_bridge(gallery: GalleryCore, req: FitRequest) -> dict:
         "seconds": {"features": round(seconds, 2), "evaluate": round(t_eval, 2),
                     "total": round(time.perf_counter() - t_start, 2)},
         "images_per_second": round(rate, 2), "created_at": time.time(), "path": None,
+        "earlier_predictions": earlier_checks(gallery),
     }
     report["report"] = str(gallery.save_report("fit", req.out, report))
     path = _save(gallery, req, dest, backbone, active, space, gmap.map, qmap.map, ids[:n_train],

@@ -161,6 +161,10 @@ def compare(gallery: GalleryCore, old: str, new: str, queries: list[Query], k: i
         summary["lost_at_k"] = {d: round(float(np.mean([r["lost_all_at"][d] for r in rows])), 4)
                                 for d in rows[0]["lost_all_at"]}
         summary["lost_queries"] = sum(r["lost_all"] for r in rows)
+    if rows:
+        from search.ops.modes import plan_check
+
+        summary["plan_check"] = plan_check(gallery, new, summary)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     report = {"summary": summary, "queries": rows, "created_at": time.time()}
     if save:
@@ -171,3 +175,22 @@ def compare(gallery: GalleryCore, old: str, new: str, queries: list[Query], k: i
 
 def latest_report(gallery: GalleryCore) -> dict | None:
     return gallery.latest_report("compare")
+
+
+def earlier_checks(gallery: GalleryCore, limit: int = 10) -> list[dict]:
+    """How far off earlier bridge plans on this gallery were: the plan checks of its saved
+    comparisons, newest first."""
+    import json
+
+    found = []
+    for path in sorted(gallery.reports_dir.glob("compare-*.json"), reverse=True):
+        try:
+            summary = json.loads(path.read_text()).get("summary", {})
+        except (OSError, ValueError):
+            continue
+        if summary.get("plan_check"):
+            found.append({**summary["plan_check"], "queries": summary.get("queries"),
+                          "report": str(path)})
+        if len(found) >= limit:
+            break
+    return found

@@ -31,6 +31,21 @@ HOLDOUT = {"rule": "sha256-bucket", "salt": "graceful-holdout-1", "modulus": 5, 
 NOMINAL_IMAGES_PER_SECOND = {"lite0": 86.0, "lite1": 65.0, "lite2": 36.0}
 
 
+# A label-free bridge (search.ops.bridge) grows its sample by doubling from CURVE_START while
+# the gallery map's out-of-fold cosine gains at least CURVE_GAIN, within these bounds.
+BRIDGE_SAMPLE_MIN = 200  # photos the new model runs on at least (all of a smaller gallery) ...
+BRIDGE_SAMPLE_SHARE = 0.25  # ... and at most this share of the gallery ...
+CURVE_START = 200
+CURVE_GAIN = 0.005
+
+
+def bridge_sample(photos: int, requested: int | None = None) -> int:
+    """The most photos a bridge's new model runs on (`requested` overrides, within the gallery)."""
+    if requested:
+        return max(1, min(requested, photos))
+    return min(photos, max(BRIDGE_SAMPLE_MIN, min(SAMPLE_CAP, int(photos * BRIDGE_SAMPLE_SHARE))))
+
+
 def default_sample(photos: int) -> int:
     """How many stored photos the new backbone runs on by default: all of a small gallery, one
     in eight of a large one, between 1,500 and 5,000 (so fitting stays a fraction of a backfill)."""

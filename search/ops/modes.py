@@ -67,15 +67,62 @@ def complete_space(gallery: GalleryCore, space: str) -> bool:
 
 
 def no_bridge_message(gallery: GalleryCore, model) -> str:
-    from search.ops.bridge import sample_bound
+    from search.ops.fit_sample import bridge_sample
 
     photos = gallery.catalog.count_served(gallery.space)
-    n = sample_bound(photos)
+    n = bridge_sample(photos)
     return (f"{model.name} outputs into space {model.space!r}, but the gallery's vectors live in "
             f"{gallery.space!r}. Fit a label-free bridge first (no albums needed; {model.name} "
             f"embeds about {n} of the {photos} photos): graceful train --from-gallery --backbone "
             f"{model.name} --out {model.name}-bridge, then follow its plan; or re-embed the whole "
             f"gallery alongside, searching the old index meanwhile: graceful reembed {model.name}")
+
+
+def predicted_path(gallery: GalleryCore, name: str) -> tuple[object, str] | None:
+    """(the bridge, the plan path) that serving `name` came from: a fused model, a bridge's
+    query map, or a model whose space a bridge's gallery map filled; None otherwise."""
+    try:
+        model = gallery.load_model(name)
+    except GalleryError:
+        return None
+    if model.info.kind == "fused":
+        return model.bridge, "fused"  # type: ignore[attr-defined]
+    if is_bridge(model):
+        return model, "queries"
+    found = [e for e in registry.available(gallery.model_dirs)
+             if e.meta is not None and e.meta.method == "bridge"
+             and e.meta.transform.get("target_model") == name]
+    if found:
+        return gallery.load_model(max(found, key=lambda e: e.meta.created_at).name), "transform"
+    return None
+
+
+def plan_check(gallery: GalleryCore, new: str, summary: dict) -> dict | None:
+    """What the bridge's plan predicted for the path `new` serves by, next to what this
+    comparison measured (each gap in the plan's standard errors)."""
+    found = predicted_path(gallery, new)
+    if found is None:
+        return None
+    bridge, path = found
+    row = plan_row(bridge, path)
+    if row is None:
+        return None
+    measured: dict[str, tuple] = {}
+    if summary["k"] == 10:
+        measured["kept_old"] = (row["kept_old"], row["kept_old_se"], summary["overlap_at_k"])
+    if summary.get("labelled") and "top1" in row:
+        se = row["se"]
+        measured["top1"] = (row["top1"], se["top1"], summary["new_metrics"]["top1"])
+        measured["map"] = (row["map"], se["map"], summary["new_metrics"]["map"])
+        measured["lost_at_5"] = (row["lost_at_5"], se["lost_at_5"],
+                                 summary["lost_at_k"].get("5"))
+    checks = {k: {"predicted": p, "se": s, "measured": m,
+                  "off_by_se": round(abs(m - p) / max(s, 1e-3), 2)}
+              for k, (p, s, m) in measured.items() if m is not None}
+    weight = getattr(gallery.load_model(new), "weight", None) if path == "fused" else None
+    return {"bridge": bridge.name, "path": path, "checks": checks,
+            "plan_weight": row.get("weight"), "weight": weight,
+            "within_2_se": all(c["off_by_se"] <= 2 for c in checks.values())}
 
 
 def plan_row(bridge, path: str) -> dict | None:
@@ -151,4 +198,5 @@ def switch_native(gallery: GalleryCore, model, result) -> None:
 
 
 __all__ = ["MODES", "PATH_MODE", "serving", "mode_of", "is_bridge", "find_bridge",
-           "complete_space", "no_bridge_message", "bridge_upgrade", "switch_native", "parse_fused"]
+           "complete_space", "no_bridge_message", "bridge_upgrade", "switch_native", "parse_fused",
+           "predicted_path", "plan_check"]
