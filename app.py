@@ -528,8 +528,9 @@ def fit_section(g: Gallery, entries, active: str) -> None:
     st.subheader("Fit an upgrade to this gallery")
     st.caption("Trains a new backbone's head on this gallery's own photos and albums, against the "
                "vectors it already stores (none is recomputed), and measures it on held-out photos "
-               "before offering it. With albums it learns from them (PCT); without, it learns a "
-               "map onto the stored vectors (adapter).")
+               "before offering it. With albums it learns from them (PCT); without, it builds a "
+               "label-free bridge to the new model (maps between the two spaces, and both "
+               "generations searched together), each path measured against the whole gallery.")
     # the gallery's own model is a choice too: a head learned from the stored vectors alone
     bases = [e.name for e in entries if e.kind != "compatible" and (e.name != active or e.name == g.space)]
     f1, f2, f3 = st.columns(3)
@@ -537,7 +538,9 @@ def fit_section(g: Gallery, entries, active: str) -> None:
                             index=bases.index("lite2") if "lite2" in bases else 0,
                             help="The model that computed the stored vectors (e.g. lite0 on a lite0 "
                                  "gallery) learns from them alone: nothing is decoded, seconds.")
-    method = f2.selectbox("Method", ["auto", "pct", "bct", "adapter", "procrustes"], key="fit-method")
+    method = f2.selectbox("Method", ["auto", "bridge", "pct", "bct", "adapter", "procrustes"],
+                          key="fit-method", help="auto: pct with albums, else a label-free "
+                          "bridge (query map, gallery map, both generations fused)")
     name = f3.text_input("Name", unique_name(g, fit_name(backbone, active)), key=f"fit-name-{backbone}")
     est = g.fit_estimate(backbone)
     if backbone == g.space:

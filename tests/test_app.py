@@ -196,3 +196,34 @@ def test_albums_and_a_gallery_fitted_upgrade_from_the_app(app, album_photos, hom
     table = next(d.value for d in app.dataframe if "lost every right photo" in d.value.columns)
     flags = table["lost every right photo"].tolist()
     assert flags == sorted(flags, reverse=True)  # losers first
+
+
+def test_a_bridge_from_the_models_page_then_fused_search(app, album_photos, home, monkeypatch):
+    """An album-less gallery: the fit section builds a label-free bridge, its plan shows
+    fidelity and kept-old per path, one click serves both generations fused, rollback leaves."""
+    from search.api import Gallery
+
+    monkeypatch.setenv("GRACEFUL_IMPORT_ROOTS", str(album_photos.parent))
+    app.run()
+    app.text_input(key="folder").set_value(str(album_photos)).run()
+    app.button(key="index-folder").click().run()
+    assert "Added 56 photos" in text_of(app)
+    g = Gallery.open(home)
+    g.catalog.set_album([r[0] for r in g.catalog.db.execute("SELECT id FROM images")], None)
+    g.close()
+    page(app, "Models")
+    app.selectbox(key="fit-backbone").set_value("lite2").run()
+    app.text_input(key="fit-name-lite2").set_value("br").run()
+    app.button(key="fit-start").click().run()
+    wait_for(app, "Upgrade plan", timeout=300)
+    app.run()
+    plan = next(d.value for d in app.dataframe if "fidelity" in d.value.columns)
+    assert {"kept old", "photos embedded", "time"} <= set(plan.columns)
+    assert [p.split()[0] for p in plan["path"]] == ["keep", "queries", "transform", "fused", "backfill"]
+    assert "cannot judge" in text_of(app)
+    app.button(key="bridge-fused").click().run()
+    wait_for(app, "(fused mode)", timeout=120)
+    app.run()
+    assert "serving mode **fused**" in text_of(app)
+    app.button(key="rollback").click().run()
+    assert "serving mode **native**" in text_of(app)

@@ -90,6 +90,13 @@ def test_an_album_less_gallery_bridges_to_lite2_and_takes_every_path(flat_home, 
     fused = next(k for k in s if k.startswith("fused:"))
     assert s[fused] == s["lite0"] == s["lite2"] == 68
     assert run(home, "backfill", "--limit", "5").exit_code == 0
+    # what the plan predicted for the fused path, next to what real searches measure
+    r = run(home, "compare", "--queries", few_photos, "--old", "lite0", "--json", home / "c.json")
+    assert r.exit_code == 0 and "plan for the fused path" in r.output, r.output
+    check = json.loads((home / "c.json").read_text())["summary"]["plan_check"]
+    assert check["bridge"] == "br" and check["path"] == "fused" and check["weight"] == 0.5
+    kept = check["checks"]["kept_old"]
+    assert 0 <= kept["measured"] <= 1 and kept["off_by_se"] >= 0
     rb = as_json(run(home, "rollback", "--json"))
     assert rb["model"] == "lite0" and rb["need_reembed"] == 0
     assert as_json(run(home, "info", "--json"))["serving"]["mode"] == "native"
@@ -107,6 +114,10 @@ def test_an_album_less_gallery_bridges_to_lite2_and_takes_every_path(flat_home, 
     # the query map: lite2's queries mapped into lite0's space, nothing moved
     up = as_json(run(home, "upgrade", "br", "--json"))
     assert up["mode"] == "queries" and up["space"] == "lite0" and up["vectors_transformed"] == 0
+    # the next fit on this gallery says how far off the earlier plan was
+    again = as_json(run(home, "train", "--from-gallery", "--backbone", "lite2", "--out", "br3",
+                        "--json", "--method", "bridge"))
+    assert any(e["bridge"] == "br" and e["path"] == "fused" for e in again["earlier_predictions"])
 
 
 def test_fused_mode_needs_a_bridge_and_a_sane_weight(flat_home):
@@ -117,3 +128,61 @@ def test_fused_mode_needs_a_bridge_and_a_sane_weight(flat_home):
     r = run(flat_home, "upgrade", "b1", "--mode", "fused", "--weight", "1.5")
     assert r.exit_code == 1 and "between 0 and 1" in r.output
     assert as_json(run(flat_home, "info", "--json"))["active_model"] == "lite0"
+
+
+@pytest.mark.slow
+def test_kill_9_during_the_bridge_sample_and_the_fused_transform_then_resume(
+        flat_home, tmp_path, run_and_kill):
+    """A bridge fit killed while lite2 embeds its sample keeps the finished feature shards and
+    the rerun completes; a fused transform killed half way keeps serving the old model, and the
+    rerun moves only what is left, then switches."""
+    import os
+    import shutil
+    import sqlite3
+    import subprocess
+    import sys
+
+    from test_transform import synthetic_lite0_gallery
+
+    env = {**os.environ, "GRACEFUL_HOME": str(flat_home)}
+    shards = flat_home / "cache" / "lite2"
+    code = run_and_kill([sys.executable, "-m", "search.cli", "train", "--from-gallery",
+                         "--backbone", "lite2", "--out", "br"], env,
+                        lambda: shards.is_dir() and any(shards.glob("*.npz")))
+    assert code == -9, "the kill must land while lite2 embeds the sample"
+    kept = {p.name for p in shards.glob("*.npz")}
+    assert kept and not (flat_home / "models" / "br.safetensors").exists()
+    report = as_json(run(flat_home, "train", "--from-gallery", "--backbone", "lite2", "--out",
+                         "br", "--json"))
+    assert report["photos_embedded"] == 56 and kept <= {p.name for p in shards.glob("*.npz")}
+
+    # the fused transform, on a gallery large enough for a kill to land inside it
+    home = tmp_path / "big"
+    synthetic_lite0_gallery(home, n=3000)
+    (home / "models").mkdir(exist_ok=True)
+    shutil.copy(flat_home / "models" / "br.safetensors", home / "models" / "br.safetensors")
+    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_TRANSFORM_BATCH": "25"}
+
+    def moved() -> int:
+        with sqlite3.connect(f"file:{home / 'catalog.db'}?mode=ro", uri=True, timeout=0.1) as db:
+            return db.execute("SELECT count(*) FROM vectors WHERE space LIKE 'fused:%'").fetchone()[0]
+
+    code = run_and_kill([sys.executable, "-m", "search.cli", "upgrade", "br", "--mode", "fused",
+                         "--weight", "0.5"], env, lambda: moved() > 100)
+    assert code == -9, "the kill must land inside the fused transform"
+    part = moved()
+    assert 100 <= part < 3000
+    with sqlite3.connect(home / "catalog.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        active = json.loads(db.execute("SELECT value FROM state WHERE key = 'active_model'").fetchone()[0])
+    assert active == "lite0", "search keeps the old model until the fused space is complete"
+    env.pop("GRACEFUL_TRANSFORM_BATCH")
+    r = subprocess.run([sys.executable, "-m", "search.cli", "upgrade", "br", "--mode", "fused",
+                        "--weight", "0.5", "--json"], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    up = json.loads(r.stdout)
+    assert up["changed"] and up["mode"] == "fused" and up["vectors_transformed"] == 3000 - part
+    g = Gallery.open(home)
+    assert g.serving()["mode"] == "fused" and g.index().ntotal == 3000
+    g.close()
