@@ -83,6 +83,13 @@ class ModelPackage:
 
         entry = registry.resolve(name, dirs)
         files: dict[str, bytes] = {}
+        if entry.kind == "fused":  # both generations' models travel
+            from .bridge import parse_fused
+
+            old, bridge, _ = parse_fused(name)
+            for part in (old, bridge):
+                files.update(cls.of(part, dirs).files)
+            return cls(entry.name, files)
         if entry.kind == "compatible" and entry.meta is not None:
             source = Path(entry.source)
             files[source.name] = source.read_bytes()

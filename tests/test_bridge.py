@@ -128,6 +128,12 @@ def test_fused_mode_needs_a_bridge_and_a_sane_weight(flat_home):
     r = run(flat_home, "upgrade", "b1", "--mode", "fused", "--weight", "1.5")
     assert r.exit_code == 1 and "between 0 and 1" in r.output
     assert as_json(run(flat_home, "info", "--json"))["active_model"] == "lite0"
+    # Ray workers get both generations' models: the bridge checkpoint travels with the name
+    from models.bridge import fused_name
+    from models.ray_embed import ModelPackage
+
+    package = ModelPackage.of(fused_name("lite0", "b1", 0.5), [flat_home / "models"])
+    assert package.name == "fused:lite0+b1@0.50" and set(package.files) == {"b1.safetensors"}
 
 
 @pytest.mark.slow
