@@ -186,6 +186,13 @@ def info_lines(info: dict) -> list[str]:
              f"index        {info['index']['vectors']} vectors, {info['index']['dim']}-d"]
     where = info["vector_store"]
     lines.append(f"store        {where['kind']} ({where.get('uri') or where.get('path')})")
+    sv = info.get("serving") or {}
+    if sv.get("mode"):
+        parts = " + ".join(f"{sp} {w:.2f}" for sp, w in zip(sv["spaces"], sv["weights"]))
+        lines.append(f"serving      {sv['mode']} ({parts}); index {sv['index_bytes'] / 2**20:.1f} MiB"
+                     + (f", search p50 {sv['search_p50_ms']:.2f} ms"
+                        if sv.get("search_p50_ms") is not None else "")
+                     + f"; spaces kept: {', '.join(sv['spaces_held'])}")
     for row in info["vectors"]:
         via = "/".join(info["runtimes"].get(row["model"], []))
         lines.append(f"vectors      {row['vectors']:>7} by {row['model']} in space {row['space']}"

@@ -34,8 +34,26 @@ def _serving(gallery: GalleryCore, idx) -> dict:
 
     s = serving(gallery)
     s["index_bytes"] = int(idx.ntotal * idx.dim * 4) if idx else 0
+    s["search_p50_ms"] = _p50_ms(idx) if idx else None
     s["spaces_held"] = sorted({r["space"] for r in gallery.catalog.vector_counts()})
     return s
+
+
+def _p50_ms(idx, n: int = 9) -> float:
+    """Median time of one k=10 search of this index (random unit queries: a flat or IVF
+    search costs the same whatever the query), the index's share of a search's latency."""
+    import time
+
+    import numpy as np
+
+    q = np.random.default_rng(0).normal(size=(n, idx.dim)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    times = []
+    for row in q:
+        t0 = time.perf_counter()
+        idx.search(row[None], 10)
+        times.append(time.perf_counter() - t0)
+    return round(float(np.median(times)) * 1000, 3)
 
 
 def compatibility_matrix(gallery: GalleryCore) -> dict:
