@@ -21,6 +21,7 @@ from .transform import MAP_KINDS, LinearMap, fit_linear_map, normalise
 
 FIDELITY_K = 10
 FUSED_PREFIX = "fused:"
+BLEND_PREFIX = "blend:"
 
 
 def top_k(queries: np.ndarray, reference: np.ndarray, k: int, excluded: np.ndarray | None = None
@@ -113,10 +114,12 @@ def fused_name(old: str, bridge: str, weight: float) -> str:
 
 
 def parse_fused(name: str) -> tuple[str, str, float]:
-    """(old, bridge, weight) of a fused name; ValueError when it is not one."""
-    if not name.startswith(FUSED_PREFIX) or "@" not in name or "+" not in name:
-        raise ValueError(f"fused models are named fused:OLD+BRIDGE@WEIGHT, got {name!r}")
-    body, weight = name[len(FUSED_PREFIX):].rsplit("@", 1)
+    """(old, bridge or head, weight) of a fused (`fused:`) or blended (`blend:`) name;
+    ValueError when it is not one."""
+    prefix = BLEND_PREFIX if name.startswith(BLEND_PREFIX) else FUSED_PREFIX
+    if not name.startswith(prefix) or "@" not in name or "+" not in name:
+        raise ValueError(f"fused models are named {prefix}OLD+MODEL@WEIGHT, got {name!r}")
+    body, weight = name[len(prefix):].rsplit("@", 1)
     old, bridge = body.split("+", 1)
     w = float(weight)
     if not (0.0 < w < 1.0) or not old or not bridge:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .bridge import fuse, fused_name, split
+from .bridge import BLEND_PREFIX, fuse, fused_name, split
 from .embedder import Embedder, ModelInfo
 
 
@@ -93,3 +93,38 @@ class FusedTransform:
 
     def uncertainty(self, old: np.ndarray) -> np.ndarray:
         return self.map.uncertainty(old)
+
+
+class BlendEmbedder(Embedder):
+    """The old query model and a head compatible with its space, searched together over the
+    stored vectors: normalise(w * old + (1 - w) * head). One query vector in the old space, so
+    the gallery is untouched (an album-trained head's safer path, search.ops.fit_blend)."""
+
+    def __init__(self, old: Embedder, head: Embedder, weight: float):
+        if old.space != head.space:
+            raise ValueError(f"{head.name} (space {head.space}) and {old.name} (space "
+                             f"{old.space}) search different spaces: they cannot be blended")
+        self.old, self.new, self.weight = old, head, float(weight)
+        self._pair = FusedEmbedder.__new__(FusedEmbedder)  # reuse its two-size preprocessing
+        self._pair.old, self._pair.new, self._pair.weight = old, head, self.weight
+        self._pair._old_shape = self._pair._new_shape = None
+        self.transform = self._pair._preprocess
+        name = f"{BLEND_PREFIX}{old.name}+{head.name}@{self.weight:.2f}"
+        self.info = ModelInfo(
+            name=name, dim=old.dim, space=old.space,
+            image_size=max(old.info.image_size, head.info.image_size), kind="blend",
+            description=f"{old.name} ({self.weight:.2f}) and {head.name} "
+                        f"({1 - self.weight:.2f}) queries together",
+            compatible_with=tuple(head.info.compatible_with),
+            extra={"parts": [old.name, head.name], "weights": [self.weight, 1 - self.weight],
+                   "spaces": [old.space]})
+
+    @property
+    def runtime(self) -> str:  # type: ignore[override]
+        return self.new.runtime
+
+    def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
+        both = self._pair.embed_batch(batch)  # [sqrt(w) old, sqrt(1-w) new]
+        old, new = split(both, self.old.dim, self.weight)
+        out = self.weight * old + (1 - self.weight) * new
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)

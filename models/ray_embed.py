@@ -83,7 +83,7 @@ class ModelPackage:
 
         entry = registry.resolve(name, dirs)
         files: dict[str, bytes] = {}
-        if entry.kind == "fused":  # both generations' models travel
+        if entry.kind in ("fused", "blend"):  # both generations' models travel
             from .bridge import parse_fused
 
             old, bridge, _ = parse_fused(name)

@@ -117,14 +117,17 @@ def available(dirs: list[Path] | None = None) -> list[ModelEntry]:
 def resolve(name: str, dirs: list[Path] | None = None) -> ModelEntry:
     if name in LITE_VARIANTS:
         return next(e for e in available([]) if e.name == name)
-    if name.startswith("fused:"):
+    if name.startswith(("fused:", "blend:")):
         from .bridge import parse_fused
 
         try:
-            old, bridge, _ = parse_fused(name)
+            old, other, _ = parse_fused(name)
         except ValueError as e:
             raise UnknownModelError(str(e)) from None
-        resolve(old, dirs), resolve(bridge, dirs)  # both must exist
+        resolve(old, dirs)
+        part = resolve(other, dirs)  # both must exist
+        if name.startswith("blend:"):
+            return ModelEntry(name, "blend", part.space, part.dim, "")
         return ModelEntry(name, "fused", name, None, "")
     if name.startswith("openclip:"):
         parts = name.split(":", 2)
@@ -167,18 +170,21 @@ def load(name: str, dirs: list[Path] | None = None) -> Embedder:
 
             arch, tag = entry.name.split(":", 2)[1:]
             model = OpenClipEmbedder(arch, None if tag == "random" else tag)
-        elif entry.kind == "fused":
+        elif entry.kind in ("fused", "blend"):
             model = None
         else:
             model = None  # built below, outside the lock, since it loads its backbone
-    if model is None and entry.kind == "fused":
+    if model is None and entry.kind in ("fused", "blend"):
         from .bridge import parse_fused
-        from .fused import FusedEmbedder
+        from .fused import BlendEmbedder, FusedEmbedder
 
-        old, bridge_name, weight = parse_fused(entry.name)
-        bridge = load(bridge_name, dirs)
-        model = FusedEmbedder(load(old, dirs), load(bridge.meta.backbone, dirs),  # type: ignore[attr-defined]
-                              bridge, weight)
+        old, other, weight = parse_fused(entry.name)
+        part = load(other, dirs)
+        if entry.kind == "blend":
+            model = BlendEmbedder(load(old, dirs), part, weight)
+        else:
+            model = FusedEmbedder(load(old, dirs), load(part.meta.backbone, dirs),  # type: ignore[attr-defined]
+                                  part, weight)
     if model is None:
         from .compatible import HeadEmbedder
 

@@ -216,3 +216,26 @@ def test_refused_upgrade_offers_the_fitted_path(gallery_copy, make_checkpoint):
     assert "graceful reembed lite1" in r.output  # 56 photos: re-embedding is as quick
     info = json.loads(run(gallery_copy, "info", "--json").stdout)
     assert info["active_model"] == "lite0" and info["albums"] == 4
+
+
+def test_the_album_path_offers_the_head_and_the_old_query_together(gallery_copy):
+    """With albums the plan has a blend path (the head's query and the old query over the
+    stored vectors, the weight chosen on training photos), measured with every sampled photo
+    as the gallery; `next_command` takes the recommended path; --mode fused serves the blend."""
+    report = json.loads(run(gallery_copy, "train", "--from-gallery", "--backbone", "lite2",
+                            "--out", "fitted", "--json").stdout)
+    paths = {r["path"]: r for r in report["plan"]}
+    assert set(paths) == {"queries", "blend", "transform", "backfill"}
+    qb = report["query_blend"]
+    assert qb["chosen"] in [t["weight"] for t in qb["tried"]] and qb["photos"] == report["sample"]["train"]
+    assert report["measured"]["reference"] == report["sample"]["train"] + report["sample"]["held_out"]
+    if report["recommended"]:
+        assert report["next_command"][:2] == ["upgrade", "fitted"]
+    up = json.loads(run(gallery_copy, "upgrade", "fitted", "--mode", "fused", "--json").stdout)
+    assert up["changed"] and up["mode"] == "fused" and up["space"] == "lite0"
+    assert up["model"] == f"blend:lite0+fitted@{qb['chosen']:.2f}"
+    serving = json.loads(run(gallery_copy, "info", "--json").stdout)["serving"]
+    assert serving["mode"] == "fused" and serving["models"] == ["lite0", "fitted"]
+    r = run(gallery_copy, "search", "--id", "1", "-k", "3", "--json")
+    assert r.exit_code == 0 and len(json.loads(r.stdout)["results"]) == 3
+    assert run(gallery_copy, "rollback").exit_code == 0

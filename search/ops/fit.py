@@ -26,7 +26,7 @@ from models.progress import Progress
 from models.heads import build_head
 from models.train import LABELLED_METHODS, TrainConfig, old_classifier_rows, train_head
 
-from search.ops import plan
+from search.ops import fit_blend, plan
 from search.core import GalleryCore
 from search.ops.fit_sample import (FIT_METHODS, HOLDOUT, MIN_PHOTOS, NOMINAL_IMAGES_PER_SECOND,
                                     VECTOR_HELD_OUT_MAX, FitError, _labelled_albums, _Sample,
@@ -248,12 +248,14 @@ def fit_upgrade(gallery: GalleryCore, req: FitRequest) -> dict:
     signals = metrics.compat_signals(new_held, o_held, sample.old, own_index, q_labels, ref_labels,
                                      new_reference=new_all)
     gate_passed, _, _, reasons = judge(signals)
-    measured = None
-    if labelled:  # every path on the held-out photos, against the held-out photos
-        measured = plan.measure(o_held, new_held,
-                                {"queries": o_held, "transform": moved[n_train:],
-                                 "backfill": new_held},
-                                o_held, np.arange(len(sample.held)), q_labels, q_labels)
+    measured = qblend = None
+    if labelled:  # every path: held-out photos searching every sampled photo, as each path serves it
+        refs: dict = {"queries": sample.old, "transform": moved, "backfill": new_all}
+        if not vector_only:  # the head's query and the old query together (search.ops.fit_blend)
+            w, qblend = fit_blend.choose_weight(sample.old[:n_train], new_all[:n_train],
+                                                [labels[i] for i in sample.train])
+            refs["blend"] = (fit_blend.blend(o_held, new_held, w), sample.old)
+        measured = plan.measure(o_held, new_held, refs, sample.old, own_index, q_labels, ref_labels)
     t_eval = time.perf_counter() - t0
 
     photos = gallery.catalog.count_images()
@@ -262,8 +264,8 @@ def fit_upgrade(gallery: GalleryCore, req: FitRequest) -> dict:
     seconds = {"queries": 0.0,
                "transform": photos / _transform_rate(t_map, len(sample.train) + len(sample.held)),
                "backfill": photos / rate}
-    rows = plan.plan_rows(measured, seconds, {"queries": 0, "transform": 0, "backfill": photos}
-                          ) if measured else []
+    rows = plan.plan_rows(measured, {**seconds, "blend": 0.0}, {"queries": 0, "blend": 0,
+                          "transform": 0, "backfill": photos}) if measured else []
     recommended, why = plan.recommend(rows, measured["old"]) if rows else (None, "")
     passed, verdict, expectation = _fit_verdict(gate_passed, rows, recommended, why, signals)
     report = {
@@ -273,7 +275,8 @@ def fit_upgrade(gallery: GalleryCore, req: FitRequest) -> dict:
         "sample": {"train": n_train, "held_out": len(sample.held), "missing_files": sample.missing,
                    "albums": len(classes), "labelled": labelled},
         "held_out": signals, "plan": rows, "recommended": recommended, "recommendation": why,
-        "measured": measured, "transform": transform.spec, "blend": blend,
+        "measured": measured, "transform": transform.spec, "blend": blend, "query_blend": qblend,
+        "next_command": plan.next_command(req.out, recommended),
         "passed": passed, "verdict": verdict, "expectation": expectation,
         "reasons": reasons, "forced": bool(req.force and not passed),
         "gallery_state": _gallery_state(gallery, space),
@@ -388,4 +391,5 @@ def _compact(report: dict) -> dict:
     return {k: report[k] for k in ("method", "backbone", "old_model", "space", "gallery_photos",
                                    "sample", "held_out", "passed", "verdict", "expectation",
                                    "seconds", "vector_only", "photos_embedded", "plan",
-                                   "recommended", "recommendation", "gallery_state", "measured")}
+                                   "recommended", "recommendation", "gallery_state", "measured",
+                                   "query_blend", "next_command")}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from models import registry
-from models.bridge import FUSED_PREFIX, fused_name, parse_fused
+from models.bridge import BLEND_PREFIX, FUSED_PREFIX, fused_name, parse_fused
 
 from search.core import GalleryCore
 from search.errors import GalleryError
@@ -29,7 +29,7 @@ def serving(gallery: GalleryCore) -> dict:
     name, space = gallery.active_model, gallery.space
     if name is None:
         return {"mode": None, "spaces": [], "weights": []}
-    if name.startswith(FUSED_PREFIX):
+    if name.startswith((FUSED_PREFIX, BLEND_PREFIX)):
         model = gallery.load_model(name)
         return {"mode": "fused", "spaces": list(model.info.extra["spaces"]),
                 "weights": [round(w, 4) for w in model.info.extra["weights"]],
@@ -40,7 +40,7 @@ def serving(gallery: GalleryCore) -> dict:
 
 
 def mode_of(gallery: GalleryCore, model) -> str:
-    if model.info.kind == "fused":
+    if model.info.kind in ("fused", "blend"):
         return "fused"
     return "native" if gallery.space_for(model) in (model.name, gallery.catalog.serving_space(model.name)) else "queries"
 
@@ -125,6 +125,19 @@ def plan_check(gallery: GalleryCore, new: str, summary: dict) -> dict | None:
             "within_2_se": all(c["off_by_se"] <= 2 for c in checks.values())}
 
 
+def blend_of(gallery: GalleryCore, model, weight: float | None):
+    """`model` (a head fitted with albums) blended with the active model's queries, at its
+    fit's weight unless `weight` says otherwise; None when its fit measured no blend."""
+    fit = ((getattr(model, "meta", None) and model.meta.metrics) or {}).get("gallery_fit") or {}
+    chosen = (fit.get("query_blend") or {}).get("chosen")
+    if chosen is None and weight is None:
+        return None
+    w = float(weight if weight is not None else chosen)
+    if not 0.0 < w < 1.0:
+        raise GalleryError(f"--weight {w}: the old model's weight must be between 0 and 1")
+    return gallery.load_model(f"{BLEND_PREFIX}{gallery.active_model}+{model.name}@{w:.2f}")
+
+
 def plan_row(bridge, path: str) -> dict | None:
     plan = (bridge.meta.metrics.get("bridge") or {}).get("plan") or []
     return next((r for r in plan if r["path"] == path), None)
@@ -199,4 +212,4 @@ def switch_native(gallery: GalleryCore, model, result) -> None:
 
 __all__ = ["MODES", "PATH_MODE", "serving", "mode_of", "is_bridge", "find_bridge",
            "complete_space", "no_bridge_message", "bridge_upgrade", "switch_native", "parse_fused",
-           "predicted_path", "plan_check"]
+           "predicted_path", "plan_check", "blend_of"]

@@ -17,7 +17,7 @@ from models import metrics
 
 from search.units import duration_text
 
-PATHS = ("queries", "transform", "backfill")
+PATHS = ("queries", "blend", "transform", "backfill")
 # How much worse counts as worse: at least this much, and beyond twice the paired standard error
 # (so a sample of 64 cannot overturn a gain measured on 300).
 WORSE_MAP = 0.01
@@ -76,8 +76,8 @@ def measure(old_q: np.ndarray, new_q: np.ndarray, references: dict[str, np.ndarr
             old_reference: np.ndarray, own_index: np.ndarray, q_labels: list, ref_labels: list,
             near_duplicate: float = NEAR_DUPLICATE) -> dict:
     """Every path on the same labelled queries: `references` maps a path to its gallery
-    (the rows of `old_reference`, moved or re-embedded). Near duplicates of each query (by the
-    old model) and its own photo never count as results."""
+    (the rows of `old_reference`, moved or re-embedded), or to (its own queries, its gallery).
+    Near duplicates of each query (by the old model) and its own photo never count as results."""
     near = metrics.near_duplicates(old_q, old_reference, near_duplicate)
     rows = np.flatnonzero(own_index >= 0)
     near[rows, own_index[rows]] = False
@@ -96,7 +96,10 @@ def measure(old_q: np.ndarray, new_q: np.ndarray, references: dict[str, np.ndarr
                                "left_out": int(near.sum())},
            "paths": {}}
     for path, reference in references.items():
-        res = metrics.outcomes(new_q, reference, q_labels, ref_labels, excluded)
+        queries = new_q
+        if isinstance(reference, tuple):
+            queries, reference = reference[0][judged], reference[1]
+        res = metrics.outcomes(queries, reference, q_labels, ref_labels, excluded)
         summary = metrics.path_summary(base, res)
         summary["verdict"], summary["flags"] = judge_path(summary)
         out["paths"][path] = summary
@@ -117,6 +120,13 @@ def plan_rows(measured: dict, seconds: dict[str, float], photos_embedded: dict[s
                      "flags": s["flags"],
                      "se": {k: s[f"{k}_se"] for k in ("top1", "top5", "map", "lost_at_5")}})
     return rows
+
+
+def next_command(name: str, path: str | None) -> list[str] | None:
+    """The argv after `graceful` that takes a fitted model's recommended path (None: keep)."""
+    return {"queries": ["upgrade", name], "blend": ["upgrade", name, "--mode", "fused"],
+            "transform": ["upgrade", name, "--transform"],
+            "backfill": ["upgrade", name, "--transform"]}.get(path or "")
 
 
 def recommend(rows: list[dict], old: dict) -> tuple[str | None, str]:

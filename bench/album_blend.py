@@ -1,0 +1,84 @@
+"""The album path with and without the old query (issue 24): a PCT head fitted as
+`train --from-gallery` fits it (lite2 features, the stored lite0 vectors as the old side, albums
+as labels, relational distillation), then the test photos of the same classes search the whole
+gallery: the head's queries alone (`queries`) and blended with the old query at the weight the
+fit chooses on its training photos (`blend`, search.ops.fit_blend). Caltech halves as in
+section 8 (albums = classes; distractors unlabelled); features from --cache.
+
+    python -m bench.album_blend --cache /tmp/gb/cache --json bench/out/album_blend.json
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from bench.bridge import files_of, summary
+from bench.common import CALTECH, machine, write_json
+
+
+def run_split(gallery_classes: list[str], cache: Path, seed: int) -> dict:
+    from models import registry
+    from models.features import extract
+    from models.train import TrainConfig, old_classifier_rows, train_head
+    from search.ops import fit_blend
+    from search.ops.fit import REL_WEIGHT
+    from search.ops.fit_sample import default_sample
+
+    g_files, g_labels = files_of("train", gallery_classes)
+    dis = sorted((CALTECH / "distractors").iterdir())
+    g_files += dis
+    g_labels += [None] * len(dis)
+    q_files, q_labels = files_of("test", gallery_classes)
+    lite0, lite2 = registry.load("lite0"), registry.load("lite2")
+    old = extract(lite0, g_files, cache, batch_size=16, progress=False)
+    feats = extract(lite2, g_files, cache, batch_size=16, progress=False)
+    oq = extract(lite0, q_files, cache, batch_size=16, progress=False)
+    fq = extract(lite2, q_files, cache, batch_size=16, progress=False)
+    labelled = [i for i, lab in enumerate(g_labels) if lab is not None]
+    rng = np.random.default_rng(seed)
+    train = rng.permutation(labelled)[: int(default_sample(len(g_files)) * 0.8)]
+    classes = sorted({g_labels[i] for i in train})
+    index = {c: k for k, c in enumerate(classes)}
+    y = np.array([index[g_labels[i]] for i in train])
+    cfg = TrainConfig("pct", dim=1280, epochs=30, seed=seed, rel_weight=REL_WEIGHT)
+    trained = train_head(cfg, feats[train], y, len(classes), old_emb=old[train],
+                         old_classifier=old_classifier_rows(old[train], y, len(classes)))
+    head_q = trained.embed(fq)
+    w, choice = fit_blend.choose_weight(old[train], trained.embed(feats[train]),
+                                        [g_labels[i] for i in train])
+    out = {"gallery": len(g_files), "queries": len(q_files), "trained_on": len(train),
+           "weight": w, "choice": choice, "paths": {}}
+    for name, q in (("old/old", oq), ("queries (head alone)", head_q),
+                    (f"blend {w:.2f} (chosen)", fit_blend.blend(oq, head_q, w))):
+        out["paths"][name] = summary(oq, q, old, old, q_labels, g_labels)
+    for alt in fit_blend.WEIGHTS:
+        out["paths"][f"blend {alt:.2f}"] = summary(oq, fit_blend.blend(oq, head_q, alt), old, old,
+                                                   q_labels, g_labels)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cache", type=Path, required=True)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    classes = sorted(p.name for p in (CALTECH / "train").iterdir() if p.is_dir())
+    half = len(classes) // 2
+    result = {"machine": machine(), "splits": {}}
+    for name, gallery in (("second half", classes[half:]), ("first half", classes[:half])):
+        r = run_split(gallery, args.cache, args.seed)
+        result["splits"][name] = r
+        print(f"== gallery: {name} ({r['gallery']} photos, {r['queries']} test queries, head "
+              f"trained on {r['trained_on']}); blend weight chosen {r['weight']}")
+        for p, s in r["paths"].items():
+            print(f"  {p:<24} top-1 {s['top1']:.3f}  top-5 {s['top5']:.3f}  mAP {s['map']:.3f}  "
+                  f"NFR {s['nfr']:.3f}  lost@5 {s['lost_at_5']:.3f}  kept {s['retention']:.3f}")
+    if args.json:
+        write_json(args.json, result)
+
+
+if __name__ == "__main__":
+    main()
