@@ -457,7 +457,7 @@ def remember_verdict(g: Gallery, name: str, p) -> None:
     st.session_state.setdefault("verdicts", {})[(name, g.space)] = text
 
 
-def try_upgrade(g: Gallery, target: str, dry_run: bool = False):
+def try_upgrade(g: Gallery, target: str, dry_run: bool = False, mode: str | None = None):
     """Upgrade (or check); a pre-flight refusal is kept to show what was measured and the
     gallery-fitted next step."""
     from search.api import PreflightRefused
@@ -466,7 +466,7 @@ def try_upgrade(g: Gallery, target: str, dry_run: bool = False):
     try:
         with g.lock:
             space = g.space
-            result = g.upgrade(target, dry_run=dry_run)
+            result = g.upgrade(target, dry_run=dry_run, mode=mode)
         if dry_run:
             remember_verdict(g, target, result.preflight)
         return result
@@ -599,7 +599,13 @@ def show_plan(g: Gallery, r: dict) -> None:
     def worse(path: str) -> bool:
         return verdicts.get(path, {}).get("verdict") == "worse"
 
-    b1, b2, b3 = st.columns(3)
+    b1, b0, b2, b3 = st.columns(4)
+    if "blend" in verdicts and b0.button(
+            "Queries with the old model", key="plan-blend", disabled=worse("blend"),
+            help="the head's query and the old model's searched together (no vector moves)"):
+        res = try_upgrade(g, r["name"], mode="fused")
+        if res:
+            flash(("success", f"Upgraded {res.previous} → {res.model} ({res.mode} mode)."))
     if b1.button(f"Queries only: upgrade to {r['name']}", key="plan-queries",
                  disabled=worse("queries"), help="measured worse" if worse("queries") else None):
         res = try_upgrade(g, r["name"])

@@ -30,6 +30,7 @@ def next_command(report: dict) -> str:
     """What to run after a fit: the recommended path's command."""
     name = report["name"]
     return {"queries": f"graceful upgrade {name}",
+            "blend": f"graceful upgrade {name} --mode fused",
             "transform": f"graceful upgrade {name} --transform",
             "backfill": f"graceful upgrade {name} --transform, then graceful backfill --order "
                         f"uncertainty"}.get(report.get("recommended") or "",
