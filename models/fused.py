@@ -32,7 +32,7 @@ class FusedEmbedder(Embedder):
                    "spaces": [old.space, new.space], "bridge": bridge.name})
 
     @property
-    def runtime(self) -> str:  # type: ignore[override]
+    def runtime(self) -> str:
         return self.new.runtime
 
     @property
