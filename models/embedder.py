@@ -43,10 +43,14 @@ class Embedder:
 
     info: ModelInfo
     transform: Callable[[Image.Image], torch.Tensor]
-    runtime: str = "torch"  # what computes forward_features: "torch" or "onnxruntime"
 
     def forward_features(self, batch: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    @property
+    def runtime(self) -> str:
+        """What computes forward_features: "torch" or "onnxruntime"."""
+        return "torch"
 
     @property
     def name(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,8 +46,8 @@ def tail_state(model: torch.nn.Module, blocks: int) -> dict[str, torch.Tensor]:
 
 def apply_backbone_state(backbone: Embedder, tensors: dict[str, torch.Tensor]) -> Embedder:
     """A private copy of `backbone` with fine-tuned tensors loaded (the shared one is untouched)."""
-    tuned = copy.copy(backbone)
-    tuned.model = copy.deepcopy(backbone.model)
+    tuned: Any = copy.copy(backbone)  # an EfficientNet-Lite (tail_modules refuses others)
+    tuned.model = copy.deepcopy(tuned.model)
     state = {k[len(BACKBONE_PREFIX):]: v for k, v in tensors.items()}
     missing, unexpected = tuned.model.load_state_dict(state, strict=False)
     if unexpected:
@@ -81,7 +82,7 @@ def finetune(cfg: TrainConfig, backbone: Embedder, files: list[Path], labels: np
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     dev = torch.device(cfg.device)
-    model = copy.deepcopy(backbone.model).to(dev)
+    model = copy.deepcopy(backbone.model).to(dev)  # type: ignore[attr-defined]  # EfficientNet-Lite
     model.requires_grad_(False)
     tail = tail_modules(model, blocks)
     tail_params = [p for m in tail.values() for p in m.parameters()]

@@ -41,7 +41,7 @@ def remove_stale_temp_files(folder: Path, older_than: float = 3600.0,
     touched. `dry_run`: only list them."""
     import time
 
-    removed = []
+    removed: list[Path] = []
     try:
         candidates = [p for p in Path(folder).iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
     except OSError:

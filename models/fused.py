@@ -32,7 +32,7 @@ class FusedEmbedder(Embedder):
                    "spaces": [old.space, new.space], "bridge": bridge.name})
 
     @property
-    def runtime(self) -> str:  # type: ignore[override]
+    def runtime(self) -> str:
         return self.new.runtime
 
     @property
@@ -120,7 +120,7 @@ class BlendEmbedder(Embedder):
                    "spaces": [old.space]})
 
     @property
-    def runtime(self) -> str:  # type: ignore[override]
+    def runtime(self) -> str:
         return self.new.runtime
 
     def embed_batch(self, batch: torch.Tensor) -> np.ndarray:

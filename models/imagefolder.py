@@ -63,5 +63,5 @@ def align_classes(data: ImageFolder, classes: list[str]) -> ImageFolder:
     unknown = sorted(set(data.classes) - set(index))
     if unknown:
         raise DatasetError(f"{data.root}: classes not in the training set: {', '.join(unknown[:5])}")
-    labels = np.array([index[data.classes[l]] for l in data.labels], np.int64)
+    labels = np.array([index[data.classes[lab]] for lab in data.labels], np.int64)
     return ImageFolder(data.root, data.files, labels, classes)

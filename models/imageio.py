@@ -66,7 +66,7 @@ def decode(data: bytes, target_size: int | None = None) -> Decoded:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             fmt = img.format or "?"
             w, h = img.size
             limit = MAX_PIXELS if fmt == "JPEG" else MAX_FULL_DECODE_PIXELS

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -142,7 +143,7 @@ def compat_signals(new_q: np.ndarray, old_q: np.ndarray, reference: np.ndarray,
     others = len(reference) - (own_index >= 0)
     k = max(min_k, int(round(agreement_fraction * len(reference))))
     agree = neighbourhood_agreement(new_q, old_q, reference, k, own_index)
-    out = {
+    out: dict[str, Any] = {
         "queries": int(len(new_q)),
         "reference": int(len(reference)),
         "own_rank": round(float(np.median(ranks)), 5),

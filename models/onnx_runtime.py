@@ -171,7 +171,8 @@ class OrtFeatures:
             data = self._data if self._data is not None else self.path.read_bytes()
             self._session = self._make_session(data)
         except Exception as e:  # cache gone or unreadable here: the owner runs torch
-            warnings.warn(f"ONNX session not restored ({e}); using torch", RuntimeWarning)
+            warnings.warn(f"ONNX session not restored ({e}); using torch", RuntimeWarning,
+                          stacklevel=2)
             self.module = self._session = None
 
 

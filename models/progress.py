@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -55,7 +56,7 @@ class ProgressBar:
 
     def __init__(self, unit: str = "img", enabled: bool = True):
         self.unit, self.enabled = unit, enabled
-        self.bar = None
+        self.bar: Any = None  # a tqdm bar, made on the first report
 
     def __call__(self, p: Progress) -> None:
         if not self.enabled:

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, Iterable, Iterator, TypeVar
+from typing import IO, Generic, Iterable, Iterator, TypeVar
 
 import numpy as np
 
@@ -172,7 +172,7 @@ class LocalRuntime:
         self.cpus = cpus or os.cpu_count() or 1
         self.proc: subprocess.Popen | None = None
         self.address = ""
-        self._log = None
+        self._log: IO[str] | None = None  # the `ray start` log
 
     def start(self, timeout: float) -> str:
         port = _free_port()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeAlias
 
 from models.progress import Progress, ProgressBar
 
@@ -27,7 +27,7 @@ __all__ = ["Gallery", "GalleryError", "SearchHit", "SearchResult", "Settings", "
            "import_roots", "links_outside", "stage_uploads", "fit_name", "BACKFILL_ORDERS",
            "available_models", "verify_model"]
 
-ProgressArg = "bool | Callable[[Progress], None]"
+ProgressArg: TypeAlias = "bool | Callable[[Progress], None]"
 BACKFILL_ORDERS = ("random", "oldest", "most-retrieved", "uncertainty")
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-_configured = False
+_configured: int | bool = False
 
 
 def configure_threads(n: int | None = None) -> int:

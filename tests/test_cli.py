@@ -83,3 +83,25 @@ def test_text_search_with_an_open_clip_gallery(home, few_photos, tmp_path):
     out = json.loads(run(home, "search", "--text", "a sunflower", "-k", "4", "--json").stdout)
     assert out["model"] == name and len(out["results"]) == 4
     assert out["space"].startswith("openclip:ViT-S-32:file-")
+
+
+def test_compare_json_prints_the_report_and_out_writes_it(album_gallery, few_photos, tmp_path):
+    """`compare --json` prints the report on stdout (as every command's --json does), `--out FILE`
+    writes it next to the text, and the older `--json FILE` still writes FILE."""
+    base = ["compare", "--queries", few_photos, "--old", "lite0", "--new", "lite0", "-k", "5"]
+    r = run(album_gallery, *base, "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    summary = report["summary"]
+    assert summary["k"] == 5 and summary["queries"] == 12 and summary["labelled"]
+    assert {"query", "label", "old", "new", "gained", "lost", "overlap", "old_correct",
+            "new_correct", "lost_all", "lost_all_at"} <= set(report["queries"][0])
+    for args, path in ((["--out", tmp_path / "new.json"], tmp_path / "new.json"),
+                       (["--json", tmp_path / "old.json"], tmp_path / "old.json")):
+        r = run(album_gallery, *base, *args)
+        assert r.exit_code == 0, r.output
+        assert r.stdout.startswith("12 queries, lite0 vs lite0, top-5") and "report: " in r.stdout
+        written = json.loads(path.read_text())
+        assert written["queries"] == report["queries"]
+        assert {k: v for k, v in written["summary"].items() if k != "seconds"} == \
+            {k: v for k, v in summary.items() if k != "seconds"}

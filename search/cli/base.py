@@ -28,7 +28,7 @@ class Context:
         g = Gallery.open(self.home, create=create,  # read commands: a missing gallery is an error
                          settings=self.settings)
         self.opened.append(g)
-        return g
+        return g  # type: ignore[return-value]  # GalleryCore.open makes a Gallery here
 
     def configure(self) -> None:
         from search.runtime import configure_threads

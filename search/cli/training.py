@@ -2,13 +2,13 @@
 group (compatibility matrix, upgrade chains, heterogeneous search)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from search.cli import render
 from search.cli.base import Context, bars, echo_lines, emit_json, fail, interrupted
+from search.cli.jsonout import json_out_options, json_targets, write_json
 
 
 @click.command("train")
@@ -142,10 +142,10 @@ def bench_group() -> None:
               help="bct/pct's frozen old classifier: the old head's trained rows, class means of "
                    "the old embeddings for every class (album prototypes), or both side by side "
                    "(reported as <method>+proto).")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the results here.")
+@json_out_options
 @click.pass_obj
 def bench_compat_cmd(obj: Context, train_dir, test_dir, old_classes, old_backbone, new_backbone,
-                     methods, dim, epochs, cache_dir, loss, old_classifier, json_out) -> None:
+                     methods, dim, epochs, cache_dir, loss, old_classifier, json_to, out_file) -> None:
     """Old model on some classes, every method on all: compatibility, accuracy and flips."""
     from models.evaluation.compat import CompatBenchConfig, run
     from models.imagefolder import DatasetError
@@ -158,9 +158,8 @@ def bench_compat_cmd(obj: Context, train_dir, test_dir, old_classes, old_backbon
         result = run(cfg)
     except (DatasetError, ValueError) as e:
         fail(e)
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2))
+    if _write(json_to, out_file, result):
+        return
     click.echo(f"{'pair':<24} {'top1':>7} {'top5':>7} {'mAP':>7} {'NFR':>7} {'PFR':>7}")
     for pair, m in result["pairs"].items():
         click.echo(f"{pair:<24} {m['top1']:>7.4f} {m['top5']:>7.4f} {m['map']:>7.4f} "
@@ -178,10 +177,13 @@ def _gen_config(obj: Context, train_dir, test_dir, cache_dir, loss):
     return GenConfig(train_dir, test_dir, cache_dir or obj.home / "cache", loss=loss)
 
 
-def _write(json_out, result) -> None:
-    if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(result, indent=2))
+def _write(json_to, out_file, result) -> bool:
+    """Write the JSON report where asked; True when it went to stdout (and the text does not)."""
+    to_stdout, files = json_targets(json_to, out_file)
+    write_json(result, files)
+    if to_stdout:
+        emit_json(result)
+    return to_stdout
 
 
 _bench_data = [
@@ -189,7 +191,7 @@ _bench_data = [
     click.option("--test", "test_dir", required=True, type=click.Path(path_type=Path, exists=True)),
     click.option("--cache", "cache_dir", type=click.Path(path_type=Path)),
     click.option("--loss", type=click.Choice(["ce", "lqf"]), default="ce", show_default=True),
-    click.option("--json", "json_out", type=click.Path(path_type=Path)),
+    json_out_options,
 ]
 
 
@@ -202,12 +204,13 @@ def bench_data(fn):
 @bench_group.command("chain")
 @bench_data
 @click.pass_obj
-def bench_chain_cmd(obj: Context, train_dir, test_dir, cache_dir, loss, json_out) -> None:
+def bench_chain_cmd(obj: Context, train_dir, test_dir, cache_dir, loss, json_to, out_file) -> None:
     """v1 -> v2 -> v3 (lite0 -> lite1 -> lite2, classes growing): matrix and compatibility tax."""
     from models.evaluation.generations import chain
 
     result = chain(_gen_config(obj, train_dir, test_dir, cache_dir, loss))
-    _write(json_out, result)
+    if _write(json_to, out_file, result):
+        return
     gals = ["v1", "v2", "v3"]
     click.echo("top-1 (mAP): query model x gallery model")
     click.echo(f"{'':<12}" + "".join(f"{g:>18}" for g in gals))
@@ -220,12 +223,13 @@ def bench_chain_cmd(obj: Context, train_dir, test_dir, cache_dir, loss, json_out
 @bench_group.command("hetero")
 @bench_data
 @click.pass_obj
-def bench_hetero_cmd(obj: Context, train_dir, test_dir, cache_dir, loss, json_out) -> None:
+def bench_hetero_cmd(obj: Context, train_dir, test_dir, cache_dir, loss, json_to, out_file) -> None:
     """Small query models compatible with a large gallery model: accuracy vs images/s."""
     from models.evaluation.generations import hetero
 
     result = hetero(_gen_config(obj, train_dir, test_dir, cache_dir, loss))
-    _write(json_out, result)
+    if _write(json_to, out_file, result):
+        return
     for r in result["rows"]:
         click.echo(f"{r['query_model']:<30} top1 {r['top1']:.4f} mAP {r['map']:.4f} "
                    f"{r['images_per_s']:>7.1f} img/s")

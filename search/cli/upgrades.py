@@ -1,7 +1,6 @@
 """Commands that change or measure the query model: upgrade, rollback, backfill, reembed, compare."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import click
 
 from search.cli import render
 from search.cli.base import Context, bars, emit_json, fail, interrupted, ray_flags, ray_options
+from search.cli.jsonout import json_out_options, json_targets, write_json
 
 
 @click.command("upgrade")
@@ -155,15 +155,17 @@ def reembed_cmd(obj: Context, name, no_switch, batch_size, ray_address, ray_work
               help="Folder of query photos; an ImageFolder (sub-folder per class) adds metrics.")
 @click.option("--log", "from_log", is_flag=True, help="Use the searches recorded in the query log.")
 @click.option("-k", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the report here.")
+@json_out_options
 @click.pass_obj
-def compare_cmd(obj: Context, old_name, new_name, queries, from_log, k, json_out) -> None:
+def compare_cmd(obj: Context, old_name, new_name, queries, from_log, k, json_to, out_file) -> None:
     """Per query: results gained and lost between two models; flip rates when labelled."""
     if bool(queries) == bool(from_log):
         raise click.UsageError("give one of --queries DIR or --log")
     report = obj.gallery().compare(Path(queries) if queries else "log", old_name, new_name, k)
-    if json_out:
-        Path(json_out).write_text(json.dumps(report, indent=1))
+    to_stdout, files = json_targets(json_to, out_file)
+    write_json(report, files, indent=1)
+    if to_stdout:
+        return emit_json(report)
     s = report["summary"]
     click.echo(f"{s['queries']} queries, {s['old']} vs {s['new']}, top-{s['k']}: overlap "
                f"{s['overlap_at_k']:.3f}, {s['gained']} results gained, {s['lost']} lost")

@@ -182,7 +182,7 @@ def _verify_store(gallery: GalleryCore, spaces: list[str], repair: bool,
     if store.kind == "milvus":
         from search.storage.milvus_lite import LiteDamaged
     else:
-        LiteDamaged = ()  # noqa: N806 (nothing to catch)
+        LiteDamaged = ()  # type: ignore[misc,assignment]  # noqa: N806 (nothing to catch)
     verdicts: dict[str, str | None] = {}
     try:
         for space in spaces:
@@ -198,7 +198,7 @@ def _verify_store(gallery: GalleryCore, spaces: list[str], repair: bool,
                    f"{Path(uri).name}.damaged-<time> and rebuilds the collections from the "
                    "catalog, which holds every vector)")
         return None
-    aside = store.set_aside()
+    aside = store.set_aside()  # type: ignore[attr-defined]  # Milvus Lite's
     for space in spaces:
         gallery.rebuild_index(space)
     report.add("index", "repaired", f"the Milvus Lite file {uri} was damaged ({damaged.reason}): "

@@ -120,7 +120,7 @@ def plan_check(gallery: GalleryCore, new: str, summary: dict) -> dict | None:
                   "off_by_se": round(abs(m - p) / max(s, 1e-3), 2)}
               for k, (p, s, m) in measured.items() if m is not None}
     weight = getattr(gallery.load_model(new), "weight", None) if path == "fused" else None
-    return {"bridge": bridge.name, "path": path, "checks": checks,
+    return {"bridge": bridge.name, "path": path, "checks": checks,  # type: ignore[attr-defined]
             "plan_weight": row.get("weight"), "weight": weight,
             "within_2_se": all(c["off_by_se"] <= 2 for c in checks.values())}
 
@@ -162,7 +162,7 @@ def bridge_upgrade(gallery: GalleryCore, bridge, mode: str | None, weight: float
         if not 0.0 < weight < 1.0:
             raise GalleryError(f"--weight {weight}: the old space's weight must be between 0 and 1")
         model = gallery.load_model(fused_name(gallery.active_model, bridge.name, weight))
-        transform = model.gallery_transform()
+        transform = model.gallery_transform()  # type: ignore[attr-defined]
     else:
         model = gallery.load_model(spec["target_model"])
         transform = bridge.gallery_transform()
@@ -189,7 +189,7 @@ def bridge_upgrade(gallery: GalleryCore, bridge, mode: str | None, weight: float
         return result
     result.changed, result.space = True, gallery.space
     how = (f"both generations searched together ({weight:.2f} old, {1 - weight:.2f} "
-           f"{model.new.name})" if mode == "fused" else f"{model.name}'s own space")
+           f"{model.new.name})" if mode == "fused" else f"{model.name}'s own space")  # type: ignore[attr-defined]
     result.notes.append(
         f"moved {state.done} stored vectors in {duration_text(state.seconds)} by {bridge.name}'s "
         f"gallery map ({result.photos_embedded} photos embedded by {bridge.meta.backbone} when it "

@@ -11,6 +11,8 @@ so the command that follows a fit never contradicts it on a smaller sample.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from models import metrics
@@ -89,7 +91,7 @@ def measure(old_q: np.ndarray, new_q: np.ndarray, references: dict[str, np.ndarr
     old_q, new_q, excluded = old_q[judged], new_q[judged], excluded[judged]
     q_labels = [q_labels[i] for i in judged]
     base = metrics.outcomes(old_q, old_reference, q_labels, ref_labels, excluded)
-    out = {"queries": int(len(old_q)), "reference": int(len(old_reference)),
+    out: dict[str, Any] = {"queries": int(len(old_q)), "reference": int(len(old_reference)),
            "old": metrics.path_summary(base, base),
            "near_duplicates": {"rule": f"old-model cosine >= {near_duplicate}",
                                "queries_with_any": round(float(near.any(1).mean()), 4),

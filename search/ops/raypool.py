@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Generator, Iterable, Iterator
 
 from search.errors import GalleryError
 
@@ -34,7 +34,7 @@ class RayOptions:
 
 
 def embedded(gallery: "GalleryCore", model: "Embedder", items: Iterable, batch_size: int,
-             ray: RayOptions | None) -> Iterator["EncodedBatch"]:
+             ray: RayOptions | None) -> Generator["EncodedBatch", None, None]:
     """The one place a job's photos are embedded, here or on Ray workers; records which
     runtime computed the vectors. `items`: (key, preprocessed tensor) pairs here, (key, encoded
     bytes) pairs for Ray, whose workers also report the photos they could not decode."""
@@ -53,7 +53,7 @@ def embedded(gallery: "GalleryCore", model: "Embedder", items: Iterable, batch_s
 
 @contextmanager
 def open_pool(gallery: "GalleryCore", model: "Embedder", options: RayOptions
-              ) -> Iterator["RayEmbedPool"]:
+              ) -> Iterator[_Said]:
     from models.ray_embed import (START_TIMEOUT_ENV, ModelPackage, RayEmbedPool,
                                   RayStartTimeout, prepare_auth)
 

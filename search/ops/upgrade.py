@@ -111,7 +111,7 @@ def upgrade(gallery: GalleryCore, name: str, force: bool = False, dry_run: bool 
         if found is None:
             raise GalleryError(modes.no_bridge_message(gallery, model))
         bridge = gallery.load_model(found)
-        fit = bridge.meta.metrics.get("bridge") or {}
+        fit = bridge.meta.metrics.get("bridge") or {}  # type: ignore[attr-defined]
         mode = mode or modes.PATH_MODE.get(fit.get("recommended") or "")
         if mode is None:
             raise GalleryError(f"{found}'s plan does not recommend a bridged path for this gallery "

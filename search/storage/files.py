@@ -50,14 +50,14 @@ def collect_files(paths: Iterable[str | Path], roots: list[Path] | None = None,
     roots), a file that resolves outside them (a symlink out) is passed over and appended to
     `outside`."""
     files: list[Path] = []
-    paths = [Path(p) for p in paths]
-    missing = [str(p) for p in paths if not p.exists()]
+    named = [Path(p) for p in paths]
+    missing = [str(p) for p in named if not p.exists()]
     if missing:
         raise GalleryError(f"no such file or folder: {', '.join(missing)}")
-    system = [str(p) for p in paths if _is_system_path(p)]
+    system = [str(p) for p in named if _is_system_path(p)]
     if system:
         raise GalleryError(f"{', '.join(system)}: a system folder or device, not photos")
-    for p in paths:
+    for p in named:
         if p.is_dir():
             files.extend(_walk(p))
         elif p.is_file():

@@ -90,7 +90,7 @@ class MilvusSpace:
 
     @_said
     def ids(self) -> np.ndarray:
-        out = []
+        out: list[int] = []
         it = self.client.query_iterator(self.collection, batch_size=10000, filter="id >= 0",
                                         output_fields=["id"])
         try:

@@ -266,7 +266,6 @@ class _Transaction:
             self.outer = True
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> None:  # an exception propagates
         if self.outer:
             self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
-        return False
