@@ -881,10 +881,19 @@ def show_report(g: Gallery, report: dict) -> None:
         st.dataframe(pd.DataFrame([{"model": s["old"], **s["old_metrics"]},
                                    {"model": s["new"], **s["new_metrics"]}]), hide_index=True)
     rows = render.lost_first(report["queries"])
-    df = pd.DataFrame([{"query": r["query"], "lost every right photo": r.get("lost_all"),
+    labelled = bool(s.get("labelled"))  # unlabelled: no right/wrong columns (they were None)
+    df = pd.DataFrame([{"query": r["query"],
+                        **({"lost every right photo": r.get("lost_all")} if labelled else {}),
                         "gained": len(r["gained"]), "lost": len(r["lost"]),
-                        "overlap": r["overlap"], "old right": r.get("old_correct"),
-                        "new right": r.get("new_correct")} for r in rows])
+                        "overlap": r["overlap"],
+                        **({"old right": r.get("old_correct"), "new right": r.get("new_correct")}
+                           if labelled else {})} for r in rows])
+    check = s.get("plan_check")
+    if check:
+        st.caption(f"{md(check['bridge'])}'s plan for the {check['path']} path, predicted → "
+                   f"measured: " + " · ".join(
+                       f"{k} {c['predicted']:.3f} ±{c['se']:.3f} → {c['measured']:.3f} "
+                       f"({c['off_by_se']:.1f} SE)" for k, c in check["checks"].items()))
     st.bar_chart(df.set_index("query")[["gained", "lost"]].head(40), color=["#2e7d32", "#c62828"])
     st.dataframe(df, hide_index=True, width="stretch")
     d1, d2 = st.columns(2)

@@ -46,8 +46,15 @@ def run_split(gallery_classes: list[str], cache: Path, seed: int) -> dict:
     trained = train_head(cfg, feats[train], y, len(classes), old_emb=old[train],
                          old_classifier=old_classifier_rows(old[train], y, len(classes)))
     head_q = trained.embed(fq)
-    w, choice = fit_blend.choose_weight(old[train], trained.embed(feats[train]),
-                                        [g_labels[i] for i in train])
+    def train_on(rows):
+        sub = train[rows]
+        sub_classes = sorted({g_labels[i] for i in sub})
+        ys = np.array([sub_classes.index(g_labels[i]) for i in sub])
+        return train_head(cfg, feats[sub], ys, len(sub_classes), old_emb=old[sub],
+                          old_classifier=old_classifier_rows(old[sub], ys, len(sub_classes))).embed
+
+    w, choice = fit_blend.honest_weight(train_on, feats[train], old[train],
+                                        [g_labels[i] for i in train], seed)
     out = {"gallery": len(g_files), "queries": len(q_files), "trained_on": len(train),
            "weight": w, "choice": choice, "paths": {}}
     for name, q in (("old/old", oq), ("queries (head alone)", head_q),

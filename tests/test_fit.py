@@ -227,7 +227,7 @@ def test_the_album_path_offers_the_head_and_the_old_query_together(gallery_copy)
     paths = {r["path"]: r for r in report["plan"]}
     assert set(paths) == {"queries", "blend", "transform", "backfill"}
     qb = report["query_blend"]
-    assert qb["chosen"] in [t["weight"] for t in qb["tried"]] and qb["photos"] == report["sample"]["train"]
+    assert qb["chosen"] in [t["weight"] for t in qb["tried"]] and 0 < qb["photos"] < report["sample"]["train"]
     assert report["measured"]["reference"] == report["sample"]["train"] + report["sample"]["held_out"]
     if report["recommended"]:
         assert report["next_command"][:2] == ["upgrade", "fitted"]

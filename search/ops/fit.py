@@ -252,8 +252,9 @@ def fit_upgrade(gallery: GalleryCore, req: FitRequest) -> dict:
     if labelled:  # every path: held-out photos searching every sampled photo, as each path serves it
         refs: dict = {"queries": sample.old, "transform": moved, "backfill": new_all}
         if not vector_only:  # the head's query and the old query together (search.ops.fit_blend)
-            w, qblend = fit_blend.choose_weight(sample.old[:n_train], new_all[:n_train],
-                                                [labels[i] for i in sample.train])
+            w, qblend = fit_blend.honest_weight(
+                lambda rows: _train(req, method, sample.rows(rows), labels, False)[0].embed,
+                sample.feats[:n_train], sample.old[:n_train], [labels[i] for i in sample.train])
             refs["blend"] = (fit_blend.blend(o_held, new_held, w), sample.old)
         measured = plan.measure(o_held, new_held, refs, sample.old, own_index, q_labels, ref_labels)
     t_eval = time.perf_counter() - t0

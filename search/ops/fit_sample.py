@@ -137,3 +137,8 @@ class _Sample:
     missing: int
     seconds: float
     embedded: int  # photos the new backbone ran on
+
+    def rows(self, rows) -> "_Sample":
+        """These training rows alone (no held-out photos): for a head trained on part."""
+        return _Sample([self.train[i] for i in rows], [], self.feats[rows], self.old[rows],
+                       self.missing, self.seconds, self.embedded)
