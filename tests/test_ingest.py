@@ -42,6 +42,26 @@ def test_ingest_is_idempotent_and_counts_duplicates(home, few_photos, tmp_path, 
     assert len(stored) == 12  # content-addressed: one file per unique image
 
 
+def test_photos_another_writer_added_meanwhile_are_not_counted_twice(home, few_photos):
+    """Two `index` runs over the same photos (issue 25): the photos the other run committed
+    between this run's read and its commit count as duplicates here, so `added` sums to the
+    photos in the gallery."""
+    g = Gallery.open(home, create=True)
+    ingest(g, [few_photos / "airplanes"])  # the gallery exists, with its model
+    other = Gallery.open(home)
+    raced: list = []
+
+    def meanwhile(_progress):
+        if not raced:  # after the first photo is read, before this run's commit
+            raced.append(ingest(other, [few_photos]))
+
+    mine = ingest(g, [few_photos], on_progress=meanwhile)
+    assert raced[0].added == 8 and mine.added == 0
+    assert mine.duplicates == 12 and g.catalog.count_images() == 12
+    other.close()
+    g.close()
+
+
 def test_bad_inputs_are_reported_and_nothing_written(home, few_photos, tmp_path, bomb_png):
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -166,6 +166,9 @@ def ingest(gallery: GalleryCore, paths: Iterable[str | Path], model_name: str | 
         for it in batch:
             gallery.store.put(it.sha256, _ext(it), it.data)
         with gallery.catalog.transaction():
+            # another process may have added some of these since they were read: they are its
+            # additions, not ours (inside the write lock, so the count is exact)
+            theirs = sum(gallery.catalog.image_id(it.sha256) is not None for it in batch)
             ids = [
                 gallery.catalog.add_image({
                     "sha256": it.sha256, "name": it.path.name, "ext": _ext(it),
@@ -178,7 +181,8 @@ def ingest(gallery: GalleryCore, paths: Iterable[str | Path], model_name: str | 
             ]
             gallery.write_vectors(ids, vectors, model)
         gallery.sync_index(space, ids, vectors, model.name)
-        report.added += len(batch)
+        report.added += len(batch) - theirs
+        report.duplicates += theirs
 
     try:
         with closing(embedded(gallery, model, new_photos(), batch_size, ray)) as batches:
