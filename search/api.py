@@ -251,7 +251,14 @@ class Gallery(GalleryCore):
             return (fit_bridge if wants_bridge(self, req) else fit_upgrade)(self, req)
 
     def latest_fit_report(self) -> dict | None:
-        return self.latest_report("fit")
+        """The newest fit report; a fit killed after saving its model but before rewriting its
+        report still names the model it saved."""
+        report = self.latest_report("fit")
+        if report and report.get("path") is None and report.get("name"):
+            saved = self.models_dir / f"{report['name']}.safetensors"
+            if saved.is_file() and saved.stat().st_mtime >= report.get("created_at", 0):
+                report["path"] = str(saved)
+        return report
 
     def fit_estimate(self, backbone: str, sample: int | None = None) -> dict:
         """Time to fit an upgrade on `backbone` against a full backfill, at nominal speed."""

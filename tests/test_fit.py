@@ -239,3 +239,17 @@ def test_the_album_path_offers_the_head_and_the_old_query_together(gallery_copy)
     r = run(gallery_copy, "search", "--id", "1", "-k", "3", "--json")
     assert r.exit_code == 0 and len(json.loads(r.stdout)["results"]) == 3
     assert run(gallery_copy, "rollback").exit_code == 0
+
+
+def test_a_fit_killed_before_its_report_was_rewritten_still_names_its_model(home):
+    """Issue 25: the report is written before the model and rewritten after; a kill between the
+    two left `path: null` for a model that exists."""
+    import time
+
+    g = Gallery.open(home, create=True)
+    g.save_report("fit", "x", {"name": "x", "path": None, "created_at": time.time() - 1})
+    assert g.latest_fit_report()["path"] is None  # no model saved: it stays null
+    (home / "models").mkdir(exist_ok=True)
+    (home / "models" / "x.safetensors").write_bytes(b"saved")
+    assert g.latest_fit_report()["path"] == str(home / "models" / "x.safetensors")
+    g.close()
