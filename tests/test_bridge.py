@@ -45,9 +45,9 @@ def flat_home(album_gallery) -> Path:
 @pytest.mark.usefixtures("store")
 def test_an_album_less_gallery_bridges_to_lite2_and_takes_every_path(flat_home, few_photos):
     home = flat_home
-    r = run(home, "upgrade", "lite2")
+    r = run(home, "upgrade", "lite2", "--dry-run")
     assert r.exit_code == 1 and "train --from-gallery --backbone lite2" in r.output
-    assert "Traceback" not in r.output
+    assert "Traceback" not in r.output and "lite2 embeds about 56 of the 56 photos" in r.output
 
     report = as_json(run(home, "train", "--from-gallery", "--backbone", "lite2", "--out", "br",
                          "--json"))
@@ -134,6 +134,11 @@ def test_fused_mode_needs_a_bridge_and_a_sane_weight(flat_home):
 
     package = ModelPackage.of(fused_name("lite0", "b1", 0.5), [flat_home / "models"])
     assert package.name == "fused:lite0+b1@0.50" and set(package.files) == {"b1.safetensors"}
+    # `upgrade lite2` with no bridge to lite2: it fits one, then takes the path it recommends
+    up = as_json(run(flat_home, "upgrade", "lite2", "--json"))
+    assert up["changed"] and up["mode"] in ("native", "queries", "fused")
+    assert any("fitted lite2-bridge first" in n for n in up["notes"])
+    assert (flat_home / "models" / "lite2-bridge.safetensors").is_file()
 
 
 @pytest.mark.slow

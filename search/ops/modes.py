@@ -72,10 +72,11 @@ def no_bridge_message(gallery: GalleryCore, model) -> str:
     photos = gallery.catalog.count_served(gallery.space)
     n = bridge_sample(photos)
     return (f"{model.name} outputs into space {model.space!r}, but the gallery's vectors live in "
-            f"{gallery.space!r}. Fit a label-free bridge first (no albums needed; {model.name} "
-            f"embeds about {n} of the {photos} photos): graceful train --from-gallery --backbone "
-            f"{model.name} --out {model.name}-bridge, then follow its plan; or re-embed the whole "
-            f"gallery alongside, searching the old index meanwhile: graceful reembed {model.name}")
+            f"{gallery.space!r}. `graceful upgrade {model.name}` fits a label-free bridge first (no "
+            f"albums needed; {model.name} embeds about {n} of the {photos} photos) and takes the "
+            f"path its plan recommends; or fit it alone: graceful train --from-gallery --backbone "
+            f"{model.name} --out {model.name}-bridge; or re-embed the whole gallery alongside, "
+            f"searching the old index meanwhile: graceful reembed {model.name}")
 
 
 def predicted_path(gallery: GalleryCore, name: str) -> tuple[object, str] | None:

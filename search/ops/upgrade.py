@@ -94,7 +94,7 @@ def upgrade(gallery: GalleryCore, name: str, force: bool = False, dry_run: bool 
     if mode is not None and mode not in modes.MODES:
         raise GalleryError(f"unknown mode {mode!r}; choose from {', '.join(modes.MODES)}")
     space = gallery.space
-    bridge = None
+    bridge = fitted = None
     if modes.is_bridge(model) and (mode in ("native", "fused") or transform):
         bridge = model
     elif model.info.kind == "fused":
@@ -109,7 +109,9 @@ def upgrade(gallery: GalleryCore, name: str, force: bool = False, dry_run: bool 
             return result
         found = modes.find_bridge(gallery, model.name)
         if found is None:
-            raise GalleryError(modes.no_bridge_message(gallery, model))
+            if dry_run:
+                raise GalleryError(modes.no_bridge_message(gallery, model))
+            found = fitted = fit_bridge_for(gallery, model, should_stop, on_progress)
         bridge = gallery.load_model(found)
         fit = bridge.meta.metrics.get("bridge") or {}  # type: ignore[attr-defined]
         mode = mode or modes.PATH_MODE.get(fit.get("recommended") or "")
@@ -128,6 +130,10 @@ def upgrade(gallery: GalleryCore, name: str, force: bool = False, dry_run: bool 
                            f"--mode fused")
     if bridge is not None:
         result = UpgradeResult(bridge.name, current, space, False, dry_run, False, None, 0.0)
+        if fitted:
+            result.notes.append(f"no bridge to {name} yet: fitted {bridge.name} first "
+                                f"(graceful train --from-gallery --backbone {name} --out "
+                                f"{bridge.name}); its plan chose the {mode} path")
         modes.bridge_upgrade(gallery, bridge, mode or "native", weight, force, dry_run, result,
                              should_stop, on_progress)
         result.seconds = round(time.perf_counter() - t_start, 3)
@@ -161,6 +167,9 @@ def upgrade(gallery: GalleryCore, name: str, force: bool = False, dry_run: bool 
                       transform=gallery_transform)
     result = UpgradeResult(model.name, current, space, False, dry_run, force and not check.passed,
                            check, 0.0, transform=transform)
+    if fitted:
+        result.notes.append(f"no bridge to {name} yet: fitted {model.name} first; its plan "
+                            f"chose its query map (the queries path)")
     fit = fit_measurement(model)
     if fit is not None:
         result.recommended = fit.get("recommended")
@@ -220,6 +229,25 @@ def _transform(gallery: GalleryCore, model, gallery_transform, result: UpgradeRe
            "; graceful backfill --order uncertainty replaces mapped vectors with real "
            "embeddings, the most uncertain first"))
     return result
+
+
+def fit_bridge_for(gallery: GalleryCore, model, should_stop=None, on_progress=None) -> str:
+    """`upgrade B` with no bridge to B yet: fit one (named B-bridge, or B-bridge-2, ...) and
+    return its name; the upgrade then takes the path its plan recommends."""
+    from models import registry
+
+    from search.ops.bridge import fit_bridge
+    from search.ops.fit import FitRequest
+
+    taken = {e.name for e in registry.available(gallery.model_dirs)}
+    name, n = f"{model.name}-bridge", 1
+    while name in taken:
+        n += 1
+        name = f"{model.name}-bridge-{n}"
+    fit_bridge(gallery, FitRequest(model.name, name, "bridge", on_progress=on_progress,
+                                   should_stop=should_stop))
+    return name
+
 
 
 @dataclass
