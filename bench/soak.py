@@ -58,12 +58,15 @@ def photo(rng: np.random.Generator):
 
 
 def generate(folder: Path, n: int, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
+    """Photo i is the same for a given seed whatever n (files already there are kept)."""
     for i in range(n):
         album = folder / f"album{i // 500:03d}"
         album.mkdir(parents=True, exist_ok=True)
-        img, quality = photo(rng)
-        img.save(album / f"p{i:06d}.jpg", "JPEG", quality=quality)
+        path = album / f"p{i:06d}.jpg"
+        if not path.exists():
+            img, quality = photo(np.random.default_rng((seed, i)))
+            img.save(path.with_suffix(".tmp"), "JPEG", quality=quality)
+            path.with_suffix(".tmp").rename(path)
     return folder
 
 
@@ -107,8 +110,7 @@ def main() -> None:
     try:
         photos = args.photos_dir or work / "photos"
         t0 = time.perf_counter()
-        if not (photos.is_dir() and sum(1 for _ in photos.rglob("*.jpg")) == args.photos):
-            generate(photos, args.photos)
+        generate(photos, args.photos)
         made = round(time.perf_counter() - t0, 1)
         out = soak(photos, work / "gallery", args.photos, args.every)
         out["generate_s"] = made

@@ -17,9 +17,9 @@ def configure_threads(n: int | None = None) -> int:
 
     import faiss
 
-    from models.pipeline import bound_malloc_arenas
+    from models.pipeline import bound_malloc
 
-    bound_malloc_arenas()  # before the thread pools below make arenas of their own
+    bound_malloc()  # large blocks back to the system when freed (long ingests stay flat)
     faiss.omp_set_num_threads(n)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
