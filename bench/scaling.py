@@ -12,8 +12,10 @@ search   per size: p50/p95 of a Graceful search (store search + catalog rows) an
          http://127.0.0.1:PORT through a relay, always stopped after) FLAT / IVF_FLAT at each
          size, plus the round trip of a trivial request (has_collection) on each Milvus, the
          floor every call pays (on the server: relay + gRPC + proxy), and on each Milvus the
-         store call with consistency_level="Bounded" next to Graceful's Strong (a Milvus 2.3
-         server answers a Strong search after its next time tick, proxy.timeTickInterval).
+         store call with consistency_level="Bounded" and "Strong" next to Graceful's own level
+         (GRACEFUL_MILVUS_CONSISTENCY: Session by default since issue 25, Strong before; a
+         Milvus 2.3 server answers a Strong search after its next time tick,
+         proxy.timeTickInterval). --configs runs only some store/kind pairs (faiss/flat always).
          Server searches start once it has indexed every row and is idle again (settle_s); each
          measurement records the share of the machine other processes used meanwhile.
 
@@ -200,16 +202,16 @@ def round_trip(client, name: str, repeat: int) -> dict:
 
 
 def bounded_search(client, name: str, queries: np.ndarray, exact: np.ndarray,
-                   repeat: int) -> dict:
-    """The store call with consistency_level="Bounded" instead of the collection's Strong
-    (bench only: Graceful searches with Strong): p50/p95 and recall@10 against `exact`."""
+                   repeat: int, level: str = "Bounded") -> dict:
+    """The store call at another consistency `level` than Graceful's (GRACEFUL_MILVUS_CONSISTENCY,
+    Session by default; Strong before issue 25): p50/p95 and recall@10 against `exact`."""
     from search.storage.milvus_store import DEFAULT_NPROBE
 
     params = {"metric_type": "IP", "params": {"nprobe": DEFAULT_NPROBE}}
 
     def search(q):
         return client.search(name, data=list(q), limit=10, search_params=params, output_fields=[],
-                             consistency_level="Bounded")
+                             consistency_level=level)
     it = iter(range(10**9))
     out = percentiles(timed(lambda: search(queries[next(it) % repeat][None]), repeat))
     found = search(queries)
@@ -219,8 +221,9 @@ def bounded_search(client, name: str, queries: np.ndarray, exact: np.ndarray,
 
 
 def search_section(sizes: list[int], centers: np.ndarray, repeat: int,
-                   server: dict | None = None) -> list[dict]:
-    """`server`: the facts of a running Milvus server ("uri", "milvus_pid"), or None."""
+                   server: dict | None = None, only: set[str] | None = None) -> list[dict]:
+    """`server`: the facts of a running Milvus server ("uri", "milvus_pid"), or None; `only`:
+    the store/kind configurations to run (default all; faiss/flat always runs first)."""
     out = []
     for size in sizes:
         home = Path(tempfile.mkdtemp(prefix="graceful-bench-scale-"))
@@ -236,6 +239,8 @@ def search_section(sizes: list[int], centers: np.ndarray, repeat: int,
                 if store == "faiss" and kind == "auto" and size < 50_000:
                     continue
                 if store.startswith("milvus") and kind == "ivf" and size < 10_000:
+                    continue
+                if only and f"{store}/{kind}" not in only | {"faiss/flat"}:
                     continue
                 if store == "milvus-server":
                     g.choose_store("milvus", server["uri"], move=True)
@@ -277,6 +282,8 @@ def search_section(sizes: list[int], centers: np.ndarray, repeat: int,
                         row[key]["store_search_bounded"] = bounded_search(client, name, queries,
                                                                           exact, repeat)
                     row[key]["store_search_bounded"]["others_cpu_share"] = others.share
+                    row[key]["store_search_strong"] = bounded_search(client, name, queries, exact,
+                                                                     repeat, "Strong")
                 # last: it writes (the same vectors again), the searches above saw a flushed store
                 row[key]["live_upsert_vectors_per_s_batch16"] = round(
                     live_upserts(idx, g.catalog, "lite0"))
@@ -435,8 +442,11 @@ def main() -> None:
     ap.add_argument("--milvus-server", action="store_true",
                     help="also search a Milvus 2.3 standalone server started for this run "
                          "(pip install 'graceful[milvus-server]'; needs `unshare -n`)")
+    ap.add_argument("--configs", help="search: only these store/kind configurations, e.g. "
+                    "milvus-server/flat (faiss/flat always runs: the baseline)")
     ap.add_argument("--json")
     args = ap.parse_args()
+    only = set(args.configs.split(",")) if args.configs else None
     configure_threads(args.threads)
     sections = args.sections.split(",")
     out: dict = {"machine": machine(), "command": " ".join(sys.argv)}
@@ -449,13 +459,13 @@ def main() -> None:
                 with milvus_sandbox().running(base) as server:
                     out["milvus_server"] = {"version": milvus_version(), "start_s": server["start_s"],
                                             "rss_mib_at_start": round(server["rss_kib"] / 1024)}
-                    out["search"] = search_section(sizes, centers, args.repeat, server)
+                    out["search"] = search_section(sizes, centers, args.repeat, server, only)
                     out["milvus_server"]["rss_mib_at_end"] = round(rss_kib(server["milvus_pid"]) / 1024)
                 out["milvus_server"]["stopped"] = True  # running() raises if a process is left
             finally:
                 shutil.rmtree(base, ignore_errors=True)
         else:
-            out["search"] = search_section(sizes, centers, args.repeat)
+            out["search"] = search_section(sizes, centers, args.repeat, only=only)
     if "upgrade" in sections:
         out["upgrade"] = upgrade_section(args.upgrade_size, centers)
     if "ray" in sections:

@@ -18,6 +18,23 @@ MAX_BYTES = 200 * 1024 * 1024
 # a 30000x1 image would become 224 x 6.7M pixels (4.5 GB). No photo is this elongated; so the
 # resized image stays under size^2 * MAX_ASPECT pixels (10 MB at 260 px).
 MAX_ASPECT = 50
+# Only photo formats are parsed: Pillow can open ~40 (EPS runs Ghostscript, PSD, FITS, SPIDER,
+# ...), each a parser that untrusted bytes would reach. (Phones' MPO files open through JPEG.)
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+for _plugin in ("Jpeg", "Mpo", "Png", "WebP", "Gif", "Bmp", "Tiff"):  # registered for open(formats=)
+    try:
+        __import__(f"PIL.{_plugin}ImagePlugin")
+    except ImportError:  # pragma: no cover (a Pillow built without WebP)
+        pass
+PHOTO_FORMATS = tuple(f for f in PHOTO_FORMATS if f in Image.OPEN)
+# A non-JPEG image over this many pixels is reduced (box filter, integer factor) right after
+# decoding to >= 2x the model's input size: one decoded at a time is bounded by MAX_FULL_DECODE_
+# PIXELS, but callers that hold several (a compare's query set) hold the reduced copies only.
+REDUCE_FROM_PIXELS = 16_000_000
+_ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+           4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+           6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}  # EXIF orientation -> transpose (as ImageOps.exif_transpose)
 Image.MAX_IMAGE_PIXELS = 2 * MAX_PIXELS  # PIL warns past this (an error here); our checks come first
 
 
@@ -66,7 +83,7 @@ def decode(data: bytes, target_size: int | None = None) -> Decoded:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img: Image.Image = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data), formats=PHOTO_FORMATS)
             fmt = img.format or "?"
             w, h = img.size
             limit = MAX_PIXELS if fmt == "JPEG" else MAX_FULL_DECODE_PIXELS
@@ -80,10 +97,15 @@ def decode(data: bytes, target_size: int | None = None) -> Decoded:
                 # libjpeg DCT scaling: decode straight at >= 2x the model's input size.
                 img.draft("RGB", (target_size * 2, target_size * 2))
             img.load()
-            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF says rotate by 90 degrees
+            orientation = img.getexif().get(0x0112, 1)
+            if orientation in (5, 6, 7, 8):  # EXIF says rotate by 90 degrees
                 w, h = h, w
-            img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(img)
+            small = _reduced(img, target_size) if fmt != "JPEG" else None  # JPEG: drafted
+            if small is None:
+                rgb = _to_rgb(ImageOps.exif_transpose(img))
+            else:
+                img.close()
+                rgb = small.transpose(_ORIENT[orientation]) if orientation in _ORIENT else small
         except BadImage:
             raise
         except UnidentifiedImageError:
@@ -95,6 +117,22 @@ def decode(data: bytes, target_size: int | None = None) -> Decoded:
     if w < 1 or h < 1:
         raise BadImage("image has no pixels")
     return Decoded(rgb, w, h, fmt)
+
+
+def _reduced(img: Image.Image, target_size: int | None) -> Image.Image | None:
+    """`img` as RGB, reduced by an integer factor to a short side >= 2x `target_size`, when it
+    is over REDUCE_FROM_PIXELS; None when it is not (the caller keeps the full image)."""
+    w, h = img.size
+    factor = min(w, h) // (2 * target_size) if target_size else 0
+    if factor < 2 or w * h <= REDUCE_FROM_PIXELS:
+        return None
+    if img.mode in ("P", "PA"):  # indices cannot be averaged: colours first (alpha kept)
+        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    elif img.mode == "1":
+        img = img.convert("L")
+    elif img.mode not in ("L", "RGB", "RGBA", "LA", "I", "F", "CMYK"):
+        img = _to_rgb(img)  # 16-bit and the rest
+    return _to_rgb(img.reduce(factor))
 
 
 def bounded_aspect(image: Image.Image, limit: int = MAX_ASPECT) -> Image.Image:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Mapping
 
 RUNTIMES = ("auto", "onnxruntime", "torch")
+CONSISTENCY = ("Strong", "Session", "Bounded", "Eventually")  # Milvus consistency levels
 
 
 def _number(env: Mapping[str, str], name: str, default: float, kind=float):
@@ -30,6 +31,7 @@ class Settings:
     store: str | None = None             # GRACEFUL_STORE: faiss | milvus, for a new gallery
     milvus_uri: str | None = None        # GRACEFUL_MILVUS_URI: Milvus Lite file or server URL
     milvus_token: str = ""               # GRACEFUL_MILVUS_TOKEN: a Milvus server's token
+    milvus_consistency: str = "Session"  # GRACEFUL_MILVUS_CONSISTENCY: of Milvus searches
     import_roots: str = ""               # GRACEFUL_IMPORT_ROOTS: folders the app may import (':')
     db_timeout: float = 30.0             # GRACEFUL_DB_TIMEOUT: s to wait for the write lock
     db_page_size: int = 65536            # GRACEFUL_DB_PAGE_SIZE: SQLite page size of a new catalog
@@ -48,12 +50,18 @@ class Settings:
         if runtime not in RUNTIMES:
             raise ValueError(f"GRACEFUL_RUNTIME must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         threads = env.get("GRACEFUL_THREADS", "").strip()
+        level = (env.get("GRACEFUL_MILVUS_CONSISTENCY") or "Session").strip()
+        consistency = next((c for c in CONSISTENCY if c.lower() == level.lower()), None)
+        if consistency is None:
+            raise ValueError(f"GRACEFUL_MILVUS_CONSISTENCY must be one of {', '.join(CONSISTENCY)}, "
+                             f"got {level!r}")
         return cls(
             home=Path(env["GRACEFUL_HOME"]).expanduser() if env.get("GRACEFUL_HOME") else None,
             threads=_number(env, "GRACEFUL_THREADS", 0, int) if threads and threads != "0" else None,
             store=env.get("GRACEFUL_STORE") or None,
             milvus_uri=env.get("GRACEFUL_MILVUS_URI") or None,
             milvus_token=env.get("GRACEFUL_MILVUS_TOKEN", ""),
+            milvus_consistency=consistency,
             import_roots=env.get("GRACEFUL_IMPORT_ROOTS", ""),
             db_timeout=_number(env, "GRACEFUL_DB_TIMEOUT", cls.db_timeout),
             db_page_size=_number(env, "GRACEFUL_DB_PAGE_SIZE", cls.db_page_size, int),

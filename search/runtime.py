@@ -17,6 +17,9 @@ def configure_threads(n: int | None = None) -> int:
 
     import faiss
 
+    from models.pipeline import bound_malloc
+
+    bound_malloc()  # large blocks back to the system when freed (long ingests stay flat)
     faiss.omp_set_num_threads(n)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)

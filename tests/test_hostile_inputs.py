@@ -370,3 +370,70 @@ def test_odd_upload_names_lose_nothing_in_the_app(home, few_photos, tmp_path, mo
     assert all("/" not in n and "\0" not in n and not n.startswith(".") for n in stored)
     assert not list(temp.glob("graceful-upload-*"))  # the staging folder is gone
     assert not (tmp_path / "escape.jpg").exists()
+
+
+# -- 7. readers not covered before: formats, huge non-JPEG images held by a query set ------------
+
+@pytest.mark.fast
+def test_only_photo_formats_are_parsed():
+    """Pillow opens ~40 formats; untrusted bytes reached all of their parsers (EPS runs
+    Ghostscript where it is installed; TGA, PCX, SGI, ICO, DDS, SPIDER, IM ... decoded as photos).
+    Only JPEG (and phones' MPO), PNG, WebP, GIF, BMP and TIFF are parsed now."""
+    from models.imageio import BadImage, decode
+
+    for fmt in ("EPS", "TGA", "PCX", "SGI", "ICO", "DDS", "SPIDER", "PPM", "JPEG2000"):
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), (200, 30, 30)).save(buf, fmt)
+        with pytest.raises(BadImage, match=r"^not an image \(unrecognised format\)$"):
+            decode(buf.getvalue(), 224)
+    for fmt in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"):
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), (200, 30, 30)).save(buf, fmt)
+        assert decode(buf.getvalue(), 224).format == fmt
+
+
+@pytest.mark.fast
+def test_huge_non_jpeg_images_are_held_reduced():
+    """A 200 KB PNG of 8000x8000 decodes to 192 MB (JPEGs decode at reduced scale, other formats
+    cannot): a compare's query set held every one of them (6 such queries: 2.7 GB). Over 16 MP
+    they are reduced right after decoding to a short side >= 2x the model's input size, EXIF
+    rotation kept; JPEGs and smaller images are untouched."""
+    from models.imageio import decode
+
+    buf = io.BytesIO()
+    im = Image.new("RGBA", (8000, 2400), (0, 0, 255, 255))
+    im.paste((255, 0, 0, 255), (0, 0, 4000, 2400))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view: the red half ends on top
+    im.save(buf, "PNG", exif=exif.tobytes())
+    del im
+    d = decode(buf.getvalue(), 224)
+    assert (d.width, d.height) == (2400, 8000) and d.image.mode == "RGB"
+    assert 448 <= d.image.size[0] < 2 * 448 and d.image.size[1] > 3 * d.image.size[0]
+    assert d.image.getpixel((10, 10)) == (255, 0, 0) and d.image.getpixel((10, d.image.size[1] - 10)) == (0, 0, 255)
+    full = decode(buf.getvalue())  # no target size: full resolution
+    assert full.image.size == (2400, 8000) and full.image.getpixel((10, 10)) == (255, 0, 0)
+    small = io.BytesIO()
+    Image.new("RGB", (3000, 2000), (9, 9, 9)).save(small, "PNG")  # 6 MP: as before
+    assert decode(small.getvalue(), 224).image.size == (3000, 2000)
+
+
+def test_a_query_set_of_huge_pngs_stays_within_the_bound(airplanes_gallery, tmp_path):
+    """`compare --queries DIR` (and the Compare page's uploaded query set) decoded every query
+    before embedding any: 6 PNGs of 200 KB each (8000x8000) peaked at 2.7 GB."""
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    for i in range(6):
+        Image.new("RGB", (8000, 8000), (40 * i, 200, 30)).save(folder / f"big{i}.png", "PNG")
+    code = ("import json, resource, sys; from pathlib import Path; from search.api import Gallery; "
+            "g = Gallery.open(sys.argv[1]); "
+            "r = g.compare(Path(sys.argv[2]), old='lite0', new='lite0', k=2, save=False); "
+            "print(json.dumps({'queries': r['summary']['queries'], "
+            "'rss_kib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))")
+    env = {**os.environ, "GRACEFUL_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", code, str(airplanes_gallery), str(folder)],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    print("compare of 6 8000x8000 PNG queries: peak", r["rss_kib"] // 1024, "MiB")
+    assert r["queries"] == 6 and r["rss_kib"] // 1024 <= RSS_BOUND_MIB

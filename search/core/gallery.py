@@ -21,7 +21,8 @@ from search.errors import GalleryError
 from search.settings import Settings, default_home
 from search.storage.imagestore import ImageStore
 from search.core.results import SearchHit, SearchResult
-from search.storage.vectorstore import SpaceVectors, VectorStore, open_store, store_config
+from search.storage.vectorstore import (SpaceVectors, VectorStore, open_notice, open_store,
+                                        store_config)
 
 if TYPE_CHECKING:
     from models.embedder import Embedder
@@ -203,7 +204,7 @@ class GalleryCore:
     def vector_store(self) -> VectorStore:
         with self.lock:
             if self._vector_store is None:
-                self._vector_store = open_store(self.home, self.catalog)
+                self._vector_store = open_store(self.home, self.catalog, self.settings)
             return self._vector_store
 
     def choose_store(self, kind: str | None, milvus_uri: str | None = None,
@@ -264,11 +265,11 @@ class GalleryCore:
             if current is not None and current.version < version:
                 current.catch_up(self.catalog)  # another process (or job) wrote vectors
             elif current is None or current.version != version:
-                current, how = self.vector_store.open(self.catalog, space, self.index_kind)
-                if how.startswith("rebuilt") and "missing" not in how:
-                    self.notices.append(f"the {space} {self.vector_store.noun} was "
-                                        f"{how[len('rebuilt ('):-1]}: "
-                                        f"rebuilt it from the catalog")
+                # a read never trains or rebuilds a store: it serves what exists (save_indexes,
+                # at the end of a write, builds what the setting says)
+                current, how = self.vector_store.open(self.catalog, space, self.index_kind, False)
+                if note := open_notice(self.vector_store.noun, space, how, current):
+                    self.notices.append(note)
                 self._indexes[space] = current
             return current
 
@@ -320,15 +321,19 @@ class GalleryCore:
         from search.errors import friendly
 
         with self.lock:
-            for idx in self._indexes.values():
+            for idx in list(self._indexes.values()):
+                interim = getattr(idx, "interim", None)  # a read's stand-in: build the real one
                 try:
-                    if idx.version < self.catalog.space_version(idx.space):
+                    if not interim and idx.version < self.catalog.space_version(idx.space):
                         idx.catch_up(self.catalog)
                 except Exception:  # best effort: the next open catches up from the catalog
                     continue
-                if idx.version == self.catalog.space_version(idx.space):
+                if interim or idx.version == self.catalog.space_version(idx.space):
                     try:
-                        self.vector_store.save(idx, self.catalog)
+                        if interim:
+                            self.rebuild_index(idx.space)
+                        else:
+                            self.vector_store.save(idx, self.catalog)
                     except (OSError, GalleryError) as e:
                         self.notices.append(f"could not save the {idx.space} "
                                             f"{self.vector_store.noun} "

@@ -110,6 +110,7 @@ class SpaceIndex:
         self.kind = kind
         # compressed kinds: image ids -> their exact stored vectors (set by whoever opens it)
         self.stored: Callable[[list[int]], dict[int, np.ndarray]] | None = None
+        self.interim: str | None = None  # why this serves in place of the setting's index
 
     def ids(self) -> np.ndarray:
         if self.kind == "flat":
@@ -264,12 +265,19 @@ class SpaceIndex:
         return n
 
     @classmethod
-    def open(cls, catalog: Catalog, folder: Path, space: str, kind: str = "flat"
-             ) -> tuple["SpaceIndex", str]:
-        """Load the saved index if it is current, else rebuild it; says which it did."""
+    def open(cls, catalog: Catalog, folder: Path, space: str, kind: str = "flat",
+             build: bool = True) -> tuple["SpaceIndex", str]:
+        """Load the saved index if it is current, else rebuild it; says which it did.
+        `build=False` (a read) never trains: a saved index of another kind serves as it is, and
+        when the setting wants a trained kind (ivf, sq8, pq) a missing, damaged or ahead file
+        is replaced by an exact flat index built from the catalog in memory (`interim` says
+        why; never saved), leaving the rebuild to `reindex` / `check --repair` / a write."""
         loaded = cls.load(folder, space)
         if loaded is not None and kind != "auto" and effective_kind(kind, loaded.ntotal) != loaded.kind:
-            loaded = None  # another kind was asked for: rebuild
+            if build:
+                loaded = None  # another kind was asked for: rebuild
+            else:
+                loaded.interim = f"{loaded.kind}, not {kind}"
         current = catalog.space_version(space)
         if loaded is not None and loaded.version == current:
             return loaded, "loaded"
@@ -278,9 +286,19 @@ class SpaceIndex:
             loaded.save(folder)
             return loaded, f"caught up ({n} vectors)"
         why = (cls.verify(folder, space) or "of another kind") if loaded is None else "ahead of the catalog"
+        if not build and effective_kind(kind, catalog.count_served(space)) != "flat":
+            return interim_flat(catalog, space, why), f"serving ({why})"
         index = cls.build(catalog, space, kind)
         index.save(folder)
         return index, f"rebuilt ({why})"
+
+
+def interim_flat(catalog: Catalog, space: str, why: str) -> SpaceIndex:
+    """An exact flat index of `space` built from the catalog in memory (seconds at 100k: no
+    training), serving a read while the index the setting asks for is missing or unusable."""
+    index = SpaceIndex.build(catalog, space, "flat")
+    index.interim = why
+    return index
 
 
 class FaissStore:
@@ -296,8 +314,9 @@ class FaissStore:
     def describe(self) -> dict:
         return {"kind": self.kind, "path": str(self.folder)}
 
-    def open(self, catalog: Catalog, space: str, kind: str) -> tuple[SpaceIndex, str]:
-        index, how = SpaceIndex.open(catalog, self.folder, space, kind)
+    def open(self, catalog: Catalog, space: str, kind: str, build: bool = True
+             ) -> tuple[SpaceIndex, str]:
+        index, how = SpaceIndex.open(catalog, self.folder, space, kind, build)
         remove_stale_temp_files(self.folder)  # left by a save that was killed
         return self._rerank_from(index, catalog), how
 
@@ -318,9 +337,11 @@ class FaissStore:
         loaded = SpaceIndex.load(self.folder, space)
         if loaded is None:
             return SpaceIndex.verify(self.folder, space) or "unreadable"
-        version = catalog.space_version(space)
+        version, kind = catalog.space_version(space), catalog.index_kind()
         if loaded.version > version:
             return "ahead of the catalog"
+        if kind != "auto" and effective_kind(kind, loaded.ntotal) != loaded.kind:
+            return f"{loaded.kind}, not {kind} as set (a reindex did not finish)"
         served = catalog.count_served(space)
         if loaded.version == version and loaded.ntotal != served:
             return f"holds {loaded.ntotal} vectors, the catalog serves {served}"

@@ -7,7 +7,10 @@ truth: a collection is a copy of the serving vectors of its space, written after
 commit (upserts by image id, so repeating a write is harmless). What a collection holds is
 recorded in the catalog (`store_synced`: the space version it reflects) when a job ends; on
 open a collection that is behind is caught up, and one that is missing, of another index kind,
-ahead of the catalog or of the wrong size is rebuilt from the catalog.
+ahead of the catalog or of the wrong size is rebuilt from the catalog (by a write; a read serves
+an exact in-memory index meanwhile). Searches use GRACEFUL_MILVUS_CONSISTENCY (default Session:
+this process's writes are seen at once; another process's are caught up from the catalog by
+this process's upserts before its next search, or seen by Milvus within its grace time).
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ from search.errors import GalleryError
 from search.storage.catalog import Catalog
 from search.storage import milvus_lite
 from search.storage.milvus_lite import LiteDamaged, _release_lite, connect, is_local
-from search.storage.faiss_index import DEFAULT_NPROBE, effective_kind, ivf_lists
+from search.storage.faiss_index import (DEFAULT_NPROBE, SpaceIndex, effective_kind, interim_flat,
+                                        ivf_lists)
 
 WRITE_ROWS = 2000  # rows per upsert: 1280-d float32 rows stay far below gRPC's message limit
 READ_ROWS = 1000  # ids per get, queries per search call
@@ -72,9 +76,11 @@ class MilvusSpace:
     """The vectors of one space in one collection; the same surface as search.storage.faiss_index.SpaceIndex."""
 
     def __init__(self, client, collection: str, space: str, dim: int, version: int, kind: str,
-                 uri: str = ""):
+                 uri: str = "", consistency: str = "Session"):
         self.client = client
         self.uri = uri
+        self.consistency = consistency  # of searches (Settings.milvus_consistency)
+        self.interim: str | None = None  # set when this serves in place of the setting's kind
         self.collection = collection
         self.space = space
         self.dim = dim
@@ -123,7 +129,8 @@ class MilvusSpace:
         found = []
         for start in range(0, len(queries), READ_ROWS):
             found += self.client.search(self.collection, data=list(queries[start:start + READ_ROWS]),
-                                        limit=k, search_params=params, output_fields=[])
+                                        limit=k, search_params=params, output_fields=[],
+                                        consistency_level=self.consistency)
         scores = np.full((len(queries), k), -np.inf, np.float32)
         ids = np.full((len(queries), k), -1, np.int64)
         width = 0
@@ -176,9 +183,10 @@ class MilvusStore:
     kind = "milvus"
     noun = "Milvus collection"  # what holds one space's vectors, in messages
 
-    def __init__(self, uri: str, gallery_id: str):
+    def __init__(self, uri: str, gallery_id: str, consistency: str = "Session"):
         self.uri = uri
         self.gallery_id = gallery_id
+        self.consistency = consistency
         self._client = None
 
     def describe(self) -> dict:
@@ -206,30 +214,40 @@ class MilvusStore:
 
     # -- the store interface (as search.storage.faiss_index.FaissStore) ---------------------------------
     @_said
-    def open(self, catalog: Catalog, space: str, kind: str) -> tuple[MilvusSpace, str]:
-        """The collection of `space`, caught up or rebuilt to agree with the catalog."""
-        why = self._why_not_current(catalog, space, kind)
+    def open(self, catalog: Catalog, space: str, kind: str, build: bool = True
+             ) -> tuple["MilvusSpace | SpaceIndex", str]:
+        """The collection of `space`, caught up or rebuilt to agree with the catalog. With
+        `build=False` (a read) nothing is rebuilt: a collection of another kind serves as it is,
+        and a missing or unusable one is replaced by an exact FAISS index built from the
+        catalog in memory (`interim`), as FaissStore.open does."""
+        why = self._why_not_current(catalog, space, kind, any_kind=not build)
         if why is not None:
+            if not build:
+                return interim_flat(catalog, space, why), f"serving ({why})"
             return self.build(catalog, space, kind), f"rebuilt ({why})"
         synced = catalog.store_synced(space)
         name = self.collection(space)
         self.client.load_collection(name)
         idx = MilvusSpace(self.client, name, space, catalog.space_dim(space), synced["version"],
-                          synced["kind"], self.uri)
+                          synced["kind"], self.uri, self.consistency)
+        if kind != "auto" and milvus_kind(kind, catalog.count_served(space)) != idx.kind:
+            idx.interim = f"{idx.kind}, not {kind}"
         if idx.version == catalog.space_version(space):
             return idx, "loaded"
         n = idx.catch_up(catalog)
         self.save(idx, catalog)
         return idx, f"caught up ({n} vectors)"
 
-    def _why_not_current(self, catalog: Catalog, space: str, kind: str) -> str | None:
+    def _why_not_current(self, catalog: Catalog, space: str, kind: str,
+                         any_kind: bool = False) -> str | None:
         name = self.collection(space)
         synced = catalog.store_synced(space)
         if not self.client.has_collection(name):
             return "missing"
         if synced is None:
             return "not known to match the catalog"
-        if kind != "auto" and milvus_kind(kind, catalog.count_served(space)) != synced.get("kind"):
+        if (not any_kind and kind != "auto"
+                and milvus_kind(kind, catalog.count_served(space)) != synced.get("kind")):
             return "of another kind"
         if synced["version"] > catalog.space_version(space):
             return "ahead of the catalog"
@@ -256,13 +274,14 @@ class MilvusStore:
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         schema.add_field("model", DataType.VARCHAR, max_length=256)
         schema.add_field("seq", DataType.INT64)
-        # Strong: a search right after a write (or a catch-up by another process) sees it.
+        # Strong by default for the reads `check` makes; searches pass the gallery's level.
         self.client.create_collection(name, schema=schema, consistency_level="Strong")
         with catalog.snapshot():
             version = catalog.space_version(space)
             n = catalog.count_served(space)
             built = milvus_kind(kind, n)
-            idx = MilvusSpace(self.client, name, space, dim, version, built, self.uri)
+            idx = MilvusSpace(self.client, name, space, dim, version, built, self.uri,
+                              self.consistency)
             for chunk in catalog.serving_rows(space, batch=WRITE_ROWS):
                 idx.upsert(chunk.ids, chunk.vectors, chunk.models, chunk.seqs)
         params = self.client.prepare_index_params()
@@ -301,7 +320,7 @@ class MilvusStore:
     def _content_problem(self, catalog: Catalog, space: str) -> str | None:
         synced = catalog.store_synced(space) or {}
         idx = MilvusSpace(self.client, self.collection(space), space, catalog.space_dim(space),
-                          synced.get("version", 0), synced.get("kind", ""), self.uri)
+                          synced.get("version", 0), synced.get("kind", ""), self.uri, "Strong")
         with catalog.snapshot():
             n = catalog.count_served(space)
             step = max(1, -(-n // SELF_SEARCH_SAMPLE))

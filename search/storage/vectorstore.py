@@ -14,6 +14,7 @@ import numpy as np
 
 from search.storage.catalog import Catalog
 from search.errors import GalleryError
+from models.settings import Settings
 
 STORES = ("faiss", "milvus")
 DEFAULT_MILVUS_FILE = "milvus.db"
@@ -42,7 +43,8 @@ class VectorStore(Protocol):
     noun: str  # what holds one space's vectors, in messages ("index file")
 
     def describe(self) -> dict: ...
-    def open(self, catalog: Catalog, space: str, kind: str) -> tuple[SpaceVectors, str]: ...
+    def open(self, catalog: Catalog, space: str, kind: str, build: bool = True
+             ) -> tuple[SpaceVectors, str]: ...
     def build(self, catalog: Catalog, space: str, kind: str) -> SpaceVectors: ...
     def save(self, index: Any, catalog: Catalog) -> None: ...  # index: this store's own SpaceVectors
     def verify(self, catalog: Catalog, space: str) -> str | None: ...
@@ -74,7 +76,7 @@ def store_config(kind: str, home: Path, milvus_uri: str | None = None) -> dict:
     return {"kind": "milvus", "uri": uri}
 
 
-def open_store(home: Path, catalog: Catalog) -> VectorStore:
+def open_store(home: Path, catalog: Catalog, settings: Settings | None = None) -> VectorStore:
     config = catalog.vector_store() or {"kind": "faiss"}
     if config["kind"] == "milvus":
         from search.storage.milvus_lite import is_local
@@ -83,7 +85,22 @@ def open_store(home: Path, catalog: Catalog) -> VectorStore:
         uri = config["uri"]
         if is_local(uri) and not Path(uri).is_absolute():
             uri = str(Path(home) / uri)
-        return MilvusStore(uri, catalog.gallery_id())
+        settings = settings or Settings.from_env()
+        return MilvusStore(uri, catalog.gallery_id(), settings.milvus_consistency)
     from search.storage.faiss_index import FaissStore
 
     return FaissStore(Path(home) / "index")
+
+
+def open_notice(noun: str, space: str, how: str, index: SpaceVectors) -> str | None:
+    """The one-line note for what opening a space's vectors did (None: nothing to say). A read
+    serving an interim index says so and names what rebuilds the real one."""
+    interim = getattr(index, "interim", None)
+    if interim:
+        what = ("searching it as it is" if not how.startswith("serving") else
+                "searching an exact index built from the catalog in memory meanwhile")
+        return (f"the {space} {noun} is {interim}: {what}; graceful reindex (or graceful check "
+                "--repair) rebuilds it as set")
+    if how.startswith("rebuilt") and "missing" not in how:
+        return f"the {space} {noun} was {how[len('rebuilt ('):-1]}: rebuilt it from the catalog"
+    return None
