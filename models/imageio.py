@@ -20,7 +20,7 @@ MAX_BYTES = 200 * 1024 * 1024
 MAX_ASPECT = 50
 # Only photo formats are parsed: Pillow can open ~40 (EPS runs Ghostscript, PSD, FITS, SPIDER,
 # ...), each a parser that untrusted bytes would reach. (Phones' MPO files open through JPEG.)
-PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+PHOTO_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 for _plugin in ("Jpeg", "Mpo", "Png", "WebP", "Gif", "Bmp", "Tiff"):  # registered for open(formats=)
     try:
         __import__(f"PIL.{_plugin}ImagePlugin")
