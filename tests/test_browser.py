@@ -191,7 +191,7 @@ def walk_through(server: str, few_photos: Path, album_photos: Path, shots: Path)
         page.get_by_test_id("stSelectbox").filter(has_text="New backbone").click()
         page.keyboard.type("lite2")
         page.keyboard.press("Enter")
-        page.get_by_test_id("stSelectbox").filter(has_text="Method").click()
+        page.get_by_test_id("stSelectbox").filter(has_text="Method").first.click()  # the fit's
         page.keyboard.type("bridge")
         page.keyboard.press("Enter")
         page.get_by_role("button", name="Train an upgrade for this gallery").click()

@@ -65,9 +65,10 @@ def test_vector_only_fit_decodes_nothing_then_transforms_searches_and_rolls_back
     # a head on the stored vectors' own model: the transform moves them to exactly what a
     # backfill would embed, so both paths measure the same
     assert rows["transform"]["map"] == rows["backfill"]["map"]
-    # four distinct albums: the old vectors already rank every held-out photo's album first
-    # (mAP 1.000), so no path can gain and the plan recommends the instant, queries-only switch
-    assert report["measured"]["old"]["map"] == pytest.approx(1.0)
+    # four distinct albums: the old vectors already rank nearly every held-out photo's album
+    # first, searching every sampled photo (mAP about 0.998), so no path can gain and the plan
+    # recommends the instant, queries-only switch
+    assert report["measured"]["old"]["map"] >= 0.99
     assert all(r["verdict"] == "no worse" and not r["flags"] for r in rows.values()), rows
     assert report["recommended"] == "queries" and report["verdict"] == "no worse"
     assert report["plan"][2]["photos_embedded"] == 56 and report["plan"][1]["photos_embedded"] == 0
