@@ -640,6 +640,8 @@ def show_bridge_report(r: dict, g: Gallery | None = None) -> None:
                     "flags": "; ".join(p["flags"])})
         rows.append(row)
     m = r["measured"]
+    if r.get("albums_unusable"):
+        st.caption(f"Albums: {r['albums_unusable']}")
     st.markdown(f"**Upgrade plan** · {m['queries']} held-out photos searching {m['reference']} "
                 f"photos of the gallery · fidelity: share of a full re-embed's first 10 results · "
                 f"kept old: share of the old search's first 10 · ★ recommended")

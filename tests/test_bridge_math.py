@@ -122,3 +122,19 @@ def test_recommendation_keeps_the_old_model_when_every_path_is_flagged():
              "se": {"fidelity": 0.01, "kept_old": 0.01}} for p in bridge_plan.BRIDGE_PATHS]
     path, why = bridge_plan.recommend(rows, labelled=False)
     assert path == "keep" and why.startswith("Keep the current model")
+
+
+def test_albums_that_leave_no_right_answer_are_judged_label_free():
+    """Stored vectors that already collapse each album (a head's): every album mate is a near
+    duplicate by the old model, so no held-out photo can be judged by albums; the plan says so
+    instead of showing zeros."""
+    from search.ops import bridge_plan
+
+    data = synthetic_bridge(True)
+    labels = data.labels
+    centres = {lab: normalise(np.random.default_rng(hash(lab) % 2**32).normal(size=24))
+               for lab in set(labels)}
+    data.old_ref = np.stack([centres[lab] for lab in labels]).astype(np.float32)
+    m = bridge_plan.measure(data)
+    assert m["labelled"] is False and m["judged_by_albums"] == 0 and m["albums_unusable"]
+    assert all("labels" not in row for row in m["paths"].values())

@@ -112,6 +112,8 @@ def bridge_lines(r: dict) -> list[str]:
              f"gallery; ± standard error; fidelity: share of a full re-embed's first 10 results, "
              f"kept: share of the old search's first 10):"]
     labelled = r["labelled"]
+    if r.get("albums_unusable"):
+        lines.append(f"  albums: {r['albums_unusable']}")
     head = f"  {'path':<10} {'fidelity':>14} {'kept':>14}"
     if labelled:
         head += f" {'top-1':>6} {'mAP':>6} {'NFR':>6} {'lost@5':>7}"

@@ -148,6 +148,7 @@ def fit_bridge(gallery: GalleryCore, req: FitRequest) -> dict:
         gmap.map.apply(old[n_train:]), qmap.map.apply(feats[n_train:]),
         [labels[i] for i in ref_ids] if labelled else None)
     measured = bridge_plan.measure(data)
+    labelled = measured["labelled"]  # albums that cannot judge anything count as none
     weight = bridge_plan.choose_weight(measured)
     photos = len(members)
     rate = len(ids) / seconds if seconds > 0.5 else NOMINAL_IMAGES_PER_SECOND.get(backbone.name, 30.0)
@@ -176,6 +177,7 @@ def fit_bridge(gallery: GalleryCore, req: FitRequest) -> dict:
         "maps": {"gallery": gmap.map.spec, "query": qmap.map.spec},
         "plan": rows, "recommended": recommended, "recommendation": why,
         "next_command": commands.get(recommended), "weight": weight, "measured": measured,
+        "albums_unusable": measured.get("albums_unusable"),
         "passed": recommended != "keep", "verdict": "unjudged" if not labelled else
         next((r["verdict"] for r in rows if r["path"] == recommended), "baseline"),
         "expectation": why, "forced": False, "gallery_state": _gallery_state(gallery, space),
