@@ -186,7 +186,7 @@ def walk_through(server: str, few_photos: Path, album_photos: Path, shots: Path)
         page.wait_for_timeout(1500)  # the chart
         page.screenshot(path=shots / "5-fitted.png")
         # the gallery-moving path: a head on lite0 from the stored vectors, then the plan's button
-        page.get_by_test_id("stSelectbox").filter(has_text="New backbone").click()
+        page.locator(".st-key-fit-backbone").get_by_test_id("stSelectbox").click()
         page.keyboard.type("lite0")
         page.keyboard.press("Enter")
         expect(page.get_by_text(re.compile(r"no photo is decoded"))).to_be_visible()
@@ -201,7 +201,7 @@ def walk_through(server: str, few_photos: Path, album_photos: Path, shots: Path)
         go("Models")
         expect(page.get_by_text(re.compile(r"gallery space lite0-fit-lite0")).first).to_be_visible()
         # a label-free bridge to plain lite2, then both generations searched together
-        page.get_by_test_id("stSelectbox").filter(has_text="New backbone").click()
+        page.locator(".st-key-fit-backbone").get_by_test_id("stSelectbox").click()
         page.keyboard.type("lite2")
         page.keyboard.press("Enter")
         page.locator(".st-key-fit-method").get_by_test_id("stSelectbox").click()  # the fit's
