@@ -14,31 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.bridge import files_of, summary
-from bench.common import CALTECH, machine, write_json
+from bench.bridge import domain, each_half, summary
+from bench.common import machine, write_json
 
 
 def run_split(gallery_classes: list[str], cache: Path, seed: int) -> dict:
-    from models import registry
-    from models.features import extract
     from models.train import TrainConfig, old_classifier_rows, train_head
     from search.ops import fit_blend
     from search.ops.fit import REL_WEIGHT
     from search.ops.fit_sample import default_sample
 
-    g_files, g_labels = files_of("train", gallery_classes)
-    dis = sorted((CALTECH / "distractors").iterdir())
-    g_files += dis
-    g_labels += [None] * len(dis)
-    q_files, q_labels = files_of("test", gallery_classes)
-    lite0, lite2 = registry.load("lite0"), registry.load("lite2")
-    old = extract(lite0, g_files, cache, batch_size=16, progress=False)
-    feats = extract(lite2, g_files, cache, batch_size=16, progress=False)
-    oq = extract(lite0, q_files, cache, batch_size=16, progress=False)
-    fq = extract(lite2, q_files, cache, batch_size=16, progress=False)
+    g_labels, q_labels, old, feats, oq, fq = domain(gallery_classes, cache, progress=False)
     labelled = [i for i, lab in enumerate(g_labels) if lab is not None]
     rng = np.random.default_rng(seed)
-    train = rng.permutation(labelled)[: int(default_sample(len(g_files)) * 0.8)]
+    train = rng.permutation(labelled)[: int(default_sample(len(g_labels)) * 0.8)]
     classes = sorted({g_labels[i] for i in train})
     index = {c: k for k, c in enumerate(classes)}
     y = np.array([index[g_labels[i]] for i in train])
@@ -55,7 +44,7 @@ def run_split(gallery_classes: list[str], cache: Path, seed: int) -> dict:
 
     w, choice = fit_blend.honest_weight(train_on, feats[train], old[train],
                                         [g_labels[i] for i in train], seed)
-    out = {"gallery": len(g_files), "queries": len(q_files), "trained_on": len(train),
+    out = {"gallery": len(g_labels), "queries": len(q_labels), "trained_on": len(train),
            "weight": w, "choice": choice, "paths": {}}
     for name, q in (("old/old", oq), ("queries (head alone)", head_q),
                     (f"blend {w:.2f} (chosen)", fit_blend.blend(oq, head_q, w))):
@@ -72,11 +61,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    classes = sorted(p.name for p in (CALTECH / "train").iterdir() if p.is_dir())
-    half = len(classes) // 2
-    result = {"machine": machine(), "splits": {}}
-    for name, gallery in (("second half", classes[half:]), ("first half", classes[:half])):
-        r = run_split(gallery, args.cache, args.seed)
+    result: dict = {"machine": machine(), "splits": {}}
+    for name, r in each_half(run_split, args):
         result["splits"][name] = r
         print(f"== gallery: {name} ({r['gallery']} photos, {r['queries']} test queries, head "
               f"trained on {r['trained_on']}); blend weight chosen {r['weight']}")

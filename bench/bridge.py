@@ -43,12 +43,12 @@ def summary(old_q, new_q, ref_old, ref_new, q_labels, ref_labels, own=None) -> d
                               "top1_se", "map_se", "lost_at_5_se")}
 
 
-def run_split(gallery_classes: list[str], cache: Path, seed: int) -> dict:
+def domain(gallery_classes: list[str], cache: Path, progress: bool = True):
+    """The simulated foreign domain: (gallery labels, query labels, gallery lite0, gallery lite2,
+    query lite0, query lite2): gallery = these classes' train photos + the distractors
+    (unlabelled), queries = their test photos; features from `cache`."""
     from models import registry
-    from models.bridge import choose_map, fuse
     from models.features import extract
-    from search.ops import bridge_plan
-    from search.ops.fit_sample import bridge_sample as sample_bound
 
     g_files, g_labels = files_of("train", gallery_classes)
     dis = sorted((CALTECH / "distractors").iterdir())
@@ -56,11 +56,26 @@ def run_split(gallery_classes: list[str], cache: Path, seed: int) -> dict:
     g_labels += [None] * len(dis)
     q_files, q_labels = files_of("test", gallery_classes)
     lite0, lite2 = registry.load("lite0"), registry.load("lite2")
-    old = extract(lite0, g_files, cache, batch_size=16)
-    new = extract(lite2, g_files, cache, batch_size=16)
-    oq = extract(lite0, q_files, cache, batch_size=16)
-    nq = extract(lite2, q_files, cache, batch_size=16)
-    n = len(g_files)
+    vectors = [extract(m, f, cache, batch_size=16, progress=progress)
+               for m, f in ((lite0, g_files), (lite2, g_files), (lite0, q_files), (lite2, q_files))]
+    return (g_labels, q_labels, *vectors)
+
+
+def each_half(run_split, args) -> dict:
+    """`run_split(classes, cache, seed)` on each half of the Caltech classes as the gallery."""
+    classes = sorted(p.name for p in (CALTECH / "train").iterdir() if p.is_dir())
+    half = len(classes) // 2
+    for name, gallery in (("second half", classes[half:]), ("first half", classes[:half])):
+        yield name, run_split(gallery, args.cache, args.seed)
+
+
+def run_split(gallery_classes: list[str], cache: Path, seed: int) -> dict:
+    from models.bridge import choose_map, fuse
+    from search.ops import bridge_plan
+    from search.ops.fit_sample import bridge_sample as sample_bound
+
+    g_labels, q_labels, old, new, oq, nq = domain(gallery_classes, cache)
+    n = len(g_labels)
     k = sample_bound(n)
     order = np.random.default_rng(seed).permutation(n)
     emb = order[:k]
@@ -81,7 +96,7 @@ def run_split(gallery_classes: list[str], cache: Path, seed: int) -> dict:
     unlabelled = dict(measured, labelled=False)
     w_free = bridge_plan.choose_weight(unlabelled)
     w_lab = bridge_plan.choose_weight(measured)
-    out = {"gallery": n, "queries": len(q_files), "embedded": int(k), "weight_label_free": w_free,
+    out = {"gallery": n, "queries": len(q_labels), "embedded": int(k), "weight_label_free": w_free,
            "weight_with_albums": w_lab, "paths": {}, "plan": {}}
     paths = {"old/old": (oq, old, old), "full re-embed": (nq, new, old),
              "query map": (qmap.map.apply(nq), old, old), "gallery map": (nq, mixed, old)}
@@ -103,11 +118,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    classes = sorted(p.name for p in (CALTECH / "train").iterdir() if p.is_dir())
-    half = len(classes) // 2
-    result = {"machine": machine(), "splits": {}}
-    for name, gallery in (("second half", classes[half:]), ("first half", classes[:half])):
-        r = run_split(gallery, args.cache, args.seed)
+    result: dict = {"machine": machine(), "splits": {}}
+    for name, r in each_half(run_split, args):
         result["splits"][name] = r
         print(f"== gallery: {name} of the classes ({r['gallery']} photos, {r['queries']} test "
               f"queries, {r['embedded']} embedded by lite2); fused weight label-free "
