@@ -13,14 +13,41 @@ from PIL import Image
 
 from .bridge import BLEND_PREFIX, fuse, fused_name, split
 from .embedder import Embedder, ModelInfo
+from .transform import normalise
 
 
-class FusedEmbedder(Embedder):
-    def __init__(self, old: Embedder, new: Embedder, bridge: Embedder, weight: float):
-        self.old, self.new, self.bridge, self.weight = old, new, bridge, float(weight)
+class _TwoModels(Embedder):
+    """Two models that embed every image together (each preprocessing it at its own size):
+    the old query model and a newer one, `weight` the old one's share."""
+
+    def __init__(self, old: Embedder, new: Embedder, weight: float):
+        self.old, self.new, self.weight = old, new, float(weight)
         self._old_shape: tuple[int, ...] | None = None
         self._new_shape: tuple[int, ...] | None = None
         self.transform = self._preprocess
+
+    @property
+    def runtime(self) -> str:
+        return self.new.runtime
+
+    def _preprocess(self, image: Image.Image) -> torch.Tensor:
+        """Both models' inputs, flattened into one row (their sizes may differ)."""
+        a, b = self.old.preprocess(image), self.new.preprocess(image)
+        self._old_shape, self._new_shape = tuple(a.shape), tuple(b.shape)
+        return torch.cat([a.flatten(), b.flatten()])
+
+    def _embed_both(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        if self._old_shape is None or self._new_shape is None:
+            raise RuntimeError(f"{self.name}: preprocess images with it first")
+        n_old = int(np.prod(self._old_shape))
+        return (self.old.embed_batch(batch[:, :n_old].reshape(-1, *self._old_shape)),
+                self.new.embed_batch(batch[:, n_old:].reshape(-1, *self._new_shape)))
+
+
+class FusedEmbedder(_TwoModels):
+    def __init__(self, old: Embedder, new: Embedder, bridge: Embedder, weight: float):
+        super().__init__(old, new, weight)
+        self.bridge = bridge
         self.info = ModelInfo(
             name=fused_name(old.name, bridge.name, self.weight), dim=old.dim + new.dim,
             space=fused_name(old.name, bridge.name, self.weight),
@@ -32,26 +59,11 @@ class FusedEmbedder(Embedder):
                    "spaces": [old.space, new.space], "bridge": bridge.name})
 
     @property
-    def runtime(self) -> str:
-        return self.new.runtime
-
-    @property
     def spaces(self) -> list[str]:
         return [self.old.space, self.new.space]
 
-    def _preprocess(self, image: Image.Image) -> torch.Tensor:
-        """Both models' inputs, flattened into one row (their sizes may differ)."""
-        a, b = self.old.preprocess(image), self.new.preprocess(image)
-        self._old_shape, self._new_shape = tuple(a.shape), tuple(b.shape)
-        return torch.cat([a.flatten(), b.flatten()])
-
     def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
-        if self._old_shape is None or self._new_shape is None:
-            raise RuntimeError("fused embedder: preprocess images with it first")
-        n_old = int(np.prod(self._old_shape))
-        old = self.old.embed_batch(batch[:, :n_old].reshape(-1, *self._old_shape))
-        new = self.new.embed_batch(batch[:, n_old:].reshape(-1, *self._new_shape))
-        return fuse(old, new, self.weight)
+        return fuse(*self._embed_both(batch), self.weight)
 
     def embed_text(self, texts) -> np.ndarray:
         return fuse(self.old.embed_text(texts), self.new.embed_text(texts), self.weight)
@@ -95,7 +107,7 @@ class FusedTransform:
         return self.map.uncertainty(old)
 
 
-class BlendEmbedder(Embedder):
+class BlendEmbedder(_TwoModels):
     """The old query model and a head compatible with its space, searched together over the
     stored vectors: normalise(w * old + (1 - w) * head). One query vector in the old space, so
     the gallery is untouched (an album-trained head's safer path, search.ops.fit_blend)."""
@@ -104,27 +116,16 @@ class BlendEmbedder(Embedder):
         if old.space != head.space:
             raise ValueError(f"{head.name} (space {head.space}) and {old.name} (space "
                              f"{old.space}) search different spaces: they cannot be blended")
-        self.old, self.new, self.weight = old, head, float(weight)
-        self._pair = FusedEmbedder.__new__(FusedEmbedder)  # reuse its two-size preprocessing
-        self._pair.old, self._pair.new, self._pair.weight = old, head, self.weight
-        self._pair._old_shape = self._pair._new_shape = None
-        self.transform = self._pair._preprocess
-        name = f"{BLEND_PREFIX}{old.name}+{head.name}@{self.weight:.2f}"
+        super().__init__(old, head, weight)
         self.info = ModelInfo(
-            name=name, dim=old.dim, space=old.space,
-            image_size=max(old.info.image_size, head.info.image_size), kind="blend",
-            description=f"{old.name} ({self.weight:.2f}) and {head.name} "
-                        f"({1 - self.weight:.2f}) queries together",
+            name=f"{BLEND_PREFIX}{old.name}+{head.name}@{self.weight:.2f}", dim=old.dim,
+            space=old.space, image_size=max(old.info.image_size, head.info.image_size),
+            kind="blend", description=f"{old.name} ({self.weight:.2f}) and {head.name} "
+                                      f"({1 - self.weight:.2f}) queries together",
             compatible_with=tuple(head.info.compatible_with),
             extra={"parts": [old.name, head.name], "weights": [self.weight, 1 - self.weight],
                    "spaces": [old.space]})
 
-    @property
-    def runtime(self) -> str:
-        return self.new.runtime
-
     def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
-        both = self._pair.embed_batch(batch)  # [sqrt(w) old, sqrt(1-w) new]
-        old, new = split(both, self.old.dim, self.weight)
-        out = self.weight * old + (1 - self.weight) * new
-        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+        old, new = self._embed_both(batch)
+        return normalise(self.weight * old + (1 - self.weight) * new).astype(np.float32)

@@ -50,12 +50,13 @@ def is_bridge(model) -> bool:
     return meta is not None and meta.method == "bridge"
 
 
-def find_bridge(gallery: GalleryCore, target: str) -> str | None:
-    """The newest bridge in this gallery from its serving space to model `target`."""
+def find_bridge(gallery: GalleryCore, target: str, from_space: bool = True) -> str | None:
+    """The newest bridge in this gallery to model `target` (from the space the gallery serves
+    now, unless `from_space` is off)."""
     found = [e for e in registry.available(gallery.model_dirs)
              if e.meta is not None and e.meta.method == "bridge"
              and e.meta.transform.get("target_model") == target
-             and e.meta.transform.get("input_space") == gallery.space]
+             and (not from_space or e.meta.transform.get("input_space") == gallery.space)]
     return max(found, key=lambda e: e.meta.created_at).name if found else None
 
 
@@ -90,12 +91,8 @@ def predicted_path(gallery: GalleryCore, name: str) -> tuple[object, str] | None
         return model.bridge, "fused"  # type: ignore[attr-defined]
     if is_bridge(model):
         return model, "queries"
-    found = [e for e in registry.available(gallery.model_dirs)
-             if e.meta is not None and e.meta.method == "bridge"
-             and e.meta.transform.get("target_model") == name]
-    if found:
-        return gallery.load_model(max(found, key=lambda e: e.meta.created_at).name), "transform"
-    return None
+    found = find_bridge(gallery, name, from_space=False)  # its gallery map filled name's space
+    return (gallery.load_model(found), "transform") if found else None
 
 
 def plan_check(gallery: GalleryCore, new: str, summary: dict) -> dict | None:

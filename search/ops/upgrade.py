@@ -121,8 +121,8 @@ def upgrade(gallery: GalleryCore, name: str, force: bool = False, dry_run: bool 
                                f"native|queries|fused, or graceful reembed {model.name}")
         if mode == "queries":
             model, bridge = bridge, None
-    elif mode == "fused" and modes.blend_of(gallery, model, weight) is not None:
-        model = modes.blend_of(gallery, model, weight)  # same space: the queries blended
+    elif mode == "fused" and (blended := modes.blend_of(gallery, model, weight)) is not None:
+        model = blended  # same space: the head's and the old model's queries together
     elif mode == "fused":
         raise GalleryError(f"--mode fused searches the old space and a new model's together: "
                            f"fit a bridge to a model of another space first (graceful train "
