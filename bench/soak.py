@@ -22,13 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _status_mib(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from bench.common import peak_rss_mib, rss_mib
 
 
 _NOISE: list = []  # sensor-like noise fields, made once and cropped per photo
@@ -79,7 +73,7 @@ def soak(photos: Path, home: Path, n: int, every: int) -> dict:
 
     def on_progress(p) -> None:
         if p.done >= next_at[0] or p.done == n:
-            samples.append({"photos": int(p.done), "rss_mib": round(_status_mib("VmRSS"), 1),
+            samples.append({"photos": int(p.done), "rss_mib": round(rss_mib(), 1),
                             "s": round(time.perf_counter() - t0, 1)})
             while next_at[0] <= p.done:
                 next_at[0] += every
@@ -92,8 +86,8 @@ def soak(photos: Path, home: Path, n: int, every: int) -> dict:
     return {"photos": n, "added": report.added, "skipped": len(report.skipped),
             "seconds": round(seconds, 1), "photos_per_s": round(n / seconds, 1),
             "rss_first_mib": samples[0]["rss_mib"] if samples else None,
-            "rss_end_mib": round(_status_mib("VmRSS"), 1),
-            "peak_mib": round(_status_mib("VmHWM"), 1),
+            "rss_end_mib": round(rss_mib(), 1),
+            "peak_mib": round(peak_rss_mib(), 1),
             "growth_second_half_mib": round(max(s["rss_mib"] for s in half) - half[0]["rss_mib"], 1)
             if half else None,
             "samples": samples}
