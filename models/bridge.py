@@ -2,8 +2,9 @@
 
 A bridge is learned from paired vectors alone (the stored vector of a photo and a new model's
 embedding of the same photo): a gallery map (stored vector -> the new space) and a query map
-(new query -> the stored space), each ridge regression or orthogonal Procrustes, chosen by
-cross-validated neighbour fidelity. No labels are needed.
+(new query -> the stored space), each ridge regression or orthogonal Procrustes (the gallery
+map also ridge plus a small MLP, models.mlp_map, from 400 pairs on), chosen by cross-validated
+neighbour fidelity. No labels are needed.
 
 Fused search scores a photo by w * cos(old query, old vector) + (1 - w) * cos(new query, new
 vector). With unit vectors that is one inner product of concatenations,
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .transform import MAP_KINDS, LinearMap, fit_linear_map, normalise
+from .transform import LINEAR_KINDS, MAP_KINDS, LinearMap, fit_linear_map, normalise
 
 FIDELITY_K = 10
 FUSED_PREFIX = "fused:"
@@ -71,10 +72,16 @@ def query_fidelity(real_q: np.ndarray, mapped_q: np.ndarray, gallery: np.ndarray
 
 
 def choose_map(x: np.ndarray, y: np.ndarray, side: str = "gallery",
-               kinds: tuple[str, ...] = MAP_KINDS, seed: int = 0) -> MapChoice:
+               kinds: tuple[str, ...] | None = None, seed: int = 0) -> MapChoice:
     """Fit x -> y by each kind and keep the one whose out-of-fold predictions keep the most
     first results: as a gallery (`side="gallery"`: y's rows searched by y's rows) or as
-    queries (`side="query"`: mapped rows searching y's rows in place of y's own)."""
+    queries (`side="query"`: mapped rows searching y's rows in place of y's own; linear kinds
+    only, as the query map becomes a linear head). By default the MLP kind is tried from
+    `mlp_map.MIN_PAIRS` pairs on (fewer over-fit its correction)."""
+    from .mlp_map import MIN_PAIRS
+
+    if kinds is None:
+        kinds = MAP_KINDS if side == "gallery" and len(x) >= MIN_PAIRS else LINEAR_KINDS
     real = normalise(np.asarray(y, np.float32))
     best: MapChoice | None = None
     scores = {}

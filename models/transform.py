@@ -6,10 +6,11 @@ pairs (old vector, new embedding) of the same photos, is applied to every stored
 labels are needed and no photo is decoded. Two kinds:
   - `head`: the model is a head on the very backbone that computed the stored vectors, so
     applying the head to a stored vector *is* the model's embedding of that photo (exact);
-  - `linear`: ridge regression from the stored vectors to the model's embeddings (closed form,
-    its strength chosen by cross-validation on the pairs), with a per-vector estimate of how far
-    off it is (its expected residual), so a later backfill can replace the worst first.
-Pure numpy: the transform job needs no torch for the linear kind.
+  - `linear`: a map learned from the pairs: ridge regression (closed form, its strength chosen by
+    cross-validation), orthogonal Procrustes, or ridge plus a small MLP's correction
+    (models.mlp_map), with a per-vector estimate of how far off it is (its expected residual),
+    so a later backfill can replace the worst first.
+Applying a map is pure numpy (only fitting the MLP correction uses torch).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np
 LAMBDAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 FOLDS = 5
 AUX_PREFIX = "transform."  # tensor names inside a checkpoint (behind its aux. prefix)
+MLP_TENSORS = ("mlp_w1", "mlp_b1", "mlp_w2", "mlp_b2")
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -37,26 +39,37 @@ class LinearMap:
     residual_bias: float
     lam: float
     spec: dict = field(default_factory=dict)
+    mlp: tuple[np.ndarray, ...] | None = None  # (w1, b1, w2, b2): kind "mlp"'s correction
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32)
-        return normalise((x - self.mean_in) @ self.weight + self.mean_out).astype(np.float32)
+        out = (x - self.mean_in) @ self.weight + self.mean_out
+        if self.mlp is not None:
+            from .mlp_map import correction
+
+            out = out + correction(x, self.mean_in, *self.mlp)
+        return normalise(out).astype(np.float32)
 
     def uncertainty(self, x: np.ndarray) -> np.ndarray:
         return np.clip(np.asarray(x, np.float32) @ self.residual_weight + self.residual_bias, 0, 2)
 
     def tensors(self) -> dict[str, np.ndarray]:
-        return {f"{AUX_PREFIX}weight": self.weight, f"{AUX_PREFIX}mean_in": self.mean_in,
-                f"{AUX_PREFIX}mean_out": self.mean_out,
-                f"{AUX_PREFIX}residual_weight": self.residual_weight,
-                f"{AUX_PREFIX}residual_bias": np.array([self.residual_bias], np.float32)}
+        out = {f"{AUX_PREFIX}weight": self.weight, f"{AUX_PREFIX}mean_in": self.mean_in,
+               f"{AUX_PREFIX}mean_out": self.mean_out,
+               f"{AUX_PREFIX}residual_weight": self.residual_weight,
+               f"{AUX_PREFIX}residual_bias": np.array([self.residual_bias], np.float32)}
+        for name, t in zip(MLP_TENSORS, self.mlp or ()):
+            out[AUX_PREFIX + name] = np.asarray(t, np.float32)
+        return out
 
     @classmethod
     def from_tensors(cls, tensors: dict, spec: dict) -> "LinearMap":
         def get(name):
             return np.asarray(tensors[AUX_PREFIX + name], np.float32)
+        mlp = (tuple(get(name) for name in MLP_TENSORS)
+               if AUX_PREFIX + MLP_TENSORS[0] in tensors else None)
         return cls(get("weight"), get("mean_in"), get("mean_out"), get("residual_weight"),
-                   float(get("residual_bias")[0]), float(spec.get("lambda", 0.0)), spec)
+                   float(get("residual_bias")[0]), float(spec.get("lambda", 0.0)), spec, mlp)
 
 
 def _ridge_solutions(x: np.ndarray, y: np.ndarray, lams) -> list[np.ndarray]:
@@ -112,13 +125,15 @@ def procrustes_oof(x: np.ndarray, y: np.ndarray, folds: int = FOLDS, seed: int =
     return normalise(preds).astype(np.float32)
 
 
-MAP_KINDS = ("ridge", "procrustes")
+MAP_KINDS = ("ridge", "procrustes", "mlp")
+LINEAR_KINDS = ("ridge", "procrustes")  # a query map becomes a linear head: no mlp there
 
 
 def fit_linear_map(old: np.ndarray, new: np.ndarray, seed: int = 0, kind: str = "ridge"
                    ) -> tuple[LinearMap, np.ndarray]:
     """Learn h: stored vector -> the model's embedding from pairs of the same photos, by ridge
-    regression or orthogonal Procrustes (`kind`). Returns the map (fitted on every pair) and its
+    regression, orthogonal Procrustes or ridge plus a small MLP's correction (`kind`, see
+    models.mlp_map). Returns the map (fitted on every pair) and its
     out-of-fold predictions (for honest measurement)."""
     old = np.asarray(old, np.float32)
     new = normalise(np.asarray(new, np.float32))
@@ -127,9 +142,15 @@ def fit_linear_map(old: np.ndarray, new: np.ndarray, seed: int = 0, kind: str = 
     if kind not in MAP_KINDS:
         raise ValueError(f"unknown map kind {kind!r}; choose from {', '.join(MAP_KINDS)}")
     mi, mo = old.mean(0), new.mean(0)
-    if kind == "ridge":
+    mlp = None
+    if kind in ("ridge", "mlp"):
         lam, oof = cross_fitted(old, new, seed=seed)
         w = _ridge_solutions(old - mi, new - mo, [lam])[0].astype(np.float32)
+        if kind == "mlp":
+            from .mlp_map import mlp_oof, train_correction
+
+            oof = mlp_oof(old, new, lam, seed=seed)
+            mlp = train_correction(old, (old - mi) @ w + mo, new, seed=seed)
     else:
         lam, oof = 0.0, procrustes_oof(old, new, seed=seed)
         w = procrustes_weight(old - mi, new - mo).astype(np.float32)
@@ -145,7 +166,7 @@ def fit_linear_map(old: np.ndarray, new: np.ndarray, seed: int = 0, kind: str = 
             "pairs": int(len(old)), "oof_cosine": round(float(1 - residual.mean()), 4),
             "exact": False}
     return LinearMap(w, mi.astype(np.float32), mo.astype(np.float32), rw.astype(np.float32), rb,
-                     lam, spec), oof
+                     lam, spec, mlp), oof
 
 
 @dataclass

@@ -234,6 +234,7 @@ def test_the_album_path_offers_the_head_and_the_old_query_together(gallery_copy)
     up = json.loads(run(gallery_copy, "upgrade", "fitted", "--mode", "fused", "--json").stdout)
     assert up["changed"] and up["mode"] == "fused" and up["space"] == "lite0"
     assert up["model"] == f"blend:lite0+fitted@{qb['chosen']:.2f}"
+    assert up["preflight"]["held_out_only"]  # photos the head trained on do not judge the blend
     serving = json.loads(run(gallery_copy, "info", "--json").stdout)["serving"]
     assert serving["mode"] == "fused" and serving["models"] == ["lite0", "fitted"]
     r = run(gallery_copy, "search", "--id", "1", "-k", "3", "--json")

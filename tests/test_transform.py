@@ -231,3 +231,26 @@ def test_kill_9_during_a_transform_then_resume(home, run_and_kill, monkeypatch):
     assert g.space == "h" and g.catalog.count_served("h") == 3000
     assert g.index().ntotal == 3000 and transformed_count(home, "h") == 3000
     g.close()
+
+
+def test_the_mlp_map_corrects_a_nonlinear_bridge_and_survives_a_checkpoint_round_trip():
+    """Default tier (the MLP's correction trains with torch): on pairs related by a bent map,
+    ridge + MLP beats ridge out of fold, `choose_map` picks it by fidelity, and its tensors
+    give back the same map."""
+    from models.bridge import choose_map
+    from models.transform import LinearMap, fit_linear_map, normalise
+
+    rng = np.random.default_rng(0)
+    x = normalise(rng.normal(size=(1500, 16))).astype(np.float32)
+    z = x @ np.linalg.qr(rng.normal(size=(16, 16)))[0]
+    y = normalise(z + 2 * z ** 2 + 0.02 * rng.normal(size=(1500, 16)))
+    choice = choose_map(x, y)
+    scores = choice.scores
+    assert set(scores) == {"ridge", "procrustes", "mlp"} and choice.kind == "mlp"
+    assert scores["mlp"]["oof_cosine"] > scores["ridge"]["oof_cosine"] + 0.05
+    mlp = choice.map
+    assert mlp.spec["map"] == "mlp" and mlp.mlp is not None
+    back = LinearMap.from_tensors(mlp.tensors(), mlp.spec)
+    assert np.allclose(back.apply(x[:5]), mlp.apply(x[:5]), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown map kind"):
+        fit_linear_map(x, y, kind="kernel")

@@ -86,8 +86,13 @@ def in_holdout(sha256: str, rule: dict | None) -> bool:
 
 
 def holdout_rule(model: Embedder) -> dict | None:
-    meta = getattr(model, "meta", None)
-    return (meta.training or {}).get("holdout") if meta is not None else None
+    """The held-out rule of the fitted model inside `model`: its own, or for a fused or blended
+    query model the bridge's or head's (photos they trained on may not judge them either)."""
+    for part in (model, getattr(model, "bridge", None), getattr(model, "new", None)):
+        meta = getattr(part, "meta", None)
+        if meta is not None and (meta.training or {}).get("holdout"):
+            return meta.training["holdout"]
+    return None
 
 
 def embed_stored_photos(gallery: GalleryCore, model: Embedder, ids: list[int], want: int
