@@ -11,6 +11,10 @@ from search.ui.state import gallery
 from search.ui.widgets import MAX_UPLOAD_BYTES, show_grid, thumbnail
 
 
+def forget_similar() -> None:
+    st.query_params.pop("similar", None)
+
+
 def main() -> None:
     g = gallery()
     st.header("Search")
@@ -23,8 +27,21 @@ def main() -> None:
     st.caption(f"Queries use **{md(model.name)}** (space {md(model.space)})")
     k = st.slider("Results", 4, 48, 12, step=4, key="k")
     result = None
-    up = st.file_uploader("Search by photo", key="query-upload")  # no `type=`: see the Gallery
-    if up is not None:
+    # the newest query wins: a "Similar" link over a photo uploaded before, a new photo or text
+    # over the link (which they take out of the address)
+    up = st.file_uploader("Search by photo", key="query-upload",  # no `type=`: see the Gallery
+                          on_change=forget_similar)
+    text = st.text_input("…or describe what you are looking for", key="query-text",
+                         on_change=forget_similar) if model.info.has_text else ""
+    similar = st.query_params.get("similar")
+    if similar:
+        row = guarded(g.image_row, similar)
+        if row:
+            shown = thumbnail(str(g.image_path(row)))
+            if shown:
+                st.image(shown, width=160, caption=f"similar to #{row.id}")
+            result = guarded(g.search, None, k, image=row.id, log=True)
+    elif up is not None:
         data = up.getvalue()
         if len(data) > MAX_UPLOAD_BYTES:
             st.error("That file is too large.")
@@ -33,18 +50,8 @@ def main() -> None:
             if shown:
                 st.image(shown, width=160, caption="query")
             result = guarded(g.search, data, k, name=up.name, log=True)
-    if model.info.has_text:
-        text = st.text_input("…or describe what you are looking for", key="query-text")
-        if text:
-            result = guarded(g.search, None, k, text=text, log=True)
-    similar = st.query_params.get("similar")
-    if result is None and similar:
-        row = guarded(g.image_row, similar)
-        if row:
-            shown = thumbnail(str(g.image_path(row)))
-            if shown:
-                st.image(shown, width=160, caption=f"similar to #{row.id}")
-            result = guarded(g.search, None, k, image=row.id, log=True)
+    if text and not similar:
+        result = guarded(g.search, None, k, text=text, log=True)
     if result is not None:
         st.subheader(f"{len(result.hits)} results · {md(result.model)} · "
                      f"{result.elapsed_ms:.0f} ms")
