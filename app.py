@@ -10,8 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from search.ui import PAGES, PAGES_DIR
-from search.ui.errors import guarded
-from search.ui.state import gallery
+from search.ui.errors import opened_gallery
 
 st.set_page_config(page_title="Graceful", page_icon="🔎", layout="wide")
 
@@ -22,9 +21,7 @@ def main() -> None:
     pages = [st.Page(PAGES_DIR / script, title=title, url_path=url, icon=icon, default=n == 0)
              for n, (script, title, url, icon) in enumerate(PAGES)]
     nav = st.navigation(pages)
-    g = guarded(gallery)  # a gallery that cannot open: one message, no page
-    if g is None:
-        st.stop()
+    g = opened_gallery()  # a gallery that cannot open: one message, no page
     st.sidebar.caption(f"Gallery: `{g.home}`")
     nav.run()
 

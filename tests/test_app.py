@@ -63,6 +63,10 @@ def test_a_damaged_catalog_is_a_message_not_a_traceback(home, monkeypatch):
     at.run()
     assert not at.exception
     assert "the catalog (catalog.db) is damaged" in at.error[0].value
+    at = alone("Models")  # a page alone: the same one message
+    at.run()
+    assert not at.exception and not at.header
+    assert "the catalog (catalog.db) is damaged" in at.error[0].value
 
 
 def test_upload_search_upgrade_compare_rollback(app, few_photos, tmp_path):

@@ -43,3 +43,11 @@ def guarded(fn, *args, **kwargs):
         for note in g.take_notices() if g is not None else []:
             st.caption(f"Note: {md(note)}")
     return None
+
+
+def opened_gallery():
+    """The shared gallery, or (one message, the page stops) why it cannot be opened."""
+    g = guarded(gallery)
+    if g is None:
+        st.stop()
+    return g

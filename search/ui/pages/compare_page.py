@@ -11,7 +11,7 @@ import streamlit as st
 
 from search import render
 from search.api import Query
-from search.ui.errors import guarded, md
+from search.ui.errors import guarded, md, opened_gallery
 from search.ui.state import gallery, state
 from search.ui.widgets import server_folder, show_grid
 
@@ -129,7 +129,7 @@ def backfill_curve() -> None:
 
 
 def main() -> None:
-    g = gallery()
+    g = opened_gallery()
     st.header("Compare")
     models = [m["name"] for m in g.models()]
     if len(models) < 2:

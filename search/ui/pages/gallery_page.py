@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from search.api import import_roots, stage_uploads
-from search.ui.errors import guarded, md
+from search.ui.errors import guarded, md, opened_gallery
 from search.ui.state import gallery, state
 from search.ui.widgets import MAX_UPLOAD_BYTES, flash, server_folder, show_flash, show_grid
 
@@ -118,7 +118,7 @@ def album_editor(rows, named: list[dict]) -> None:
 
 
 def main() -> None:
-    g = gallery()
+    g = opened_gallery()
     st.header("Gallery")
     show_flash()
     show_ingest_result()

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from search.jobs import bench_job, train_compatible_job
-from search.ui.errors import guarded
+from search.ui.errors import guarded, opened_gallery
 from search.ui.state import gallery
 from search.ui.widgets import job_progress, server_folder, start_job
 
@@ -94,6 +94,7 @@ def train_section() -> None:
 
 
 def main() -> None:
+    opened_gallery()
     st.header("Maintenance")
     check_section()
     st.divider()

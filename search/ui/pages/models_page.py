@@ -9,7 +9,7 @@ import streamlit as st
 from search import render
 from search.api import BACKFILL_ORDERS
 from search.jobs import backfill_job, reembed_job
-from search.ui.errors import guarded, md
+from search.ui.errors import guarded, md, opened_gallery
 from search.ui.state import gallery, state
 from search.ui.upgrades import fit_section, preflight_text, show_refusal, transform_section, \
     try_upgrade
@@ -123,7 +123,7 @@ def matrix_section() -> None:
 
 
 def main() -> None:
-    g = gallery()
+    g = opened_gallery()
     st.header("Models")
     show_flash()
     entries = g.available_models()

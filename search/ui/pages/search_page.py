@@ -6,8 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from search.thumbnails import preview
-from search.ui.errors import guarded, md
-from search.ui.state import gallery
+from search.ui.errors import guarded, md, opened_gallery
 from search.ui.widgets import MAX_UPLOAD_BYTES, show_grid, thumbnail
 
 
@@ -16,7 +15,7 @@ def forget_similar() -> None:
 
 
 def main() -> None:
-    g = gallery()
+    g = opened_gallery()
     st.header("Search")
     if (guarded(g.count_images) or 0) == 0:
         st.info("The gallery is empty: add photos on the Gallery page first.")
