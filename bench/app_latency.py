@@ -41,7 +41,7 @@ def main() -> None:
     queries = sorted((CALTECH / "test").rglob("*.jpg"))[:: 97][: args.repeat + 1]
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     at.run()
-    at.sidebar.radio[0].set_value("Search").run()
+    at.switch_page("search/ui/pages/search_page.py").run()
     runs = []
     for q in queries:
         at.file_uploader(key="query-upload").set_value((q.name, q.read_bytes(), "image/jpeg"))

@@ -5,11 +5,11 @@
     g.search("query.jpg", k=5)
     g.upgrade("lite2-compat-lite0")
 
-Layers, each importing only those below it: settings/errors/units (base) <- storage (catalog,
-image store, vector stores) <- core (the open gallery) <- ops (one module per operation) <- api
-(`Gallery` = core + one method per operation; jobs) <- faces (cli, and app.py). Everything is
-quiet by default; the CLI and the app switch progress on. Heavy modules load on first use, so
-importing this package is cheap.
+Layers, each importing only those below it: settings/errors/units/render (base) <- storage
+(catalog, image store, vector stores) <- core (the open gallery) <- ops (one module per
+operation) <- api (`Gallery` = core + one method per operation; jobs) <- faces (cli, and the
+app: app.py over ui). Everything is quiet by default; the CLI and the app switch progress on.
+Heavy modules load on first use, so importing this package is cheap.
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@ the app and scripts use this class only; quiet by default (`progress=True` draws
 stderr, a callable receives every `models.progress.Progress` report)."""
 from __future__ import annotations
 
-from contextlib import contextmanager
+import json
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeAlias
 
@@ -25,10 +26,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Gallery", "GalleryError", "SearchHit", "SearchResult", "Settings", "default_home",
            "import_roots", "links_outside", "stage_uploads", "fit_name", "BACKFILL_ORDERS",
-           "available_models", "verify_model"]
+           "available_models", "verify_model", "FACE_CORE"]
 
 ProgressArg: TypeAlias = "bool | Callable[[Progress], None]"
 BACKFILL_ORDERS = ("random", "oldest", "most-retrieved", "uncertainty")
+# What the faces may use of GalleryCore besides Gallery's own methods (tests/test_fast.py holds
+# the app to it): the rest (catalog, stores, indexes, lock, folders) is the engine's.
+FACE_CORE = ("home", "active_model", "space", "image_row", "image_path", "embedder", "close")
 
 
 @contextmanager
@@ -68,6 +72,19 @@ def verify_model(name: str | None) -> None:
 
 class Gallery(GalleryCore):
     """`Gallery.open(home)`, then one call per operation (see search/__init__.py)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._verdicts: dict[tuple[str, str | None], str] = {}  # pre-flights run in this process
+
+    def exclusive(self) -> AbstractContextManager:
+        """`with g.exclusive():` one caller at a time (the app's sessions share one Gallery)."""
+        return self.lock
+
+    def take_notices(self) -> list[str]:
+        """Things repaired on the way since the last call (e.g. an index rebuilt), to show once."""
+        notes, self.notices[:] = list(self.notices), []
+        return notes
 
     # -- photos ---------------------------------------------------------------------------
     def add(self, paths, *, album: str | None = None, album_from_folder: bool = True,
@@ -167,10 +184,29 @@ class Gallery(GalleryCore):
         return available_models(self.home)[1]
 
     def standing_verdict(self, entry) -> str | None:
-        """What is known, without embedding anything, about `entry` querying this gallery."""
+        """What is known, without embedding anything, about `entry` querying this gallery: its
+        fit's measurement while the gallery is unchanged, else a pre-flight run by this Gallery
+        (`upgrade`, a dry run included) in the space it now searches."""
         from search.ops.preflight import standing_verdict
 
-        return standing_verdict(self, entry)
+        return standing_verdict(self, entry) or self._verdicts.get((entry.name, self.space))
+
+    def unused_name(self, name: str) -> str:
+        """`name`, else the first of `name-2`, `name-3`, ... that no loadable model has."""
+        taken = {e.name for e in self.available_models()}
+        n, candidate = 1, name
+        while candidate in taken:
+            n += 1
+            candidate = f"{name}-{n}"
+        return candidate
+
+    def fit_name(self, backbone: str) -> str:
+        """The default name of an upgrade fitted on `backbone` (search.units.fit_name), unused."""
+        return self.unused_name(fit_name(backbone, self.active_model))
+
+    def store_description(self) -> dict:
+        """Which vector store serves the searches: {"kind": "faiss"} or Milvus's uri and mode."""
+        return self.vector_store.describe()
 
     # -- upgrades -------------------------------------------------------------------------
     def upgrade(self, name: str, *, force: bool = False, dry_run: bool = False,
@@ -181,13 +217,23 @@ class Gallery(GalleryCore):
         refusal raises PreflightRefused, whose `.result` says what was measured). With
         `transform`, the stored vectors move into the model's own space first."""
         from search.ops.preflight import PREFLIGHT_SAMPLE
-        from search.ops.upgrade import upgrade
+        from search.ops.upgrade import PreflightRefused, upgrade
 
-        with _reporter(progress, "vec") as on_progress:
-            return upgrade(self, name, force=force, dry_run=dry_run,
-                           sample=sample or PREFLIGHT_SAMPLE, transform=transform,
-                           should_stop=should_stop, on_progress=on_progress, mode=mode,
-                           weight=weight)
+        space = self.space
+        try:
+            with _reporter(progress, "vec") as on_progress:
+                result = upgrade(self, name, force=force, dry_run=dry_run,
+                                 sample=sample or PREFLIGHT_SAMPLE, transform=transform,
+                                 should_stop=should_stop, on_progress=on_progress, mode=mode,
+                                 weight=weight)
+        except PreflightRefused as e:  # remembered for standing_verdict, as a dry run is
+            if (p := e.result.preflight) is not None:
+                self._verdicts[(name, space)] = f"no: {p.verdict} on {p.sample} photos"
+            raise
+        if dry_run and (p := result.preflight) is not None:
+            self._verdicts[(name, space)] = (f"{'yes' if p.passed else 'no'}: {p.verdict}" + (
+                " (loses results)" if p.flags else "") + f" on {p.sample} photos")
+        return result
 
     def serving(self) -> dict:
         """How searches are served: mode (native, queries, fused), spaces and their weights."""
@@ -260,6 +306,23 @@ class Gallery(GalleryCore):
                 report["path"] = str(saved)
         return report
 
+    def train_compatible(self, backbone: str, method: str, name: str, data: Path | None = None,
+                         loss: str = "ce") -> dict:
+        """A head on `backbone` trained against the active model (`graceful train --old ACTIVE`),
+        `adapter` on the gallery's photos (data=None), `bct`/`pct` on a labelled folder."""
+        from models.compat_train import TrainRequest, train_compatible
+        from models.train import TrainConfig
+
+        if self.active_model is None:
+            raise GalleryError("the gallery has no model yet: index photos first")
+        if data is None and method != "adapter":
+            raise GalleryError(f"{method} learns from labels: give a labelled folder")
+        req = TrainRequest(self.active_model, backbone, method, Path(data or self.store.root),
+                           name, self.models_dir, self.cache_dir,
+                           config=TrainConfig(method, loss=loss), progress=False)
+        path, meta = train_compatible(req)
+        return {"path": str(path), "name": meta.name, "space": meta.space}
+
     def fit_estimate(self, backbone: str, sample: int | None = None) -> dict:
         """Time to fit an upgrade on `backbone` against a full backfill, at nominal speed."""
         from search.ops.fit_sample import NOMINAL_IMAGES_PER_SECOND, estimate_seconds
@@ -296,6 +359,23 @@ class Gallery(GalleryCore):
 
         with _reporter(progress, "photo") as on_progress:
             return check(self, repair, on_progress=on_progress)
+
+    def bench_generations(self, kind: str, train: Path, test: Path, loss: str = "ce") -> dict:
+        """`graceful bench chain|hetero` on a labelled train/test pair (models.evaluation.
+        generations), saved as reports/bench-KIND-LOSS.json (see `bench_reports`)."""
+        from models.evaluation.generations import GenConfig, chain, hetero
+
+        if kind not in ("chain", "hetero"):
+            raise GalleryError(f"unknown benchmark {kind!r}: chain or hetero")
+        cfg = GenConfig(Path(train), Path(test), self.cache_dir, loss=loss, progress=False)
+        result = {**(chain if kind == "chain" else hetero)(cfg), "loss": loss}
+        self.save_report("bench", kind, result, self.reports_dir / f"bench-{kind}-{loss}.json")
+        return result
+
+    def bench_reports(self) -> dict[str, dict]:
+        """The saved `bench_generations` results by name (bench-KIND-LOSS), oldest name first."""
+        return {p.stem: json.loads(p.read_text())
+                for p in sorted(self.reports_dir.glob("bench-*.json"))}
 
     def info(self) -> dict:
         from search.ops.info import info

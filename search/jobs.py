@@ -1,5 +1,5 @@
-"""Background jobs for long-running work started from the app (backfill, training): part of
-the API, each job one `Gallery` call.
+"""Background jobs for long-running work started from the app (backfill, re-embed, transform,
+fits, training on a dataset, benchmarks): part of the API, each job one `Gallery` call.
 
 A job runs in a daemon thread with its *own* Gallery (own SQLite connection), so it never
 shares a transaction with the foreground. Stopping is cooperative (checked every batch); since
@@ -161,4 +161,27 @@ def fit_job(home: Path, backbone: str, out: str, method: str = "auto",
                        f"held-out photos in {time.time() - t0:.0f} s. "
                        + (report.get("recommendation") or "Upgrade to it above."))
         return report
+    return work
+
+
+def train_compatible_job(home: Path, backbone: str, method: str, name: str,
+                         data: Path | None = None, loss: str = "ce") -> Callable[[Job], Any]:
+    """A compatible model trained against the active one (`Gallery.train_compatible`)."""
+    def work(job: Job):
+        out = _in_own_gallery(home, lambda g: g.train_compatible(backbone, method, name, data,
+                                                                 loss))
+        job.done = job.total = 1
+        job.message = f"trained {out['name']} (space {out['space']}): upgrade to it on the Models page"
+        return out["path"]
+    return work
+
+
+def bench_job(home: Path, kind: str, train: Path, test: Path, loss: str = "ce"
+              ) -> Callable[[Job], Any]:
+    """`graceful bench chain|hetero` (`Gallery.bench_generations`), its report saved."""
+    def work(job: Job):
+        result = _in_own_gallery(home, lambda g: g.bench_generations(kind, train, test, loss))
+        job.done = job.total = 1
+        job.message = f"saved bench-{kind}-{loss}"
+        return result
     return work

@@ -1,4 +1,5 @@
-"""The Streamlit app's pages through streamlit.testing.v1.AppTest (real engine, real models)."""
+"""The Streamlit app's pages through streamlit.testing.v1.AppTest (real engine, real models): the
+whole app (app.py, its navigation), each page alone (search/ui/pages/*.py) and the deep links."""
 from __future__ import annotations
 
 import time
@@ -8,6 +9,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = {"Gallery": "gallery_page.py", "Search": "search_page.py", "Models": "models_page.py",
+           "Compare": "compare_page.py", "Maintenance": "maintenance_page.py"}
 
 
 @pytest.fixture
@@ -20,8 +23,10 @@ def app(home, monkeypatch):
 
 
 def page(at: AppTest, name: str) -> AppTest:
-    at.sidebar.radio[0].set_value(name).run()
+    """Open a page from the sidebar's navigation (as a click on its link does)."""
+    at.switch_page(f"search/ui/pages/{SCRIPTS[name]}").run()
     assert not at.exception, at.exception
+    assert at.header[0].value == name
     return at
 
 
@@ -43,8 +48,10 @@ def wait_for(at: AppTest, text: str, timeout: float = 120) -> None:
 
 def test_empty_gallery_is_friendly(app):
     assert "gallery is empty" in text_of(app)
-    for name in ("Search", "Models", "Compare"):
+    for name in ("Search", "Models", "Compare", "Maintenance"):
         page(app, name)
+    assert "Index photos first" in text_of(app)
+    page(app, "Compare")
     assert "upgrade the gallery's model first" in text_of(app)
 
 
@@ -55,6 +62,10 @@ def test_a_damaged_catalog_is_a_message_not_a_traceback(home, monkeypatch):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.run()
     assert not at.exception
+    assert "the catalog (catalog.db) is damaged" in at.error[0].value
+    at = alone("Models")  # a page alone: the same one message
+    at.run()
+    assert not at.exception and not at.header
     assert "the catalog (catalog.db) is damaged" in at.error[0].value
 
 
@@ -102,12 +113,13 @@ def test_upload_search_upgrade_compare_rollback(app, few_photos, tmp_path):
     assert "Rolled back lite2-compat-lite0 → lite0" in text_of(app)
 
     # training an adapter on a gallery too small for it fails with a clear message
+    page(app, "Maintenance")
     app.selectbox(key="train-backbone").set_value("lite1").run()
     app.button(key="train-start").click().run()
     wait_for(app, "need at least 16")
 
 
-def test_generations_benchmark_runs_from_the_models_page(app, few_photos, tmp_path, monkeypatch):
+def test_generations_benchmark_runs_from_the_maintenance_page(app, few_photos, tmp_path, monkeypatch):
     from conftest import caltech_subset
 
     monkeypatch.setenv("GRACEFUL_IMPORT_ROOTS", str(tmp_path))
@@ -117,7 +129,7 @@ def test_generations_benchmark_runs_from_the_models_page(app, few_photos, tmp_pa
     app.file_uploader(key="uploads-0").set_value(
         [(f.name, f.read_bytes(), "image/jpeg") for f in sorted(few_photos.rglob("*.jpg"))]).run()
     app.button(key="add-uploads").click().run()
-    page(app, "Models")
+    page(app, "Maintenance")
     app.text_input(key="gen-train").set_value(str(train)).run()
     app.text_input(key="gen-test").set_value(str(test)).run()
     app.selectbox(key="gen-kind").set_value("hetero").run()
@@ -227,3 +239,76 @@ def test_a_bridge_from_the_models_page_then_fused_search(app, album_photos, home
     assert "serving mode **fused**" in text_of(app)
     app.button(key="rollback").click().run()
     assert "serving mode **native**" in text_of(app)
+
+
+def upgraded_and_compared(photos: Path):
+    """A snapshot builder: the 12 photos (3 albums) on lite0, upgraded to lite2-compat-lite0,
+    the two compared on the same photos as labelled queries (the report the Compare page shows)."""
+    def build(home: Path) -> None:
+        from search.api import Gallery
+
+        g = Gallery.open(home, create=True)
+        try:
+            g.add([photos])
+            g.upgrade("lite2-compat-lite0")
+            g.compare(photos, "lite0", "lite2-compat-lite0", 5)
+        finally:
+            g.close()
+    return build
+
+
+@pytest.fixture
+def upgraded_home(gallery_snapshot, few_photos, home, monkeypatch) -> Path:
+    from conftest import copy_gallery
+
+    copy_gallery(gallery_snapshot("few-upgraded", upgraded_and_compared(few_photos)), home)
+    monkeypatch.setenv("GRACEFUL_HOME", str(home))
+    return home
+
+
+def alone(name: str) -> AppTest:
+    """One page's script, with no frame and no navigation around it."""
+    return AppTest.from_file(str(ROOT / "search" / "ui" / "pages" / SCRIPTS[name]),
+                             default_timeout=120)
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_each_page_runs_alone(upgraded_home, name):
+    at = alone(name)
+    at.run()
+    assert not at.exception, at.exception
+    assert at.header[0].value == name
+    assert {"Gallery": "12 photos in 3 albums · active model **lite2-compat-lite0**",
+            "Search": "Queries use **lite2-compat-lite0**",
+            "Models": "Active model: **lite2-compat-lite0** · gallery space **lite0**",
+            "Compare": "lite0 → lite2-compat-lite0 · 12 queries · top-5",
+            "Maintenance": "Train a compatible model"}[name] in text_of(at)
+
+
+def test_deep_links_to_similar_photos_and_a_compared_query(upgraded_home):
+    from search.api import Gallery
+
+    g = Gallery.open(upgraded_home)
+    row = g.list_images(0, 1)[0]
+    names = [q["query"] for q in g.latest_comparison()["queries"]]
+    g.close()
+    at = alone("Search")
+    at.query_params["similar"] = row.sha256[:16]  # /search?similar=SHA
+    at.run()
+    assert not at.exception, at.exception
+    assert "11 results · lite2-compat-lite0" in text_of(at)  # the photo itself left out
+
+    at = alone("Compare")
+    at.query_params["query"] = names[3]  # /compare?query=NAME
+    at.run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="cmp-pick").value == names[3]
+    at.selectbox(key="cmp-pick").set_value(names[5]).run()
+    assert at.query_params["query"] == names[5]  # the address follows the query shown
+
+    # a grid's "Similar" button opens the Search page's link
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    next(b for b in at.button if str(b.key).startswith("gallery-sim-")).click().run()
+    assert not at.exception, at.exception
+    assert at.header[0].value == "Search" and "11 results" in text_of(at)

@@ -108,6 +108,8 @@ def walk_through(server: str, few_photos: Path, album_photos: Path, shots: Path)
         expect.set_options(timeout=60_000)
         page.goto(server)
         expect(page.get_by_text("Welcome to Graceful.")).to_be_visible()
+        expect(page.get_by_text(re.compile(r"^Drop photos here"))).to_be_visible()
+        page.wait_for_timeout(500)
         page.screenshot(path=shots / "0-empty.png")
 
         sidebar = page.get_by_test_id("stSidebar")
@@ -143,6 +145,10 @@ def walk_through(server: str, few_photos: Path, album_photos: Path, shots: Path)
         expect(page.get_by_text(re.compile(r"12 results · lite0"))).to_be_visible()
         page.wait_for_timeout(1500)
         page.screenshot(path=shots / "2-search.png", full_page=True)
+        # a result's "Similar" opens the Search page's deep link for that photo
+        page.get_by_role("button", name="Similar").first.click()
+        expect(page.get_by_text(re.compile(r"11 results · lite0"))).to_be_visible()
+        assert re.search(r"/search\?similar=[0-9a-f]{16}$", page.url), page.url
 
         go("Models")
         page.get_by_role("button", name="Upgrade", exact=True).click()
@@ -221,5 +227,11 @@ def walk_through(server: str, few_photos: Path, album_photos: Path, shots: Path)
         go("Search")
         go("Models")
         expect(page.get_by_text(re.compile(r"serving mode fused")).first).to_be_visible()
+        # the check runs and reports (whole, or what it found: after the bridge, lite2's sample
+        # vectors in the catalog have no index file yet)
+        go("Maintenance")
+        page.get_by_role("button", name="Check", exact=True).click()
+        expect(page.get_by_text(re.compile(r"The gallery is whole\.|problems found")).first
+               ).to_be_visible()
         expect(page.get_by_text("Traceback")).to_have_count(0)
         browser.close()

@@ -219,8 +219,9 @@ def _module(path: Path) -> str:
 
 # search/'s layers, lowest first: a module imports only its own layer and those below it.
 LAYERS = {"search.errors": 0, "search.settings": 0, "search.units": 0, "search.runtime": 0,
+          "search.render": 0, "search.thumbnails": 0,
           "search.storage": 1, "search.core": 2, "search.ops": 3, "search.api": 4,
-          "search.jobs": 4, "search.cli": 5, "search.__main__": 5, "search": 4}
+          "search.jobs": 4, "search.cli": 5, "search.ui": 5, "search.__main__": 5, "search": 4}
 
 
 def _layer(module: str) -> int | None:
@@ -289,7 +290,7 @@ def test_layers_search_imports_one_way_without_a_circle():
 def test_faces_use_the_gallery_api_only():
     """The CLI and the app reach the engine through `Gallery` (search.api, search.jobs) and the
     shared renderer: no catalog access, no operation, storage or core module, no bench/."""
-    faces = [*(ROOT / "search" / "cli").rglob("*.py"), ROOT / "app.py"]
+    faces = [*(ROOT / "search" / "cli").rglob("*.py"), *APP]
     for path in faces:
         assert ".catalog." not in path.read_text(), f"{path}: reaches into the catalog"
         for target in _imports(path):
@@ -297,7 +298,53 @@ def test_faces_use_the_gallery_api_only():
                 f"{path.relative_to(ROOT)} imports {target}"
 
 
-def test_no_engine_file_over_400_lines():
-    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "search").rglob("*.py")
+APP = [ROOT / "app.py", *(ROOT / "search" / "ui").rglob("*.py")]  # the app's face
+APP_MAY_IMPORT = ("search.api", "search.jobs", "search.errors", "search.units", "search.render",
+                  "search.thumbnails", "search.runtime", "search.ui")
+
+
+def _gallery_attributes(path: Path) -> set[str]:
+    """The attributes `path` reads off a gallery: `g.X`, `gallery.X`, `gallery().X`."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute):
+            v = node.value
+            if (isinstance(v, ast.Name) and v.id in ("g", "gallery")) or (
+                    isinstance(v, ast.Call) and isinstance(v.func, ast.Name)
+                    and v.func.id == "gallery"):
+                found.add(node.attr)
+    return found
+
+
+def test_the_app_is_a_face_of_the_api():
+    """app.py and search/ui/: they import only the API (search.api, search.jobs), the base modules
+    and search.ui itself, never `models.*`; they use only `Gallery`'s own methods and the few
+    GalleryCore members api.FACE_CORE names (no lock, store, folder, index or vector store); and
+    nothing else in search/ imports search.ui."""
+    import ast
+
+    from search.api import FACE_CORE
+
+    api = ast.parse((ROOT / "search" / "api.py").read_text())
+    gallery_class = next(n for n in api.body if isinstance(n, ast.ClassDef) and n.name == "Gallery")
+    allowed = {n.name for n in gallery_class.body if isinstance(n, ast.FunctionDef)} | set(FACE_CORE)
+    for path in APP:
+        where = path.relative_to(ROOT)
+        for target in _imports(path):
+            assert target.split(".")[0] != "models", f"{where} imports {target}"
+            if target.startswith("search") and target != "search":
+                assert target.startswith(APP_MAY_IMPORT), f"{where} imports {target}"
+        reached = _gallery_attributes(path) - allowed
+        assert not reached, f"{where} uses {sorted(reached)} of the gallery: add a Gallery method"
+    for path in (ROOT / "search").rglob("*.py"):
+        if "ui" not in path.relative_to(ROOT / "search").parts:
+            assert not any(t.startswith("search.ui") for t in _imports(path)), path
+
+
+def test_no_product_file_over_400_lines():
+    """search/ (the app's pages included) and app.py."""
+    long = {str(p.relative_to(ROOT)): n for p in [*(ROOT / "search").rglob("*.py"), ROOT / "app.py"]
             if (n := len(p.read_text().splitlines())) > 400}
     assert not long, long

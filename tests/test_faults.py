@@ -386,7 +386,7 @@ def test_bad_checkpoint_files_in_the_gallery_are_listed_as_unreadable(home, tmp_
     at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"),
                            default_timeout=120)
     at.run()
-    at.sidebar.radio[0].set_value("Models").run()
+    at.switch_page("search/ui/pages/models_page.py").run()
     assert not at.exception, at.exception
     assert any("typed.safetensors" in w.value for w in at.warning)
 

@@ -1,6 +1,6 @@
 """The faces' command line: `graceful`, every engine operation scriptable through `Gallery`.
 `--json` output is a stable contract (documented in README.md). One module per command group
-(photos, upgrades, training); `render` turns reports into text for the CLI and the app."""
+(photos, upgrades, training); `search.render` turns reports into text for the CLI and the app."""
 from __future__ import annotations
 
 from pathlib import Path

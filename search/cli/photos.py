@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from search.cli import render
+from search import render
 from search.cli.base import (Context, bars, echo_lines, emit_json, fail, interrupted, ray_flags,
                              ray_options)
 from search.errors import GalleryError

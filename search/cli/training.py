@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from search.cli import render
+from search import render
 from search.cli.base import Context, bars, echo_lines, emit_json, fail, interrupted
 from search.cli.jsonout import json_out_options, json_targets, write_json
 

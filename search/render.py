@@ -1,5 +1,6 @@
 """Reports as people read them: the rows and lines that the CLI prints and the app shows (one
-rendering of the fit report, the upgrade plan, the compatibility matrix and the pre-flight)."""
+rendering of the fit report, the upgrade plan, the compatibility matrix and the pre-flight).
+A base module (wording, like search.units): both faces import it, it imports no engine layer."""
 from __future__ import annotations
 
 from search.units import duration_text
