@@ -63,6 +63,8 @@ def test_an_album_less_gallery_bridges_to_lite2_and_takes_every_path(flat_home, 
     assert report["next_command"] == rec["command"]
     assert "cannot judge" in report["recommendation"]
     assert spaces(home)["lite2"] == 56  # the sample's real lite2 vectors are kept
+    checked = run(home, "check")  # their space has no index file until it serves: not a fault
+    assert checked.exit_code == 0 and "lite2: 56 vectors in the catalog" in checked.output
 
     text = run(home, "train", "--from-gallery", "--backbone", "lite2", "--out", "br2")
     assert text.exit_code == 0 and "next: graceful " in text.output and "fidelity" in text.output
