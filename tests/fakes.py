@@ -117,20 +117,25 @@ class FakeEmbedder(Embedder):
 
 @functools.lru_cache(maxsize=None)
 def linear_map(source: str, target: str) -> LinearMap:
-    """A least-squares map from model `source`'s vectors to `target`'s (with a per-vector
-    expected residual), learned once per process from 300 random "photos" through both."""
+    """A least-squares map from model `source`'s vectors to `target`'s (both linear in the same
+    features, so it is close to exact), with a per-vector expected residual; learned once per
+    process from 300 random "photos" through both."""
     a, b = weight(source), weight(target)
     x = _rng("pairs").normal(size=(300, FEATURES)).astype(np.float32)
-    old, new = normalise(x @ a), normalise(x @ b)
-    mi, mo = old.mean(0), new.mean(0)
-    w = np.linalg.lstsq(old - mi, new - mo, rcond=None)[0]
-    residual = 1 - (normalise((old - mi) @ w + mo) * new).sum(1)
-    rw = np.linalg.lstsq(old - mi, residual - residual.mean(), rcond=None)[0]
-    spec = {"kind": "linear", "map": "ridge", "lambda": 0.0, "in_dim": a.shape[1],
+    old, new = normalise(x @ a), normalise(x @ b + 0.05 * _rng("residual").normal(size=(300, b.shape[1])))
+    def ridge(x: np.ndarray, y: np.ndarray) -> np.ndarray:  # stable off the pairs' span
+        x64 = x.astype(np.float64)
+        return np.linalg.solve(x64.T @ x64 + 1e-2 * np.eye(x.shape[1]), x64.T @ y)
+
+    w = ridge(old, new)
+    residual = 1 - (normalise(old @ w) * new).sum(1)
+    rw = ridge(old, residual - residual.mean())
+    spec = {"kind": "linear", "map": "ridge", "lambda": 0.01, "in_dim": a.shape[1],
             "out_dim": b.shape[1], "pairs": len(x), "exact": False,
             "oof_cosine": round(float(1 - residual.mean()), 4)}
-    return LinearMap(w.astype(np.float32), mi, mo, rw.astype(np.float32),
-                     float(residual.mean() - mi @ rw), 0.0, spec)
+    zero_in, zero_out = np.zeros(a.shape[1], np.float32), np.zeros(b.shape[1], np.float32)
+    return LinearMap(w.astype(np.float32), zero_in, zero_out, rw.astype(np.float32),
+                     float(residual.mean()), 0.0, spec)
 
 
 def _build(name: str) -> Embedder:

@@ -310,6 +310,13 @@ class GalleryCore(Reports):
         for part, half in getattr(model, "parts", lambda v: [])(vectors):
             self.catalog.put_vectors(image_ids, half, part.name, self.space_for(part))
 
+    def sync_written(self, image_ids: list[int], vectors: np.ndarray, model: Embedder) -> None:
+        """After a committed `write_vectors`: the live index of every space it wrote (a fused
+        model's halves too, so their indexes are saved with the rest)."""
+        self.sync_index(self.space_for(model), image_ids, vectors, model.name)
+        for part, half in getattr(model, "parts", lambda v: [])(vectors):
+            self.sync_index(self.space_for(part), image_ids, half, part.name)
+
     def sync_index(self, space: str, image_ids: list[int], vectors: np.ndarray,
                    model: str = "") -> None:
         """After a committed write of these vectors (by `model`): add them to the live index."""

@@ -178,7 +178,7 @@ def ingest(gallery: GalleryCore, paths: Iterable[str | Path], model_name: str | 
                 for it in batch
             ]
             gallery.write_vectors(ids, vectors, model)
-        gallery.sync_index(space, ids, vectors, model.name)
+        gallery.sync_written(ids, vectors, model)
         report.added += len(batch) - theirs
         report.duplicates += theirs
 
