@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from models.checkpoint import CheckpointMeta
@@ -115,7 +114,7 @@ class FakeEmbedder(Embedder):
         return self._transform
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def linear_map(source: str, target: str) -> LinearMap:
     """A least-squares map from model `source`'s vectors to `target`'s (both linear in the same
     features, so it is close to exact), with a per-vector expected residual; learned once per
@@ -270,52 +269,20 @@ def make_photos(folder: Path, albums: Sequence[str] = ("red", "green", "blue", "
     return folder
 
 
+ALBUMS = ("red", "green", "blue", "yellow")  # the fast tier's gallery: 4 albums x 12 photos
+PER_ALBUM = 12
+
+
+def open_fake(home: Path, models: FakeModels | None = None, **kwargs):
+    """`Gallery.open(home, models=FakeModels())` on FAISS (whatever GRACEFUL_STORE says)."""
+    from search.api import Gallery
+
+    return Gallery.open(home, models=models or FakeModels(), store="faiss", **kwargs)
+
+
 def photo_bytes(colour: str, seed: int) -> bytes:
     import io
 
     buf = io.BytesIO()
     photo(colour, seed).save(buf, "PNG")
     return buf.getvalue()
-
-
-# -- fixtures (imported by the fast engine tests) ----------------------------------------------
-
-ALBUMS = ("red", "green", "blue", "yellow")
-PER_ALBUM = 12
-
-
-@pytest.fixture(scope="session")
-def fake_photos(tmp_path_factory) -> Path:
-    """4 albums (colours) x 12 synthetic photos, one folder each."""
-    return make_photos(tmp_path_factory.mktemp("fake-photos"), ALBUMS, PER_ALBUM)
-
-
-@pytest.fixture(scope="session")
-def fake_queries(tmp_path_factory) -> Path:
-    """Other photos of the same 4 colours (3 each), a labelled query folder."""
-    return make_photos(tmp_path_factory.mktemp("fake-queries"), ALBUMS, 3, seed=7)
-
-
-def open_fake(home: Path, models: FakeModels | None = None, **kwargs):
-    from search.api import Gallery
-
-    return Gallery.open(home, models=models or FakeModels(), store="faiss", **kwargs)
-
-
-@pytest.fixture
-def fake_gallery(gallery_snapshot, fake_photos, tmp_path):
-    """A private copy of a fake-a gallery of fake_photos (48 photos, 4 albums), open with a
-    new FakeModels; closed after the test."""
-    from conftest import copy_gallery
-
-    def build(home: Path) -> None:
-        g = open_fake(home)
-        try:
-            g.add(fake_photos)
-        finally:
-            g.close()
-
-    home = copy_gallery(gallery_snapshot("fake-a", build), tmp_path / "gallery")
-    g = open_fake(home)
-    yield g
-    g.close()

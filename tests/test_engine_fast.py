@@ -10,17 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fakes import (ALBUMS, PER_ALBUM, FakeModels, fake_gallery, fake_photos,  # noqa: F401
-                   fake_queries, make_photos, open_fake, photo, photo_bytes)
+from fakes import ALBUMS, PER_ALBUM, FakeModels, make_photos, open_fake, photo, photo_bytes
 from search.errors import GalleryError
 
-pytestmark = pytest.mark.fast
+pytestmark = [pytest.mark.fast, pytest.mark.usefixtures("no_fsync")]
 
 N = len(ALBUMS) * PER_ALBUM
 
 
 def vector_counts(g) -> dict[tuple[str, str], int]:
-    return {(r["space"], r["model"]): r["vectors"] for r in g.info()["vectors"]}
+    return {(r["space"], r["model"]): r["vectors"] for r in g.catalog.vector_counts()}
 
 
 # -- the fakes themselves ----------------------------------------------------------------------
@@ -336,7 +335,7 @@ def test_the_engine_runs_without_torch(tmp_path):
             "from fakes import make_photos, open_fake\n"
             f"root = Path({str(tmp_path)!r})\n"
             "g = open_fake(root / 'g')\n"
-            "g.add(make_photos(root / 'p', per_album=6))\n"
+            "g.add(make_photos(root / 'p', per_album=3))\n"
             "g.upgrade('fake-a2'); g.backfill(); g.upgrade('fake-a-head', transform=True)\n"
             "g.rollback(); g.rollback(); g.upgrade('fake-b')\n"
             "assert g.serving()['mode'] == 'fused'\n"
