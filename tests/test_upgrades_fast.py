@@ -424,3 +424,32 @@ def test_a_gallery_through_every_generation_stays_sound(fake_gallery, tmp_path):
     assert info["images"] == N + 2
     assert {m["name"] for m in info["models"]} >= {"fake-a", "fake-a2", "fake-a-map"}
     assert np.isfinite(info["serving"]["search_p50_ms"])
+
+
+# -- background jobs (the app's): their own Gallery, the same provider ---------------------------
+
+def test_a_background_transform_then_backfill_job(fake_gallery):
+    from search.jobs import JobRunner, transform_job
+
+    models = FakeModels()
+    job = JobRunner().start("transform", transform_job(fake_gallery.home, "fake-a-map",
+                                                       then_backfill=True, models=models))
+    job._thread.join(30)
+    assert job.status == "finished", job.message
+    assert "switched to it (native mode)" in job.message and f"backfilled {N} photos" in job.message
+    assert fake_gallery.active_model == "fake-a-map" and fake_gallery.backfill_status()["transformed"] == 0
+    assert models.loaded["fake-a-map"].calls >= N  # the job's own gallery used the provider given
+
+
+def test_a_paused_backfill_job_resumes_where_it_stopped(fake_gallery):
+    from search.jobs import Job, backfill_job
+
+    fake_gallery.upgrade("fake-a2")
+    paused = Job("backfill")
+    paused.stop()  # asked to stop before it starts: it stops after its first batch
+    first = backfill_job(fake_gallery.home, "oldest", models=FakeModels())(paused)
+    assert first["interrupted"] and first["done"] == 16 and paused.done == 16
+    resumed = Job("backfill")
+    second = backfill_job(fake_gallery.home, "oldest", models=FakeModels())(resumed)
+    assert second["done"] == N - 16 and not second["interrupted"]
+    assert fake_gallery.backfill_status()["fraction_backfilled"] == 1.0
