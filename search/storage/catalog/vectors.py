@@ -71,17 +71,21 @@ class VectorsRepo(Db):
         dim = self.space_dim(space)
         if dim is not None and dim != vectors.shape[1]:
             raise ValueError(f"space {space!r} holds {dim}-d vectors, not {vectors.shape[1]}-d")
-        self.db.conn.execute(
+        # every write of a space gets the next sequence number (the row stays locked until the
+        # transaction ends, so two writers never share one)
+        seq = self.db.conn.execute(
             "INSERT INTO spaces (space, dim, version) VALUES (?, ?, 1) "
-            "ON CONFLICT(space) DO UPDATE SET version = version + 1",
+            "ON CONFLICT(space) DO UPDATE SET version = spaces.version + 1 RETURNING version",
             [space, vectors.shape[1]],
-        )
-        seq = self.space_version(space)  # every write of a space gets the next sequence number
+        ).fetchone()[0]
         now = time.time()
         unc = [None] * len(image_ids) if uncertainty is None else [float(u) for u in uncertainty]
         self.db.conn.executemany(
-            "INSERT OR REPLACE INTO vectors (image_id, model, space, dim, vector, created_at, seq, "
-            "origin, uncertainty) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO vectors (image_id, model, space, dim, vector, created_at, seq, "
+            "origin, uncertainty) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(image_id, model) DO UPDATE SET space = excluded.space, "
+            "dim = excluded.dim, vector = excluded.vector, created_at = excluded.created_at, "
+            "seq = excluded.seq, origin = excluded.origin, uncertainty = excluded.uncertainty",
             [(int(i), model, space, vectors.shape[1], blob, now, seq, origin, u)
              for i, blob, u in zip(image_ids, encode_vectors(vectors), unc)],
         )
@@ -110,14 +114,12 @@ class VectorsRepo(Db):
             return
         # Each write of a space has its own seq and names an image at most once, so
         # (image_id, max seq) identifies one row.
-        cursor = self.db.execute(
+        for rows in self.stream(
             "SELECT v.image_id, v.vector, v.model, v.seq FROM vectors v JOIN ("
             " SELECT image_id, max(seq) AS newest FROM vectors WHERE space = ? GROUP BY image_id"
             ") m ON v.image_id = m.image_id AND v.seq = m.newest "
             "WHERE v.space = ? AND m.newest > ? ORDER BY v.image_id",
-            [space, space, after_seq],
-        )
-        while rows := cursor.fetchmany(batch):
+                [space, space, after_seq], batch):
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             vecs = decode_vectors([r[1] for r in rows], dim)
             yield ServingChunk(ids, vecs, [r[2] for r in rows],
