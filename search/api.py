@@ -297,6 +297,14 @@ class Gallery(GalleryCore):
         with _reporter(progress, "photo") as on_progress:
             return check(self, repair, on_progress=on_progress)
 
+    def migrate_catalog(self, to: str, progress: ProgressArg = False) -> dict:
+        """Copy this gallery's catalog to `to` (postgresql:// URL or SQLite file), resumable
+        and verified; this gallery keeps its catalog until the setting names the new one."""
+        from search.ops.migrate import migrate_catalog
+
+        with _reporter(progress, "row") as on_progress:
+            return migrate_catalog(self, to, on_progress=on_progress)
+
     def info(self) -> dict:
         from search.ops.info import info
 

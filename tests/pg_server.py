@@ -47,12 +47,43 @@ class PgServer:
             raise RuntimeError(f"psql {sql!r}: {out.stderr.strip()}")
         return out.stdout
 
+    @staticmethod
+    def name_of(url: str) -> str:
+        """The database a URL of this server names."""
+        from urllib.parse import urlsplit
+
+        return urlsplit(url).path.lstrip("/")
+
     def new_database(self, prefix: str = "g") -> str:
         """A new empty database; returns its URL."""
         self._n += 1
         name = f"{prefix}{os.getpid()}_{self._n}"
         self.psql(f"CREATE DATABASE {name}")
         return self.url(name)
+
+    def start(self) -> None:
+        """Start the server on its data folder and wait until it answers."""
+        with open(self.root / "server.log", "ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
+                                         env=self.env, preexec_fn=_demote(self.user),
+                                         cwd=str(self.root), start_new_session=True)
+        deadline = time.time() + 60
+        while True:
+            try:
+                self.psql("SELECT 1")
+                return
+            except RuntimeError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("PostgreSQL did not start: "
+                                       + (self.root / "server.log").read_text()[-400:]) from None
+                time.sleep(0.1)
+
+    def crash(self) -> None:
+        """Stop it as a crash would (immediate shutdown: no checkpoint, clients cut off)."""
+        subprocess.run([pg_bin("pg_ctl") or "pg_ctl", "stop", "-D", str(self.data), "-m",
+                        "immediate"], capture_output=True, preexec_fn=_demote(self.user),
+                       timeout=60)
+        self.proc.wait(30)
 
     def processes(self) -> list[int]:
         """Ids of the server's processes still alive (its process group)."""
@@ -72,9 +103,10 @@ def _demote(user: str | None):
 
 
 @contextlib.contextmanager
-def running(durable: bool = False) -> Iterator[PgServer]:
-    """Start a server; `durable`: fsync on (benchmarks); tests turn it off. Raises RuntimeError
-    when it cannot start or when a process of it is left after stopping."""
+def running(durable: bool = False, sync_commit: bool = False) -> Iterator[PgServer]:
+    """Start a server; `durable`: fsync on (benchmarks; tests turn it off); `sync_commit`: a
+    commit returns once its WAL is written (tests that crash the server need it). Raises
+    RuntimeError when it cannot start or when a process of it is left after stopping."""
     initdb, postgres = pg_bin("initdb"), pg_bin("postgres")
     if not initdb or not postgres:
         raise FileNotFoundError("PostgreSQL server programs not found (apt-get install postgresql)")
@@ -98,34 +130,22 @@ def running(durable: bool = False) -> Iterator[PgServer]:
         "local all graceful trust\nlocal all all scram-sha-256\n")
     settings = {"listen_addresses": "", "unix_socket_directories": str(root / "socket"),
                 "max_connections": "200", "shared_buffers": "128MB", "log_min_messages": "warning",
-                "fsync": "on" if durable else "off", "synchronous_commit": "off",
+                "fsync": "on" if durable else "off",
+                "synchronous_commit": "on" if sync_commit else "off",
                 "full_page_writes": "on" if durable else "off", "logging_collector": "off"}
     args = [postgres, "-D", str(root / "data")]
     for k, v in settings.items():
         args += ["-c", f"{k}={v}"]
-    log = open(root / "server.log", "wb")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            preexec_fn=_demote(user), cwd=str(root), start_new_session=True)
-    server = PgServer(root, proc, user)
+    server = PgServer(root, None, user)  # type: ignore[arg-type]
+    server.args, server.env = args, env
     try:
-        deadline = time.time() + 60
-        while not (root / "socket" / ".s.PGSQL.5432").exists():
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("PostgreSQL did not start: "
-                                   + (root / "server.log").read_text()[-400:])
-            time.sleep(0.05)
-        for _ in range(100):
-            try:
-                server.psql("SELECT 1")
-                break
-            except RuntimeError:
-                time.sleep(0.1)
+        server.start()
         server.psql("CREATE ROLE locked LOGIN PASSWORD 'right'")
         yield server
     finally:
-        stop(server)
-        log.close()
-        left = server.processes()
+        if server.proc is not None:
+            stop(server)
+        left = server.processes() if server.proc is not None else []
         shutil.rmtree(root, ignore_errors=True)
         if left:
             raise RuntimeError(f"PostgreSQL processes left after stopping: {left}")

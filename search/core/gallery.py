@@ -76,8 +76,8 @@ class GalleryCore:
         return gallery
 
     @staticmethod
-    def exists(home: Path | str | None = None) -> bool:
-        settings = Settings.from_env()
+    def exists(home: Path | str | None = None, settings: Settings | None = None) -> bool:
+        settings = settings or Settings.from_env()
         home = Path(home) if home else default_home(settings)
         return catalog_exists(catalog_location(home, settings.catalog))
 

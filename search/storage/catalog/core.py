@@ -11,7 +11,8 @@ from search.errors import GalleryError
 from .images import ImagesRepo
 from .logs import LogsRepo
 from .models import ModelsRepo
-from .pg import PgDb, is_url
+from .pg import PgDb
+from .pgconn import is_url
 from .state import StateRepo
 from .vectors import VectorsRepo
 

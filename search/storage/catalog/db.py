@@ -134,7 +134,7 @@ class ReadOnlyCatalog:
     file, or a postgresql:// URL: then a `pg.PgReader`)."""
 
     def __new__(cls, path: Path | str):
-        from .pg import PgReader, is_url
+        from .pgconn import PgReader, is_url
 
         if is_url(path):
             return PgReader(str(path))
@@ -204,6 +204,10 @@ class Db:
         cursor = self.db.execute(sql, params)
         while rows := cursor.fetchmany(batch):
             yield rows
+
+    def reset_ids(self) -> None:
+        """After rows were copied in with their ids: new rows continue after them (SQLite's
+        integer keys always do)."""
 
     # -- schema ---------------------------------------------------------------------------
     @property
