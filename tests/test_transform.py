@@ -45,6 +45,7 @@ def test_vector_only_fit_decodes_nothing_then_transforms_searches_and_rolls_back
         album_home, album_photos, monkeypatch):
     import models.imageio
     import search.ops.fit
+    import search.ops.query  # noqa: F401  imported first: it binds `decode` by name at import
 
     def never(*a, **k):
         raise AssertionError("a vector-only fit must not decode or embed a photo")
