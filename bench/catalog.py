@@ -98,14 +98,18 @@ def upgrade_ms(g, times: int = 20) -> dict:
     return percentiles(out)
 
 
-def writer(g, batches: int = 200) -> float:
+def writer(g, batches: int = 200, rounds: int = 3) -> dict:
+    """The best of `rounds` (a ceiling; the machine is shared), and every round."""
     ids = g.catalog.space_members("bench")[: BATCH * batches].tolist()
     v = np.random.default_rng(1).standard_normal((len(ids), DIM), dtype=np.float32)
-    t0 = time.perf_counter()
-    for s in range(0, len(ids), BATCH):
-        with g.catalog.transaction():
-            g.catalog.put_vectors(ids[s:s + BATCH], v[s:s + BATCH], "writer-bench", "bench")
-    return round(len(ids) / (time.perf_counter() - t0), 1)
+    rates = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for s in range(0, len(ids), BATCH):
+            with g.catalog.transaction():
+                g.catalog.put_vectors(ids[s:s + BATCH], v[s:s + BATCH], "writer-bench", "bench")
+        rates.append(round(len(ids) / (time.perf_counter() - t0), 1))
+    return {"vectors_per_s": max(rates), "rounds": rates}
 
 
 def run_catalog(name: str, location: str | None, sizes: list[int], repeat: int,
@@ -129,7 +133,7 @@ def run_catalog(name: str, location: str | None, sizes: list[int], repeat: int,
         rate = ingest(g, have, size, rng, centres)
         have = size
         row = {"ingest_photos_per_s": round(rate, 1), **measure(g, queries, repeat),
-               "first_search_s": first_search(lambda: open_gallery(f"reader-{size}"), queries),
+               "first_search_s": first_search(lambda s=size: open_gallery(f"reader-{s}"), queries),
                "upgrade_switch": upgrade_ms(g)}
         out["sizes"][size] = row
         print(name, size, row, flush=True)
@@ -153,7 +157,8 @@ def main() -> None:
 
     configure_threads(1)
     root = Path(tempfile.mkdtemp(prefix="graceful-bench-catalog-"))
-    results: dict = {"sizes": sizes, "dim": DIM, "batch": BATCH, "runs": []}
+    results: dict = {"sizes": sizes, "dim": DIM, "batch": BATCH, "runs": [],
+                     "load_average_before": Path("/proc/loadavg").read_text().split()[:3]}
     try:
         results["runs"].append(run_catalog("sqlite", str(root / "sqlite" / "catalog.db"), sizes,
                                            args.repeat, root))
@@ -166,6 +171,7 @@ def main() -> None:
             sync = run_catalog("postgresql-sync-commit", url2, sizes[:1], 20, root)
             results["writer_postgresql_sync_commit"] = sync["writer_vectors_per_s"]
             release(url2)
+        results["load_average_after"] = Path("/proc/loadavg").read_text().split()[:3]
     finally:
         shutil.rmtree(root, ignore_errors=True)
     s, p = results["runs"][0], results["runs"][1]
@@ -175,7 +181,8 @@ def main() -> None:
             p["sizes"][big]["search"]["p50_ms"] / s["sizes"][big]["search"]["p50_ms"], 3),
         "catalog_share_p50_ratio": round(p["sizes"][big]["catalog_share"]["p50_ms"]
                                          / s["sizes"][big]["catalog_share"]["p50_ms"], 3),
-        "W_sqlite": s["writer_vectors_per_s"], "W_postgresql": p["writer_vectors_per_s"]}
+        "W_sqlite": s["writer_vectors_per_s"]["vectors_per_s"],
+        "W_postgresql": p["writer_vectors_per_s"]["vectors_per_s"]}
     write_json(args.json, results)
 
 

@@ -68,9 +68,13 @@ class PgTransaction:
     def __enter__(self) -> PgTransaction:
         if not self.db.in_transaction:
             if self.write:
-                self.db.execute("BEGIN")
-                self.outer = True
-                self.db.execute("SELECT pg_advisory_xact_lock(?, ?)", list(WRITE_LOCK))
+                self.outer = True  # one round trip: BEGIN and the write lock
+                try:
+                    self.db.execute("BEGIN; SELECT pg_advisory_xact_lock({}, {})"
+                                    .format(*WRITE_LOCK))
+                except BaseException:  # busy past GRACEFUL_DB_TIMEOUT: leave no transaction open
+                    self.__exit__(GalleryError, None, None)
+                    raise
             else:
                 self.db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
                 self.outer = True

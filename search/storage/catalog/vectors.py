@@ -80,23 +80,31 @@ class VectorsRepo(Db):
         ).fetchone()[0]
         now = time.time()
         unc = [None] * len(image_ids) if uncertainty is None else [float(u) for u in uncertainty]
-        self.db.conn.executemany(
-            "INSERT INTO vectors (image_id, model, space, dim, vector, created_at, seq, "
-            "origin, uncertainty) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(image_id, model) DO UPDATE SET space = excluded.space, "
-            "dim = excluded.dim, vector = excluded.vector, created_at = excluded.created_at, "
-            "seq = excluded.seq, origin = excluded.origin, uncertainty = excluded.uncertainty",
-            [(int(i), model, space, vectors.shape[1], blob, now, seq, origin, u)
-             for i, blob, u in zip(image_ids, encode_vectors(vectors), unc)],
-        )
+        rows = [(int(i), model, space, vectors.shape[1], blob, now, seq, origin, u)
+                for i, blob, u in zip(image_ids, encode_vectors(vectors), unc)]
+        for s in range(0, len(rows), 1000):  # one statement per 1,000 rows: a round trip each
+            part = rows[s:s + 1000]
+            self.db.conn.execute(
+                "INSERT INTO vectors (image_id, model, space, dim, vector, created_at, seq, "
+                "origin, uncertainty) VALUES "
+                + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(part))
+                + " ON CONFLICT(image_id, model) DO UPDATE SET space = excluded.space, "
+                "dim = excluded.dim, vector = excluded.vector, created_at = excluded.created_at, "
+                "seq = excluded.seq, origin = excluded.origin, uncertainty = excluded.uncertainty",
+                [x for row in part for x in row])
 
     def space_version(self, space: str) -> int:
         row = self.db.execute("SELECT version FROM spaces WHERE space = ?", [space]).fetchone()
         return row[0] if row else 0
 
     def space_dim(self, space: str) -> int | None:
-        row = self.db.execute("SELECT dim FROM spaces WHERE space = ?", [space]).fetchone()
-        return row[0] if row else None
+        dims = self.__dict__.setdefault("_space_dims", {})  # a space's dimension never changes
+        if space not in dims:
+            row = self.db.execute("SELECT dim FROM spaces WHERE space = ?", [space]).fetchone()
+            if row is None:
+                return None
+            dims[space] = row[0]
+        return dims[space]
 
     def serving_vectors(self, space: str, after_seq: int = 0, batch: int = 20000
                         ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
