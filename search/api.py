@@ -3,7 +3,6 @@ the app and scripts use this class only; quiet by default (`progress=True` draws
 stderr, a callable receives every `models.progress.Progress` report)."""
 from __future__ import annotations
 
-import json
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeAlias
@@ -361,21 +360,22 @@ class Gallery(GalleryCore):
             return check(self, repair, on_progress=on_progress)
 
     def bench_generations(self, kind: str, train: Path, test: Path, loss: str = "ce") -> dict:
-        """`graceful bench chain|hetero` on a labelled train/test pair (models.evaluation.
-        generations), saved as reports/bench-KIND-LOSS.json (see `bench_reports`)."""
-        from models.evaluation.generations import GenConfig, chain, hetero
+        """`graceful bench chain|hetero` (search.ops.benchgen), saved as a report."""
+        from search.ops.benchgen import bench_generations
 
-        if kind not in ("chain", "hetero"):
-            raise GalleryError(f"unknown benchmark {kind!r}: chain or hetero")
-        cfg = GenConfig(Path(train), Path(test), self.cache_dir, loss=loss, progress=False)
-        result = {**(chain if kind == "chain" else hetero)(cfg), "loss": loss}
-        self.save_report("bench", kind, result, self.reports_dir / f"bench-{kind}-{loss}.json")
-        return result
+        return bench_generations(self, kind, train, test, loss)
 
     def bench_reports(self) -> dict[str, dict]:
-        """The saved `bench_generations` results by name (bench-KIND-LOSS), oldest name first."""
-        return {p.stem: json.loads(p.read_text())
-                for p in sorted(self.reports_dir.glob("bench-*.json"))}
+        from search.ops.benchgen import bench_reports
+        return bench_reports(self)
+
+    def migrate_catalog(self, to: str, progress: ProgressArg = False) -> dict:
+        """Copy this gallery's catalog to `to` (postgresql:// URL or SQLite file), resumable
+        and verified; this gallery keeps its catalog until the setting names the new one."""
+        from search.ops.migrate import migrate_catalog
+
+        with _reporter(progress, "row") as on_progress:
+            return migrate_catalog(self, to, on_progress=on_progress)
 
     def info(self) -> dict:
         from search.ops.info import info
