@@ -3,15 +3,22 @@
 An embedder turns RGB images (and, when it has a text tower, strings) into L2-normalised
 float32 vectors that live in a named embedding *space*. Two models whose vectors may be
 compared share a space; that is the whole contract Graceful's upgrades rely on.
+
+Importing this module does not import torch: the engine needs only the interface (name, space,
+dim, preprocess, collate, embed_batch), so an embedder that computes with numpy alone (the
+fast tier's fakes, tests/fakes.py) runs every engine operation without it. The torch models
+(models/efficientnet.py, models/openclip.py, models/compatible.py) import it themselves.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, asdict
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 K = TypeVar("K")
 
@@ -34,7 +41,9 @@ class ModelInfo:
         return d
 
 
-def l2_normalise(x: torch.Tensor) -> torch.Tensor:
+def l2_normalise(x: "torch.Tensor") -> "torch.Tensor":
+    import torch
+
     return torch.nn.functional.normalize(x.float(), dim=-1)
 
 
@@ -42,9 +51,9 @@ class Embedder:
     """Base class: subclasses set `info`, `transform` and implement `forward_features`."""
 
     info: ModelInfo
-    transform: Callable[[Image.Image], torch.Tensor]
+    transform: Callable[[Image.Image], Any]
 
-    def forward_features(self, batch: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+    def forward_features(self, batch: "torch.Tensor") -> "torch.Tensor":  # pragma: no cover
         raise NotImplementedError
 
     @property
@@ -64,23 +73,32 @@ class Embedder:
     def space(self) -> str:
         return self.info.space
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
+    def preprocess(self, image: Image.Image) -> Any:
         from .imageio import bounded_aspect
 
         return self.transform(bounded_aspect(image))  # images handed in directly, too
 
-    @torch.inference_mode()
-    def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
+    def collate(self, items: Sequence[Any]) -> Any:
+        """Preprocessed images -> one batch for `embed_batch` (torch models: a stacked tensor;
+        an embedder whose preprocess gives numpy arrays overrides this)."""
+        import torch
+
+        return torch.stack(list(items))
+
+    def embed_batch(self, batch: "torch.Tensor") -> np.ndarray:
         """Preprocessed batch (N,3,H,W) -> (N, dim) L2-normalised float32."""
-        if self.runtime == "torch":  # onnxruntime takes plain NCHW
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        out = self.forward_features(batch)
-        return l2_normalise(out).cpu().numpy().astype(np.float32, copy=False)
+        import torch
+
+        with torch.inference_mode():
+            if self.runtime == "torch":  # onnxruntime takes plain NCHW
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            out = self.forward_features(batch)
+            return l2_normalise(out).cpu().numpy().astype(np.float32, copy=False)
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray:
         chunks = []
         for i in range(0, len(images), batch_size):
-            batch = torch.stack([self.preprocess(im) for im in images[i : i + batch_size]])
+            batch = self.collate([self.preprocess(im) for im in images[i : i + batch_size]])
             chunks.append(self.embed_batch(batch))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
 
@@ -88,18 +106,18 @@ class Embedder:
         raise NotImplementedError(f"model {self.name!r} has no text tower; search by image instead")
 
 
-def embed_batches(model: Embedder, pairs: Iterable[tuple[K, torch.Tensor]], batch_size: int = 16
+def embed_batches(model: Embedder, pairs: Iterable[tuple[K, Any]], batch_size: int = 16
                   ) -> Iterator[tuple[list[K], np.ndarray]]:
     """The one embed-in-batches loop: (key, preprocessed tensor) pairs in, (keys, L2-normalised
     vectors) out per batch of `batch_size` (the last one may be smaller). Ingest, backfill,
     re-embed and feature extraction all run through it."""
     keys: list[K] = []
-    tensors: list[torch.Tensor] = []
+    tensors: list[Any] = []
     for key, tensor in pairs:
         keys.append(key)
         tensors.append(tensor)
         if len(tensors) == batch_size:
-            yield keys, model.embed_batch(torch.stack(tensors))
+            yield keys, model.embed_batch(model.collate(tensors))
             keys, tensors = [], []
     if tensors:
-        yield keys, model.embed_batch(torch.stack(tensors))
+        yield keys, model.embed_batch(model.collate(tensors))

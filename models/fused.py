@@ -7,11 +7,12 @@ the gallery has one, else the bridge's gallery map of the old vector).
 """
 from __future__ import annotations
 
+from typing import Any, Callable, Sequence
+
 import numpy as np
-import torch
 from PIL import Image
 
-from .bridge import BLEND_PREFIX, fuse, fused_name, split
+from .bridge import BLEND_PREFIX, fuse, fused_name, parse_fused, split
 from .embedder import Embedder, ModelInfo
 from .transform import normalise
 
@@ -30,13 +31,23 @@ class _TwoModels(Embedder):
     def runtime(self) -> str:
         return self.new.runtime
 
-    def _preprocess(self, image: Image.Image) -> torch.Tensor:
-        """Both models' inputs, flattened into one row (their sizes may differ)."""
+    def _preprocess(self, image: Image.Image) -> Any:
+        """Both models' inputs, flattened into one row (their sizes may differ): a tensor for
+        torch models, an array for numpy ones."""
         a, b = self.old.preprocess(image), self.new.preprocess(image)
         self._old_shape, self._new_shape = tuple(a.shape), tuple(b.shape)
+        if isinstance(a, np.ndarray):
+            return np.concatenate([a.ravel(), np.asarray(b).ravel()])
+        import torch
+
         return torch.cat([a.flatten(), b.flatten()])
 
-    def _embed_both(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def collate(self, items: Sequence[Any]) -> Any:
+        if items and isinstance(items[0], np.ndarray):
+            return np.stack(items)
+        return super().collate(items)
+
+    def _embed_both(self, batch: Any) -> tuple[np.ndarray, np.ndarray]:
         if self._old_shape is None or self._new_shape is None:
             raise RuntimeError(f"{self.name}: preprocess images with it first")
         n_old = int(np.prod(self._old_shape))
@@ -62,7 +73,7 @@ class FusedEmbedder(_TwoModels):
     def spaces(self) -> list[str]:
         return [self.old.space, self.new.space]
 
-    def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
+    def embed_batch(self, batch: Any) -> np.ndarray:
         return fuse(*self._embed_both(batch), self.weight)
 
     def embed_text(self, texts) -> np.ndarray:
@@ -126,6 +137,16 @@ class BlendEmbedder(_TwoModels):
             extra={"parts": [old.name, head.name], "weights": [self.weight, 1 - self.weight],
                    "spaces": [old.space]})
 
-    def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
+    def embed_batch(self, batch: Any) -> np.ndarray:
         old, new = self._embed_both(batch)
         return normalise(self.weight * old + (1 - self.weight) * new).astype(np.float32)
+
+
+def compose(name: str, load: Callable[[str], Embedder]) -> Embedder:
+    """The model called `fused:OLD+BRIDGE@W` or `blend:OLD+HEAD@W`, its parts loaded by `load`
+    (the registry's, or a test provider's)."""
+    old, other, weight = parse_fused(name)
+    part = load(other)
+    if name.startswith(BLEND_PREFIX):
+        return BlendEmbedder(load(old), part, weight)
+    return FusedEmbedder(load(old), load(part.meta.backbone), part, weight)  # type: ignore[attr-defined]

@@ -9,6 +9,11 @@ Names a user can give:
   openclip:ARCH:/path/to/weights.pt      open_clip from a local file (offline)
   openclip:ARCH:random                   open_clip with random weights (for tests)
   fused:OLD+BRIDGE@W                     OLD and BRIDGE's backbone searched together (models.fused)
+
+A gallery reaches models through a provider (`Models`: resolve, load, available, unreadable,
+default), passed in as `Gallery.open(home, models=...)`; the default, `REGISTRY`, is this
+module (every model loaded once per process). Tests pass a provider of numpy fakes
+(tests/fakes.py), so the engine runs without torch.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .checkpoint import SUFFIX, CheckpointError, CheckpointMeta, load_checkpoint, read_meta
 from .variants import LITE_VARIANTS
@@ -175,16 +180,9 @@ def load(name: str, dirs: list[Path] | None = None) -> Embedder:
         else:
             model = None  # built below, outside the lock, since it loads its backbone
     if model is None and entry.kind in ("fused", "blend"):
-        from .bridge import parse_fused
-        from .fused import BlendEmbedder, FusedEmbedder
+        from .fused import compose
 
-        old, other, weight = parse_fused(entry.name)
-        part = load(other, dirs)
-        if entry.kind == "blend":
-            model = BlendEmbedder(load(old, dirs), part, weight)
-        else:
-            model = FusedEmbedder(load(old, dirs), load(part.meta.backbone, dirs),  # type: ignore[attr-defined]
-                                  part, weight)
+        model = compose(entry.name, lambda part: load(part, dirs))
     if model is None:
         from .compatible import HeadEmbedder
 
@@ -192,3 +190,39 @@ def load(name: str, dirs: list[Path] | None = None) -> Embedder:
         model = HeadEmbedder(load(meta.backbone, dirs), meta, state)
     with _lock:
         return _cache.setdefault(key, model)
+
+
+class Models(Protocol):
+    """Where a gallery gets its models: names -> entries (without loading) and embedders."""
+
+    default: str  # the model a new gallery is indexed with when none is named
+
+    def resolve(self, name: str, dirs: list[Path] | None = None) -> ModelEntry: ...
+
+    def load(self, name: str, dirs: list[Path] | None = None) -> Embedder: ...
+
+    def available(self, dirs: list[Path] | None = None) -> list[ModelEntry]: ...
+
+    def unreadable(self, dirs: list[Path] | None = None) -> list[tuple[Path, str]]: ...
+
+
+class Registry:
+    """The installed models: built-ins, shipped and gallery checkpoints, open_clip, fused (the
+    functions of this module; every model loaded once per process)."""
+
+    default = DEFAULT_MODEL
+
+    def resolve(self, name: str, dirs: list[Path] | None = None) -> ModelEntry:
+        return resolve(name, dirs)
+
+    def load(self, name: str, dirs: list[Path] | None = None) -> Embedder:
+        return load(name, dirs)
+
+    def available(self, dirs: list[Path] | None = None) -> list[ModelEntry]:
+        return available(dirs)
+
+    def unreadable(self, dirs: list[Path] | None = None) -> list[tuple[Path, str]]:
+        return unreadable(dirs)
+
+
+REGISTRY: Models = Registry()

@@ -178,10 +178,10 @@ class Gallery(GalleryCore):
 
     def available_models(self) -> list:
         """Registry entries this gallery can load (built-ins and its own checkpoints)."""
-        return available_models(self.home)[0]
+        return self.model_entries()
 
     def unreadable_models(self) -> list[tuple[Path, str]]:
-        return available_models(self.home)[1]
+        return self.model_provider.unreadable(self.model_dirs)
 
     def standing_verdict(self, entry) -> str | None:
         """What is known, without embedding anything, about `entry` querying this gallery: its

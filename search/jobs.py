@@ -92,34 +92,38 @@ def _progress_into(job: Job) -> Callable[[Any], None]:
     return progress
 
 
-def _in_own_gallery(home: Path, fn: Callable[[Any], Any]) -> Any:
+def _in_own_gallery(home: Path, fn: Callable[[Any], Any], models: Any = None) -> Any:
+    """`fn(gallery)` on a Gallery of the job's own; `models`: its model provider (default: the
+    installed registry; tests pass fakes)."""
     from search.api import Gallery
 
-    gallery = Gallery.open(home, create=False)
+    gallery = Gallery.open(home, create=False, models=models)
     try:
         return fn(gallery)
     finally:
         gallery.close()
 
 
-def backfill_job(home: Path, order: str, limit: int | None = None) -> Callable[[Job], Any]:
+def backfill_job(home: Path, order: str, limit: int | None = None, *,
+                 models: Any = None) -> Callable[[Job], Any]:
     def work(job: Job):
         return _in_own_gallery(home, lambda g: g.backfill(
-            order, limit, should_stop=job.should_stop, progress=_progress_into(job)).as_dict())
+            order, limit, should_stop=job.should_stop, progress=_progress_into(job)).as_dict(),
+            models)
     return work
 
 
-def reembed_job(home: Path, name: str) -> Callable[[Job], Any]:
+def reembed_job(home: Path, name: str, *, models: Any = None) -> Callable[[Job], Any]:
     def work(job: Job):
         state, switched = _in_own_gallery(home, lambda g: g.reembed(
-            name, should_stop=job.should_stop, progress=_progress_into(job)))
+            name, should_stop=job.should_stop, progress=_progress_into(job)), models)
         job.message = f"switched to {name}" if switched else ""
         return {**state.as_dict(), "switched": switched}
     return work
 
 
 def transform_job(home: Path, name: str, then_backfill: bool = False, mode: str | None = None,
-                  weight: float | None = None) -> Callable[[Job], Any]:
+                  weight: float | None = None, *, models: Any = None) -> Callable[[Job], Any]:
     """`graceful upgrade NAME --transform` (or, for a bridge, `--mode native|fused`) in the
     background (pause = stop, start = resume); with `then_backfill`, the mapped vectors are then
     replaced by real embeddings, most uncertain first."""
@@ -138,7 +142,7 @@ def transform_job(home: Path, name: str, then_backfill: bool = False, mode: str 
                 job.message += f"; backfilled {state.done} photos" + (
                     " (paused)" if state.interrupted else "")
             return result.as_dict()
-        return _in_own_gallery(home, run)
+        return _in_own_gallery(home, run, models)
     return work
 
 

@@ -27,7 +27,7 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 # others would load torch, streamlit and the models' modules for tests that are deselected).
 FAST_MODULES = {"test_fast.py", "test_plan.py", "test_evaluation.py", "test_images.py",
                 "test_bridge_math.py", "test_hostile_inputs.py", "test_tooling.py",
-                "test_serving_reads.py"}
+                "test_serving_reads.py", "test_engine_fast.py", "test_upgrades_fast.py"}
 
 os.environ.setdefault("GRACEFUL_THREADS", "2")
 # ONNX exports of the backbones go to a cache of the test run's own, not the user's ~/.cache
@@ -320,3 +320,53 @@ def milvus_server(tmp_path_factory):
             (ARTIFACTS / "milvus_server.json").write_text(json.dumps(facts))
     except RuntimeError as e:  # did not start, or left processes behind
         pytest.fail(str(e))
+
+
+# -- the fast tier's engine tests: fake models (tests/fakes.py), synthetic photos -------------
+
+@pytest.fixture
+def no_fsync(monkeypatch):
+    """Durability is not what the fast engine tests measure: skip fsync (about a third of their
+    time on a busy disk). The kill -9 tests of the default and slow tiers keep it."""
+    import models.fsutil
+
+    monkeypatch.setattr(models.fsutil.os, "fsync", lambda fd: None)
+
+
+@pytest.fixture(scope="session")
+def fake_photos(tmp_path_factory) -> Path:
+    """4 albums (colours) x 12 synthetic photos, one folder each."""
+    from fakes import ALBUMS, PER_ALBUM, make_photos
+
+    return make_photos(tmp_path_factory.mktemp("fake-photos"), ALBUMS, PER_ALBUM)
+
+
+@pytest.fixture(scope="session")
+def fake_queries(tmp_path_factory) -> Path:
+    """Other photos of the same 4 colours (3 each): a labelled query folder."""
+    from fakes import ALBUMS, make_photos
+
+    return make_photos(tmp_path_factory.mktemp("fake-queries"), ALBUMS, 3, seed=7)
+
+
+@pytest.fixture
+def fake_gallery(gallery_snapshot, fake_photos, tmp_path):
+    """A private copy of a fake-a gallery of fake_photos (48 photos, 4 albums), open with a new
+    FakeModels provider; closed after the test."""
+    import sqlite3
+
+    from fakes import open_fake
+
+    def build(home: Path) -> None:
+        g = open_fake(home)
+        try:
+            g.add(fake_photos)
+        finally:
+            g.close()
+        with sqlite3.connect(home / "catalog.db") as db:  # copies take the catalog, not its WAL
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    home = copy_gallery(gallery_snapshot("fake-a", build), tmp_path / "gallery")
+    g = open_fake(home)
+    yield g
+    g.close()

@@ -46,6 +46,9 @@ def test_vector_only_fit_decodes_nothing_then_transforms_searches_and_rolls_back
         album_home, album_photos, monkeypatch):
     import models.imageio
     import search.ops.fit
+    # modules that bind decode at import are imported now, so none keeps `never` afterwards
+    import search.ops.compare, search.ops.embedjob, search.ops.ingest  # noqa: F401, E401
+    import search.ops.preflight, search.ops.query  # noqa: F401, E401
 
     def never(*a, **k):
         raise AssertionError("a vector-only fit must not decode or embed a photo")

@@ -6,7 +6,6 @@ for this gallery), cache/ and reports/.
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from search.storage.catalog import Catalog, ImageRow
 from search.errors import GalleryError
 from search.settings import Settings, default_home
 from search.storage.imagestore import ImageStore
+from search.core.reports import Reports
 from search.core.results import SearchHit, SearchResult
 from search.storage.vectorstore import (SpaceVectors, VectorStore, open_notice, open_store,
                                         store_config)
@@ -31,13 +31,17 @@ if TYPE_CHECKING:
 __all__ = ["GalleryCore", "GalleryError", "SearchHit", "SearchResult", "default_home"]
 
 
-class GalleryCore:
+class GalleryCore(Reports):
     """The open gallery: catalog, image store, vector store, live indexes and models. The
-    operations (search.ops) work on it; `search.api.Gallery` adds one method per operation."""
+    operations (search.ops) work on it; `search.api.Gallery` adds one method per operation.
+    Its collaborators are passed in: `settings` (read once) and `models`, the provider every
+    model comes from (default: the installed registry; tests pass numpy fakes)."""
 
-    def __init__(self, home: Path, catalog: Catalog, settings: Settings | None = None):
+    def __init__(self, home: Path, catalog: Catalog, settings: Settings | None = None,
+                 models: registry.Models | None = None):
         self.home = Path(home)
         self.settings = settings or Settings.from_env()
+        self.model_provider: registry.Models = models or registry.REGISTRY
         self.catalog = catalog
         self.store = ImageStore(self.home / "images")
         self.queries_store = ImageStore(self.home / "queries")
@@ -54,12 +58,14 @@ class GalleryCore:
     @classmethod
     def open(cls, home: Path | str | None = None, create: bool = True, *,
              store: str | None = None, milvus_uri: str | None = None,
-             settings: Settings | None = None) -> "GalleryCore":
+             settings: Settings | None = None,
+             models: registry.Models | None = None) -> "GalleryCore":
         """The gallery at `home` (default: `default_home()`), created if missing unless
         `create=False` (then a missing gallery is a GalleryError). A new gallery serves its
         vectors from `store` ("faiss" or "milvus" at `milvus_uri`; default: env GRACEFUL_STORE
         and GRACEFUL_MILVUS_URI, else faiss). `settings`: read from the environment unless given,
-        once, and passed down to every operation on this gallery."""
+        once, and passed down to every operation on this gallery. `models`: where its models
+        come from (default `models.registry.REGISTRY`)."""
         import sqlite3
 
         from search.errors import friendly
@@ -82,7 +88,7 @@ class GalleryCore:
                 f"Restore catalog.db from a backup, or move it away and re-index the stored photos "
                 f"(graceful index {home / 'images'})")
         try:
-            gallery = cls(home, Catalog(db_path, settings), settings)
+            gallery = cls(home, Catalog(db_path, settings), settings, models)
         except sqlite3.DatabaseError as e:
             raise GalleryError(f"cannot open the gallery at {home}: {friendly(e)}") from None
         store = store or settings.store
@@ -137,7 +143,7 @@ class GalleryCore:
 
     def resolve_model(self, name: str) -> registry.ModelEntry:
         try:
-            return registry.resolve(name, self.model_dirs)
+            return self.model_provider.resolve(name, self.model_dirs)
         except registry.UnknownModelError as e:
             raise GalleryError(str(e)) from None
         except ValueError as e:  # unreadable checkpoint file
@@ -153,9 +159,13 @@ class GalleryCore:
     def load_model(self, name: str) -> Embedder:
         name = self.import_checkpoint(name)
         try:
-            return registry.load(name, self.model_dirs)
+            return self.model_provider.load(name, self.model_dirs)
         except (registry.UnknownModelError, ValueError, RuntimeError) as e:
             raise GalleryError(str(e)) from None
+
+    def model_entries(self) -> list[registry.ModelEntry]:
+        """Every model this gallery can load (its provider's, with the gallery's checkpoints)."""
+        return self.model_provider.available(self.model_dirs)
 
     def embedder(self) -> Embedder:
         if self.active_model is None:
@@ -186,7 +196,7 @@ class GalleryCore:
         """The model that ingest uses: the active one; a new gallery takes `requested`."""
         active = self.active_model
         if active is None:
-            model = self.load_model(requested or registry.DEFAULT_MODEL)
+            model = self.load_model(requested or self.model_provider.default)
             self.activate(model, "init")
             return model
         if requested and requested != active:
@@ -300,6 +310,13 @@ class GalleryCore:
         for part, half in getattr(model, "parts", lambda v: [])(vectors):
             self.catalog.put_vectors(image_ids, half, part.name, self.space_for(part))
 
+    def sync_written(self, image_ids: list[int], vectors: np.ndarray, model: Embedder) -> None:
+        """After a committed `write_vectors`: the live index of every space it wrote (a fused
+        model's halves too, so their indexes are saved with the rest)."""
+        self.sync_index(self.space_for(model), image_ids, vectors, model.name)
+        for part, half in getattr(model, "parts", lambda v: [])(vectors):
+            self.sync_index(self.space_for(part), image_ids, half, part.name)
+
     def sync_index(self, space: str, image_ids: list[int], vectors: np.ndarray,
                    model: str = "") -> None:
         """After a committed write of these vectors (by `model`): add them to the live index."""
@@ -376,20 +393,3 @@ class GalleryCore:
             if len(found) == 1:
                 return self.catalog.images(found)[found[0]]
         raise GalleryError(f"no gallery image {ref!r} (give an image id or a sha256 prefix)")
-
-    # -- reports ----------------------------------------------------------------------------
-    def save_report(self, kind: str, tag: str, report: dict, path: Path | None = None) -> Path:
-        """Write `report` as reports/KIND-TIMESTAMP-TAG.json, or over `path` (a report saved
-        before), atomically; returns its path."""
-        from models.fsutil import atomic_write_bytes
-
-        safe = tag.replace(":", "_").replace("/", "_")
-        path = path or self.reports_dir / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{safe}.json"
-        atomic_write_bytes(path, json.dumps(report, indent=1, default=str).encode())
-        return path
-
-    def latest_report(self, kind: str) -> dict | None:
-        """The newest reports/KIND-*.json, or None."""
-        reports = sorted(self.reports_dir.glob(f"{kind}-*.json"),
-                         key=lambda p: (p.stat().st_mtime, p.name))
-        return json.loads(reports[-1].read_text()) if reports else None

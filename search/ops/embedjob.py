@@ -57,7 +57,7 @@ def embed_stored(gallery: GalleryCore, model: Embedder, image_ids: list[int], jo
         with gallery.catalog.transaction():
             gallery.write_vectors(batch_ids, vectors, model)
             gallery.catalog.save_job(job, {**state.as_dict(), "done": state.done + len(batch_ids)})
-        gallery.sync_index(gallery.space_for(model), batch_ids, vectors, model.name)
+        gallery.sync_written(batch_ids, vectors, model)
         state.tick(state.done + len(batch_ids))
         if on_progress:
             on_progress(state)

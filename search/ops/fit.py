@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from models import metrics, registry
+from models import metrics
 from models.checkpoint import SUFFIX, CheckpointMeta, fingerprint, save_checkpoint
 from models.compat_train import NAME_RE
 from models.compatible import HeadEmbedder
@@ -76,7 +76,7 @@ def _validate(gallery: GalleryCore, req: FitRequest):
     if dest.exists() and not req.replace:
         raise FitError(f"a model called {req.out!r} already exists ({dest}); choose another --out "
                        "or replace it (--replace)")
-    taken = {e.name for e in registry.available(gallery.model_dirs)}
+    taken = {e.name for e in gallery.model_entries()}
     if req.out in taken and not dest.exists():
         raise FitError(f"{req.out!r} is already the name of another model")
     if gallery.active_model is None:

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.train import LABELLED_METHODS
-
 from search.errors import GalleryError
 from search.ops.preflight import in_holdout
 
@@ -86,6 +84,8 @@ def _labelled_albums(labels: dict[int, str | None], ids: list[int]) -> dict[str,
 
 
 def resolve_method(method: str, albums: dict[str, int]) -> str:
+    from models.train import LABELLED_METHODS  # torch: only a fit gets here
+
     labelled = len(albums) >= 2
     if method == "auto":
         return "pct" if labelled else "adapter"

@@ -11,9 +11,7 @@ import time
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
-
-import torch
+from typing import Any, Callable, Iterable
 
 from models.embedder import Embedder
 from models.progress import Progress
@@ -63,7 +61,7 @@ class _Item:
     status: str = "new"  # new | duplicate | skipped
     reason: str = ""
     data: bytes = b""
-    tensor: torch.Tensor | None = None
+    tensor: Any = None  # the model's preprocessed image (a torch tensor, or an array)
     width: int = 0
     height: int = 0
     format: str = ""
@@ -180,7 +178,7 @@ def ingest(gallery: GalleryCore, paths: Iterable[str | Path], model_name: str | 
                 for it in batch
             ]
             gallery.write_vectors(ids, vectors, model)
-        gallery.sync_index(space, ids, vectors, model.name)
+        gallery.sync_written(ids, vectors, model)
         report.added += len(batch) - theirs
         report.duplicates += theirs
 

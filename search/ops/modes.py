@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 
-from models import registry
 from models.bridge import BLEND_PREFIX, FUSED_PREFIX, fused_name, parse_fused
 
 from search.core import GalleryCore
@@ -53,7 +52,7 @@ def is_bridge(model) -> bool:
 def find_bridge(gallery: GalleryCore, target: str, from_space: bool = True) -> str | None:
     """The newest bridge in this gallery to model `target` (from the space the gallery serves
     now, unless `from_space` is off)."""
-    found = [e for e in registry.available(gallery.model_dirs)
+    found = [e for e in gallery.model_entries()
              if e.meta is not None and e.meta.method == "bridge"
              and e.meta.transform.get("target_model") == target
              and (not from_space or e.meta.transform.get("input_space") == gallery.space)]

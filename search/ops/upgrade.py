@@ -234,12 +234,10 @@ def _transform(gallery: GalleryCore, model, gallery_transform, result: UpgradeRe
 def fit_bridge_for(gallery: GalleryCore, model, should_stop=None, on_progress=None) -> str:
     """`upgrade B` with no bridge to B yet: fit one (named B-bridge, or B-bridge-2, ...) and
     return its name; the upgrade then takes the path its plan recommends."""
-    from models import registry
-
     from search.ops.bridge import fit_bridge
     from search.ops.fit import FitRequest
 
-    taken = {e.name for e in registry.available(gallery.model_dirs)}
+    taken = {e.name for e in gallery.model_entries()}
     name, n = f"{model.name}-bridge", 1
     while name in taken:
         n += 1
