@@ -31,14 +31,11 @@ def files_of(split: str, classes: list[str]) -> tuple[list[Path], list[str | Non
 
 
 def summary(old_q, new_q, ref_old, ref_new, q_labels, ref_labels, own=None) -> dict:
-    from models import metrics
+    """One path against old/old: the one evaluation (models/evaluation/score.py)."""
+    from models.evaluation.score import score
 
-    n = len(old_q)
-    own = np.full(n, -1) if own is None else own
-    ex = metrics.exclusion_mask(n, len(ref_old), own)
-    base = metrics.outcomes(old_q, ref_old, q_labels, ref_labels, ex)
-    res = metrics.outcomes(new_q, ref_new, q_labels, ref_labels, ex)
-    s = metrics.path_summary(base, res)
+    own = np.full(len(old_q), -1) if own is None else own
+    s = score(old_q, new_q, ref_old, ref_new, q_labels, ref_labels, own_index=own).as_dict()
     return {k: s[k] for k in ("top1", "top5", "map", "nfr", "lost_at_5", "lost_at_10", "retention",
                               "top1_se", "map_se", "lost_at_5_se")}
 

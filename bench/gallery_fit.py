@@ -82,10 +82,8 @@ def independent_head(gallery_files, gallery_labels, query_files, query_labels, c
     y = np.array([classes.index(c) for c in train_labels])
     head = train_head(TrainConfig("independent", dim=1280), t2, y, len(classes))
     q, g = head.embed(q2), head.embed(g2)
-    order = np.argsort(-(q @ g.T), axis=1)
-    rel = np.array(gallery_labels, dtype=object)[order] == np.array(query_labels, dtype=object)[:, None]
-    return {"top1": round(float(rel[:, 0].mean()), 4),
-            "map": round(float(metrics.average_precision(rel).mean()), 4)}
+    o = metrics.search(q, g, None, query_labels, gallery_labels)
+    return metrics.Summary(o, o).side("new", ("top1", "map"))
 
 
 def main() -> None:

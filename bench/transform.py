@@ -26,17 +26,16 @@ from bench.common import CALTECH, machine, synthetic_vectors, write_json
 
 def score(q: np.ndarray, g: np.ndarray, q_labels: np.ndarray, g_labels: np.ndarray,
           base: dict | None = None) -> dict:
-    """Top-1, top-5, mAP over the full ranking; NFR and lost@5 against `base` (old/old)."""
-    from models.metrics import average_precision
+    """Top-1, top-5, mAP over the full ranking; NFR and lost@5 against `base` (old/old): the
+    one evaluation (models/evaluation/score.py)."""
+    from models.evaluation.score import Summary, search
 
-    order = np.argsort(-(q @ g.T), axis=1, kind="stable")
-    rel = g_labels[order] == q_labels[:, None]
-    c1, c5 = rel[:, 0], rel[:, :5].any(1)
-    out = {"top1": round(float(c1.mean()), 4), "top5": round(float(c5.mean()), 4),
-           "map": round(float(average_precision(rel).mean()), 4), "_c1": c1, "_c5": c5}
+    o = search(q, g, None, q_labels, g_labels)
+    s = Summary(base["_o"] if base is not None else o, o)
+    out = {**s.side("new", ("top1", "top5", "map")), "_o": o}
     if base is not None:
-        out["nfr"] = round(float((base["_c1"] & ~c1).mean()), 4)
-        out["lost_at_5"] = round(float((base["_c5"] & ~c5).mean()), 4)
+        out["nfr"] = round(float(s.nfr().mean()), 4)
+        out["lost_at_5"] = round(float(s.lost(5).mean()), 4)
     return out
 
 

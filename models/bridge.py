@@ -18,28 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .evaluation.score import overlap, top_k
 from .transform import LINEAR_KINDS, MAP_KINDS, LinearMap, fit_linear_map, normalise
 
 FIDELITY_K = 10
 FUSED_PREFIX = "fused:"
 BLEND_PREFIX = "blend:"
-
-
-def top_k(queries: np.ndarray, reference: np.ndarray, k: int, excluded: np.ndarray | None = None
-          ) -> np.ndarray:
-    """(queries, k) positions of each query's first k results; excluded items never count."""
-    sims = queries @ reference.T
-    if excluded is not None:
-        sims[excluded] = -np.inf
-    k = min(k, reference.shape[0])
-    part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    order = np.take_along_axis(-sims, part, axis=1).argsort(axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
-
-
-def overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per row: the share of a's results that are among b's."""
-    return np.array([len(np.intersect1d(x, y)) / max(len(x), 1) for x, y in zip(a, b)])
 
 
 def self_excluded(n: int) -> np.ndarray:

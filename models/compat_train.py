@@ -51,13 +51,16 @@ def old_classifier_for(old: Embedder, classes: list[str], old_emb: np.ndarray,
 
 
 def evaluate_pairs(old_q: np.ndarray, new_q: np.ndarray, labels: np.ndarray) -> dict:
-    ref = metrics.evaluate(old_q, old_q, labels)
-    cross = metrics.evaluate(new_q, old_q, labels)
-    own = metrics.evaluate(new_q, new_q, labels)
-    return {"old/old": ref.summary(),
-            "new/old": {**cross.summary(), **metrics.flip_rates(ref.correct_top1, cross.correct_top1)},
-            "new/new": {**own.summary(), **metrics.flip_rates(ref.correct_top1, own.correct_top1)},
-            "criterion_top1": cross.top1 > ref.top1, "criterion_map": cross.map > ref.map}
+    """ml-fct's old/old, new/old and new/new, leave-one-out: two scores of the one evaluation
+    sharing the old side."""
+    own, names = np.arange(len(old_q)), ("top1", "top5", "map")
+    cross = metrics.score(old_q, new_q, old_q, old_q, labels, labels, own_index=own)
+    same = metrics.score(old_q, new_q, old_q, new_q, labels, labels, own_index=own, old=cross.old)
+    return {"old/old": cross.side("old", names),
+            "new/old": {**cross.side("new", names), **metrics.flip_rates(cross.old.top1, cross.new.top1)},
+            "new/new": {**same.side("new", names), **metrics.flip_rates(cross.old.top1, same.new.top1)},
+            "criterion_top1": bool(cross.new.top1.mean() > cross.old.top1.mean()),
+            "criterion_map": bool(cross.new.ap.mean() > cross.old.ap.mean())}
 
 
 def train_compatible(req: TrainRequest) -> tuple[Path, CheckpointMeta]:

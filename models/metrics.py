@@ -1,4 +1,5 @@
-"""Retrieval metrics (pure numpy): top-k, mAP over the full ranking, flip rates.
+"""Retrieval metrics (pure numpy): configurations of the one evaluation
+(`models.evaluation.score`), kept under the names the engine and the benches call.
 
 Protocol (as in apple/ml-fct): queries and gallery are the same labelled images, embedded by the
 query-side and the gallery-side model; leave-one-out, so a query never matches its own image.
@@ -10,6 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from models.evaluation.score import (LOST_KS, Outcomes, Summary, average_precision,
+                                     exclusion_mask, flip_rates, mean_se, near_duplicates, score,
+                                     search)
+
+__all__ = ["LOST_KS", "Outcomes", "Summary", "average_precision", "exclusion_mask", "flip_rates",
+           "mean_se", "near_duplicates", "score", "search"]
 
 
 @dataclass
@@ -38,41 +46,12 @@ def rank_matrix(queries: np.ndarray, gallery: np.ndarray, chunk: int = 1024) -> 
     return order
 
 
-def average_precision(relevant: np.ndarray) -> np.ndarray:
-    """AP per row of a boolean relevance matrix in ranked order (rows with none -> 0)."""
-    rel = relevant.astype(np.float64)
-    hits = np.cumsum(rel, axis=1)
-    ranks = np.arange(1, rel.shape[1] + 1)
-    n_rel = rel.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ap = (hits / ranks * rel).sum(axis=1) / n_rel
-    return np.nan_to_num(ap)
-
-
 def evaluate(queries: np.ndarray, gallery: np.ndarray, labels: np.ndarray) -> RetrievalResult:
-    labels = np.asarray(labels)
-    order = rank_matrix(queries, gallery)
-    relevant = labels[order] == labels[:, None]
-    correct1 = relevant[:, 0]
-    top5 = relevant[:, :5].any(axis=1)
-    return RetrievalResult(float(correct1.mean()), float(top5.mean()),
-                           float(average_precision(relevant).mean()), correct1)
-
-
-def flip_rates(old_correct: np.ndarray, new_correct: np.ndarray,
-               mask: np.ndarray | None = None) -> dict:
-    """NFR: share of queries right before and wrong after; PFR: wrong before, right after.
-
-    Both are shares of all (masked) queries, as in Yan et al. (PCT)."""
-    old_correct = np.asarray(old_correct, bool)
-    new_correct = np.asarray(new_correct, bool)
-    if mask is not None:
-        old_correct, new_correct = old_correct[mask], new_correct[mask]
-    n = len(old_correct)
-    if n == 0:
-        return {"nfr": 0.0, "pfr": 0.0, "queries": 0}
-    return {"nfr": round(float((old_correct & ~new_correct).mean()), 4),
-            "pfr": round(float((~old_correct & new_correct).mean()), 4), "queries": n}
+    """One side of ml-fct's protocol (old/old, new/old or new/new): `search` leave-one-out."""
+    n = len(queries)
+    o = search(queries, gallery, np.eye(n, len(gallery), dtype=bool), labels, labels)
+    return RetrievalResult(float(o.top1.mean()), float(o.hits[5].mean()), float(o.ap.mean()),
+                           o.top1)
 
 
 def overlap_at_k(a: list[int], b: list[int], k: int) -> float:
@@ -120,14 +99,9 @@ def label_retrieval(queries: np.ndarray, reference: np.ndarray, q_labels: list, 
                     own_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per query: (top-1 correct, average precision) over the reference set ranked by
     similarity, its own photo left out; relevant = same label (None is never relevant)."""
-    ref = np.array([x if x is not None else "\0none" for x in ref_labels], dtype=object)
-    sims = queries @ reference.T
-    rows = np.flatnonzero(own_index >= 0)
-    sims[rows, own_index[rows]] = -np.inf
-    order = np.argsort(-sims, axis=1, kind="stable")
-    relevant = ref[order] == np.array(q_labels, dtype=object)[:, None]
-    relevant[rows, -1] = False  # the own photo (sorted last, at -inf) is not a result
-    return relevant[:, 0].copy(), average_precision(relevant)
+    o = search(queries, reference, exclusion_mask(len(queries), len(reference), own_index),
+               q_labels, ref_labels)
+    return o.top1, o.ap
 
 
 def compat_signals(new_q: np.ndarray, old_q: np.ndarray, reference: np.ndarray,
@@ -161,23 +135,21 @@ def compat_signals(new_q: np.ndarray, old_q: np.ndarray, reference: np.ndarray,
         if keep.sum() >= 2:
             sel = np.flatnonzero(keep)
             labs = [q_labels[i] for i in sel]
-            o1, oap = label_retrieval(old_q[sel], reference, labs, ref_labels, own_index[sel])
-            n1, nap = label_retrieval(new_q[sel], reference, labs, ref_labels, own_index[sel])
-            d_ap = nap - oap
+            # old/old vs new/old over the reference set: one score
+            s = score(old_q[sel], new_q[sel], reference, reference, labs, ref_labels,
+                      own_index=own_index[sel])
             out["albums"] = {
                 "queries": int(len(sel)),
-                "old/old": {"top1": round(float(o1.mean()), 4), "map": round(float(oap.mean()), 4)},
-                "new/old": {"top1": round(float(n1.mean()), 4), "map": round(float(nap.mean()), 4)},
-                **flip_rates(o1, n1),
-                "delta_map": round(float(d_ap.mean()), 4),
-                "delta_map_se": round(float(d_ap.std(ddof=1) / np.sqrt(len(sel))), 4),
-                "delta_top1": round(float((n1.astype(float) - o1).mean()), 4),
-                "delta_top1_se": round(float((n1.astype(float) - o1).std(ddof=1) / np.sqrt(len(sel))), 4),
+                "old/old": s.side("old"),
+                "new/old": s.side("new"),
+                **flip_rates(s.old.top1, s.new.top1),
             }
-            if new_reference is not None:
-                w1, wap = label_retrieval(new_q[sel], new_reference, labs, ref_labels, own_index[sel])
-                out["albums"]["new/new"] = {"top1": round(float(w1.mean()), 4),
-                                            "map": round(float(wap.mean()), 4), **flip_rates(o1, w1)}
+            out["albums"]["delta_map"], out["albums"]["delta_map_se"] = s.delta("map")
+            out["albums"]["delta_top1"], out["albums"]["delta_top1_se"] = s.delta("top1")
+            if new_reference is not None:  # new/new: the same old side
+                w = score(old_q[sel], new_q[sel], reference, new_reference, labs, ref_labels,
+                          own_index=own_index[sel], old=s.old)
+                out["albums"]["new/new"] = {**w.side("new"), **flip_rates(s.old.top1, w.new.top1)}
     return out
 
 
@@ -186,83 +158,24 @@ def compat_signals(new_q: np.ndarray, old_q: np.ndarray, reference: np.ndarray,
 # the stored vectors) or everything (a backfill). Each path is judged per query against the old
 # model's own searches, so averages cannot hide the searches that lose every right result.
 
-LOST_KS = (5, 10)
-
-
-@dataclass
-class Outcomes:
-    """Per labelled query: right photo first, a right photo within the first k, and AP."""
-    top1: np.ndarray
-    hits: dict  # k -> bool array
-    ap: np.ndarray
-    neighbours: np.ndarray  # (queries, k) reference positions of the first results
-
-
-def exclusion_mask(n_queries: int, n_reference: int, own_index: np.ndarray,
-                   near: np.ndarray | None = None) -> np.ndarray:
-    """Reference items that may not count as a query's result: its own photo and (optionally)
-    its near duplicates."""
-    mask = np.zeros((n_queries, n_reference), bool) if near is None else near.copy()
-    rows = np.flatnonzero(own_index >= 0)
-    mask[rows, own_index[rows]] = True
-    return mask
-
-
-def near_duplicates(old_q: np.ndarray, old_reference: np.ndarray, threshold: float) -> np.ndarray:
-    """(queries, reference) mask of items the old model finds at least `threshold` similar to
-    a query: shots of the same scene, which inflate every number measured on a held-out slice."""
-    return (old_q @ old_reference.T) >= threshold
-
 
 def outcomes(queries: np.ndarray, reference: np.ndarray, q_labels: list, ref_labels: list,
              excluded: np.ndarray, ks: tuple = (1, 5, 10), keep: int = 10) -> Outcomes:
     """Rank `reference` for each query (excluded items never count) and score it by labels."""
-    ref = np.array([x if x is not None else "\0none" for x in ref_labels], dtype=object)
-    sims = queries @ reference.T
-    sims[excluded] = -np.inf
-    order = np.argsort(-sims, axis=1, kind="stable")
-    relevant = ref[order] == np.array(q_labels, dtype=object)[:, None]
-    relevant &= ~np.take_along_axis(excluded, order, axis=1)
-    return Outcomes(relevant[:, 0].copy(), {k: relevant[:, :k].any(1) for k in ks},
-                    average_precision(relevant), order[:, :keep].copy())
-
-
-def _mean_se(x: np.ndarray) -> tuple[float, float]:
-    x = np.asarray(x, dtype=np.float64)
-    if len(x) < 2:
-        return float(x.mean()) if len(x) else 0.0, 0.0
-    return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x)))
+    return search(queries, reference, excluded, q_labels, ref_labels, ks, keep)
 
 
 def lost_at_k(old: Outcomes, new: Outcomes, k: int) -> np.ndarray:
     """Per query: it had a right photo in its old top-k and has none in the new top-k."""
-    return old.hits[k] & ~new.hits[k]
+    return Summary(old, new).lost(k)
 
 
 def retention(old: Outcomes, new: Outcomes) -> np.ndarray:
-    """Per query, label-free: the share of its old first results (old query, old gallery) that
-    stay among its new first results. Albums cannot see what this measures: the similarity
-    users relied on inside an album (the same product, the same place)."""
-    return np.array([len(np.intersect1d(a, b)) / max(len(a), 1)
-                     for a, b in zip(old.neighbours, new.neighbours)])
+    """Per query, label-free: the share of its old first results kept among its new ones."""
+    return Summary(old, new).kept()
 
 
 def path_summary(old: Outcomes, new: Outcomes) -> dict:
     """Top-1/top-5/mAP of a path, flips and lost@k against the old searches, each with its
-    standard error (deltas are paired, per query)."""
-    out: dict = {"queries": int(len(new.top1))}
-    for key, arr in (("top1", new.top1), ("top5", new.hits[5]), ("map", new.ap)):
-        m, se = _mean_se(arr)
-        out[key], out[f"{key}_se"] = round(m, 4), round(se, 4)
-    for key, a, b in (("top1", old.top1, new.top1), ("top5", old.hits[5], new.hits[5]),
-                      ("map", old.ap, new.ap)):
-        m, se = _mean_se(np.asarray(b, float) - np.asarray(a, float))
-        out[f"delta_{key}"], out[f"delta_{key}_se"] = round(m, 4), round(se, 4)
-    out.update({k: v for k, v in flip_rates(old.top1, new.top1).items() if k != "queries"})
-    out["nfr_se"] = round(_mean_se(old.top1 & ~new.top1)[1], 4)
-    for k in LOST_KS:
-        m, se = _mean_se(lost_at_k(old, new, k))
-        out[f"lost_at_{k}"], out[f"lost_at_{k}_se"] = round(m, 4), round(se, 4)
-    m, se = _mean_se(retention(old, new))
-    out["retention"], out["retention_se"] = round(m, 4), round(se, 4)
-    return out
+    standard error (deltas are paired, per query): `Summary.as_dict`."""
+    return Summary(old, new).as_dict()

@@ -25,9 +25,9 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 
 # Modules with tests marked `fast`: with exactly `-m fast` only these are collected (importing the
 # others would load torch, streamlit and the models' modules for tests that are deselected).
-FAST_MODULES = {"test_fast.py", "test_plan.py", "test_images.py", "test_bridge_math.py",
-                "test_hostile_inputs.py", "test_tooling.py", "test_serving_reads.py",
-                "test_engine_fast.py", "test_upgrades_fast.py",
+FAST_MODULES = {"test_fast.py", "test_plan.py", "test_evaluation.py", "test_images.py",
+                "test_bridge_math.py", "test_hostile_inputs.py", "test_tooling.py",
+                "test_serving_reads.py", "test_engine_fast.py", "test_upgrades_fast.py",
                 "test_catalogs.py"}
 
 os.environ.setdefault("GRACEFUL_THREADS", "2")

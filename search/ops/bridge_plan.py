@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models import metrics
-from models.bridge import FIDELITY_K, fuse, overlap, top_k
+from models.bridge import fuse
+from models.evaluation.judge import BRIDGE, judge
+from models.evaluation.score import label_codes, mean_se, near_duplicates, score, search
 
 from search.ops.plan import MAX_LOST_AT_5, MAX_NFR, NEAR_DUPLICATE, judge_path
 
@@ -33,8 +34,8 @@ REFERENCE_MAX = 20000
 FUSED_WEIGHTS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 # Label-free floor on the old first results a recommended path keeps: below it, more of what
 # users found before is gone than a full re-embed loses on most upgrades (docs/BENCHMARKS.md
-# section 15).
-KEPT_FLOOR = 0.6
+# section 15). The one judge's `BRIDGE` limits (models/evaluation/judge.py).
+KEPT_FLOOR = BRIDGE.min_kept
 BRIDGE_PATHS = ("keep", "queries", "transform", "fused", "backfill")
 
 
@@ -61,13 +62,12 @@ class BridgeData:
 
 
 def _mean_se(x: np.ndarray) -> tuple[float, float]:
-    x = np.asarray(x, np.float64)
-    se = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
-    return round(float(x.mean()), 4), round(se, 4)
+    m, se = mean_se(x)
+    return round(m, 4), round(se, 4)
 
 
 def _excluded(old_q: np.ndarray, old_ref: np.ndarray, own: np.ndarray) -> np.ndarray:
-    mask = metrics.near_duplicates(old_q, old_ref, NEAR_DUPLICATE)
+    mask = near_duplicates(old_q, old_ref, NEAR_DUPLICATE)
     mask[np.arange(len(own)), own] = True
     return mask
 
@@ -83,20 +83,23 @@ def measure(d: BridgeData, weights=FUSED_WEIGHTS) -> dict:
     sample_old = d.old_ref[: d.n_emb]
     sample_mapped = np.concatenate([d.oof_train, d.mapped_held])
     ex_s = ex[:, : d.n_emb]
-    keep_top = top_k(old_q, d.old_ref, FIDELITY_K, ex)
-    new_top_s = top_k(new_q, d.new_emb, FIDELITY_K, ex_s)
-    keep_top_s = top_k(old_q, sample_old, FIDELITY_K, ex_s)
+    # label-free: the old search (whole gallery, and the sample) and a full re-embed's search of
+    # the sample, each path scored against them (kept_old, fidelity) by the one evaluation
+    keep_top = search(old_q, d.old_ref, ex)
+    new_top_s = search(new_q, d.new_emb, ex_s)
+    keep_top_s = search(old_q, sample_old, ex_s)
 
     paths: dict[str, dict] = {}
 
     def add(name, q, ref, q_s, ref_s, whole=True, **extra):
-        kept = overlap(top_k(q, ref, FIDELITY_K, ex if whole else ex_s),
-                       keep_top if whole else keep_top_s)
-        fid = overlap(top_k(q_s, ref_s, FIDELITY_K, ex_s), new_top_s)
+        mask = ex if whole else ex_s
+        kept = score(old_q, q, d.old_ref, ref, excluded=mask,
+                     old=keep_top if whole else keep_top_s).kept()
+        fid = score(new_q, q_s, d.new_emb, ref_s, excluded=ex_s, old=new_top_s).kept()
         row = {"reference": "gallery" if whole else "sample", **extra}
         row["kept_old"], row["kept_old_se"] = _mean_se(kept)
         row["fidelity"], row["fidelity_se"] = _mean_se(fid)
-        row["_search"] = (q, ref, ex if whole else ex_s, whole)
+        row["_search"] = (q, ref, mask, whole)
         paths[name] = row
 
     add("keep", old_q, d.old_ref, old_q, sample_old)
@@ -128,24 +131,23 @@ def _label_figures(d: BridgeData, paths: dict, old_q, ex, ex_s) -> int:
     q_labels = [d.labels[i] for i in d.held]
     ref_all = list(d.labels)
     ref_s = ref_all[: d.n_emb]
-    ref_arr = np.array([x if x is not None else "\0none" for x in ref_all], dtype=object)
-    has_right = ((np.array(q_labels, dtype=object)[:, None] == ref_arr[None, :]) & ~ex).any(1)
+    q_codes, ref_codes = label_codes(q_labels, ref_all)
+    has_right = ((q_codes[:, None] == ref_codes[None, :]) & ~ex).any(1)
     if not has_right.any():
         return 0
-    base = {True: metrics.outcomes(old_q, d.old_ref, q_labels, ref_all, ex),
-            False: metrics.outcomes(old_q, d.old_ref[: d.n_emb], q_labels, ref_s, ex_s)}
+    rows = np.flatnonzero(has_right)
+    q_labels = [q_labels[i] for i in rows]
+    ex, ex_s = ex[rows], ex_s[rows]
+    base = {True: search(old_q[rows], d.old_ref, ex, q_labels, ref_all),
+            False: search(old_q[rows], d.old_ref[: d.n_emb], ex_s, q_labels, ref_s)}
     for row in paths.values():
-        q, ref, mask, whole = row["_search"]
-        res = metrics.outcomes(q, ref, q_labels, ref_all if whole else ref_s, mask)
-        s = metrics.path_summary(_only(base[whole], has_right), _only(res, has_right))
+        q, ref, _, whole = row["_search"]
+        s = score(old_q[rows], q[rows], d.old_ref if whole else d.old_ref[: d.n_emb], ref,
+                  q_labels, ref_all if whole else ref_s, ex if whole else ex_s,
+                  old=base[whole]).as_dict()
         s["verdict"], s["flags"] = judge_path(s)
         row["labels"] = s
     return int(has_right.sum())
-
-
-def _only(o: metrics.Outcomes, rows: np.ndarray) -> metrics.Outcomes:
-    return metrics.Outcomes(o.top1[rows], {k: v[rows] for k, v in o.hits.items()}, o.ap[rows],
-                            o.neighbours[rows])
 
 
 def choose_weight(measured: dict) -> float:
@@ -176,19 +178,17 @@ def plan_rows(measured: dict, weight: float, costs: dict[str, dict], commands: d
                "reference": s["reference"], **costs[path], "command": commands.get(path)}
         if path == "fused":
             row["weight"] = weight
-        flags = []
-        if path != "keep" and s["kept_old"] < KEPT_FLOOR - s["kept_old_se"]:
-            flags.append(f"keeps {s['kept_old']:.0%} of each search's old first results "
-                         f"(label-free floor {KEPT_FLOOR:.0%})")
         lab = s.get("labels")
         if lab:
             row.update({k: lab[k] for k in ("top1", "top5", "map", "nfr", "lost_at_5",
                                             "lost_at_10")})
             row["se"].update({k: lab[f"{k}_se"] for k in ("top1", "top5", "map", "lost_at_5")})
-            row["verdict"] = lab["verdict"] if path != "keep" else "baseline"
-            flags += [f for f in lab["flags"] if "old first results" not in f] if path != "keep" else []
-        else:
-            row["verdict"] = "baseline" if path == "keep" else "unjudged"
+        if path == "keep":
+            row["verdict"], flags = "baseline", []
+        else:  # the one judge: the kept floor label-free, and with albums the plan's rule
+            v = judge({"kept_old": s["kept_old"], "kept_old_se": s["kept_old_se"], **(lab or {})},
+                      BRIDGE)
+            row["verdict"], flags = v.verdict, v.flags
         row["flags"] = flags
         rows.append(row)
     return rows

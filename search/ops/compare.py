@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from models import metrics
+from models.evaluation.score import Summary, relevance_outcomes
 from models.imagefolder import IMAGE_SUFFIXES
 
 from search.core import GalleryCore
@@ -98,13 +99,20 @@ def rank_vectors(gallery: GalleryCore, vectors: np.ndarray, space: str, depth: i
             for row, own in zip(found, exclude)]
 
 
-def relevance_metrics(relevant: list[np.ndarray], depth_label) -> dict:
-    width = max(len(r) for r in relevant)
+def relevance_matrix(relevant: list[np.ndarray]) -> np.ndarray:
+    """Ragged per-query relevance (ranked results of an index) as one matrix, padded with False."""
+    width = max(1, *(len(r) for r in relevant))
     m = np.zeros((len(relevant), width), bool)
     for i, r in enumerate(relevant):
         m[i, : len(r)] = r
-    return {"top1": round(float(m[:, 0].mean()), 4), "top5": round(float(m[:, :5].any(1).mean()), 4),
-            "map": round(float(metrics.average_precision(m).mean()), 4), "map_depth": depth_label}
+    return m
+
+
+def relevance_metrics(relevant: list[np.ndarray], depth_label) -> dict:
+    """top-1/top-5/mAP of rankings an index made: one side of the one evaluation."""
+    o = relevance_outcomes(relevance_matrix(relevant))
+    side = Summary(o, o).side("new", ("top1", "top5", "map"))
+    return {**side, "map_depth": depth_label}
 
 
 def _rank(gallery: GalleryCore, model_name: str, queries: list[Query], depth: int, exclude: list[int | None]):
@@ -131,20 +139,23 @@ def compare(gallery: GalleryCore, old: str, new: str, queries: list[Query], k: i
         if o is None or n is None:
             continue
         ok, nk = o[:k], n[:k]
-        row = {"query": q.name, "label": q.label, "old": ok, "new": nk,
-               "gained": [i for i in nk if i not in ok], "lost": [i for i in ok if i not in nk],
-               "overlap": metrics.overlap_at_k(ok, nk, k)}
+        rows.append({"query": q.name, "label": q.label, "old": ok, "new": nk,
+                     "gained": [i for i in nk if i not in ok], "lost": [i for i in ok if i not in nk],
+                     "overlap": metrics.overlap_at_k(ok, nk, k)})
         if labelled:
-            ro = np.array([labels.get(i) == q.label for i in o])
-            rn = np.array([labels.get(i) == q.label for i in n])
-            row["old_correct"], row["new_correct"] = bool(ro[:1].any()), bool(rn[:1].any())
+            old_rel.append(np.array([labels.get(i) == q.label for i in o]))
+            new_rel.append(np.array([labels.get(i) == q.label for i in n]))
+    depths = sorted({*LOST_KS, k})
+    scored = None
+    if labelled and rows:  # old vs new by the one evaluation, on the index's rankings
+        scored = Summary(relevance_outcomes(relevance_matrix(old_rel), ks=(1, 5, *depths)),
+                         relevance_outcomes(relevance_matrix(new_rel), ks=(1, 5, *depths)))
+        lost = {d: scored.lost(d) for d in depths}
+        for i, row in enumerate(rows):
+            row["old_correct"], row["new_correct"] = bool(scored.old.top1[i]), bool(scored.new.top1[i])
             # lost every right photo: one in the old top-k, none in the new top-k
-            row["lost_all_at"] = {str(d): bool(ro[:d].any() and not rn[:d].any())
-                                  for d in sorted({*LOST_KS, k})}
+            row["lost_all_at"] = {str(d): bool(lost[d][i]) for d in depths}
             row["lost_all"] = row["lost_all_at"][str(k)]
-            old_rel.append(ro)
-            new_rel.append(rn)
-        rows.append(row)
     summary = {
         "old": old, "new": new, "old_space": old_space, "new_space": new_space, "k": k,
         "queries": len(rows), "skipped_queries": len(queries) - len(rows),
@@ -152,14 +163,12 @@ def compare(gallery: GalleryCore, old: str, new: str, queries: list[Query], k: i
         "gained": sum(len(r["gained"]) for r in rows), "lost": sum(len(r["lost"]) for r in rows),
         "labelled": bool(labelled),
     }
-    if labelled and rows:
+    if scored is not None:
         depth_label = "full" if depth >= ntotal - 1 else depth
-        summary["old_metrics"] = relevance_metrics(old_rel, depth_label)
-        summary["new_metrics"] = relevance_metrics(new_rel, depth_label)
-        summary.update(metrics.flip_rates(np.array([r["old_correct"] for r in rows]),
-                                          np.array([r["new_correct"] for r in rows])))
-        summary["lost_at_k"] = {d: round(float(np.mean([r["lost_all_at"][d] for r in rows])), 4)
-                                for d in rows[0]["lost_all_at"]}
+        summary["old_metrics"] = {**scored.side("old", ("top1", "top5", "map")), "map_depth": depth_label}
+        summary["new_metrics"] = {**scored.side("new", ("top1", "top5", "map")), "map_depth": depth_label}
+        summary.update(metrics.flip_rates(scored.old.top1, scored.new.top1))
+        summary["lost_at_k"] = {str(d): round(float(scored.lost(d).mean()), 4) for d in depths}
         summary["lost_queries"] = sum(r["lost_all"] for r in rows)
     if rows:
         from search.ops.modes import plan_check

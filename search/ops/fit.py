@@ -183,12 +183,13 @@ def choose_blend(trained, vectors: np.ndarray, labels: list) -> tuple[float, dic
             trained.head(torch.as_tensor(vectors, dtype=torch.float32)), dim=-1).numpy()
     own = np.arange(len(vectors))
     excluded = metrics.exclusion_mask(len(vectors), len(vectors), own)
-    base = metrics.outcomes(vectors, vectors, labels, labels, excluded)
+    base = metrics.search(vectors, vectors, excluded, labels, labels)
     tried = []
     for alpha in BLENDS:
         moved = alpha * vectors + (1 - alpha) * learned
         moved /= np.linalg.norm(moved, axis=1, keepdims=True)
-        s = metrics.path_summary(base, metrics.outcomes(moved, moved, labels, labels, excluded))
+        s = metrics.score(vectors, moved, vectors, moved, labels, labels, excluded,
+                          old=base).as_dict()
         tried.append({"alpha": alpha, "map": s["map"], "lost_at_5": s["lost_at_5"], "nfr": s["nfr"],
                       "retention": s["retention"]})
     safe = [t for t in tried if t["lost_at_5"] <= MAX_LOST_AT_5 / 2 and t["nfr"] <= MAX_NFR

@@ -16,8 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from models import metrics
-from models.bridge import FIDELITY_K, overlap, top_k
+from models.evaluation.score import exclusion_mask, score, search
 from models.transform import normalise
 
 from search.ops.bridge_plan import KEPT_FLOOR
@@ -35,15 +34,13 @@ def choose_weight(old_q: np.ndarray, new_q: np.ndarray, q_labels: list, referenc
                   ref_labels: list, own: np.ndarray) -> tuple[float, dict]:
     """(old share, what each weight measured): these queries (old and head vectors) searching
     `reference` (stored vectors; each query's own row `own` left out)."""
-    excluded = metrics.exclusion_mask(len(old_q), len(reference), own)
-    base = metrics.outcomes(old_q, reference, q_labels, ref_labels, excluded)
-    keep_top = top_k(old_q, reference, FIDELITY_K, excluded)
+    excluded = exclusion_mask(len(old_q), len(reference), own)
+    base = search(old_q, reference, excluded, q_labels, ref_labels)
     tried = []
     for w in WEIGHTS:
-        q = blend(old_q, new_q, w)
-        s = metrics.path_summary(base, metrics.outcomes(q, reference, q_labels, ref_labels, excluded))
-        kept = float(overlap(top_k(q, reference, FIDELITY_K, excluded), keep_top).mean())
-        tried.append({"weight": w, "kept_old": round(kept, 4), "map": s["map"],
+        s = score(old_q, blend(old_q, new_q, w), reference, reference, q_labels, ref_labels,
+                  excluded, old=base).as_dict()
+        tried.append({"weight": w, "kept_old": s["retention"], "map": s["map"],
                       "lost_at_5": s["lost_at_5"], "nfr": s["nfr"]})
     ok = [t for t in tried if t["kept_old"] >= KEPT_FLOOR and t["lost_at_5"] <= MAX_LOST_AT_5 / 2]
     chosen = min(ok, key=lambda t: t["weight"]) if ok else max(tried, key=lambda t: t["weight"])

@@ -6,8 +6,9 @@ Paths (queries are always the new model's):
   transform  search the stored vectors moved into the model's space by arithmetic
              (`upgrade --transform`: the model's own head, or a learned map);
   backfill   search the model's own embedding of every photo (re-embed everything).
-The same rule (`judge_path`) decides the fit's verdict, the pre-flight's and the plan's flags,
-so the command that follows a fit never contradicts it on a smaller sample.
+The one judge (`models.evaluation.judge`, here `judge_path`) decides the fit's verdict, the
+pre-flight's and the plan's flags, so the command that follows a fit never contradicts it on a
+smaller sample.
 """
 from __future__ import annotations
 
@@ -15,24 +16,25 @@ from typing import Any
 
 import numpy as np
 
-from models import metrics
+from models.evaluation.judge import PLAN, judge
+from models.evaluation.score import (Summary, exclusion_mask, label_codes, near_duplicates,
+                                     score, search)
 
 from search.units import duration_text
 
 PATHS = ("queries", "blend", "transform", "backfill")
-# How much worse counts as worse: at least this much, and beyond twice the paired standard error
-# (so a sample of 64 cannot overturn a gain measured on 300).
-WORSE_MAP = 0.01
-WORSE_TOP1 = 0.02
-SIGNIFICANCE = 2.0
-# What a recommended path may lose (outside checks: averages hid lost results).
-MAX_LOST_AT_5 = 0.02
-MAX_NFR = 0.03
-MAX_TOP5_DROP = 0.005
-# Label-free: a path that keeps fewer of the old first results than this has erased similarity
-# that albums cannot see (albums coarser than what users search for). A compatible path keeps
-# 0.5-0.8 of them here (docs/BENCHMARKS.md section 13); one that collapses albums keeps < 0.3.
-MIN_RETENTION = 0.35
+# The one judge's limits (models/evaluation/judge.py, `PLAN`), under the names callers use:
+# how much worse counts as worse (at least this much, and beyond twice the paired standard
+# error, so a sample of 64 cannot overturn a gain measured on 300); what a recommended path may
+# lose (outside checks: averages hid lost results); the label-free floor on the old first
+# results kept (a compatible path keeps 0.5-0.8 of them here, docs/BENCHMARKS.md section 13).
+WORSE_MAP = PLAN.worse_map
+WORSE_TOP1 = PLAN.worse_top1
+SIGNIFICANCE = PLAN.significance
+MAX_LOST_AT_5 = PLAN.max_lost_at_5
+MAX_NFR = PLAN.max_nfr
+MAX_TOP5_DROP = PLAN.max_top5_drop
+MIN_RETENTION = PLAN.min_retention
 # Old-model similarity at or above which two photos count as shots of the same scene: such
 # neighbours are left out of a held-out photo's results (they make a held-out slice score far
 # above new query photos).
@@ -43,35 +45,10 @@ NOMINAL_TRANSFORM_PER_SECOND = 5000.0
 
 
 def judge_path(s: dict) -> tuple[str, list[str]]:
-    """(verdict, flags) of one path from its `metrics.path_summary`: worse / better / no worse,
-    and what it loses that an average hides (lost@5, flips, top-5, neighbours kept)."""
-    d_map, d_map_se = s["delta_map"], s["delta_map_se"]
-    d_top1, d_top1_se = s["delta_top1"], s["delta_top1_se"]
-    worse = (d_map < -max(WORSE_MAP, SIGNIFICANCE * d_map_se)
-             or (d_top1 < -max(WORSE_TOP1, SIGNIFICANCE * d_top1_se)
-                 and d_map < max(WORSE_MAP, SIGNIFICANCE * d_map_se)))
-    if worse:
-        verdict = "worse"
-    elif d_map > max(WORSE_MAP, SIGNIFICANCE * d_map_se):
-        verdict = "better"
-    else:
-        verdict = "no worse"
-    # a flag needs evidence: the figure beyond its limit by more than its standard error (a
-    # held-out slice of a few hundred photos cannot tell 3% from 4%)
-    flags = []
-    if s["lost_at_5"] > MAX_LOST_AT_5 + s.get("lost_at_5_se", 0.0):
-        flags.append(f"{s['lost_at_5']:.1%} of searches lose every right photo from their first "
-                     f"five (lost@5, limit {MAX_LOST_AT_5:.0%})")
-    if s["nfr"] > MAX_NFR + s.get("nfr_se", 0.0):
-        flags.append(f"{s['nfr']:.1%} of searches that were right first turn wrong (NFR, limit "
-                     f"{MAX_NFR:.0%})")
-    if s["delta_top5"] < -(MAX_TOP5_DROP + s.get("delta_top5_se", 0.0)):
-        flags.append(f"top-5 falls by {-s['delta_top5']:.3f}")
-    if "retention" in s and s["retention"] < MIN_RETENTION:
-        flags.append(f"only {s['retention']:.0%} of each photo's old first results stay among its "
-                     f"new ones (limit {MIN_RETENTION:.0%}): similarity the albums do not "
-                     f"describe is being erased")
-    return verdict, flags
+    """(verdict, flags) of one path from its `Summary.as_dict()`: the one judge
+    (`models.evaluation.judge`) with the plan's limits."""
+    v = judge(s, PLAN)
+    return v.verdict, v.flags
 
 
 def measure(old_q: np.ndarray, new_q: np.ndarray, references: dict[str, np.ndarray],
@@ -79,20 +56,21 @@ def measure(old_q: np.ndarray, new_q: np.ndarray, references: dict[str, np.ndarr
             near_duplicate: float = NEAR_DUPLICATE) -> dict:
     """Every path on the same labelled queries: `references` maps a path to its gallery
     (the rows of `old_reference`, moved or re-embedded), or to (its own queries, its gallery).
-    Near duplicates of each query (by the old model) and its own photo never count as results."""
-    near = metrics.near_duplicates(old_q, old_reference, near_duplicate)
+    Near duplicates of each query (by the old model) and its own photo never count as results.
+    Each path is one `score` against the same old searches."""
+    near = near_duplicates(old_q, old_reference, near_duplicate)
     rows = np.flatnonzero(own_index >= 0)
     near[rows, own_index[rows]] = False
-    excluded = metrics.exclusion_mask(len(old_q), len(old_reference), own_index, near)
+    excluded = exclusion_mask(len(old_q), len(old_reference), own_index, near)
     # only queries with a right answer left in the gallery can be judged by labels
-    same = (np.array(q_labels, dtype=object)[:, None]
-            == np.array([x if x is not None else "\0none" for x in ref_labels], dtype=object)[None, :])
+    q_codes, ref_codes = label_codes(q_labels, ref_labels)
+    same = q_codes[:, None] == ref_codes[None, :]
     judged = np.flatnonzero((same & ~excluded).any(1))
     old_q, new_q, excluded = old_q[judged], new_q[judged], excluded[judged]
     q_labels = [q_labels[i] for i in judged]
-    base = metrics.outcomes(old_q, old_reference, q_labels, ref_labels, excluded)
+    base = search(old_q, old_reference, excluded, q_labels, ref_labels)
     out: dict[str, Any] = {"queries": int(len(old_q)), "reference": int(len(old_reference)),
-           "old": metrics.path_summary(base, base),
+           "old": Summary(base, base).as_dict(),
            "near_duplicates": {"rule": f"old-model cosine >= {near_duplicate}",
                                "queries_with_any": round(float(near.any(1).mean()), 4),
                                "left_out": int(near.sum())},
@@ -101,8 +79,8 @@ def measure(old_q: np.ndarray, new_q: np.ndarray, references: dict[str, np.ndarr
         queries = new_q
         if isinstance(reference, tuple):
             queries, reference = reference[0][judged], reference[1]
-        res = metrics.outcomes(queries, reference, q_labels, ref_labels, excluded)
-        summary = metrics.path_summary(base, res)
+        summary = score(old_q, queries, old_reference, reference, q_labels, ref_labels,
+                        excluded, old=base).as_dict()
         summary["verdict"], summary["flags"] = judge_path(summary)
         out["paths"][path] = summary
     return out

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from models import metrics
+from models.evaluation.judge import PLAN, gate
+from models.evaluation.judge import judge as judge_figures
 from models.imageio import BadImage, decode
 
 from search.core import GalleryCore
@@ -39,8 +41,8 @@ REFERENCE_SIZE = 4000
 # anywhere within its album, which in a gallery of few albums is a large share of it.
 # Whether search gets *better* is for albums to say: compatible models trained on another
 # collection pass this gate and can still make search worse.
-OWN_RANK_MAX = 0.30
-AGREEMENT_MIN = 0.10
+OWN_RANK_MAX = PLAN.own_rank_max  # the one judge's gate (models/evaluation/judge.py)
+AGREEMENT_MIN = PLAN.agreement_min
 # With albums: enough labelled queries to judge, and how much worse counts as worse (at least
 # this much, and at least one standard error of the paired difference).
 MIN_ALBUM_QUERIES = 16
@@ -132,13 +134,9 @@ def embed_stored_photos(gallery: GalleryCore, model: Embedder, ids: list[int], w
 
 
 def compat_gate(signals: dict) -> tuple[bool, list[str]]:
-    """Label-free: do this model's queries line up with the stored vectors at all?"""
-    rank, agree = signals["own_rank"], signals["agreement"]
-    reasons = [f"a typical photo's own stored vector ranks in the top {rank:.2%} of the gallery "
-               f"for its new query (limit {OWN_RANK_MAX:.0%})",
-               f"neighbourhood agreement with the old queries {agree:.2f} (0 = unrelated, "
-               f"limit {AGREEMENT_MIN:.2f})"]
-    return rank <= OWN_RANK_MAX and agree >= AGREEMENT_MIN, reasons
+    """Label-free: do this model's queries line up with the stored vectors at all? (The one
+    judge's first step.)"""
+    return gate(signals, PLAN)
 
 
 INCOMPATIBLE = ("Search would return unrelated photos: this model's queries do not line up with "
@@ -159,9 +157,11 @@ def path_expectation(s: dict, verdict: str, where: str = "album photos") -> str:
 
 def judge(signals: dict) -> tuple[bool, str, str, list[str]]:
     """(passed, verdict, one-sentence expectation, reasons) from compat signals alone (no path
-    measurement): the compatibility gate, then whether albums can say anything."""
-    passed, reasons = compat_gate(signals)
-    if not passed:
+    measurement): the one judge on label-free figures (its gate), then whether albums can say
+    anything."""
+    v = judge_figures(signals, PLAN)
+    reasons = v.reasons
+    if not v.passed:
         return False, "incompatible", INCOMPATIBLE, reasons
     albums = signals.get("albums")
     if albums and albums["queries"] < MIN_ALBUM_QUERIES:
