@@ -347,6 +347,26 @@ def test_gallery_surface_is_small_and_typed():
                                    "reports_dir", "notices"}
 
 
+def test_typed_reports_are_the_json_contracts_of_the_readme():
+    """Each typed report's fields are its command's `--json` keys: every field is named in
+    that command's contract in README.md, and `as_dict` gives exactly the fields."""
+    import re
+
+    from search.api import BackfillStatus, ComparisonReport, InfoReport
+
+    readme = (ROOT / "README.md").read_text()
+    contracts = readme[readme.index("### JSON contracts"):readme.index("## Python API")]
+    bullets = re.split(r"\n- ", contracts)
+    for cls, command in ((InfoReport, "info --json"), (ComparisonReport, "compare --json"),
+                         (BackfillStatus, "backfill --status --json")):
+        text = " ".join(b for b in bullets if b.startswith(f"`{command}`"))
+        missing = [k for k in cls.keys() if f"`{k}`" not in text]
+        assert text and not missing, (command, missing)
+        report = cls.from_dict({k: 1 for k in cls.keys()})
+        assert list(report.as_dict()) == list(cls.keys())
+        assert cls.from_dict(report.as_dict()) == report
+
+
 def test_faces_use_gallery_public_names_and_handles_only():
     """The CLI and the app use only `Gallery`'s public names (never `core`) and its handles'
     public names; no face imports `models.*`."""
