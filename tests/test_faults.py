@@ -429,8 +429,8 @@ def test_a_rollback_racing_an_upgrade_keeps_the_history(gallery12, make_checkpoi
             raced.append(upgrade(g2.core, "tiny-b", force=True).model)  # history [lite0, tiny-a]
         return load(name)
 
-    monkeypatch.setattr(g1, "load_model", load_while_another_process_upgrades)
-    r = rollback(g1)
+    monkeypatch.setattr(g1.core, "load_model", load_while_another_process_upgrades)
+    r = rollback(g1.core)
     assert raced == ["tiny-b"] and (r.previous, r.model) == ("tiny-b", "tiny-a")
     assert g1.active_model == "tiny-a" and g1.core.catalog.model_history() == ["lite0"]
     assert_history_matches_events(gallery12)

@@ -149,7 +149,7 @@ def test_backfill_records_its_quality_curve(lite0_gallery, upgrade_photos):
     fractions = [p["fraction"] for p in curve.curve]
     assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
     assert len(fractions) >= 4 and all(0 <= p["map"] <= 1 for p in curve.curve)
-    saved = bf.latest_curve(g)
+    saved = bf.latest_curve(g.core)
     assert saved["curve"] == curve.curve and saved["order"] == "random"
     assert 0 < saved["auc_map"] <= 1
     with pytest.raises(GalleryError, match="labelled"):
