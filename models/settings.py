@@ -27,6 +27,8 @@ def _number(env: Mapping[str, str], name: str, default: float, kind=float):
 @dataclass(frozen=True)
 class Settings:
     home: Path | None = None             # GRACEFUL_HOME: the gallery home
+    catalog: str | None = None           # GRACEFUL_CATALOG: postgresql:// URL (default HOME/catalog.db)
+    images: Path | None = None           # GRACEFUL_IMAGES: the photo store (default HOME/images)
     threads: int | None = None           # GRACEFUL_THREADS: torch and faiss threads
     store: str | None = None             # GRACEFUL_STORE: faiss | milvus, for a new gallery
     milvus_uri: str | None = None        # GRACEFUL_MILVUS_URI: Milvus Lite file or server URL
@@ -57,6 +59,8 @@ class Settings:
                              f"got {level!r}")
         return cls(
             home=Path(env["GRACEFUL_HOME"]).expanduser() if env.get("GRACEFUL_HOME") else None,
+            catalog=(env.get("GRACEFUL_CATALOG") or "").strip() or None,
+            images=Path(env["GRACEFUL_IMAGES"]).expanduser() if env.get("GRACEFUL_IMAGES") else None,
             threads=_number(env, "GRACEFUL_THREADS", 0, int) if threads and threads != "0" else None,
             store=env.get("GRACEFUL_STORE") or None,
             milvus_uri=env.get("GRACEFUL_MILVUS_URI") or None,

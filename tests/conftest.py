@@ -27,7 +27,8 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 # others would load torch, streamlit and the models' modules for tests that are deselected).
 FAST_MODULES = {"test_fast.py", "test_plan.py", "test_images.py", "test_bridge_math.py",
                 "test_hostile_inputs.py", "test_tooling.py", "test_serving_reads.py",
-                "test_engine_fast.py", "test_upgrades_fast.py"}
+                "test_engine_fast.py", "test_upgrades_fast.py",
+                "test_catalogs.py"}
 
 os.environ.setdefault("GRACEFUL_THREADS", "2")
 # ONNX exports of the backbones go to a cache of the test run's own, not the user's ~/.cache
@@ -84,18 +85,107 @@ def home(tmp_path) -> Path:
     return tmp_path / "gallery"
 
 
-STORES = ["faiss", pytest.param("milvus", marks=pytest.mark.slow)]
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One real PostgreSQL server per test session (tests/pg_server.py: a Unix socket in its own
+    temporary folder, no TCP port; run as `nobody` when the tests run as root), stopped after
+    with no process left (else the session fails). Skips where PostgreSQL or psycopg is not
+    installed (.ci/run installs both)."""
+    from pg_server import pg_bin, running
+
+    pytest.importorskip("psycopg", reason="graceful[postgres] is not installed")
+    if not pg_bin("initdb") or not pg_bin("postgres"):
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    try:
+        with running() as server:
+            yield server
+    except RuntimeError as e:
+        pytest.fail(str(e))
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A new empty database on the session's server, for one test."""
+    return pg_server.new_database()
+
+
+CATALOGS = ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(params=CATALOGS)
+def catalog(request, monkeypatch) -> str:
+    """Run a test once per catalog: galleries opened in this process and in the CLI processes it
+    starts take it from GRACEFUL_CATALOG (SQLite: HOME/catalog.db; PostgreSQL: a database of
+    the session's server, new for this test). Returns "sqlite" or the URL."""
+    if request.param == "sqlite":
+        monkeypatch.delenv("GRACEFUL_CATALOG", raising=False)
+        return "sqlite"
+    url = request.getfixturevalue("pg_server").new_database()
+    monkeypatch.setenv("GRACEFUL_CATALOG", url)
+    return url
+
+
+def on_postgres() -> bool:
+    return os.environ.get("GRACEFUL_CATALOG", "").startswith("postgresql://")
+
+
+def catalog_rows(home: Path, sql: str, params=()) -> list[tuple]:
+    """Rows of a read of the gallery's catalog from outside the engine, on either backend
+    (`?` placeholders); a catalog not there yet is sqlite3.OperationalError on both (the
+    `run_and_kill` readiness checks wait through it)."""
+    import sqlite3
+
+    if on_postgres():
+        import psycopg
+
+        try:
+            with psycopg.connect(os.environ["GRACEFUL_CATALOG"], autocommit=True) as conn:
+                return conn.execute(sql.replace("?", "%s"), list(params)).fetchall()
+        except psycopg.Error as e:
+            raise sqlite3.OperationalError(str(e)) from None
+    with sqlite3.connect(f"file:{home / 'catalog.db'}?mode=ro", uri=True, timeout=1) as db:
+        return db.execute(sql, list(params)).fetchall()
+
+
+def catalog_integrity(home: Path) -> str:
+    """SQLite's integrity check, or on PostgreSQL the catalog's own (tables, orphans)."""
+    import sqlite3
+
+    if on_postgres():
+        from search.settings import Settings
+        from search.storage.catalog import open_catalog
+
+        cat = open_catalog(home, os.environ["GRACEFUL_CATALOG"], Settings.from_env(), False)
+        try:
+            return "; ".join(cat.integrity_check())
+        finally:
+            cat.close()
+    with sqlite3.connect(home / "catalog.db") as db:
+        return db.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+STORES = ["faiss", pytest.param("milvus", marks=pytest.mark.slow),
+          pytest.param("faiss-postgres", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(params=STORES)
 def store(request, monkeypatch) -> str:
     """Run a behavioural test once per vector store: new galleries (in this process and in the
     CLI processes it starts) take the store from GRACEFUL_STORE. Milvus is a Milvus Lite file
-    inside the gallery; that variant belongs to the slow tier."""
+    inside the gallery; that variant belongs to the slow tier, and so does `faiss-postgres`,
+    the FAISS variant on a PostgreSQL catalog (GRACEFUL_CATALOG: a new database of the
+    session's server). Returns the store's kind."""
     if request.param == "milvus":
         pytest.importorskip("milvus_lite", reason="graceful[milvus] is not installed")
-    monkeypatch.setenv("GRACEFUL_STORE", request.param)
-    return request.param
+    kind = request.param.split("-")[0]
+    if request.param.endswith("-postgres"):  # the same test on a PostgreSQL catalog
+        monkeypatch.setenv("GRACEFUL_CATALOG", request.getfixturevalue("pg_server").new_database())
+    else:
+        monkeypatch.delenv("GRACEFUL_CATALOG", raising=False)
+    monkeypatch.setenv("GRACEFUL_STORE", kind)
+    return kind
 
 
 # -- galleries built once per session --------------------------------------------------------
@@ -105,12 +195,44 @@ def copy_gallery(src: Path, dest: Path) -> Path:
     the Milvus Lite folder (milvus.db) when it has one. The fit feature cache stays behind (tests
     that need it warm or cold decide themselves) and so does the lock file of the Milvus Lite
     file's holder."""
-    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("cache", "milvus.db.lock"))
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("cache", "milvus.db.lock",
+                                                             PG_SNAPSHOT))
+    if (src / PG_SNAPSHOT).is_file():  # its catalog is a database: cloned, and used from now on
+        os.environ["GRACEFUL_CATALOG"] = clone_database((src / PG_SNAPSHOT).read_text())
     return dest
 
 
+PG_SNAPSHOT = "postgres-snapshot.url"  # in a snapshot home whose catalog is a PostgreSQL database
+
+
+def clone_database(url: str) -> str:
+    """A new database holding a copy of the one at `url` (CREATE DATABASE ... TEMPLATE): this
+    process's idle connections to it are closed first."""
+    import subprocess
+    from urllib.parse import urlsplit
+
+    from search.storage.catalog.pg import release
+
+    release(url)
+    parts = urlsplit(url)
+    name, n = parts.path.lstrip("/"), 0
+    while True:
+        n += 1
+        clone = f"{name}_c{n}_{os.getpid()}"
+        admin = url.replace(f"/{name}?", "/postgres?")
+        r = subprocess.run(["psql", "-X", "-q", "-d", admin, "-c",
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                            f"datname = '{name}' AND pid <> pg_backend_pid()", "-c",
+                            f"CREATE DATABASE {clone} TEMPLATE {name}"], capture_output=True,
+                           text=True)
+        if r.returncode == 0:
+            return url.replace(f"/{name}?", f"/{clone}?")
+        if "already exists" not in r.stderr:
+            raise RuntimeError(f"cannot clone {name}: {r.stderr.strip()}")
+
+
 @pytest.fixture(scope="session")
-def gallery_snapshot(tmp_path_factory) -> Callable[[str, Callable[[Path], None]], Path]:
+def gallery_snapshot(tmp_path_factory, request) -> Callable[[str, Callable[[Path], None]], Path]:
     """`gallery_snapshot(key, build)`: the home of a gallery that `build(home)` made, built once
     per session per key; `build` must leave it closed (so its files are a consistent snapshot:
     the SQLite catalog checkpointed, the FAISS files saved, Milvus Lite flushed). Tests never
@@ -118,8 +240,21 @@ def gallery_snapshot(tmp_path_factory) -> Callable[[str, Callable[[Path], None]]
     built: dict[str, Path] = {}
 
     def snapshot(key: str, build: Callable[[Path], None]) -> Path:
+        pg = on_postgres()
+        key += "-postgres" if pg else ""
         if key not in built:
             home = tmp_path_factory.mktemp(f"snapshot-{key}") / "gallery"
+            if pg:  # built into a database of its own, which copies clone
+                url = request.getfixturevalue("pg_server").new_database("snap")
+                test_catalog = os.environ["GRACEFUL_CATALOG"]
+                os.environ["GRACEFUL_CATALOG"] = url
+                try:
+                    build(home)
+                finally:
+                    os.environ["GRACEFUL_CATALOG"] = test_catalog
+                (home / PG_SNAPSHOT).write_text(url)
+                built[key] = home
+                return home
             build(home)
             assert (home / "catalog.db").is_file(), f"the {key} snapshot was not built"
             built[key] = home
@@ -274,6 +409,9 @@ def _kill_at(module_args: list[str], env: dict, point: str, marker: Path,
     SIGKILL it; returns its exit status. The marker file says that it really stopped there."""
     import sys
 
+    if on_postgres():
+        pytest.skip("the pause hook stops SQLite statements; on PostgreSQL the writer's kill -9 "
+                    "is tests/test_catalogs.py's")
     marker.unlink(missing_ok=True)
     env = {**env, "GRACEFUL_TEST_PAUSE": point, "GRACEFUL_TEST_PAUSED": str(marker)}
     return _run_and_kill([sys.executable, "-c", PAUSE_HOOK, *module_args], env, marker.exists,

@@ -21,8 +21,9 @@ from search.ops.query import search_file, search_gallery_image
 
 
 def catalog_ids(home: Path) -> list[int]:
-    with sqlite3.connect(home / "catalog.db") as db:
-        return [r[0] for r in db.execute("SELECT image_id FROM vectors ORDER BY image_id")]
+    from conftest import catalog_rows
+
+    return [r[0] for r in catalog_rows(home, "SELECT image_id FROM vectors ORDER BY image_id")]
 
 
 def test_ingest_is_idempotent_and_counts_duplicates(home, few_photos, tmp_path, store):
@@ -143,11 +144,11 @@ def test_leave_one_out_retrieval_is_far_above_chance(home, caltech_small):
 def test_kill_9_during_ingest_then_resume(home, caltech_small, run_and_kill):
     env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
     cmd = [sys.executable, "-m", "search.cli", "index", "--batch-size", "8", str(caltech_small)]
-    rc = run_and_kill(cmd, env, lambda: (home / "catalog.db").exists()
-                      and len(catalog_ids(home)) >= 40, timeout=120)
+    rc = run_and_kill(cmd, env, lambda: len(catalog_ids(home)) >= 40, timeout=120)
     assert rc == -signal.SIGKILL, "ingest finished before it could be killed"
-    with sqlite3.connect(home / "catalog.db") as db:
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    from conftest import catalog_integrity
+
+    assert catalog_integrity(home) == "ok"
     g = Gallery.open(home)
     partial = g.core.catalog.count_images()
     assert 40 <= partial < 206
@@ -171,7 +172,7 @@ def test_ctrl_c_stops_cleanly_and_resumes(home, caltech_small):
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         try:
-            if (home / "catalog.db").exists() and len(catalog_ids(home)) >= 40:
+            if len(catalog_ids(home)) >= 40:
                 break
         except sqlite3.OperationalError:
             pass

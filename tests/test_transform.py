@@ -4,7 +4,6 @@ in the middle of a transform. Real photos and models, real SQLite, FAISS and Mil
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -127,15 +126,15 @@ def test_lite2_fit_learns_a_map_then_backfill_replaces_the_most_uncertain_first(
     assert up["changed"] and up["vectors_transformed"] == 56 and up["photos_embedded"] == 0
     assert transformed_count(album_home, "lite2-fit") == 56
 
-    with sqlite3.connect(album_home / "catalog.db") as db:
-        unc = dict(db.execute("SELECT image_id, uncertainty FROM vectors WHERE model = ? "
-                              "AND origin = 'map'", ["lite2-fit"]).fetchall())
+    from conftest import catalog_rows
+
+    unc = dict(catalog_rows(album_home, "SELECT image_id, uncertainty FROM vectors WHERE "
+                            "model = ? AND origin = 'map'", ["lite2-fit"]))
     assert len(unc) == 56 and all(u is not None for u in unc.values())
     r = run(album_home, "backfill", "--order", "uncertainty", "--limit", "10", "--json")
     assert r.exit_code == 0, r.output
-    with sqlite3.connect(album_home / "catalog.db") as db:
-        replaced = {i for (i,) in db.execute("SELECT image_id FROM vectors WHERE model = ? AND "
-                                             "origin IS NULL", ["lite2-fit"])}
+    replaced = {i for (i,) in catalog_rows(album_home, "SELECT image_id FROM vectors WHERE "
+                                           "model = ? AND origin IS NULL", ["lite2-fit"])}
     assert len(replaced) == 10
     assert min(unc[i] for i in replaced) >= max(u for i, u in unc.items() if i not in replaced)
     status = as_json(run(album_home, "backfill", "--status", "--json"))
@@ -211,18 +210,18 @@ def test_kill_9_during_a_transform_then_resume(home, run_and_kill, monkeypatch):
                "--force").exit_code == 0
     env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_TRANSFORM_BATCH": "25"}
 
+    from conftest import catalog_integrity, catalog_rows
+
     def moved() -> int:
-        with sqlite3.connect(f"file:{home / 'catalog.db'}?mode=ro", uri=True, timeout=0.1) as db:
-            return db.execute("SELECT count(*) FROM vectors WHERE space = 'h'").fetchone()[0]
+        return catalog_rows(home, "SELECT count(*) FROM vectors WHERE space = 'h'")[0][0]
 
     code = run_and_kill([sys.executable, "-m", "search.cli", "upgrade", "h", "--transform"], env,
                         lambda: moved() > 100)
     assert code == -9, "the kill must land inside the transform"
     part = moved()
     assert 100 <= part < 3000
-    with sqlite3.connect(home / "catalog.db") as db:
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        active = json.loads(db.execute("SELECT value FROM state WHERE key = 'active_model'").fetchone()[0])
+    assert catalog_integrity(home) == "ok"
+    active = json.loads(catalog_rows(home, "SELECT value FROM state WHERE key = 'active_model'")[0][0])
     assert active == "lite0", "search keeps the old model until the transform completes"
     env.pop("GRACEFUL_TRANSFORM_BATCH")  # small batches only so the kill lands inside; resume whole
     r = subprocess.run([sys.executable, "-m", "search.cli", "upgrade", "h", "--transform", "--json"],

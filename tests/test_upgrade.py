@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -215,13 +214,15 @@ def test_compare_labelled_queries_and_log(lite0_gallery, upgrade_photos, tmp_pat
 
 
 def _n_vectors(home: Path, model: str) -> int:
-    with sqlite3.connect(home / "catalog.db") as db:
-        return db.execute("SELECT count(*) FROM vectors WHERE model = ?", [model]).fetchone()[0]
+    from conftest import catalog_rows
+
+    return catalog_rows(home, "SELECT count(*) FROM vectors WHERE model = ?", [model])[0][0]
 
 
 def _integrity(home: Path) -> str:
-    with sqlite3.connect(home / "catalog.db") as db:
-        return db.execute("PRAGMA integrity_check").fetchone()[0]
+    from conftest import catalog_integrity
+
+    return catalog_integrity(home)
 
 
 @pytest.mark.slow

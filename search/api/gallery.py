@@ -75,8 +75,9 @@ class Gallery:
                                     settings=settings, models=models))
 
     @staticmethod
-    def exists(home: Path | str | None = None) -> bool:
-        return GalleryCore.exists(home)
+    def exists(home: Path | str | None = None, settings: Settings | None = None) -> bool:
+        """Is there a gallery (its catalog) at `home`, with these settings' catalog?"""
+        return GalleryCore.exists(home, settings)
 
     def close(self) -> None:
         self._core.close()
@@ -261,6 +262,14 @@ class Gallery:
 
         with _reporter(progress, "photo") as on_progress:
             return check(self._core, repair, on_progress=on_progress)
+
+    def migrate_catalog(self, to: str, progress: ProgressArg = False) -> dict:
+        """Copy this gallery's catalog to `to` (postgresql:// URL or SQLite file), resumable
+        and verified; this gallery keeps its catalog until the setting names the new one."""
+        from search.ops.migrate import migrate_catalog
+
+        with _reporter(progress, "row") as on_progress:
+            return migrate_catalog(self._core, to, on_progress=on_progress)
 
     def info(self) -> InfoReport:
         from search.ops.info import info

@@ -4,7 +4,6 @@ the verbs that change the gallery stay on `Gallery` itself."""
 from __future__ import annotations
 
 import builtins
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -211,21 +210,16 @@ class Reports(_Handle):
 
     def bench(self) -> dict[str, dict]:
         """The saved `run_bench` results by name (bench-KIND-LOSS), oldest name first."""
-        return {p.stem: json.loads(p.read_text())
-                for p in sorted(self._core.reports_dir.glob("bench-*.json"))}
+        from search.ops.benchgen import bench_reports
+
+        return bench_reports(self._core)
 
     def run_bench(self, kind: str, train: Path, test: Path, loss: str = "ce") -> dict:
-        """`graceful bench chain|hetero` on a labelled train/test pair (models.evaluation.
-        generations), saved as reports/bench-KIND-LOSS.json (see `bench`)."""
-        from models.evaluation.generations import GenConfig, chain, hetero
+        """`graceful bench chain|hetero` on a labelled train/test pair (search.ops.benchgen),
+        saved as reports/bench-KIND-LOSS.json (see `bench`)."""
+        from search.ops.benchgen import bench_generations
 
-        if kind not in ("chain", "hetero"):
-            raise GalleryError(f"unknown benchmark {kind!r}: chain or hetero")
-        core = self._core
-        cfg = GenConfig(Path(train), Path(test), core.cache_dir, loss=loss, progress=False)
-        result = {**(chain if kind == "chain" else hetero)(cfg), "loss": loss}
-        self.save("bench", kind, result, core.reports_dir / f"bench-{kind}-{loss}.json")
-        return result
+        return bench_generations(self._core, kind, train, test, loss)
 
 
 class Vectors(_Handle):

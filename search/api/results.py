@@ -35,6 +35,7 @@ class Report:
 class InfoReport(Report):
     """`graceful info --json`: what the gallery holds."""
     home: str
+    catalog: dict
     schema_version: int
     images: int
     albums: int

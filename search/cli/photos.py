@@ -1,4 +1,5 @@
-"""Commands on the photos: index, search, info, models, reindex, check, log, albums."""
+"""Commands on the photos: index, search, info, models, reindex, check, log, albums,
+migrate-catalog."""
 from __future__ import annotations
 
 import sys
@@ -35,7 +36,7 @@ def index_cmd(obj: Context, paths, model_name, batch_size, workers, album, no_al
     try:
         ray = ray_options(ray_address, ray_workers)
         check_paths(paths)  # a missing path is refused before anything is written
-        if not Gallery.exists(obj.home):
+        if not Gallery.exists(obj.home, obj.settings):
             verify_model(model_name)  # a bad model leaves no gallery behind
         gallery = obj.gallery(create=True)
         gallery.vectors.choose_store(store, milvus_uri)
@@ -150,6 +151,25 @@ def check_cmd(obj: Context, repair, as_json) -> None:
         sys.exit(1)
 
 
+@click.command("migrate-catalog")
+@click.argument("to", metavar="URL_OR_FILE")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def migrate_catalog_cmd(obj: Context, to, as_json) -> None:
+    """Copy the gallery's catalog into another one, SQLite or PostgreSQL, either way: a
+    postgresql:// URL (an empty database) or a SQLite file. Resumable (run it again after an
+    interruption) and verified (row counts and SHA-256 of every table); writers wait during the
+    last step. Then point --catalog / GRACEFUL_CATALOG at it."""
+    report = obj.gallery().migrate_catalog(to, progress=bars(as_json))
+    if as_json:
+        emit_json(report)
+        return
+    copied = report["copied"]
+    click.echo(f"copied {copied['images']} photos and {copied['vectors']} vectors to "
+               f"{report['to']}; verified {len(report['tables'])} tables (counts and SHA-256)")
+    click.echo(f"use it: {report['use']}")
+
+
 @click.command("log")
 @click.argument("switch", type=click.Choice(["on", "off", "status"]), default="status")
 @click.pass_obj
@@ -206,4 +226,4 @@ def albums_rename_cmd(obj: Context, old, new) -> None:
 
 
 COMMANDS = [index_cmd, search_cmd, info_cmd, models_cmd, reindex_cmd, check_cmd, log_cmd,
-            albums_group]
+            albums_group, migrate_catalog_cmd]

@@ -2,7 +2,8 @@
 
 A gallery home holds catalog.db, images/ (content-addressed store), index/ (FAISS caches of the
 catalog, one per space; or a Milvus store, see search.vectorstore), models/ (checkpoints trained
-for this gallery), cache/ and reports/.
+for this gallery), cache/ and reports/. The catalog may be a PostgreSQL database instead
+(GRACEFUL_CATALOG) and the image store a folder shared by several processes (GRACEFUL_IMAGES).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from models import registry
 
-from search.storage.catalog import Catalog, ImageRow
+from search.storage.catalog import Catalog, ImageRow, catalog_exists, catalog_location, open_catalog
 from search.errors import GalleryError
 from search.settings import Settings, default_home
 from search.storage.imagestore import ImageStore
@@ -44,7 +45,7 @@ class GalleryCore(Reports):
         self.settings = settings or Settings.from_env()
         self.model_provider: registry.Models = models or registry.REGISTRY
         self.catalog = catalog
-        self.store = ImageStore(self.home / "images")
+        self.store = ImageStore(self.settings.images or self.home / "images")  # may be shared
         self.queries_store = ImageStore(self.home / "queries")
         self.index_dir = self.home / "index"
         self.models_dir = self.home / "models"
@@ -67,31 +68,10 @@ class GalleryCore(Reports):
         and GRACEFUL_MILVUS_URI, else faiss). `settings`: read from the environment unless given,
         once, and passed down to every operation on this gallery. `models`: where its models
         come from (default `models.registry.REGISTRY`)."""
-        import sqlite3
-
-        from search.errors import friendly
-
         settings = settings or Settings.from_env()
         home = Path(home).expanduser() if home else default_home(settings)
-        db_path = home / "catalog.db"
-        if not db_path.exists():
-            if not create:
-                raise GalleryError(
-                    f"no gallery at {home}: index some photos first (graceful index PATH) "
-                    "or point --home / GRACEFUL_HOME at an existing gallery"
-                )
-            home.mkdir(parents=True, exist_ok=True)
-        elif db_path.stat().st_size == 0 and any((home / d).is_dir() and any((home / d).iterdir())
-                                                  for d in ("images", "index")):
-            # A new catalog is empty for a moment; one next to stored photos has lost its data.
-            raise GalleryError(
-                f"{db_path} is empty (0 bytes) but the gallery holds photos: the catalog was lost. "
-                f"Restore catalog.db from a backup, or move it away and re-index the stored photos "
-                f"(graceful index {home / 'images'})")
-        try:
-            gallery = cls(home, Catalog(db_path, settings), settings, models)
-        except sqlite3.DatabaseError as e:
-            raise GalleryError(f"cannot open the gallery at {home}: {friendly(e)}") from None
+        location = catalog_location(home, settings.catalog)  # HOME/catalog.db or a URL
+        gallery = cls(home, open_catalog(home, location, settings, create), settings, models)
         store = store or settings.store
         milvus_uri = milvus_uri or settings.milvus_uri
         if (store or milvus_uri) and not gallery.catalog.has_vectors():
@@ -103,8 +83,10 @@ class GalleryCore(Reports):
         return gallery
 
     @staticmethod
-    def exists(home: Path | str | None = None) -> bool:
-        return ((Path(home) if home else default_home()) / "catalog.db").exists()
+    def exists(home: Path | str | None = None, settings: Settings | None = None) -> bool:
+        settings = settings or Settings.from_env()
+        home = Path(home) if home else default_home(settings)
+        return catalog_exists(catalog_location(home, settings.catalog))
 
     def close(self) -> None:
         if self._vector_store is not None:

@@ -10,6 +10,7 @@ def info(gallery: GalleryCore) -> dict:
     idx = gallery.index(space) if space else None
     return {
         "home": str(gallery.home),
+        "catalog": {"kind": gallery.catalog.dialect, "location": gallery.catalog.location},
         "schema_version": gallery.catalog.schema_version,
         "images": gallery.catalog.count_images(),
         "albums": sum(1 for a in gallery.catalog.albums() if a["album"] is not None),

@@ -1,6 +1,7 @@
-"""The SQLite catalog: every SQL statement and state key of Graceful lives in this package."""
+"""The catalog (SQLite, or PostgreSQL through pg.py): every SQL statement and state key of
+Graceful lives in this package."""
 from .codec import STORED_DTYPE, as_stored, decode_vectors, encode_vectors
-from .core import Catalog
+from .core import Catalog, PgCatalog, catalog_exists, catalog_location, open_catalog
 from .db import (
     MIGRATIONS,
     PAGE_SIZE,
@@ -23,7 +24,8 @@ from .state import StateRepo
 from .vectors import ServingChunk, SpacePhoto, VectorsRepo
 
 __all__ = [
-    "Catalog", "ReadOnlyCatalog", "ImageRow", "SpacePhoto", "ServingChunk",
+    "Catalog", "PgCatalog", "ReadOnlyCatalog", "catalog_exists", "catalog_location",
+    "open_catalog", "ImageRow", "SpacePhoto", "ServingChunk",
     "album_of_source", "as_stored", "db_timeout", "decode_vectors", "encode_vectors", "id_chunks",
     "SCHEMA_VERSION", "STORED_DTYPE", "PAGE_SIZE", "MIGRATIONS",
     "Db", "ImagesRepo", "VectorsRepo", "ModelsRepo", "StateRepo", "LogsRepo",

@@ -15,7 +15,9 @@ image (v4: `origin`, `uncertainty`); a model normally serves in the space it dec
 a gallery transform gave it a space of its own (state `serving_spaces`).
 
 This module holds the schema, its versioned migrations, the transactions and `Db`, the base
-of every repository mixin (images.py, vectors.py, models.py, state.py, logs.py).
+of every repository mixin (images.py, vectors.py, models.py, state.py, logs.py). The same
+repositories run on PostgreSQL (pg.py): their SQL is the dialect both accept (`?` placeholders,
+`ON CONFLICT`, `RETURNING`); only this module's and pg.py's differ.
 """
 from __future__ import annotations
 
@@ -31,8 +33,7 @@ from search.errors import GalleryError
 
 from .codec import STORED_DTYPE
 from .readonly import disk_full, open_for_reading
-
-SCHEMA_VERSION = 4
+from .version import SCHEMA_VERSION
 
 
 # A float16 1280-d vector row is ~2.6 KB: with SQLite's default 4 KiB pages only one fits per
@@ -129,9 +130,17 @@ def id_chunks(ids: Iterable[int], size: int = 900) -> Iterator[tuple[list[int], 
 
 class ReadOnlyCatalog:
     """A read-only connection for a worker thread (the ingest loader): its own connection, so
-    it never shares a transaction with the writer."""
+    it never shares a transaction with the writer. `path`: the catalog's location (a SQLite
+    file, or a postgresql:// URL: then a `pg.PgReader`)."""
 
-    def __init__(self, path: Path):
+    def __new__(cls, path: Path | str):
+        from .pgconn import PgReader, is_url
+
+        if is_url(path):
+            return PgReader(str(path))
+        return super().__new__(cls)
+
+    def __init__(self, path: Path | str):
         self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
                                     timeout=db_timeout())
 
@@ -149,6 +158,7 @@ class Db:
 
     path: Path
     db: sqlite_utils.Database
+    dialect = "sqlite"
 
     if TYPE_CHECKING:  # provided by StateRepo (state.py), which every Catalog has
         COMPACT_PENDING: str
@@ -183,6 +193,21 @@ class Db:
         self.migrate()
         if self.read_only is None and self.get_state(self.COMPACT_PENDING) and self.compact():
             self.set_state(self.COMPACT_PENDING, False)
+
+    @property
+    def location(self) -> str:
+        """Where the catalog is, for messages and `info` (a URL without its password)."""
+        return str(self.path)
+
+    def stream(self, sql: str, params: list, batch: int) -> Iterator[list[tuple]]:
+        """The rows of a long read in lists of `batch` (never all of them in memory)."""
+        cursor = self.db.execute(sql, params)
+        while rows := cursor.fetchmany(batch):
+            yield rows
+
+    def reset_ids(self) -> None:
+        """After rows were copied in with their ids: new rows continue after them (SQLite's
+        integer keys always do)."""
 
     # -- schema ---------------------------------------------------------------------------
     @property

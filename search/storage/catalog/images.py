@@ -22,6 +22,10 @@ class ImageRow:
     album: str | None = None
 
 
+IMAGE_COLUMNS = ("id", "sha256", "name", "ext", "bytes", "width", "height", "format", "source",
+                 "added_at", "album")  # the order of `SELECT *` (ImageRow's fields)
+
+
 class ImagesRepo(Db):
     # -- images ---------------------------------------------------------------------------
     def image_ids_by_sha_prefix(self, prefix: str, limit: int = 2) -> list[int]:
@@ -49,7 +53,10 @@ class ImagesRepo(Db):
         existing = self.image_id(row["sha256"])
         if existing is not None:
             return existing
-        return self.db["images"].insert(row).last_pk
+        columns = [c for c in IMAGE_COLUMNS if c in row]
+        return self.db.execute(
+            f"INSERT INTO images ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+            "RETURNING id", [row[c] for c in columns]).fetchone()[0]
 
     def images(self, ids: Iterable[int]) -> dict[int, ImageRow]:
         out: dict[int, ImageRow] = {}

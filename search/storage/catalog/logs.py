@@ -10,7 +10,8 @@ from .db import Db
 
 class LogsRepo(Db):
     def log_event(self, kind: str, **detail) -> None:
-        self.db["events"].insert({"at": time.time(), "kind": kind, "detail": json.dumps(detail)})
+        self.db.execute("INSERT INTO events (at, kind, detail) VALUES (?, ?, ?)",
+                        [time.time(), kind, json.dumps(detail)])
 
     # -- query log and jobs ---------------------------------------------------------------
     def log_query(self, model: str, kind: str, query_sha: str, query: str, k: int,
@@ -32,5 +33,7 @@ class LogsRepo(Db):
         return self.db.execute("SELECT count(*) FROM query_log").fetchone()[0]
 
     def save_job(self, name: str, state: dict) -> None:
-        self.db.conn.execute("INSERT OR REPLACE INTO jobs (name, state, updated_at) VALUES (?, ?, ?)",
+        self.db.conn.execute("INSERT INTO jobs (name, state, updated_at) VALUES (?, ?, ?) "
+                             "ON CONFLICT(name) DO UPDATE SET state = excluded.state, "
+                             "updated_at = excluded.updated_at",
                              [name, json.dumps(state), time.time()])

@@ -32,27 +32,28 @@ class ModelsRepo(StateRepo):
 
     # -- models ---------------------------------------------------------------------------
     def register_model(self, info: dict, source: str) -> None:
-        if self.db["models"].count_where("name = ?", [info["name"]]):
-            return
-        self.db["models"].insert({
-            "name": info["name"], "space": info["space"], "dim": info["dim"], "kind": info["kind"],
-            "compatible_with": json.dumps(list(info.get("compatible_with", []))),
-            "source": source, "added_at": time.time(), "activated_at": None,
-            "info": json.dumps({k: v for k, v in info.items() if k != "extra"}),
-        })
+        self.db.execute(
+            "INSERT INTO models (name, space, dim, kind, compatible_with, source, added_at, "
+            "activated_at, info) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?) "
+            "ON CONFLICT(name) DO NOTHING",
+            [info["name"], info["space"], info["dim"], info["kind"],
+             json.dumps(list(info.get("compatible_with", []))), source, time.time(),
+             json.dumps({k: v for k, v in info.items() if k != "extra"})])
+
+    MODEL_COLUMNS = ("name", "space", "dim", "kind", "compatible_with", "source", "added_at",
+                     "activated_at")
 
     def models(self) -> list[dict]:
-        rows = list(self.db["models"].rows_where(order_by="added_at"))
-        for r in rows:
-            r["compatible_with"] = json.loads(r["compatible_with"])
-            r.pop("info", None)
-        return rows
+        rows = self.db.execute(f"SELECT {', '.join(self.MODEL_COLUMNS)} FROM models "
+                               "ORDER BY added_at").fetchall()
+        return [self._model_row(r) for r in rows]
 
     def model(self, name: str) -> dict | None:
-        row = self.db.execute("SELECT * FROM models WHERE name = ?", [name]).fetchone()
-        if row is None:
-            return None
-        m = dict(zip([d[0] for d in self.db.execute("SELECT * FROM models LIMIT 0").description], row))
+        row = self.db.execute(f"SELECT {', '.join(self.MODEL_COLUMNS)} FROM models WHERE name = ?",
+                              [name]).fetchone()
+        return None if row is None else self._model_row(row)
+
+    def _model_row(self, row) -> dict:
+        m = dict(zip(self.MODEL_COLUMNS, row))
         m["compatible_with"] = json.loads(m["compatible_with"])
-        m.pop("info", None)
         return m

@@ -21,7 +21,9 @@ class StateRepo(Db):
         return json.loads(row[0]) if row else default
 
     def set_state(self, key: str, value: Any) -> None:
-        self.db["state"].upsert({"key": key, "value": json.dumps(value)}, pk="key")
+        self.db.execute("INSERT INTO state (key, value) VALUES (?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        [key, json.dumps(value)])
 
     def set_state_entry(self, key: str, name: str, value: Any) -> None:
         """Set one entry of the dict kept under `key` (None removes it), in one transaction."""

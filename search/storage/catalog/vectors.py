@@ -71,28 +71,40 @@ class VectorsRepo(Db):
         dim = self.space_dim(space)
         if dim is not None and dim != vectors.shape[1]:
             raise ValueError(f"space {space!r} holds {dim}-d vectors, not {vectors.shape[1]}-d")
-        self.db.conn.execute(
+        # every write of a space gets the next sequence number (the row stays locked until the
+        # transaction ends, so two writers never share one)
+        seq = self.db.conn.execute(
             "INSERT INTO spaces (space, dim, version) VALUES (?, ?, 1) "
-            "ON CONFLICT(space) DO UPDATE SET version = version + 1",
+            "ON CONFLICT(space) DO UPDATE SET version = spaces.version + 1 RETURNING version",
             [space, vectors.shape[1]],
-        )
-        seq = self.space_version(space)  # every write of a space gets the next sequence number
+        ).fetchone()[0]
         now = time.time()
         unc = [None] * len(image_ids) if uncertainty is None else [float(u) for u in uncertainty]
-        self.db.conn.executemany(
-            "INSERT OR REPLACE INTO vectors (image_id, model, space, dim, vector, created_at, seq, "
-            "origin, uncertainty) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(int(i), model, space, vectors.shape[1], blob, now, seq, origin, u)
-             for i, blob, u in zip(image_ids, encode_vectors(vectors), unc)],
-        )
+        rows = [(int(i), model, space, vectors.shape[1], blob, now, seq, origin, u)
+                for i, blob, u in zip(image_ids, encode_vectors(vectors), unc)]
+        for s in range(0, len(rows), 1000):  # one statement per 1,000 rows: a round trip each
+            part = rows[s:s + 1000]
+            self.db.conn.execute(
+                "INSERT INTO vectors (image_id, model, space, dim, vector, created_at, seq, "
+                "origin, uncertainty) VALUES "
+                + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(part))
+                + " ON CONFLICT(image_id, model) DO UPDATE SET space = excluded.space, "
+                "dim = excluded.dim, vector = excluded.vector, created_at = excluded.created_at, "
+                "seq = excluded.seq, origin = excluded.origin, uncertainty = excluded.uncertainty",
+                [x for row in part for x in row])
 
     def space_version(self, space: str) -> int:
         row = self.db.execute("SELECT version FROM spaces WHERE space = ?", [space]).fetchone()
         return row[0] if row else 0
 
     def space_dim(self, space: str) -> int | None:
-        row = self.db.execute("SELECT dim FROM spaces WHERE space = ?", [space]).fetchone()
-        return row[0] if row else None
+        dims = self.__dict__.setdefault("_space_dims", {})  # a space's dimension never changes
+        if space not in dims:
+            row = self.db.execute("SELECT dim FROM spaces WHERE space = ?", [space]).fetchone()
+            if row is None:
+                return None
+            dims[space] = row[0]
+        return dims[space]
 
     def serving_vectors(self, space: str, after_seq: int = 0, batch: int = 20000
                         ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -110,14 +122,12 @@ class VectorsRepo(Db):
             return
         # Each write of a space has its own seq and names an image at most once, so
         # (image_id, max seq) identifies one row.
-        cursor = self.db.execute(
+        for rows in self.stream(
             "SELECT v.image_id, v.vector, v.model, v.seq FROM vectors v JOIN ("
             " SELECT image_id, max(seq) AS newest FROM vectors WHERE space = ? GROUP BY image_id"
             ") m ON v.image_id = m.image_id AND v.seq = m.newest "
             "WHERE v.space = ? AND m.newest > ? ORDER BY v.image_id",
-            [space, space, after_seq],
-        )
-        while rows := cursor.fetchmany(batch):
+                [space, space, after_seq], batch):
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             vecs = decode_vectors([r[1] for r in rows], dim)
             yield ServingChunk(ids, vecs, [r[2] for r in rows],
