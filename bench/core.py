@@ -47,8 +47,8 @@ def forward_vs_ingest(n_images: int, model_name: str, batch: int) -> dict:
     try:
         g = Gallery.open(home, create=True)
         rss_before = rss_mib()
-        report = ingest(g, files, model_name, batch_size=batch, on_progress=sample)
-        _, real_vectors = g.catalog.vectors_by_model(model_name)
+        report = ingest(g.core, files, model_name, batch_size=batch, on_progress=sample)
+        _, real_vectors = g.core.catalog.vectors_by_model(model_name)
     finally:
         shutil.rmtree(home, ignore_errors=True)
     xs = np.array([s[0] for s in rss_samples], float)
@@ -77,13 +77,13 @@ def query_latency(size: int, repeat: int, embed_ms: float, centers: np.ndarray,
     out: dict = {"vectors": size, "dim": dim}
     try:
         g = Gallery.open(home, create=True)
-        with g.catalog.transaction():
-            g.catalog.db.conn.executemany(
+        with g.core.catalog.transaction():
+            g.core.catalog.db.conn.executemany(
                 "INSERT INTO images (id, sha256, name, ext, bytes, width, height, format, source,"
                 " added_at) VALUES (?, ?, ?, '.jpg', 0, 0, 0, 'JPEG', '', 0)",
                 ((i, f"{i:064x}", f"img{i}.jpg") for i in range(size)),
             )
-            g.catalog.db.execute("INSERT INTO spaces (space, dim, version) VALUES ('synthetic', ?, 1)", [dim])
+            g.core.catalog.db.execute("INSERT INTO spaces (space, dim, version) VALUES ('synthetic', ?, 1)", [dim])
         queries = synthetic_vectors(centers, repeat, rng)
         exact_ids = None
         for kind in kinds:
@@ -100,12 +100,12 @@ def query_latency(size: int, repeat: int, embed_ms: float, centers: np.ndarray,
                 x = synthetic_vectors(centers, min(50_000, size - start), gen)
                 idx.index.add_with_ids(x, np.arange(start, start + len(x), dtype=np.int64))
             build_s = time.perf_counter() - t0
-            g._indexes["synthetic"] = idx
+            g.core._indexes["synthetic"] = idx
             raw = idx.index
             it = iter(range(10**9))
             raw_t = timed(lambda: raw.search(queries[next(it) % repeat][None], 10), repeat)
             it2 = iter(range(10**9))
-            ours_t = timed(lambda: g.search_vectors(queries[next(it2) % repeat][None], 10, "bench",
+            ours_t = timed(lambda: g.core.search_vectors(queries[next(it2) % repeat][None], 10, "bench",
                                                     "synthetic"), repeat)
             _, ids = raw.search(queries, 10)
             if exact_ids is None:
@@ -121,7 +121,7 @@ def query_latency(size: int, repeat: int, embed_ms: float, centers: np.ndarray,
                 "serving_rss_mib": round(rss_mib() - rss0, 1),
             }
             print(size, kind, out[kind], flush=True)
-            g._indexes.clear()
+            g.core._indexes.clear()
             idx = raw = None  # free this kind before building the next
         return out
     finally:

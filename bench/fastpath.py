@@ -79,7 +79,7 @@ def ingest_rates(name: str, n_images: int) -> dict:
         chosen = model.use_runtime(runtime)
         home = Path(tempfile.mkdtemp(prefix="graceful-bench-fastpath-"))
         try:
-            report = ingest(Gallery.open(home, create=True), files, name, batch_size=16)
+            report = ingest(Gallery.open(home, create=True).core, files, name, batch_size=16)
             out.setdefault(f"{chosen}_img_s", []).append(round(report.images_per_second, 1))
         finally:
             shutil.rmtree(home, ignore_errors=True)

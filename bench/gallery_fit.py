@@ -48,20 +48,20 @@ def cached_gallery(home: Path, files: list[Path], albums: list[str], cache: Path
 
     g = Gallery.open(home, create=True)
     model = registry.load("lite0")
-    g.activate(model, "init")
+    g.core.activate(model, "init")
     shas = file_shas(files)
     vecs = FeatureCache(cache, "lite0").get(shas)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    with g.catalog.transaction():
+    with g.core.catalog.transaction():
         ids = []
         for f, sha, album in zip(files, shas, albums):
-            g.store.put(sha, ".jpg", f.read_bytes())
-            ids.append(g.catalog.add_image({
+            g.core.store.put(sha, ".jpg", f.read_bytes())
+            ids.append(g.core.catalog.add_image({
                 "sha256": sha, "name": f.name, "ext": ".jpg", "bytes": f.stat().st_size,
                 "width": 0, "height": 0, "format": "JPEG", "source": str(f), "added_at": time.time(),
                 "album": album}))
-        g.write_vectors(ids, vecs, model)
-    g.rebuild_index()
+        g.core.write_vectors(ids, vecs, model)
+    g.core.rebuild_index()
     return g
 
 
@@ -126,18 +126,18 @@ def main() -> None:
     home = args.work / "home"
     g = Gallery.open(home, create=True)
     t0 = time.perf_counter()
-    rep = ingest(g, [args.work / "gallery"])
+    rep = ingest(g.core, [args.work / "gallery"])
     out["ingest"] = {"seconds": round(time.perf_counter() - t0, 1), "added": rep.added}
 
     # 1. the shipped-style model: trained elsewhere (features from --cache)
     t0 = time.perf_counter()
     train_compatible(TrainRequest("lite0", "lite2", "bct", args.work / "shipped_train",
-                                  "shipped-style", g.models_dir, args.cache, progress=False))
+                                  "shipped-style", g.core.models_dir, args.cache, progress=False))
     out["shipped_style_train_s"] = round(time.perf_counter() - t0, 1)
-    refused = upgrade(g, "shipped-style", dry_run=True, force=True)
+    refused = upgrade(g.core, "shipped-style", dry_run=True, force=True)
     out["shipped_style_preflight"] = refused.preflight.as_dict()
     qs = queries_from_folder(args.work / "queries")
-    shipped_cmp = compare(g, "lite0", "shipped-style", qs, k=10, save=False)["summary"]
+    shipped_cmp = compare(g.core, "lite0", "shipped-style", qs, k=10, save=False)["summary"]
     out["shipped_style_compare"] = shipped_cmp
 
     # 2. fitted to the gallery (its own cache: nothing precomputed)
@@ -146,18 +146,18 @@ def main() -> None:
     out["fit"] = {k: fit[k] for k in ("method", "sample", "held_out", "passed", "verdict",
                                        "expectation", "seconds", "images_per_second")}
     out["fit"]["wall_s"] = round(time.perf_counter() - t0, 1)
-    up = upgrade(g, "fitted")
+    up = upgrade(g.core, "fitted")
     out["fitted_preflight"] = up.preflight.as_dict()
     out["upgrade_switch_ms"] = up.switch_ms
 
     # 3. queries: old/old vs fitted/old; then a full backfill: fitted/fitted
-    before = compare(g, "lite0", "fitted", qs, k=10, save=False)
+    before = compare(g.core, "lite0", "fitted", qs, k=10, save=False)
     out["fitted_compare"] = before["summary"]
     t0 = time.perf_counter()
-    state = bf.backfill(g, "random")
+    state = bf.backfill(g.core, "random")
     out["backfill"] = {"seconds": round(time.perf_counter() - t0, 1), "done": state.done,
                        "images_per_second": round(state.rate, 2)}
-    after = compare(g, "lite0", "fitted", qs, k=10, save=False)
+    after = compare(g.core, "lite0", "fitted", qs, k=10, save=False)
     from models import metrics
 
     old_ok = np.array([r["old_correct"] for r in before["queries"]])
@@ -171,7 +171,7 @@ def main() -> None:
     out["independent_lite2"] = independent_head(user_train + distractors, labels, queries,
                                                 q_labels, args.cache)
     g = Gallery.open(home)
-    members = g.catalog.space_photos(g.space)
+    members = g.core.catalog.space_photos(g.space)
     train_ids, _ = plan_sample(members, True)
     by_id = {m.id: m for m in members}
     out["independent_lite2_same_sample"] = independent_head(
@@ -184,15 +184,15 @@ def main() -> None:
     from search.ops.embedjob import embed_stored
 
     probe = [m.id for m in members[:400]]
-    probe_files = [g.store.path(by_id[i].sha256, by_id[i].ext) for i in probe]
-    fitted_model, rates = g.load_model("fitted"), {"features": [], "backfill": []}
+    probe_files = [g.core.store.path(by_id[i].sha256, by_id[i].ext) for i in probe]
+    fitted_model, rates = g.core.load_model("fitted"), {"features": [], "backfill": []}
     for rnd in range(2):
         t0 = time.perf_counter()
         extract(fitted_model.backbone, probe_files, args.work / f"probe-cache-{rnd}", batch_size=16,
                 shard_size=16, progress=False, shas=[by_id[i].sha256 for i in probe])
         rates["features"].append(len(probe) / (time.perf_counter() - t0))
         t0 = time.perf_counter()
-        embed_stored(g, fitted_model, probe, f"probe-{rnd}")
+        embed_stored(g.core, fitted_model, probe, f"probe-{rnd}")
         rates["backfill"].append(len(probe) / (time.perf_counter() - t0))
     out["rates_back_to_back"] = {k: [round(x, 1) for x in v] for k, v in rates.items()}
     g.close()
@@ -219,7 +219,7 @@ def main() -> None:
             sub = args.work / f"size-{n}-{len(verdicts)}"
             sg = cached_gallery(sub, files, [("distractors" if f.parent.name == "distractors"
                                               else f.parent.name) for f in files], args.cache)
-            p = preflight(sg, model)
+            p = preflight(sg.core, model)
             verdicts.append({"model": name, "photos": n, "passed": p.passed, "verdict": p.verdict,
                              "own_rank": p.own_rank, "agreement": p.agreement,
                              "reference": p.reference, "sample": p.sample,

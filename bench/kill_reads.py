@@ -31,11 +31,11 @@ def build(home: Path, n: int) -> None:
     centers = np.random.default_rng(0).standard_normal((300, 1280)).astype(np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     g = fill_catalog(home, n, centers)
-    with g.catalog.transaction():
-        g.catalog.register_model({"name": "lite0", "dim": 1280, "space": "lite0",
+    with g.core.catalog.transaction():
+        g.core.catalog.register_model({"name": "lite0", "dim": 1280, "space": "lite0",
                                   "kind": "builtin"}, "builtin")
-        g.catalog.set_active_model("lite0")
-    g.rebuild_index("lite0", "flat")
+        g.core.catalog.set_active_model("lite0")
+    g.core.rebuild_index("lite0", "flat")
     g.close()
 
 

@@ -38,13 +38,13 @@ home, kind, qpath = sys.argv[1:4]
 queries = np.load(qpath)
 g = Gallery.open(home)
 t0 = time.perf_counter()
-idx = g.index("lite0")
+idx = g.core.index("lite0")
 open_s = time.perf_counter() - t0
 assert idx.kind == kind, (idx.kind, kind)
 found, times = [], []
 for q in queries:
     t = time.perf_counter()
-    r = g.search_vectors(q[None], 10, "bench", "lite0")[0]
+    r = g.core.search_vectors(q[None], 10, "bench", "lite0")[0]
     times.append(time.perf_counter() - t)
     found.append([h.image_id for h in r.hits])
 rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
@@ -74,20 +74,20 @@ def build_catalog(home: Path, real: np.ndarray, size: int) -> tuple[float, float
     g = Gallery.open(home, create=True, store="faiss")
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
-    with g.catalog.transaction():
-        g.catalog.db.conn.executemany(
+    with g.core.catalog.transaction():
+        g.core.catalog.db.conn.executemany(
             "INSERT INTO images (id, sha256, name, ext, bytes, width, height, format, source,"
             " added_at) VALUES (?, ?, ?, '.jpg', 0, 0, 0, 'JPEG', 'synthetic', 0)",
             ((i, f"{i:064x}", f"img{i}.jpg") for i in range(1, size + 1)))
-        g.catalog.set_state("active_model", "lite0")
+        g.core.catalog.set_state("active_model", "lite0")
     for start in range(1, size + 1, 50_000):
         n = min(50_000, size + 1 - start)
         if start == 1:
             x = np.concatenate([real, synthetic_vectors(real, n - len(real), rng)])
         else:
             x = synthetic_vectors(real, n, rng)
-        with g.catalog.transaction():
-            g.catalog.put_vectors(list(range(start, start + n)), x, "lite0", "lite0")
+        with g.core.catalog.transaction():
+            g.core.catalog.put_vectors(list(range(start, start + n)), x, "lite0", "lite0")
     seconds = time.perf_counter() - t0
     g.close()
     db = home / "catalog.db"
@@ -132,7 +132,7 @@ def kind_section(home: Path, kind: str, queries: dict[str, np.ndarray],
 
     g = Gallery.open(home)
     t0 = time.perf_counter()
-    built = g.rebuild_index("lite0", kind)
+    built = g.core.rebuild_index("lite0", kind)
     build_s = time.perf_counter() - t0
     g.close()
     out: dict = {"kind": built, "build_s": round(build_s, 1),

@@ -64,14 +64,14 @@ def fill_catalog(home: Path, size: int, centers: np.ndarray, space: str = "lite0
 
     g = Gallery.open(home, create=True, store="faiss")
     gen = np.random.default_rng(size + 1)
-    with g.catalog.transaction():
-        g.catalog.db.conn.executemany(
+    with g.core.catalog.transaction():
+        g.core.catalog.db.conn.executemany(
             "INSERT INTO images (id, sha256, name, ext, bytes, width, height, format, source,"
             " added_at) VALUES (?, ?, ?, '.jpg', 0, 0, 0, 'JPEG', 'synthetic', 0)",
             ((i, f"{i:064x}", f"img{i}.jpg") for i in range(1, size + 1)))
         for start in range(1, size + 1, 20000):
             n = min(20000, size + 1 - start)
-            g.catalog.put_vectors(list(range(start, start + n)), synthetic_vectors(centers, n, gen),
+            g.core.catalog.put_vectors(list(range(start, start + n)), synthetic_vectors(centers, n, gen),
                                   "lite0", space)
     return g
 
@@ -243,23 +243,23 @@ def search_section(sizes: list[int], centers: np.ndarray, repeat: int,
                 if only and f"{store}/{kind}" not in only | {"faiss/flat"}:
                     continue
                 if store == "milvus-server":
-                    g.choose_store("milvus", server["uri"], move=True)
+                    g.vectors.choose_store("milvus", server["uri"], move=True)
                 else:
-                    g.choose_store(store, move=True)
+                    g.vectors.choose_store(store, move=True)
                 rss0 = rss_mib()
                 server_cpu0 = cpu_s(server["milvus_pid"]) if server else 0.0
                 with upsert_clock() as upsert_s:
                     t0 = time.perf_counter()
-                    built = g.rebuild_index("lite0", kind)
+                    built = g.core.rebuild_index("lite0", kind)
                     build_s = time.perf_counter() - t0
-                idx = g.index("lite0")
-                settled = (settle(g.vector_store.client, g.vector_store.collection("lite0"),
+                idx = g.core.index("lite0")
+                settled = (settle(g.core.vector_store.client, g.core.vector_store.collection("lite0"),
                                   server["milvus_pid"]) if store == "milvus-server" else None)
                 with OthersMeter() as others:
                     it = iter(range(10**9))
                     bare = timed(lambda: idx.search(queries[next(it) % repeat][None], 10), repeat)
                     it2 = iter(range(10**9))
-                    ours = timed(lambda: g.search_vectors(queries[next(it2) % repeat][None], 10,
+                    ours = timed(lambda: g.core.search_vectors(queries[next(it2) % repeat][None], 10,
                                                           "bench", "lite0"), repeat)
                     _, ids = idx.search(queries, 10)
                 if exact is None:
@@ -276,7 +276,7 @@ def search_section(sizes: list[int], centers: np.ndarray, repeat: int,
                     row[key]["settle_s"] = settled  # after the build, before the searches
                 if store.startswith("milvus"):
                     row[key]["upsert_vectors_per_s_batch2000"] = round(size / upsert_s[0])
-                    client, name = g.vector_store.client, g.vector_store.collection("lite0")
+                    client, name = g.core.vector_store.client, g.core.vector_store.collection("lite0")
                     row[key]["trivial_request"] = round_trip(client, name, repeat)
                     with OthersMeter() as others:
                         row[key]["store_search_bounded"] = bounded_search(client, name, queries,
@@ -286,7 +286,7 @@ def search_section(sizes: list[int], centers: np.ndarray, repeat: int,
                                                                      repeat, "Strong")
                 # last: it writes (the same vectors again), the searches above saw a flushed store
                 row[key]["live_upsert_vectors_per_s_batch16"] = round(
-                    live_upserts(idx, g.catalog, "lite0"))
+                    live_upserts(idx, g.core.catalog, "lite0"))
                 if server:  # what the idle (or busy) server cost in CPU during this config
                     row[key]["server_cpu_s"] = round(cpu_s(server["milvus_pid"]) - server_cpu0, 1)
                     row[key]["server_rss_mib"] = round(rss_kib(server["milvus_pid"]) / 1024)
@@ -301,7 +301,7 @@ def search_section(sizes: list[int], centers: np.ndarray, repeat: int,
                 row[key]["bounded_p50_over_faiss_flat_store"] = round(
                     row[key]["store_search_bounded"]["p50_ms"] / base_store, 2)
             if server:  # free the server's memory for the next size
-                g.vector_store.client.drop_collection(g.vector_store.collection("lite0"))
+                g.core.vector_store.client.drop_collection(g.core.vector_store.collection("lite0"))
             out.append(row)
             g.close()
         finally:
@@ -322,23 +322,23 @@ def upgrade_section(size: int, centers: np.ndarray) -> list[dict]:
         home = Path(tempfile.mkdtemp(prefix="graceful-bench-up-"))
         try:
             g = fill_catalog(home, size, centers)
-            g.ensure_model("lite0")
-            g.choose_store(store, move=True)
-            for i, row in g.catalog.images(range(1, size + 1)).items():
-                dest = g.store.path(row.sha256, row.ext)
+            g.core.ensure_model("lite0")
+            g.vectors.choose_store(store, move=True)
+            for i, row in g.core.catalog.images(range(1, size + 1)).items():
+                dest = g.core.store.path(row.sha256, row.ext)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.hardlink_to(real[i % len(real)])
-            g.rebuild_index("lite0", "auto")
+            g.core.rebuild_index("lite0", "auto")
             g.close()
             t0 = time.perf_counter()
             g = Gallery.open(home)
-            g.index()
+            g.core.index()
             open_s = time.perf_counter() - t0
-            before = g.catalog.vector_counts()
+            before = g.core.catalog.vector_counts()
             t0 = time.perf_counter()
-            result = upgrade(g, NEW, force=True)
+            result = upgrade(g.core, NEW, force=True)
             total = time.perf_counter() - t0
-            assert g.catalog.vector_counts() == before  # nothing recomputed
+            assert g.core.catalog.vector_counts() == before  # nothing recomputed
             out.append({"store": store, "gallery": size, "cold_open_s": round(open_s, 3),
                         "upgrade_total_s": round(total, 3),
                         "preflight_s": result.preflight.seconds,
@@ -361,7 +361,7 @@ def ray_section(n_photos: int, workers: list[int]) -> dict:
         g = Gallery.open(template, create=True)
         g.add(caltech_files("train", n_photos))
         g.upgrade(NEW, force=True)
-        n = g.catalog.count_images()
+        n = g.core.catalog.count_images()
         g.close()
         runs = []
         for label, options in [("plain", None)] + [
@@ -371,10 +371,10 @@ def ray_section(n_photos: int, workers: list[int]) -> dict:
             g = Gallery.open(home)
             marks: list[tuple[float, int]] = []  # (time, photos done) at each committed batch
             t0 = time.perf_counter()
-            bf.backfill(g, on_progress=lambda st: marks.append((time.perf_counter(), st.done)),
+            bf.backfill(g.core, on_progress=lambda st: marks.append((time.perf_counter(), st.done)),
                         ray=options)
             wall = time.perf_counter() - t0
-            counts = {r["model"]: r["vectors"] for r in g.catalog.vector_counts()}
+            counts = {r["model"]: r["vectors"] for r in g.core.catalog.vector_counts()}
             assert counts[NEW] == n, counts
             g.close()
             (t_first, d_first), (t_last, d_last) = marks[0], marks[-1]
@@ -398,12 +398,12 @@ def writer_ceiling(template: Path, batches: int = 200, batch: int = 16) -> dict:
     shutil.copytree(template, home)
     try:
         g = Gallery.open(home)
-        ids = g.catalog.space_members("lite0")[: batch * batches].tolist()
+        ids = g.core.catalog.space_members("lite0")[: batch * batches].tolist()
         v = np.random.default_rng(0).standard_normal((len(ids), 1280), dtype=np.float32)
         t0 = time.perf_counter()
         for s in range(0, len(ids), batch):
-            with g.catalog.transaction():
-                g.catalog.put_vectors(ids[s:s + batch], v[s:s + batch], "writer-bench", "lite0")
+            with g.core.catalog.transaction():
+                g.core.catalog.put_vectors(ids[s:s + batch], v[s:s + batch], "writer-bench", "lite0")
         rate = len(ids) / (time.perf_counter() - t0)
         g.close()
         return {"vectors_per_s": round(rate, 1), "batch": batch}

@@ -65,9 +65,9 @@ def scenario(split: str, coarse: bool, cache: Path, work: Path) -> dict:
     (home / "cache").mkdir(exist_ok=True)
     (home / "cache" / "lite2").symlink_to(cache / "lite2")  # lite2 features of this run's photos
     shas, q_shas = file_shas(files), file_shas(queries)
-    ids = [g.catalog.image_id(s) for s in shas]
+    ids = [g.core.catalog.image_id(s) for s in shas]
     c0, c2 = FeatureCache(cache, "lite0"), FeatureCache(cache, "lite2")
-    stored = g.catalog.serving_vectors_of(ids, "lite0")
+    stored = g.core.catalog.serving_vectors_of(ids, "lite0")
     g0 = np.stack([stored[i] for i in ids])
     q0, q2, g2 = c0.get(q_shas), c2.get(q_shas), c2.get(shas)
     q0, q2, g2 = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (q0, q2, g2))
@@ -77,19 +77,19 @@ def scenario(split: str, coarse: bool, cache: Path, work: Path) -> dict:
                  "old/old": public(base), "fits": {}}
     for backbone, name, feats_q, feats_g in (("lite0", "head", q0, g0), ("lite2", "fit2", q2, g2)):
         t0 = time.perf_counter()
-        rep = fit_upgrade(g, FitRequest(backbone, name, force=True))
+        rep = fit_upgrade(g.core, FitRequest(backbone, name, force=True))
         wall = time.perf_counter() - t0
-        model = g.load_model(name)
+        model = g.core.load_model(name)
         import torch
 
         new_q = model.project(torch.as_tensor(feats_q)).numpy()
         paths = {"queries": score(new_q, g0, q_label, label, base)}
-        up = upgrade(g, name, transform=True, force=True)
-        moved = g.catalog.serving_vectors_of(ids, name)
+        up = upgrade(g.core, name, transform=True, force=True)
+        moved = g.core.catalog.serving_vectors_of(ids, name)
         paths["transform"] = score(new_q, np.stack([moved[i] for i in ids]), q_label, label, base)
         paths["backfill"] = score(new_q, model.project(torch.as_tensor(feats_g)).numpy(),
                                   q_label, label, base)
-        rollback(g)
+        rollback(g.core)
         rec = rep["recommended"]
         out["fits"][backbone] = {
             "wall_s": round(wall, 2), "seconds": rep["seconds"], "photos_embedded": rep["photos_embedded"],
@@ -131,38 +131,38 @@ def at_scale(n: int, cache: Path, work: Path, checkpoint: Path | None) -> dict:
     albums = np.argmax(x @ centers[:50].T, axis=1)  # albums = nearest of 50 real photos
     g = Gallery.open(home, create=True)
     lite0 = registry.load("lite0")
-    g.activate(lite0, "init")
+    g.core.activate(lite0, "init")
     t0 = time.perf_counter()
     for s in range(0, n, 20000):
-        with g.catalog.transaction():
-            ids = [g.catalog.add_image({"sha256": f"{i:064x}", "name": f"p{i}.jpg", "ext": ".jpg",
+        with g.core.catalog.transaction():
+            ids = [g.core.catalog.add_image({"sha256": f"{i:064x}", "name": f"p{i}.jpg", "ext": ".jpg",
                                         "bytes": 1, "width": 1, "height": 1, "format": "JPEG",
                                         "source": f"/p/a{albums[i]}/p{i}.jpg", "added_at": float(i),
                                         "album": f"a{albums[i]}"}) for i in range(s, min(n, s + 20000))]
-            g.write_vectors(ids, x[s:s + 20000], lite0)
-    g.rebuild_index()
+            g.core.write_vectors(ids, x[s:s + 20000], lite0)
+    g.core.rebuild_index()
     out: dict = {"photos": n, "build_s": round(time.perf_counter() - t0, 1)}
     t0 = time.perf_counter()
-    rep = fit_upgrade(g, FitRequest("lite0", "head", force=True))
+    rep = fit_upgrade(g.core, FitRequest("lite0", "head", force=True))
     out["vector_only_fit_s"] = round(time.perf_counter() - t0, 2)
     out["vector_only_fit"] = rep["seconds"]
     t0 = time.perf_counter()
-    up = upgrade(g, "head")
+    up = upgrade(g.core, "head")
     out["upgrade_reusing_fit_s"] = round(time.perf_counter() - t0, 3)
     out["upgrade_reused"] = bool(up.preflight.reused)
-    rollback(g)
-    model = g.load_model("head")
+    rollback(g.core)
+    model = g.core.load_model("head")
     t0 = time.perf_counter()
-    state, switched = transform_gallery(g, model, model.gallery_transform())
+    state, switched = transform_gallery(g.core, model, model.gallery_transform())
     out["transform_head"] = {"seconds": round(time.perf_counter() - t0, 2), "vectors": state.done,
                              "per_second": round(state.done / (time.perf_counter() - t0), 1),
                              "switched": switched}
-    rollback(g)
+    rollback(g.core)
     if checkpoint is not None:  # a learned map (a lite2 fit's) moving the same vectors
-        shutil.copy(checkpoint, g.models_dir / checkpoint.name)
-        fit2 = g.load_model(checkpoint.stem)
+        shutil.copy(checkpoint, g.core.models_dir / checkpoint.name)
+        fit2 = g.core.load_model(checkpoint.stem)
         t0 = time.perf_counter()
-        state, switched = transform_gallery(g, fit2, fit2.gallery_transform())
+        state, switched = transform_gallery(g.core, fit2, fit2.gallery_transform())
         out["transform_map"] = {"seconds": round(time.perf_counter() - t0, 2), "vectors": state.done,
                                 "per_second": round(state.done / (time.perf_counter() - t0), 1)}
     g.close()

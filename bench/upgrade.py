@@ -30,21 +30,21 @@ def synthetic_gallery(home: Path, size: int, real: list[Path]):
     from search.ops.ingest import ingest
 
     g = Gallery.open(home, create=True)
-    ingest(g, real)
-    n_real = g.catalog.count_images()
+    ingest(g.core, real)
+    n_real = g.core.catalog.count_images()
     rng = np.random.default_rng(size)
-    with g.catalog.transaction():
-        g.catalog.db.conn.executemany(
+    with g.core.catalog.transaction():
+        g.core.catalog.db.conn.executemany(
             "INSERT INTO images (sha256, name, ext, bytes, width, height, format, source, added_at)"
             " VALUES (?, ?, '.jpg', 0, 0, 0, 'JPEG', 'synthetic', 0)",
             ((f"{i:064x}", f"synthetic{i}.jpg") for i in range(size - n_real)))
-        ids = [r[0] for r in g.catalog.db.execute("SELECT id FROM images WHERE source = 'synthetic'")]
+        ids = [r[0] for r in g.core.catalog.db.execute("SELECT id FROM images WHERE source = 'synthetic'")]
         for s in range(0, len(ids), 20000):
             chunk = ids[s:s + 20000]
             v = rng.standard_normal((len(chunk), 1280), dtype=np.float32)
             v /= np.linalg.norm(v, axis=1, keepdims=True)
-            g.catalog.put_vectors(chunk, v, "lite0", "lite0")
-    g.rebuild_index()
+            g.core.catalog.put_vectors(chunk, v, "lite0", "lite0")
+    g.core.rebuild_index()
     return g
 
 
@@ -64,9 +64,9 @@ def upgrade_times(sizes: list[int], new_rate: float) -> list[dict]:
     home = Path(tempfile.mkdtemp(prefix="graceful-bench-up-"))
     try:
         g = Gallery.open(home, create=True)
-        ingest(g, real)
+        ingest(g.core, real)
         t = time.perf_counter()
-        small = upgrade(g, NEW)
+        small = upgrade(g.core, NEW)
         real_total = time.perf_counter() - t
     finally:
         shutil.rmtree(home, ignore_errors=True)
@@ -78,12 +78,12 @@ def upgrade_times(sizes: list[int], new_rate: float) -> list[dict]:
         home = Path(tempfile.mkdtemp(prefix="graceful-bench-up-"))
         try:
             g = synthetic_gallery(home, size, real)
-            idx = g.index()
+            idx = g.core.index()
             queries = idx.vectors(range(1, PREFLIGHT_SAMPLE + 1))
             t = time.perf_counter()
             idx.search(queries, 10)
             search_s = time.perf_counter() - t
-            result = upgrade(g, NEW, force=True)  # random vectors cannot pass the check
+            result = upgrade(g.core, NEW, force=True)  # random vectors cannot pass the check
             estimate = small.preflight.seconds + search_s + result.switch_ms / 1000
             out.append({"gallery": size, "upgrade_total_s": round(estimate, 3),
                         "preflight_embed_s": small.preflight.seconds,

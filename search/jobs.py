@@ -170,21 +170,21 @@ def fit_job(home: Path, backbone: str, out: str, method: str = "auto",
 
 def train_compatible_job(home: Path, backbone: str, method: str, name: str,
                          data: Path | None = None, loss: str = "ce") -> Callable[[Job], Any]:
-    """A compatible model trained against the active one (`Gallery.train_compatible`)."""
+    """A compatible model trained against the active one (`g.models.train_compatible`)."""
     def work(job: Job):
-        out = _in_own_gallery(home, lambda g: g.train_compatible(backbone, method, name, data,
-                                                                 loss))
+        out = _in_own_gallery(home, lambda g: g.models.train_compatible(backbone, method, name,
+                                                                        data, loss))
         job.done = job.total = 1
-        job.message = f"trained {out['name']} (space {out['space']}): upgrade to it on the Models page"
-        return out["path"]
+        job.message = f"trained {out.name} (space {out.space}): upgrade to it on the Models page"
+        return out.path
     return work
 
 
 def bench_job(home: Path, kind: str, train: Path, test: Path, loss: str = "ce"
               ) -> Callable[[Job], Any]:
-    """`graceful bench chain|hetero` (`Gallery.bench_generations`), its report saved."""
+    """`graceful bench chain|hetero` (`g.reports.run_bench`), its report saved."""
     def work(job: Job):
-        result = _in_own_gallery(home, lambda g: g.bench_generations(kind, train, test, loss))
+        result = _in_own_gallery(home, lambda g: g.reports.run_bench(kind, train, test, loss))
         job.done = job.total = 1
         job.message = f"saved bench-{kind}-{loss}"
         return result

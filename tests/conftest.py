@@ -271,7 +271,7 @@ def ingested(paths: list[Path], store: str = "faiss") -> Callable[[Path], None]:
 
         g = Gallery.open(home, create=True, store=store)
         try:
-            ingest(g, paths)
+            ingest(g.core, paths)
         finally:
             g.close()
     return build

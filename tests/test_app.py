@@ -221,7 +221,7 @@ def test_a_bridge_from_the_models_page_then_fused_search(app, album_photos, home
     app.button(key="index-folder").click().run()
     assert "Added 56 photos" in text_of(app)
     g = Gallery.open(home)
-    g.catalog.set_album([r[0] for r in g.catalog.db.execute("SELECT id FROM images")], None)
+    g.core.catalog.set_album([r[0] for r in g.core.catalog.db.execute("SELECT id FROM images")], None)
     g.close()
     page(app, "Models")
     app.selectbox(key="fit-backbone").set_value("lite2").run()
@@ -289,8 +289,8 @@ def test_deep_links_to_similar_photos_and_a_compared_query(upgraded_home):
     from search.api import Gallery
 
     g = Gallery.open(upgraded_home)
-    row = g.list_images(0, 1)[0]
-    names = [q["query"] for q in g.latest_comparison()["queries"]]
+    row = g.photos.list(0, 1)[0]
+    names = [q["query"] for q in g.reports.comparison().queries]
     g.close()
     at = alone("Search")
     at.query_params["similar"] = row.sha256[:16]  # /search?similar=SHA

@@ -37,7 +37,7 @@ def spaces(home: Path) -> dict[str, int]:
 def flat_home(album_gallery) -> Path:
     """The session's 56-photo lite0 gallery with its albums cleared: a flat folder."""
     g = Gallery.open(album_gallery)
-    g.catalog.set_album([r[0] for r in g.catalog.db.execute("SELECT id FROM images")], None)
+    g.core.catalog.set_album([r[0] for r in g.core.catalog.db.execute("SELECT id FROM images")], None)
     g.close()
     return album_gallery
 
@@ -82,8 +82,8 @@ def test_an_album_less_gallery_bridges_to_lite2_and_takes_every_path(flat_home, 
     assert serving["mode"] == "fused" and serving["spaces"] == ["lite0", "lite2"]
     assert serving["weights"] == [0.5, 0.5] and serving["index_bytes"] > 0
     g = Gallery.open(home)
-    photo = g.list_images(0, 1)[0]
-    hit = g.search(g.image_path(photo), k=1).hits[0]
+    photo = g.photos.list(0, 1)[0]
+    hit = g.search(g.core.image_path(photo), k=1).hits[0]
     assert hit.image_id == photo.id and hit.score == pytest.approx(1.0, abs=1e-3)
     g.close()
     # new photos go into the fused space and into both generations' own spaces
@@ -197,5 +197,5 @@ def test_kill_9_during_the_bridge_sample_and_the_fused_transform_then_resume(
     up = json.loads(r.stdout)
     assert up["changed"] and up["mode"] == "fused" and up["vectors_transformed"] == 3000 - part
     g = Gallery.open(home)
-    assert g.serving()["mode"] == "fused" and g.index().ntotal == 3000
+    assert g.models.serving()["mode"] == "fused" and g.core.index().ntotal == 3000
     g.close()

@@ -19,7 +19,7 @@ N = len(ALBUMS) * PER_ALBUM
 
 
 def vector_counts(g) -> dict[tuple[str, str], int]:
-    return {(r["space"], r["model"]): r["vectors"] for r in g.catalog.vector_counts()}
+    return {(r["space"], r["model"]): r["vectors"] for r in g.core.catalog.vector_counts()}
 
 
 # -- the fakes themselves ----------------------------------------------------------------------
@@ -57,9 +57,9 @@ def test_ingest_adds_every_photo_with_its_album_and_the_default_model(tmp_path, 
     report = g.add(fake_photos)
     assert (report.added, report.duplicates, report.skipped) == (N, 0, [])
     assert report.model == report.space == "fake-a" and not report.interrupted
-    assert g.active_model == "fake-a" and g.count_images() == N
-    assert g.albums() == [{"album": a, "images": PER_ALBUM} for a in sorted(ALBUMS)]
-    assert g.info()["runtimes"] == {"fake-a": ["numpy"]}
+    assert g.active_model == "fake-a" and g.photos.count() == N
+    assert g.albums.list() == [{"album": a, "images": PER_ALBUM} for a in sorted(ALBUMS)]
+    assert g.info().runtimes == {"fake-a": ["numpy"]}
     assert len(list((tmp_path / "g" / "images").rglob("*.*"))) == N
     g.close()
 
@@ -68,7 +68,7 @@ def test_adding_the_same_photos_again_adds_nothing(fake_gallery, fake_photos):
     before = vector_counts(fake_gallery)
     report = fake_gallery.add(fake_photos)
     assert (report.added, report.duplicates) == (0, N)
-    assert fake_gallery.count_images() == N and vector_counts(fake_gallery) == before
+    assert fake_gallery.photos.count() == N and vector_counts(fake_gallery) == before
 
 
 def test_the_same_bytes_under_two_names_are_one_photo(tmp_path):
@@ -79,7 +79,7 @@ def test_the_same_bytes_under_two_names_are_one_photo(tmp_path):
     (tmp_path / "p" / "other.png").write_bytes(photo_bytes("green", 6))
     g = open_fake(tmp_path / "g")
     report = g.add(tmp_path / "p")
-    assert (report.added, report.duplicates) == (2, 1) and g.count_images() == 2
+    assert (report.added, report.duplicates) == (2, 1) and g.photos.count() == 2
     g.close()
 
 
@@ -98,9 +98,9 @@ def test_unreadable_files_are_skipped_with_a_reason(tmp_path):
 def test_album_option_and_album_from_folder(tmp_path, fake_photos):
     g = open_fake(tmp_path / "g")
     g.add(fake_photos / "red", album_from_folder=False)
-    assert g.albums() == [{"album": None, "images": PER_ALBUM}]
+    assert g.albums.list() == [{"album": None, "images": PER_ALBUM}]
     g.add([fake_photos / "red", fake_photos / "blue"], album="mixed")  # known photos move too
-    assert g.albums() == [{"album": "mixed", "images": 2 * PER_ALBUM}]
+    assert g.albums.list() == [{"album": "mixed", "images": 2 * PER_ALBUM}]
     g.close()
 
 
@@ -109,10 +109,10 @@ def test_an_interrupted_ingest_keeps_its_batches_and_resumes(tmp_path, fake_phot
     seen = []
     report = g.add(fake_photos, batch_size=8, should_stop=lambda: len(seen) >= 20,
                    progress=lambda p: seen.append(p.done))
-    assert report.interrupted and 0 < g.count_images() < N
-    first = g.count_images()
+    assert report.interrupted and 0 < g.photos.count() < N
+    first = g.photos.count()
     report = g.add(fake_photos)
-    assert report.added == N - first and report.duplicates == first and g.count_images() == N
+    assert report.added == N - first and report.duplicates == first and g.photos.count() == N
     g.close()
 
 
@@ -127,12 +127,12 @@ def test_ctrl_c_during_ingest_leaves_a_consistent_gallery(tmp_path, fake_photos)
 
     report = g.add(fake_photos, batch_size=8, progress=interrupt)
     assert report.interrupted
-    assert g.info()["index"]["vectors"] == g.count_images() < N  # index caught up with catalog
+    assert g.info().index["vectors"] == g.photos.count() < N  # index caught up with catalog
     g.close()
     g = open_fake(tmp_path / "g")
-    kept = g.count_images()
+    kept = g.photos.count()
     assert g.add(fake_photos).added == N - kept
-    assert g.count_images() == N and g.check().ok
+    assert g.photos.count() == N and g.check().ok
     g.close()
 
 
@@ -213,7 +213,7 @@ def test_a_reopened_gallery_serves_the_same_results_from_its_saved_index(fake_ga
     home = fake_gallery.home
     assert list((home / "index").glob("*"))
     g = open_fake(home)
-    assert [h.image_id for h in g.search(q, k=10).hits] == before and not g.notices
+    assert [h.image_id for h in g.search(q, k=10).hits] == before and not g.core.notices
     g.close()
 
 
@@ -222,54 +222,54 @@ def test_a_second_connection_sees_another_writers_photos(fake_gallery, tmp_path)
     assert other.search(photo_bytes("purple", 3), k=1).hits[0].name != "purple-00.png"
     fake_gallery.add(make_photos(tmp_path / "more", ["purple"], 2))
     hit = other.search(photo_bytes("purple", 3), k=1).hits[0]  # caught up from the catalog
-    assert hit.name.startswith("purple") and other.count_images() == N + 2
+    assert hit.name.startswith("purple") and other.photos.count() == N + 2
     other.close()
 
 
 def test_the_query_log_records_searches_only_when_on(fake_gallery):
-    assert fake_gallery.query_log(on=False) == {"on": False, "recorded": 0}
+    assert fake_gallery.query_log(on=False).as_dict() == {"on": False, "recorded": 0}
     fake_gallery.search(photo_bytes("red", 50), k=3, log=True)
-    assert fake_gallery.query_log()["recorded"] == 0
-    assert fake_gallery.query_log(on=True)["on"]
+    assert fake_gallery.query_log().recorded == 0
+    assert fake_gallery.query_log(on=True).on
     fake_gallery.search(photo_bytes("red", 50), k=3, log=True)
     fake_gallery.search(text="green", k=3, log=True)
     fake_gallery.search(photo_bytes("red", 51), k=3)  # not asked to log
-    assert fake_gallery.query_log()["recorded"] == 2
+    assert fake_gallery.query_log().recorded == 2
 
 
 # -- albums, info, check -------------------------------------------------------------------------
 
 def test_albums_set_move_and_rename(fake_gallery):
     ids = [h.image_id for h in fake_gallery.search(photo_bytes("red", 1), k=3).hits]
-    assert fake_gallery.set_album(ids, "best") == 3
-    assert fake_gallery.rename_album("best", "top") == 3
-    albums = {a["album"]: a["images"] for a in fake_gallery.albums()}
+    assert fake_gallery.albums.set(ids, "best") == 3
+    assert fake_gallery.albums.rename("best", "top") == 3
+    albums = {a["album"]: a["images"] for a in fake_gallery.albums.list()}
     assert albums["top"] == 3 and albums["red"] == PER_ALBUM - 3
-    assert fake_gallery.set_album(ids[:1], None) == 1
+    assert fake_gallery.albums.set(ids[:1], None) == 1
     with pytest.raises(GalleryError, match="no album called"):
-        fake_gallery.rename_album("nope", "x")
+        fake_gallery.albums.rename("nope", "x")
 
 
 def test_info_says_what_the_gallery_holds(fake_gallery):
-    info = fake_gallery.info()
+    info = fake_gallery.info().as_dict()
     assert (info["images"], info["albums"], info["active_model"], info["space"]) == (N, 4, "fake-a", "fake-a")
     assert info["index"] == {"space": "fake-a", "vectors": N, "dim": 32}
     assert info["serving"]["mode"] == "native" and info["model_history"] == []
     assert info["vectors"] == [{"space": "fake-a", "model": "fake-a", "vectors": N,
                                 "transformed": 0, "embedded": N}]
-    assert fake_gallery.compatibility_matrix()["cells"]["fake-a"]["fake-a"]["native"]
+    assert fake_gallery.models.compatibility()["cells"]["fake-a"]["fake-a"]["native"]
 
 
 def test_models_come_from_the_provider_passed_in(fake_gallery):
     from models import registry
 
-    assert isinstance(fake_gallery.model_provider, FakeModels)
-    assert "fake-b-bridge" in {e.name for e in fake_gallery.available_models()}
-    assert fake_gallery.unreadable_models() == []
-    assert fake_gallery.model_provider.loaded["fake-a"] is fake_gallery.embedder()
-    from search.api import Gallery
+    assert isinstance(fake_gallery.core.model_provider, FakeModels)
+    assert "fake-b-bridge" in {e.name for e in fake_gallery.models.available()}
+    assert fake_gallery.models.unreadable() == []
+    assert fake_gallery.core.model_provider.loaded["fake-a"] is fake_gallery.models.embedder()
+    from search.core import GalleryCore
 
-    assert Gallery(fake_gallery.home, fake_gallery.catalog).model_provider is registry.REGISTRY
+    assert GalleryCore(fake_gallery.home, fake_gallery.core.catalog).model_provider is registry.REGISTRY
 
 
 def test_settings_passed_in_are_the_ones_used(tmp_path, fake_photos):
@@ -277,7 +277,7 @@ def test_settings_passed_in_are_the_ones_used(tmp_path, fake_photos):
 
     settings = replace(Settings.from_env(), transform_batch=5)
     g = open_fake(tmp_path / "g", settings=settings)
-    assert g.settings is settings
+    assert g.core.settings is settings
     g.add(fake_photos / "red")
     batches = []
     g.upgrade("fake-a-head", transform=True, progress=lambda p: batches.append(p.done))
@@ -338,7 +338,7 @@ def test_the_engine_runs_without_torch(tmp_path):
             "g.add(make_photos(root / 'p', per_album=3))\n"
             "g.upgrade('fake-a2'); g.backfill(); g.upgrade('fake-a-head', transform=True)\n"
             "g.rollback(); g.rollback(); g.upgrade('fake-b')\n"
-            "assert g.serving()['mode'] == 'fused'\n"
+            "assert g.models.serving()['mode'] == 'fused'\n"
             "print(g.search(text='red', k=3).hits[0].name)\n"
             "g.close()\n")
     r = python_without_torch(code)

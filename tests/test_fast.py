@@ -299,45 +299,98 @@ def test_faces_use_the_gallery_api_only():
 
 
 APP = [ROOT / "app.py", *(ROOT / "search" / "ui").rglob("*.py")]  # the app's face
+FACES = [*(ROOT / "search" / "cli").rglob("*.py"), *APP]
 APP_MAY_IMPORT = ("search.api", "search.jobs", "search.errors", "search.units", "search.render",
                   "search.thumbnails", "search.runtime", "search.ui")
 
 
+def _is_gallery(node) -> bool:
+    """`g`, `gallery`, `gallery()` or `obj.gallery()`: a Gallery in a face's code."""
+    import ast
+
+    if isinstance(node, ast.Name):
+        return node.id in ("g", "gallery")
+    return isinstance(node, ast.Call) and (
+        (isinstance(node.func, ast.Name) and node.func.id == "gallery")
+        or (isinstance(node.func, ast.Attribute) and node.func.attr == "gallery"))
+
+
 def _gallery_attributes(path: Path) -> set[str]:
-    """The attributes `path` reads off a gallery: `g.X`, `gallery.X`, `gallery().X`."""
+    """What `path` reads off a gallery: `X` for `g.X`, `X.Y` for a handle's `g.X.Y`."""
     import ast
 
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Attribute):
-            v = node.value
-            if (isinstance(v, ast.Name) and v.id in ("g", "gallery")) or (
-                    isinstance(v, ast.Call) and isinstance(v.func, ast.Name)
-                    and v.func.id == "gallery"):
+            if _is_gallery(node.value):
                 found.add(node.attr)
+            elif isinstance(node.value, ast.Attribute) and _is_gallery(node.value.value):
+                found.add(f"{node.value.attr}.{node.attr}")
     return found
+
+
+def _public(cls) -> set[str]:
+    return {n for n in dir(cls) if not n.startswith("_")}
+
+
+def test_gallery_surface_is_small_and_typed():
+    """`Gallery` is composed, not a GalleryCore: at most 25 public names besides its handles
+    (the nouns: g.photos, g.albums, ...), one of them the `core` escape hatch."""
+    from search.api import HANDLES, Gallery
+    from search.core import GalleryCore
+
+    assert not issubclass(Gallery, GalleryCore)
+    surface = _public(Gallery)
+    assert len(surface) <= 25, sorted(surface)
+    assert "core" in surface and not surface & set(HANDLES)
+    assert not _public(Gallery) & {"catalog", "lock", "store", "vector_store", "index",
+                                   "reports_dir", "notices"}
+
+
+def test_typed_reports_are_the_json_contracts_of_the_readme():
+    """Each typed report's fields are its command's `--json` keys: every field is named in
+    that command's contract in README.md, and `as_dict` gives exactly the fields."""
+    import re
+
+    from search.api import BackfillStatus, ComparisonReport, InfoReport
+
+    readme = (ROOT / "README.md").read_text()
+    contracts = readme[readme.index("### JSON contracts"):readme.index("## Python API")]
+    bullets = re.split(r"\n- ", contracts)
+    for cls, command in ((InfoReport, "info --json"), (ComparisonReport, "compare --json"),
+                         (BackfillStatus, "backfill --status --json")):
+        text = " ".join(b for b in bullets if b.startswith(f"`{command}`"))
+        missing = [k for k in cls.keys() if f"`{k}`" not in text]
+        assert text and not missing, (command, missing)
+        report = cls.from_dict({k: 1 for k in cls.keys()})
+        assert list(report.as_dict()) == list(cls.keys())
+        assert cls.from_dict(report.as_dict()) == report
+
+
+def test_faces_use_gallery_public_names_and_handles_only():
+    """The CLI and the app use only `Gallery`'s public names (never `core`) and its handles'
+    public names; no face imports `models.*`."""
+    from search.api import HANDLES, Gallery
+
+    allowed = (_public(Gallery) - {"core"}) | set(HANDLES) | {
+        f"{h}.{n}" for h, cls in HANDLES.items() for n in _public(cls)}
+    for path in FACES:
+        where = path.relative_to(ROOT)
+        reached = {a for a in _gallery_attributes(path)
+                   if "." not in a or a.split(".")[0] in HANDLES} - allowed
+        assert not reached, f"{where} uses {sorted(reached)} of the gallery: add it to the API"
+        for target in _imports(path):
+            assert target.split(".")[0] != "models", f"{where} imports {target}"
 
 
 def test_the_app_is_a_face_of_the_api():
     """app.py and search/ui/: they import only the API (search.api, search.jobs), the base modules
-    and search.ui itself, never `models.*`; they use only `Gallery`'s own methods and the few
-    GalleryCore members api.FACE_CORE names (no lock, store, folder, index or vector store); and
-    nothing else in search/ imports search.ui."""
-    import ast
-
-    from search.api import FACE_CORE
-
-    api = ast.parse((ROOT / "search" / "api.py").read_text())
-    gallery_class = next(n for n in api.body if isinstance(n, ast.ClassDef) and n.name == "Gallery")
-    allowed = {n.name for n in gallery_class.body if isinstance(n, ast.FunctionDef)} | set(FACE_CORE)
+    and search.ui itself; and nothing else in search/ imports search.ui."""
     for path in APP:
         where = path.relative_to(ROOT)
         for target in _imports(path):
-            assert target.split(".")[0] != "models", f"{where} imports {target}"
             if target.startswith("search") and target != "search":
                 assert target.startswith(APP_MAY_IMPORT), f"{where} imports {target}"
-        reached = _gallery_attributes(path) - allowed
-        assert not reached, f"{where} uses {sorted(reached)} of the gallery: add a Gallery method"
     for path in (ROOT / "search").rglob("*.py"):
         if "ui" not in path.relative_to(ROOT / "search").parts:
             assert not any(t.startswith("search.ui") for t in _imports(path)), path

@@ -290,8 +290,8 @@ def test_preflight_never_checks_a_model_against_its_own_vectors(gallery12):
 
     assert run(gallery12, "upgrade", "lite2-compat-lite0").exit_code == 0
     g = Gallery.open(gallery12)
-    bf.backfill(g, "random", limit=8)
-    p = preflight(g, g.load_model("lite2-compat-lite0"), sample=12)
+    bf.backfill(g.core, "random", limit=8)
+    p = preflight(g.core, g.core.load_model("lite2-compat-lite0"), sample=12)
     assert p.sample == 4 and p.mean_cosine < 0.99  # the 4 photos still on lite0 vectors
     g.close()
 
@@ -354,9 +354,9 @@ def test_a_checkpoint_header_is_validated_before_anything_is_written(home, tmp_p
     cases["not-json"] = forged_checkpoint(tmp_path / "not-json.safetensors", raw_header=b"\xff{[")
     for what, path in cases.items():
         with pytest.raises(GalleryError) as e:
-            g.import_checkpoint(str(path))
+            g.models.import_checkpoint(str(path))
         assert "\n" not in str(e.value) and str(path) in str(e.value), (what, e.value)
-    assert "is not a plain name" in str(pytest.raises(GalleryError, g.import_checkpoint,
+    assert "is not a plain name" in str(pytest.raises(GalleryError, g.models.import_checkpoint,
                                                       str(cases["name0"])).value)
     assert not list(outside.iterdir()) and not (tmp_path / "escaped.safetensors").exists()
     assert not (home / "models").exists() or not list((home / "models").iterdir())
@@ -420,19 +420,19 @@ def test_a_rollback_racing_an_upgrade_keeps_the_history(gallery12, make_checkpoi
     for name in ("tiny-a", "tiny-b"):
         make_checkpoint(gallery12 / "models" / f"{name}.safetensors", dim=1280, name=name)
     g1, g2 = Gallery.open(gallery12), Gallery.open(gallery12)
-    upgrade(g2, "tiny-a", force=True)  # history [lite0], active tiny-a
-    load = g1.load_model
+    upgrade(g2.core, "tiny-a", force=True)  # history [lite0], active tiny-a
+    load = g1.core.load_model
     raced = []
 
     def load_while_another_process_upgrades(name):
         if not raced:
-            raced.append(upgrade(g2, "tiny-b", force=True).model)  # history [lite0, tiny-a]
+            raced.append(upgrade(g2.core, "tiny-b", force=True).model)  # history [lite0, tiny-a]
         return load(name)
 
-    monkeypatch.setattr(g1, "load_model", load_while_another_process_upgrades)
-    r = rollback(g1)
+    monkeypatch.setattr(g1.core, "load_model", load_while_another_process_upgrades)
+    r = rollback(g1.core)
     assert raced == ["tiny-b"] and (r.previous, r.model) == ("tiny-b", "tiny-a")
-    assert g1.active_model == "tiny-a" and g1.catalog.model_history() == ["lite0"]
+    assert g1.active_model == "tiny-a" and g1.core.catalog.model_history() == ["lite0"]
     assert_history_matches_events(gallery12)
     g1.close(), g2.close()
 

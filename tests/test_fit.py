@@ -46,7 +46,7 @@ def test_albums_follow_folders_and_can_be_edited(gallery_copy, few_photos):
     r = run(gallery_copy, "albums", "rename", "trips", "holidays")
     assert r.exit_code == 0 and "(4 photos)" in r.output
     g = Gallery.open(gallery_copy)
-    some = [row.id for row in g.catalog.list_images(0, 3, album="holidays")]
+    some = [row.id for row in g.core.catalog.list_images(0, 3, album="holidays")]
     g.close()
     assert run(gallery_copy, "albums", "set", "best", *some).exit_code == 0
     assert run(gallery_copy, "albums", "clear", some[0]).exit_code == 0
@@ -109,10 +109,10 @@ def test_fit_with_albums_from_the_cli_then_upgrade(gallery_copy):
 
 def test_fit_without_albums_takes_the_unlabelled_path(gallery_copy):
     g = Gallery.open(gallery_copy)
-    g.catalog.set_album([r[0] for r in g.catalog.db.execute("SELECT id FROM images")], None)
+    g.core.catalog.set_album([r[0] for r in g.core.catalog.db.execute("SELECT id FROM images")], None)
     with pytest.raises(FitError, match="at least two albums"):
-        fit_upgrade(g, FitRequest("lite2", "needs-albums", method="bct"))
-    report = fit_upgrade(g, FitRequest("lite2", "adapted"))
+        fit_upgrade(g.core, FitRequest("lite2", "needs-albums", method="bct"))
+    report = fit_upgrade(g.core, FitRequest("lite2", "adapted"))
     assert report["method"] == "adapter" and not report["sample"]["labelled"]
     # without albums nothing says whether search gets better: the verdict is the compatibility
     # gate's, and an incompatible model would have been refused (FitRefused), not returned
@@ -136,11 +136,11 @@ def test_a_model_worse_on_the_held_out_slice_is_refused(gallery_copy, monkeypatc
     monkeypatch.setattr(fit, "train_head", sabotaged)
     g = Gallery.open(gallery_copy)
     with pytest.raises(FitRefused) as e:
-        fit_upgrade(g, FitRequest("lite2", "broken", method="adapter"))
+        fit_upgrade(g.core, FitRequest("lite2", "broken", method="adapter"))
     assert "was not saved" in str(e.value) and "held-out" in str(e.value)
     assert not e.value.report["passed"] and e.value.report["path"] is None
-    assert not (g.models_dir / "broken.safetensors").exists()
-    report = fit_upgrade(g, FitRequest("lite2", "broken", method="adapter", force=True))
+    assert not (g.core.models_dir / "broken.safetensors").exists()
+    report = fit_upgrade(g.core, FitRequest("lite2", "broken", method="adapter", force=True))
     assert report["forced"] and Path(report["path"]).is_file()
     g.close()
 
@@ -156,9 +156,9 @@ def test_tiny_galleries_get_a_clear_message(home, few_photos, tmp_path):
 
 def test_one_album_gets_a_clear_message(gallery_copy):
     g = Gallery.open(gallery_copy)
-    g.catalog.set_album([r[0] for r in g.catalog.db.execute("SELECT id FROM images")], "everything")
+    g.core.catalog.set_album([r[0] for r in g.core.catalog.db.execute("SELECT id FROM images")], "everything")
     with pytest.raises(FitError, match=r"this gallery has: everything \(56\)"):
-        fit_upgrade(g, FitRequest("lite2", "one-album", method="pct"))
+        fit_upgrade(g.core, FitRequest("lite2", "one-album", method="pct"))
     g.close()
 
 
@@ -189,7 +189,7 @@ def test_kill_9_during_feature_extraction_resumes(gallery_copy):
     done_before = len(FeatureCache(gallery_copy / "cache", "lite2")._load())
     seen: list[int] = []
     g = Gallery.open(gallery_copy)
-    report = fit_upgrade(g, FitRequest("lite2", "resumed",
+    report = fit_upgrade(g.core, FitRequest("lite2", "resumed",
                                        on_progress=lambda p: seen.append(p.done) if p.stage == "features" else None))
     g.close()
     assert report["passed"] and done_before >= 16
@@ -248,9 +248,9 @@ def test_a_fit_killed_before_its_report_was_rewritten_still_names_its_model(home
     import time
 
     g = Gallery.open(home, create=True)
-    g.save_report("fit", "x", {"name": "x", "path": None, "created_at": time.time() - 1})
-    assert g.latest_fit_report()["path"] is None  # no model saved: it stays null
+    g.core.save_report("fit", "x", {"name": "x", "path": None, "created_at": time.time() - 1})
+    assert g.reports.fit()["path"] is None  # no model saved: it stays null
     (home / "models").mkdir(exist_ok=True)
     (home / "models" / "x.safetensors").write_bytes(b"saved")
-    assert g.latest_fit_report()["path"] == str(home / "models" / "x.safetensors")
+    assert g.reports.fit()["path"] == str(home / "models" / "x.safetensors")
     g.close()

@@ -428,7 +428,7 @@ def test_a_query_set_of_huge_pngs_stays_within_the_bound(airplanes_gallery, tmp_
     code = ("import json, resource, sys; from pathlib import Path; from search.api import Gallery; "
             "g = Gallery.open(sys.argv[1]); "
             "r = g.compare(Path(sys.argv[2]), old='lite0', new='lite0', k=2, save=False); "
-            "print(json.dumps({'queries': r['summary']['queries'], "
+            "print(json.dumps({'queries': r.summary['queries'], "
             "'rss_kib': hwm()}))")
     # VmHWM is this process's own peak: ru_maxrss survives exec, so a child of a large pytest
     # process would report the parent's size (seen in the full suite: 4.5 GB)

@@ -21,11 +21,11 @@ def big_gallery(home) -> tuple[Gallery, np.ndarray]:
     g = Gallery.open(home, create=True)
     n = 12_000
     x = clustered(n)
-    with g.catalog.transaction():
-        g.catalog.db.conn.executemany(
+    with g.core.catalog.transaction():
+        g.core.catalog.db.conn.executemany(
             "INSERT INTO images (sha256, name, ext) VALUES (?, ?, '.jpg')",
             ((f"{i:064x}", f"{i}.jpg") for i in range(n)))
-        g.catalog.put_vectors(list(range(1, n + 1)), x, "synthetic", "s")
+        g.core.catalog.put_vectors(list(range(1, n + 1)), x, "synthetic", "s")
     return g, x
 
 
@@ -40,9 +40,9 @@ def test_effective_kind():
 
 def test_ivf_index_is_searchable_persistent_and_kept_in_step(big_gallery):
     g, x = big_gallery
-    exact = SpaceIndex.build(g.catalog, "s", "flat")
-    assert g.rebuild_index("s", kind="ivf") == "ivf"
-    idx = g.index("s")
+    exact = SpaceIndex.build(g.core.catalog, "s", "flat")
+    assert g.core.rebuild_index("s", kind="ivf") == "ivf"
+    idx = g.core.index("s")
     assert idx.kind == "ivf" and idx.ntotal == len(x)
     assert sorted(idx.ids().tolist()) == list(range(1, len(x) + 1))
     q = x[:200]
@@ -53,21 +53,21 @@ def test_ivf_index_is_searchable_persistent_and_kept_in_step(big_gallery):
     assert np.allclose(idx.vectors([5])[0], x[4], atol=1e-3)
     # a re-embedded vector replaces the old one in place
     new = clustered(1, seed=7)
-    with g.catalog.transaction():
-        g.catalog.put_vectors([5], new, "synthetic-v2", "s")
-    g.sync_index("s", [5], new)
+    with g.core.catalog.transaction():
+        g.core.catalog.put_vectors([5], new, "synthetic-v2", "s")
+    g.core.sync_index("s", [5], new)
     assert idx.ntotal == len(x) and np.allclose(idx.vectors([5])[0], new[0], atol=1e-3)
-    g.save_indexes()
-    loaded, how = SpaceIndex.open(g.catalog, g.index_dir, "s", "ivf")
+    g.core.save_indexes()
+    loaded, how = SpaceIndex.open(g.core.catalog, g.core.index_dir, "s", "ivf")
     assert how == "loaded" and loaded.kind == "ivf" and loaded.ntotal == len(x)
     assert loaded.index.nprobe == idx.index.nprobe and len(loaded.ids()) == len(x)
     # another process writes: the loaded index catches up
-    with g.catalog.transaction():
-        g.catalog.put_vectors([6], new, "synthetic-v2", "s")
-    assert loaded.catch_up(g.catalog) == 1 and np.allclose(loaded.vectors([6])[0], new[0], atol=1e-3)
+    with g.core.catalog.transaction():
+        g.core.catalog.put_vectors([6], new, "synthetic-v2", "s")
+    assert loaded.catch_up(g.core.catalog) == 1 and np.allclose(loaded.vectors([6])[0], new[0], atol=1e-3)
     # back to exact
-    assert g.rebuild_index("s", kind="flat") == "flat"
-    assert g.index("s").kind == "flat" and g.info()["index_kind"]["setting"] == "flat"
+    assert g.core.rebuild_index("s", kind="flat") == "flat"
+    assert g.core.index("s").kind == "flat" and g.info().index_kind["setting"] == "flat"
 
 
 @pytest.mark.parametrize("kind", ["sq8", "pq"])
@@ -75,9 +75,9 @@ def test_compressed_kinds_rerank_exactly_and_stay_in_step(big_gallery, kind):
     """sq8 / pq keep compact codes in memory; the short list they find is ranked by the exact
     stored vectors, so scores are exact and recall is that of the short list."""
     g, x = big_gallery
-    exact = SpaceIndex.build(g.catalog, "s", "flat")
-    assert g.rebuild_index("s", kind=kind) == kind
-    idx = g.index("s")
+    exact = SpaceIndex.build(g.core.catalog, "s", "flat")
+    assert g.core.rebuild_index("s", kind=kind) == kind
+    idx = g.core.index("s")
     assert idx.kind == kind and idx.ntotal == len(x)
     code_bytes = {"sq8": 64, "pq": 8}[kind]  # per 64-d vector, vs 256 for float32
     assert idx.index.code_size == code_bytes
@@ -86,17 +86,17 @@ def test_compressed_kinds_rerank_exactly_and_stay_in_step(big_gallery, kind):
     exact_scores, exact_ids = exact.search(q, 10)
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(found, exact_ids)])
     assert recall > 0.95, recall
-    stored = g.catalog.serving_vectors_of(found[0].tolist(), "s")
+    stored = g.core.catalog.serving_vectors_of(found[0].tolist(), "s")
     assert np.allclose(scores[0], [stored[int(i)] @ q[0] for i in found[0]], atol=1e-5)
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # ranked by exact score
     assert np.allclose(idx.vectors([5])[0], x[4], atol=1e-3)  # exact, from the catalog
     new = clustered(1, seed=7)
-    with g.catalog.transaction():
-        g.catalog.put_vectors([5], new, "synthetic-v2", "s")
-    g.sync_index("s", [5], new)
+    with g.core.catalog.transaction():
+        g.core.catalog.put_vectors([5], new, "synthetic-v2", "s")
+    g.core.sync_index("s", [5], new)
     s5, f5 = idx.search(new, 1)
     assert f5[0, 0] == 5 and s5[0, 0] > 0.999
-    g.save_indexes()
-    loaded, how = g.vector_store.open(g.catalog, "s", kind)
+    g.core.save_indexes()
+    loaded, how = g.core.vector_store.open(g.core.catalog, "s", kind)
     assert how == "loaded" and loaded.kind == kind and loaded.ntotal == len(x)
     assert loaded.search(new, 1)[1][0, 0] == 5

@@ -28,17 +28,17 @@ def catalog_ids(home: Path) -> list[int]:
 
 def test_ingest_is_idempotent_and_counts_duplicates(home, few_photos, tmp_path, store):
     g = Gallery.open(home, create=True)
-    assert g.vector_store.kind == store
-    first = ingest(g, [few_photos])
+    assert g.core.vector_store.kind == store
+    first = ingest(g.core, [few_photos])
     assert first.added == 12 and first.duplicates == 0 and not first.skipped
-    again = ingest(g, [few_photos])
+    again = ingest(g.core, [few_photos])
     assert again.added == 0 and again.duplicates == 12
     copy = tmp_path / "copy.jpg"  # same bytes under another name: a duplicate, not a new photo
     shutil.copy(next((few_photos / "airplanes").iterdir()), copy)
-    dup = ingest(g, [copy, copy])
+    dup = ingest(g.core, [copy, copy])
     assert dup.added == 0 and dup.duplicates == 2
-    assert g.catalog.count_images() == 12
-    assert g.index().ntotal == 12
+    assert g.core.catalog.count_images() == 12
+    assert g.core.index().ntotal == 12
     stored = list((home / "images").rglob("*.jpg"))
     assert len(stored) == 12  # content-addressed: one file per unique image
 
@@ -48,17 +48,17 @@ def test_photos_another_writer_added_meanwhile_are_not_counted_twice(home, few_p
     between this run's read and its commit count as duplicates here, so `added` sums to the
     photos in the gallery."""
     g = Gallery.open(home, create=True)
-    ingest(g, [few_photos / "airplanes"])  # the gallery exists, with its model
+    ingest(g.core, [few_photos / "airplanes"])  # the gallery exists, with its model
     other = Gallery.open(home)
     raced: list = []
 
     def meanwhile(_progress):
         if not raced:  # after the first photo is read, before this run's commit
-            raced.append(ingest(other, [few_photos]))
+            raced.append(ingest(other.core, [few_photos]))
 
-    mine = ingest(g, [few_photos], on_progress=meanwhile)
+    mine = ingest(g.core, [few_photos], on_progress=meanwhile)
     assert raced[0].added == 8 and mine.added == 0
-    assert mine.duplicates == 12 and g.catalog.count_images() == 12
+    assert mine.duplicates == 12 and g.core.catalog.count_images() == 12
     other.close()
     g.close()
 
@@ -73,13 +73,13 @@ def test_bad_inputs_are_reported_and_nothing_written(home, few_photos, tmp_path,
     (bad / "bomb.png").write_bytes(bomb_png(30000, 30000))
     (bad / "drawing.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
     g = Gallery.open(home, create=True)
-    report = ingest(g, [bad])
+    report = ingest(g.core, [bad])
     assert report.added == 0
     reasons = dict((Path(p).name, r) for p, r in report.skipped)
     assert set(reasons) == {"empty.jpg", "truncated.jpg", "notes.txt", "bomb.png", "drawing.svg"}
     assert "empty" in reasons["empty.jpg"] and "damaged" in reasons["truncated.jpg"]
     assert "bomb" in reasons["bomb.png"] or "too large" in reasons["bomb.png"]
-    assert g.catalog.count_images() == 0
+    assert g.core.catalog.count_images() == 0
     assert not [f for f in (home / "images").rglob("*") if f.is_file()]  # no photo stored
 
 
@@ -97,45 +97,45 @@ def test_missing_path_or_unknown_model_writes_nothing(home, few_photos):
 
 def test_wrong_model_for_existing_gallery_is_refused(home, few_photos):
     g = Gallery.open(home, create=True)
-    ingest(g, [few_photos / "airplanes"])
+    ingest(g.core, [few_photos / "airplanes"])
     with pytest.raises(GalleryError, match="indexed with lite0"):
-        ingest(g, [few_photos / "sunflower"], model_name="lite2")
-    assert g.catalog.count_images() == 4
+        ingest(g.core, [few_photos / "sunflower"], model_name="lite2")
+    assert g.core.catalog.count_images() == 4
 
 
 def test_corrupt_or_stale_index_is_rebuilt(home, few_photos):
     g = Gallery.open(home, create=True)
-    ingest(g, [few_photos])
-    index_file, _ = SpaceIndex.paths(g.index_dir, "lite0")
+    ingest(g.core, [few_photos])
+    index_file, _ = SpaceIndex.paths(g.core.index_dir, "lite0")
     index_file.write_bytes(b"garbage" * 100)
-    idx, how = SpaceIndex.open(g.catalog, g.index_dir, "lite0")
+    idx, how = SpaceIndex.open(g.core.catalog, g.core.index_dir, "lite0")
     assert how.startswith("rebuilt") and idx.ntotal == 12
-    idx2, how2 = SpaceIndex.open(g.catalog, g.index_dir, "lite0")
+    idx2, how2 = SpaceIndex.open(g.core.catalog, g.core.index_dir, "lite0")
     assert how2 == "loaded" and idx2.ntotal == 12
     index_file.unlink()
-    idx3, how3 = SpaceIndex.open(g.catalog, g.index_dir, "lite0")
+    idx3, how3 = SpaceIndex.open(g.core.catalog, g.core.index_dir, "lite0")
     assert how3.startswith("rebuilt") and idx3.ntotal == 12
     # a reopened gallery searches from the rebuilt index
     g2 = Gallery.open(home)
-    hit = search_file(g2, next((few_photos / "airplanes").iterdir()), k=1).hits[0]
+    hit = search_file(g2.core, next((few_photos / "airplanes").iterdir()), k=1).hits[0]
     assert hit.score > 0.999
 
 
 @pytest.mark.usefixtures("store")
 def test_leave_one_out_retrieval_is_far_above_chance(home, caltech_small):
     g = Gallery.open(home, create=True)
-    report = ingest(g, [caltech_small])
+    report = ingest(g.core, [caltech_small])
     assert report.added > 150
-    ids, vecs = g.catalog.vectors_by_model("lite0")
-    rows = g.catalog.images(ids)
+    ids, vecs = g.core.catalog.vectors_by_model("lite0")
+    rows = g.core.catalog.images(ids)
     labels = np.array([Path(rows[i].source).parent.name for i in ids])
-    scores, found = g.index().search(vecs, 2)  # first hit is the query itself
+    scores, found = g.core.index().search(vecs, 2)  # first hit is the query itself
     assert (found[:, 0] == ids).all()
     top1 = (labels[np.searchsorted(ids, found[:, 1])] == labels).mean()
     # measured 0.956 on this subset with lite0; chance is 0.1
     assert top1 > 0.85, top1
     # the query path agrees with the raw index
-    res = search_gallery_image(g, int(ids[0]), k=3)
+    res = search_gallery_image(g.core, int(ids[0]), k=3)
     assert res.hits[0].image_id == int(found[0, 1]) and len(res.hits) == 3
 
 
@@ -150,15 +150,15 @@ def test_kill_9_during_ingest_then_resume(home, caltech_small, run_and_kill):
 
     assert catalog_integrity(home) == "ok"
     g = Gallery.open(home)
-    partial = g.catalog.count_images()
+    partial = g.core.catalog.count_images()
     assert 40 <= partial < 206
-    assert g.index().ntotal == partial  # stale index file rebuilt to agree with the catalog
-    report = ingest(g, [caltech_small])
+    assert g.core.index().ntotal == partial  # stale index file rebuilt to agree with the catalog
+    report = ingest(g.core, [caltech_small])
     assert report.duplicates == partial and report.added == 206 - partial
     ids = catalog_ids(home)
-    assert len(ids) == len(set(ids)) == 206 == g.catalog.count_images()
-    assert g.index().ntotal == 206
-    idx, how = g.vector_store.open(g.catalog, "lite0", g.index_kind)
+    assert len(ids) == len(set(ids)) == 206 == g.core.catalog.count_images()
+    assert g.core.index().ntotal == 206
+    idx, how = g.core.vector_store.open(g.core.catalog, "lite0", g.core.index_kind)
     assert how == "loaded" and idx.ntotal == 206
 
 
@@ -182,9 +182,9 @@ def test_ctrl_c_stops_cleanly_and_resumes(home, caltech_small):
     assert proc.returncode == 130, (out, err)
     assert b"interrupted: run the same command again to resume" in err
     g = Gallery.open(home)
-    done = g.catalog.count_images()
+    done = g.core.catalog.count_images()
     # a clean stop saves the index: it is current, not rebuilt
-    idx, how = g.vector_store.open(g.catalog, "lite0", g.index_kind)
+    idx, how = g.core.vector_store.open(g.core.catalog, "lite0", g.core.index_kind)
     assert how == "loaded" and idx.ntotal == done
-    report = ingest(g, [caltech_small])
+    report = ingest(g.core, [caltech_small])
     assert report.duplicates == done and report.added == 206 - done

@@ -17,7 +17,7 @@ def server_gallery(milvus_server, home, few_photos, monkeypatch):
     monkeypatch.setenv("GRACEFUL_STORE", "milvus")
     monkeypatch.setenv("GRACEFUL_MILVUS_URI", milvus_server)
     g = Gallery.open(home, create=True)
-    assert g.vector_store.describe() == {"kind": "milvus", "uri": milvus_server, "mode": "server"}
+    assert g.core.vector_store.describe() == {"kind": "milvus", "uri": milvus_server, "mode": "server"}
     yield g
     g.close()
 
@@ -28,25 +28,25 @@ def test_a_gallery_on_a_milvus_server(server_gallery, few_photos):
     query = sorted((few_photos / "sunflower").iterdir())[0]
     hits = g.search(query, k=3).hits
     assert hits[0].name == query.name and hits[0].embedded_by == "lite0"
-    assert g.index().ntotal == 12
+    assert g.core.index().ntotal == 12
 
     g.upgrade(SHIPPED)  # no vector recomputed: the collection is untouched
     assert g.active_model == SHIPPED and g.search(query, k=1).hits[0].name == query.name
     g.backfill()
-    assert g.index().ntotal == 12
+    assert g.core.index().ntotal == 12
     assert g.search(query, k=1).hits[0].embedded_by == SHIPPED
     g.rollback()
     assert g.active_model == "lite0" and g.search(query, k=1).hits[0].name == query.name
 
     report = g.check()
     assert report.ok, report.as_dict()
-    g.vector_store.client.drop_collection(g.vector_store.collection("lite0"))
+    g.core.vector_store.client.drop_collection(g.core.vector_store.collection("lite0"))
     g.close()
     g = Gallery.open(g.home)
     problems = [f for f in g.check().findings if f.status == "problem"]
     assert [f.check for f in problems] == ["index"] and "missing" in problems[0].detail
     repaired = [f for f in g.check(repair=True).findings if f.status == "repaired"]
     assert [f.check for f in repaired] == ["index"]
-    assert g.check().ok and g.index().ntotal == 12
+    assert g.check().ok and g.core.index().ntotal == 12
     assert g.search(query, k=1).hits[0].name == query.name
     g.close()

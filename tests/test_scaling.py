@@ -105,7 +105,7 @@ def test_ray_jobs_write_what_the_plain_path_writes(ray_cluster, home, tmp_path, 
 def test_kill_9_during_a_ray_backfill_then_resume(ray_cluster, album_gallery, run_and_kill):
     home = album_gallery  # a copy of the session's 56-photo lite0 gallery (conftest)
     g = Gallery.open(home)
-    n = g.catalog.count_images()
+    n = g.core.catalog.count_images()
     assert n == 56
     g.upgrade(SHIPPED)
     g.close()
@@ -121,7 +121,7 @@ def test_kill_9_during_a_ray_backfill_then_resume(ray_cluster, album_gallery, ru
     assert out["done"] == n - partial  # resumed: nothing re-embedded twice
     assert len(vectors_of(home, SHIPPED)) == n
     g = Gallery.open(home)
-    assert g.index().ntotal == n
+    assert g.core.index().ntotal == n
     g.close()
 
 
@@ -167,22 +167,22 @@ def milvus_gallery(home, few_photos) -> Gallery:
 @pytest.mark.slow
 def test_milvus_collection_is_checked_against_the_catalog_on_open(milvus_gallery):
     g = milvus_gallery
-    name = g.vector_store.collection("lite0")
-    assert g.index().ntotal == 12 and g.info()["vector_store"]["kind"] == "milvus"
+    name = g.core.vector_store.collection("lite0")
+    assert g.core.index().ntotal == 12 and g.info().vector_store["kind"] == "milvus"
 
-    g.index().remove([1, 2])  # someone deleted rows behind the catalog's back
+    g.core.index().remove([1, 2])  # someone deleted rows behind the catalog's back
     g.close()
     g = Gallery.open(g.home)
     assert g.check().findings  # check names the problem before anything rebuilds it
     report = {f.check: f for f in g.check().findings if f.check == "index"}
     assert report["index"].status == "problem" and "10 vectors" in report["index"].detail
-    assert g.index().ntotal == 12 and any("Milvus collection" in n for n in g.notices)
+    assert g.core.index().ntotal == 12 and any("Milvus collection" in n for n in g.core.notices)
 
-    g.vector_store.client.drop_collection(name)  # the collection lost entirely
+    g.core.vector_store.client.drop_collection(name)  # the collection lost entirely
     g.close()
     g = Gallery.open(g.home)
-    assert g.index().ntotal == 12
-    scores, ids = g.index().search(g.index().vectors([3]), 1)
+    assert g.core.index().ntotal == 12
+    scores, ids = g.core.index().search(g.core.index().vectors([3]), 1)
     assert ids[0, 0] == 3 and scores[0, 0] > 0.999
     g.close()
 
@@ -195,23 +195,23 @@ def test_moving_a_gallery_between_stores_keeps_every_search(home, few_photos):
     query = sorted((few_photos / "Motorbikes").iterdir())[1]
     before = [h.image_id for h in g.search(query, k=12).hits]
     with pytest.raises(GalleryError, match="reindex --store milvus"):
-        g.choose_store("milvus")  # a gallery with vectors moves only on purpose
+        g.vectors.choose_store("milvus")  # a gallery with vectors moves only on purpose
     g.close()
 
     r = cli(home, "reindex", "--store", "milvus", "--milvus-uri", "http://127.0.0.1:1", check=False)
     assert r.returncode == 1 and "cannot reach Milvus at http://127.0.0.1:1" in r.stderr
     g = Gallery.open(home)  # a store that could not be filled is not kept
-    assert g.vector_store.kind == "faiss" and [h.image_id for h in g.search(query, k=12).hits] == before
+    assert g.core.vector_store.kind == "faiss" and [h.image_id for h in g.search(query, k=12).hits] == before
     g.close()
     r = cli(home, "reindex", "--store", "milvus")
     assert "(milvus store)" in r.stdout
     g = Gallery.open(home)
-    assert g.vector_store.kind == "milvus" and (home / "milvus.db").is_dir()
+    assert g.core.vector_store.kind == "milvus" and (home / "milvus.db").is_dir()
     assert [h.image_id for h in g.search(query, k=12).hits] == before
     g.close()
     cli(home, "reindex", "--store", "faiss")
     g = Gallery.open(home)
-    assert g.vector_store.kind == "faiss"
+    assert g.core.vector_store.kind == "faiss"
     assert [h.image_id for h in g.search(query, k=12).hits] == before
     g.close()
 
@@ -219,7 +219,7 @@ def test_moving_a_gallery_between_stores_keeps_every_search(home, few_photos):
 @pytest.mark.slow
 def test_milvus_lite_file_held_by_another_process_is_one_line(milvus_gallery):
     g = milvus_gallery
-    g.index()  # this process holds the Milvus Lite file
+    g.core.index()  # this process holds the Milvus Lite file
     env = {**os.environ, "GRACEFUL_HOME": str(g.home), "GRACEFUL_DB_TIMEOUT": "1"}
     r = subprocess.run([*CLI, "info"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "open in another process" in r.stderr

@@ -38,13 +38,13 @@ def synthetic_gallery(home: Path, n: int = N, store: str = "faiss"):
     from search.api import Gallery
 
     g = Gallery.open(home, create=True, store=store)
-    with g.catalog.transaction():
-        g.catalog.db.conn.executemany(
+    with g.core.catalog.transaction():
+        g.core.catalog.db.conn.executemany(
             "INSERT INTO images (sha256, name, ext) VALUES (?, ?, '.jpg')",
             ((f"{i:064x}", f"{i}.jpg") for i in range(n)))
-        g.catalog.put_vectors(list(range(1, n + 1)), clustered(n), "old", "old")
-        g.catalog.register_model({"name": "old", "space": "old", "dim": DIM, "kind": "test"}, "test")
-        g.catalog.set_active_model("old")
+        g.core.catalog.put_vectors(list(range(1, n + 1)), clustered(n), "old", "old")
+        g.core.catalog.register_model({"name": "old", "space": "old", "dim": DIM, "kind": "test"}, "test")
+        g.core.catalog.set_active_model("old")
     return g
 
 
@@ -58,7 +58,7 @@ def _refuse(*args, **kwargs):
 
 def exact_top(g, queries: np.ndarray, k: int = 5) -> np.ndarray:
     ids, vectors = [], []
-    for i, v in g.catalog.serving_vectors("old"):
+    for i, v in g.core.catalog.serving_vectors("old"):
         ids.append(i)
         vectors.append(v)
     ids, vectors = np.concatenate(ids), np.concatenate(vectors)
@@ -78,12 +78,12 @@ def test_reads_after_a_killed_pq_reindex_serve_without_training(tmp_path, monkey
 
     home = tmp_path / "g"
     g = synthetic_gallery(home)
-    g.rebuild_index("old", "flat")
+    g.core.rebuild_index("old", "flat")
     flat_sidecar = (home / "index" / "old.json").read_bytes()
     if kill == "new file, old sidecar":
-        g.rebuild_index("old", "pq")  # the new file is written, then the kill: the old sidecar
+        g.core.rebuild_index("old", "pq")  # the new file is written, then the kill: the old sidecar
         (home / "index" / "old.json").write_bytes(flat_sidecar)
-    g.catalog.set_index_kind("pq")
+    g.core.catalog.set_index_kind("pq")
     g.close()
     if kill == "files removed":
         for f in (home / "index").iterdir():
@@ -97,16 +97,16 @@ def test_reads_after_a_killed_pq_reindex_serve_without_training(tmp_path, monkey
     monkeypatch.setattr(faiss_index, "train_ivf", _refuse)
     g = Gallery.open(home)
     t0 = time.perf_counter()
-    about = info(g)
+    about = info(g.core)
     queries = clustered(20, seed=5)
-    found = g.search_vectors(queries, 5, "old")
+    found = g.core.search_vectors(queries, 5, "old")
     assert time.perf_counter() - t0 < 10
     assert about["index_kind"] == {"setting": "pq", "built": "flat"}
     assert about["index"]["vectors"] == N
     assert [[h.image_id for h in r.hits] for r in found] == exact_top(g, queries).tolist()
-    assert len(g.notices) == 1 and "graceful reindex" in g.notices[0], g.notices
-    assert ("searching it as it is" if kill == "old index kept" else "in memory") in g.notices[0]
-    report = check(g)  # says what is wrong, repairs nothing
+    assert len(g.core.notices) == 1 and "graceful reindex" in g.core.notices[0], g.core.notices
+    assert ("searching it as it is" if kill == "old index kept" else "in memory") in g.core.notices[0]
+    report = check(g.core)  # says what is wrong, repairs nothing
     index = [f for f in report.findings if f.check == "index"]
     assert [f.status for f in index] == ["problem"] and "check --repair" in index[0].next_step
     assert sorted((p.name, p.stat().st_mtime_ns) for p in (home / "index").iterdir()) == files
@@ -114,11 +114,11 @@ def test_reads_after_a_killed_pq_reindex_serve_without_training(tmp_path, monkey
 
     monkeypatch.setattr(faiss_index, "train_compressed", real_train)  # a write builds pq:
     g = Gallery.open(home)
-    report = check(g, repair=True)
+    report = check(g.core, repair=True)
     assert [f.status for f in report.findings if f.check == "index"] == ["repaired"]
     g.close()
     g = Gallery.open(home)
-    assert info(g)["index_kind"] == {"setting": "pq", "built": "pq"} and not g.notices
+    assert info(g.core)["index_kind"] == {"setting": "pq", "built": "pq"} and not g.core.notices
     g.close()
 
 
@@ -132,22 +132,22 @@ def test_a_write_after_an_interim_read_builds_what_the_setting_says(tmp_path, mo
     home = tmp_path / "g"
     synthetic_gallery(home).close()
     g = Gallery.open(home)
-    g.catalog.set_index_kind("ivf")
+    g.core.catalog.set_index_kind("ivf")
     trained = []
     real = faiss_index.train_ivf
     monkeypatch.setattr(faiss_index, "train_ivf", lambda *a, **k: trained.append(1) or real(*a, **k))
-    assert g.index("old").kind == "flat" and g.index("old").interim == "missing" and not trained
+    assert g.core.index("old").kind == "flat" and g.core.index("old").interim == "missing" and not trained
     new = clustered(1, seed=9)
-    with g.catalog.transaction():
-        g.catalog.put_vectors([7], new, "old", "old")
-    g.sync_index("old", [7], new)
-    assert g.search_vectors(new, 1, "old")[0].hits[0].image_id == 7
-    g.save_indexes()
-    assert trained and g.index("old").kind == "ivf" and not getattr(g.index("old"), "interim")
-    assert g.search_vectors(new, 1, "old")[0].hits[0].image_id == 7
+    with g.core.catalog.transaction():
+        g.core.catalog.put_vectors([7], new, "old", "old")
+    g.core.sync_index("old", [7], new)
+    assert g.core.search_vectors(new, 1, "old")[0].hits[0].image_id == 7
+    g.core.save_indexes()
+    assert trained and g.core.index("old").kind == "ivf" and not getattr(g.core.index("old"), "interim")
+    assert g.core.search_vectors(new, 1, "old")[0].hits[0].image_id == 7
     g.close()
     g = Gallery.open(home)
-    assert g.index("old").kind == "ivf" and not g.notices
+    assert g.core.index("old").kind == "ivf" and not g.core.notices
     g.close()
 
 
@@ -179,28 +179,28 @@ def test_a_read_on_milvus_never_rebuilds_the_collection(tmp_path, monkeypatch):
 
     home = tmp_path / "g"
     g = synthetic_gallery(home, n=500, store="milvus")
-    g.rebuild_index("old")
-    g.catalog.set_store_synced("old", None)  # what a rebuild killed midway leaves
+    g.core.rebuild_index("old")
+    g.core.catalog.set_store_synced("old", None)  # what a rebuild killed midway leaves
     g.close()
     builds = []
     real = MilvusStore.build
     monkeypatch.setattr(MilvusStore, "build", lambda self, *a, **k: builds.append(1) or real(self, *a, **k))
     g = Gallery.open(home)
-    about = info(g)
+    about = info(g.core)
     queries = clustered(10, seed=5)
-    found = g.search_vectors(queries, 5, "old")
+    found = g.core.search_vectors(queries, 5, "old")
     assert not builds and about["index"]["vectors"] == 500
     assert [[h.image_id for h in r.hits] for r in found] == exact_top(g, queries).tolist()
-    assert g.notices == ["the old Milvus collection is not known to match the catalog: searching "
+    assert g.core.notices == ["the old Milvus collection is not known to match the catalog: searching "
                          "an exact index built from the catalog in memory meanwhile; graceful "
                          "reindex (or graceful check --repair) rebuilds it as set"]
-    assert [f.status for f in check(g).findings if f.check == "index"] == ["problem"]
+    assert [f.status for f in check(g.core).findings if f.check == "index"] == ["problem"]
     assert not builds
-    assert [f.status for f in check(g, repair=True).findings if f.check == "index"] == ["repaired"]
-    assert builds and isinstance(g.index("old"), MilvusSpace)
+    assert [f.status for f in check(g.core, repair=True).findings if f.check == "index"] == ["repaired"]
+    assert builds and isinstance(g.core.index("old"), MilvusSpace)
     g.close()
     g = Gallery.open(home)
-    assert isinstance(g.index("old"), MilvusSpace) and not g.notices
+    assert isinstance(g.core.index("old"), MilvusSpace) and not g.core.notices
     g.close()
 
 
@@ -210,7 +210,7 @@ import numpy as np
 from search.api import Gallery
 
 g = Gallery.open(sys.argv[1])
-idx = g.index("old")
+idx = g.core.index("old")
 print(json.dumps({"ready": idx.consistency}), flush=True)
 q = np.asarray(json.loads(sys.stdin.readline()), np.float32)[None]
 t0, seen = time.perf_counter(), None
@@ -220,7 +220,7 @@ while time.perf_counter() - t0 < 30:  # the collection alone: Milvus's consisten
         seen = time.perf_counter() - t0
         break
     time.sleep(0.01)
-hit = g.search_vectors(q, 1, "old")[0].hits[0]  # what a user gets: caught up from the catalog
+hit = g.core.search_vectors(q, 1, "old")[0].hits[0]  # what a user gets: caught up from the catalog
 print(json.dumps({"bare_s": seen, "graceful": [hit.image_id, hit.score]}), flush=True)
 g.close()
 """
@@ -238,7 +238,7 @@ def test_milvus_session_consistency_on_a_server(milvus_server, tmp_path, monkeyp
 
     home = tmp_path / "g"
     g = synthetic_gallery(home, n=500, store="milvus")
-    g.rebuild_index("old")
+    g.core.rebuild_index("old")
     g.close()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GRACEFUL_THREADS": "1"}
     reader = subprocess.Popen([sys.executable, "-c", READER, str(home)], stdin=subprocess.PIPE,
@@ -246,15 +246,15 @@ def test_milvus_session_consistency_on_a_server(milvus_server, tmp_path, monkeyp
     try:
         assert json.loads(reader.stdout.readline()) == {"ready": "Session"}
         g = Gallery.open(home)
-        idx = g.index("old")
+        idx = g.core.index("old")
         levels = []
         real_search = idx.client.search
         idx.client.search = lambda *a, **k: levels.append(k.get("consistency_level")) or real_search(*a, **k)
         new = clustered(1, seed=11)
-        with g.catalog.transaction():
-            g.catalog.put_vectors([3], new, "old", "old")
-        g.sync_index("old", [3], new)
-        hit = g.search_vectors(new, 1, "old")[0].hits[0]  # at once, in the writing process
+        with g.core.catalog.transaction():
+            g.core.catalog.put_vectors([3], new, "old", "old")
+        g.core.sync_index("old", [3], new)
+        hit = g.core.search_vectors(new, 1, "old")[0].hits[0]  # at once, in the writing process
         assert hit.image_id == 3 and hit.score > 0.999 and levels == ["Session"]
         reader.stdin.write(json.dumps(new[0].tolist()) + "\n")
         reader.stdin.flush()

@@ -83,14 +83,14 @@ def test_vector_only_fit_decodes_nothing_then_transforms_searches_and_rolls_back
 
     # the transformed vectors are exactly what the model embeds for the same photos
     g = Gallery.open(album_home)
-    model = g.load_model("albums-head")
-    ids = [int(i) for i in g.catalog.space_members("albums-head")[:6]]
-    rows = g.catalog.images(ids)
+    model = g.core.load_model("albums-head")
+    ids = [int(i) for i in g.core.catalog.space_members("albums-head")[:6]]
+    rows = g.core.catalog.images(ids)
     from models.imageio import decode
 
-    direct = model.embed_images([decode(g.store.read(rows[i].sha256, rows[i].ext),
+    direct = model.embed_images([decode(g.core.store.read(rows[i].sha256, rows[i].ext),
                                         model.info.image_size).image for i in ids])
-    moved = g.catalog.serving_vectors_of(ids, "albums-head")
+    moved = g.core.catalog.serving_vectors_of(ids, "albums-head")
     cos = (direct * np.stack([moved[i] for i in ids])).sum(1)
     assert cos.min() > 0.999, cos
     g.close()
@@ -109,7 +109,7 @@ def test_vector_only_fit_decodes_nothing_then_transforms_searches_and_rolls_back
 def test_a_vector_only_fit_without_albums_says_there_is_nothing_to_learn(album_home):
     home = album_home
     g = Gallery.open(home)
-    g.catalog.set_album([int(i) for i in g.catalog.space_members("lite0")], None)
+    g.core.catalog.set_album([int(i) for i in g.core.catalog.space_members("lite0")], None)
     g.close()
     r = run(home, "train", "--from-gallery", "--backbone", "lite0", "--out", "x")
     assert r.exit_code == 1 and "can only learn from albums" in r.output
@@ -189,14 +189,14 @@ def synthetic_lite0_gallery(home: Path, n: int = 3000, albums: int = 20, seed: i
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     g = Gallery.open(home, create=True)
     model = registry.load("lite0")
-    g.activate(model, "init")
-    with g.catalog.transaction():
-        ids = [g.catalog.add_image({"sha256": f"{i:064x}", "name": f"p{i}.jpg", "ext": ".jpg",
+    g.core.activate(model, "init")
+    with g.core.catalog.transaction():
+        ids = [g.core.catalog.add_image({"sha256": f"{i:064x}", "name": f"p{i}.jpg", "ext": ".jpg",
                                     "bytes": 1, "width": 1, "height": 1, "format": "JPEG",
                                     "source": f"/p/a{labels[i]}/p{i}.jpg", "added_at": float(i),
                                     "album": f"a{labels[i]}"}) for i in range(n)]
-        g.write_vectors(ids, x, model)
-    g.rebuild_index()
+        g.core.write_vectors(ids, x, model)
+    g.core.rebuild_index()
     g.close()
 
 
@@ -230,8 +230,8 @@ def test_kill_9_during_a_transform_then_resume(home, run_and_kill, monkeypatch):
     up = json.loads(r.stdout)
     assert up["changed"] and up["vectors_transformed"] == 3000 - part
     g = Gallery.open(home)
-    assert g.space == "h" and g.catalog.count_served("h") == 3000
-    assert g.index().ntotal == 3000 and transformed_count(home, "h") == 3000
+    assert g.space == "h" and g.core.catalog.count_served("h") == 3000
+    assert g.core.index().ntotal == 3000 and transformed_count(home, "h") == 3000
     g.close()
 
 

@@ -46,7 +46,7 @@ def lite0_gallery(home, upgrade_photos, request, gallery_snapshot) -> Gallery:
     store = request.getfixturevalue("store") if "store" in request.fixturenames else "faiss"
     src = gallery_snapshot(f"upgrade-before-{store}", ingested([upgrade_photos / "before"], store))
     g = Gallery.open(copy_gallery(src, home))
-    assert g.vector_store.kind == store and g.catalog.count_images() == 48
+    assert g.core.vector_store.kind == store and g.core.catalog.count_images() == 48
     yield g
     g.close()
 
@@ -54,105 +54,105 @@ def lite0_gallery(home, upgrade_photos, request, gallery_snapshot) -> Gallery:
 def own_id(g: Gallery, f: Path) -> int | None:
     from search.storage.imagestore import sha256_bytes
 
-    return g.catalog.image_id(sha256_bytes(f.read_bytes()))
+    return g.core.catalog.image_id(sha256_bytes(f.read_bytes()))
 
 
 def counts(g: Gallery) -> dict:
-    return {(r["model"], r["space"]): r["vectors"] for r in g.catalog.vector_counts()}
+    return {(r["model"], r["space"]): r["vectors"] for r in g.core.catalog.vector_counts()}
 
 
 @pytest.mark.usefixtures("store")
 def test_upgrade_recomputes_nothing_and_mixes_new_photos(lite0_gallery, upgrade_photos):
     g = lite0_gallery
-    n = g.catalog.count_images()
+    n = g.core.catalog.count_images()
     before = counts(g)
-    result = upgrade(g, SHIPPED)
+    result = upgrade(g.core, SHIPPED)
     assert result.changed and result.previous == "lite0" and result.space == "lite0"
     assert result.preflight.passed and result.preflight.self_recall >= 0.5
     assert counts(g) == before  # no vector recomputed
     assert g.active_model == SHIPPED and g.space == "lite0"
     # queries by the new model search the old vectors directly
     q = next((upgrade_photos / "before").rglob("*.jpg"))
-    hits = search_file(g, q, k=5).hits
+    hits = search_file(g.core, q, k=5).hits
     assert hits[0].name == q.name and hits[0].embedded_by == "lite0"
     # new photos are embedded by the new model into the same index: a mixed gallery
-    report = ingest(g, [upgrade_photos / "after"])
+    report = ingest(g.core, [upgrade_photos / "after"])
     assert report.model == SHIPPED and report.added > 0
     assert counts(g)[(SHIPPED, "lite0")] == report.added
-    assert g.index().ntotal == n + report.added
+    assert g.core.index().ntotal == n + report.added
     # a photo that was really added now (Caltech has a few byte-identical duplicates)
     q2 = next(f for f in sorted((upgrade_photos / "after").rglob("*.jpg"))
-              if own_id(g, f) in g.catalog.vectors_by_model(SHIPPED)[0])
-    res = search_file(g, q2, k=10)
+              if own_id(g, f) in g.core.catalog.vectors_by_model(SHIPPED)[0])
+    res = search_file(g.core, q2, k=10)
     assert res.hits[0].name == q2.name and res.hits[0].embedded_by == SHIPPED
     assert {"lite0", SHIPPED} <= {h.embedded_by for h in res.hits}  # both kinds of vectors
 
     # rollback: instant, the new model's vectors stay searchable (same space)
-    rb = rollback(g)
+    rb = rollback(g.core)
     assert rb.model == "lite0" and rb.kept_vectors == report.added and rb.need_reembed == 0
     assert g.active_model == "lite0"
     # lite0 queries reach the vectors only the new model computed (cross-model, so top-10)
-    assert own_id(g, q2) in [h.image_id for h in search_file(g, q2, k=10).hits]
+    assert own_id(g, q2) in [h.image_id for h in search_file(g.core, q2, k=10).hits]
     with pytest.raises(GalleryError, match="nothing to roll back"):
-        rollback(g)
+        rollback(g.core)
 
 
 @pytest.mark.usefixtures("store")
 def test_refusals_change_nothing(lite0_gallery, tmp_path, make_checkpoint):
     g = lite0_gallery
-    state = (g.active_model, counts(g), g.catalog.get_state("model_history", []))
+    state = (g.active_model, counts(g), g.core.catalog.get_state("model_history", []))
     with pytest.raises(GalleryError, match="unknown model"):
-        upgrade(g, "lite7")
+        upgrade(g.core, "lite7")
     with pytest.raises(GalleryError, match="space 'lite2'.*reembed"):  # (without --dry-run
-        upgrade(g, "lite2", dry_run=True)  # it fits a bridge: tests/test_bridge.py)
+        upgrade(g.core, "lite2", dry_run=True)  # it fits a bridge: tests/test_bridge.py)
     corrupt = tmp_path / "broken.safetensors"
     corrupt.write_bytes(b"\x00" * 64)
     with pytest.raises(GalleryError):
-        upgrade(g, str(corrupt))
-    g.models_dir.mkdir(parents=True, exist_ok=True)
-    make_checkpoint(g.models_dir / "liar.safetensors", dim=1280, name="liar")  # random head, claims lite0
+        upgrade(g.core, str(corrupt))
+    g.core.models_dir.mkdir(parents=True, exist_ok=True)
+    make_checkpoint(g.core.models_dir / "liar.safetensors", dim=1280, name="liar")  # random head, claims lite0
     with pytest.raises(GalleryError, match="pre-flight check refused liar .* do not line up"):
-        upgrade(g, "liar")
-    dry = upgrade(g, SHIPPED, dry_run=True)
+        upgrade(g.core, "liar")
+    dry = upgrade(g.core, SHIPPED, dry_run=True)
     assert not dry.changed and dry.preflight.passed
-    assert (g.active_model, counts(g), g.catalog.get_state("model_history", [])) == state
-    forced = upgrade(g, "liar", force=True)
+    assert (g.active_model, counts(g), g.core.catalog.get_state("model_history", [])) == state
+    forced = upgrade(g.core, "liar", force=True)
     assert forced.changed and forced.forced and g.active_model == "liar"
 
 
 @pytest.mark.usefixtures("store")
 def test_backfill_orders_limit_and_status(lite0_gallery):
     g = lite0_gallery
-    upgrade(g, SHIPPED)
-    n = g.catalog.count_images()
+    upgrade(g.core, SHIPPED)
+    n = g.core.catalog.count_images()
     for order in bf.ORDERS:
-        missing, stale = bf.candidates(g, order)
+        missing, stale = bf.candidates(g.core, order)
         assert missing == [] and sorted(stale) == sorted(range(1, n + 1))
-    state = bf.backfill(g, "uncertainty", limit=10)
+    state = bf.backfill(g.core, "uncertainty", limit=10)
     assert state.done == 10
-    st = bf.status(g)
+    st = bf.status(g.core)
     assert st["by_active_model"] == 10 and st["older_vectors"] == n - 10
-    assert g.index().ntotal == n  # replaced, not added
-    bf.backfill(g, "oldest")
-    assert bf.status(g)["fraction_backfilled"] == 1.0
-    assert bf.backfill(g).done == 0  # nothing left
+    assert g.core.index().ntotal == n  # replaced, not added
+    bf.backfill(g.core, "oldest")
+    assert bf.status(g.core)["fraction_backfilled"] == 1.0
+    assert bf.backfill(g.core).done == 0  # nothing left
 
 
 @pytest.mark.usefixtures("store")
 def test_backfill_records_its_quality_curve(lite0_gallery, upgrade_photos):
     g = lite0_gallery
-    upgrade(g, SHIPPED)
-    curve = bf.CurveRecorder(g, upgrade_photos / "after", points=4)
-    state = bf.backfill(g, "random", batch_size=8, curve=curve)
-    assert state.done == g.catalog.count_images()
+    upgrade(g.core, SHIPPED)
+    curve = bf.CurveRecorder(g.core, upgrade_photos / "after", points=4)
+    state = bf.backfill(g.core, "random", batch_size=8, curve=curve)
+    assert state.done == g.core.catalog.count_images()
     fractions = [p["fraction"] for p in curve.curve]
     assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
     assert len(fractions) >= 4 and all(0 <= p["map"] <= 1 for p in curve.curve)
-    saved = bf.latest_curve(g)
+    saved = bf.latest_curve(g.core)
     assert saved["curve"] == curve.curve and saved["order"] == "random"
     assert 0 < saved["auc_map"] <= 1
     with pytest.raises(GalleryError, match="labelled"):
-        bf.CurveRecorder(g, upgrade_photos / "after" / "Faces")
+        bf.CurveRecorder(g.core, upgrade_photos / "after" / "Faces")
 
 
 def test_backfill_quality_curve_and_auc():
@@ -172,30 +172,30 @@ def test_backfill_quality_curve_and_auc():
 @pytest.mark.usefixtures("store")
 def test_reembed_incompatible_model_alongside_then_switch(lite0_gallery, upgrade_photos):
     g = lite0_gallery
-    n = g.catalog.count_images()
+    n = g.core.catalog.count_images()
     q = next((upgrade_photos / "before").rglob("*.jpg"))
     seen = []
 
     def during(state):
         # searches keep being served from the current space while the new index is built
-        seen.append((g.active_model, search_file(g, q, k=1, log=False).hits[0].name))
+        seen.append((g.active_model, search_file(g.core, q, k=1, log=False).hits[0].name))
 
-    state, switched = reembed(g, "lite1", batch_size=8, on_progress=during)
+    state, switched = reembed(g.core, "lite1", batch_size=8, on_progress=during)
     assert switched and state.done == n and g.active_model == "lite1" and g.space == "lite1"
     assert all(m == "lite0" and name == q.name for m, name in seen[:-1])
     assert counts(g)[("lite0", "lite0")] == n and counts(g)[("lite1", "lite1")] == n
-    assert search_file(g, q, k=1).hits[0].embedded_by == "lite1"
-    rb = rollback(g)
+    assert search_file(g.core, q, k=1).hits[0].embedded_by == "lite1"
+    rb = rollback(g.core)
     assert rb.model == "lite0" and g.space == "lite0" and rb.kept_vectors == 0
 
 
 @pytest.mark.usefixtures("store")
 def test_compare_labelled_queries_and_log(lite0_gallery, upgrade_photos, tmp_path):
     g = lite0_gallery
-    upgrade(g, SHIPPED)
+    upgrade(g.core, SHIPPED)
     queries = queries_from_folder(upgrade_photos / "after")
     assert queries and all(q.label for q in queries)
-    report = compare(g, "lite0", SHIPPED, queries, k=5)
+    report = compare(g.core, "lite0", SHIPPED, queries, k=5)
     s = report["summary"]
     assert s["labelled"] and s["queries"] == len(queries) and 0 <= s["overlap_at_k"] <= 1
     assert {"nfr", "pfr", "old_metrics", "new_metrics"} <= set(s)
@@ -206,10 +206,10 @@ def test_compare_labelled_queries_and_log(lite0_gallery, upgrade_photos, tmp_pat
     assert Path(report["path"]).exists()
     # the query log replays real searches
     for f in list((upgrade_photos / "after").rglob("*.jpg"))[:3]:
-        search_file(g, f, k=3, log=True)
-    logged = queries_from_log(g)
+        search_file(g.core, f, k=3, log=True)
+    logged = queries_from_log(g.core)
     assert len(logged) == 3
-    rep = compare(g, "lite0", SHIPPED, logged, k=3, save=False)
+    rep = compare(g.core, "lite0", SHIPPED, logged, k=3, save=False)
     assert rep["summary"]["queries"] == 3 and not rep["summary"]["labelled"]
 
 
@@ -229,9 +229,9 @@ def _integrity(home: Path) -> str:
 @pytest.mark.usefixtures("store")
 def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos, run_and_kill):
     g = Gallery.open(home, create=True)
-    ingest(g, [upgrade_photos / "before", upgrade_photos / "after"])
-    n = g.catalog.count_images()
-    upgrade(g, SHIPPED)
+    ingest(g.core, [upgrade_photos / "before", upgrade_photos / "after"])
+    n = g.core.catalog.count_images()
+    upgrade(g.core, SHIPPED)
     g.close()
     env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
     cli = [sys.executable, "-m", "search.cli"]
@@ -241,13 +241,13 @@ def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos, ru
     assert rc == -signal.SIGKILL
     assert _integrity(home) == "ok"
     g = Gallery.open(home)
-    done = bf.status(g)["by_active_model"]
+    done = bf.status(g.core)["by_active_model"]
     assert 8 <= done < n
-    assert g.index().ntotal == n  # consistent: every photo searchable exactly once
-    indexed = set(g.index().ids().tolist())
-    assert indexed == {r[0] for r in g.catalog.db.execute("SELECT id FROM images")}
-    assert len(search_file(g, next((upgrade_photos / "after").rglob("*.jpg")), k=5).hits) == 5
-    state = bf.backfill(g)
+    assert g.core.index().ntotal == n  # consistent: every photo searchable exactly once
+    indexed = set(g.core.index().ids().tolist())
+    assert indexed == {r[0] for r in g.core.catalog.db.execute("SELECT id FROM images")}
+    assert len(search_file(g.core, next((upgrade_photos / "after").rglob("*.jpg")), k=5).hits) == 5
+    state = bf.backfill(g.core)
     assert state.done == n - done  # resumed: nothing re-embedded twice
     assert _n_vectors(home, SHIPPED) == n
     g.close()
@@ -257,11 +257,11 @@ def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos, ru
     assert rc == -signal.SIGKILL
     assert _integrity(home) == "ok"
     g = Gallery.open(home)
-    assert g.active_model == SHIPPED and g.index().ntotal == n  # still serving the old space
+    assert g.active_model == SHIPPED and g.core.index().ntotal == n  # still serving the old space
     partial = _n_vectors(home, "lite1")
-    state, switched = reembed(g, "lite1")
+    state, switched = reembed(g.core, "lite1")
     assert switched and state.done == n - partial and _n_vectors(home, "lite1") == n
-    assert g.index().ntotal == n and g.space == "lite1"
+    assert g.core.index().ntotal == n and g.space == "lite1"
 
 
 @pytest.mark.slow
@@ -279,8 +279,8 @@ def test_kill_9_during_upgrade_leaves_old_or_new_state(lite0_gallery, kill_at, t
         assert _integrity(home) == "ok"
         g = Gallery.open(home)
         try:
-            assert g.index().ntotal == 48
-            return g.active_model, tuple(g.catalog.get_state("model_history", []))
+            assert g.core.index().ntotal == 48
+            return g.active_model, tuple(g.core.catalog.get_state("model_history", []))
         finally:
             g.close()
 
@@ -292,6 +292,6 @@ def test_kill_9_during_upgrade_leaves_old_or_new_state(lite0_gallery, kill_at, t
         assert state() == ("lite0", ()), point  # nothing of the switch survived
 
     g = Gallery.open(home)  # and nothing left behind stops the next upgrade
-    assert upgrade(g, SHIPPED).changed
+    assert upgrade(g.core, SHIPPED).changed
     g.close()
     assert state() == (SHIPPED, ("lite0",))

@@ -23,7 +23,7 @@ FUSED = "fused:fake-a+fake-b-bridge@0.50"
 def counts(g) -> dict[tuple[str, str], tuple[int, int]]:
     """(space, model) -> (vectors, of them transformed)."""
     return {(r["space"], r["model"]): (r["vectors"], r["transformed"])
-            for r in g.catalog.vector_counts()}  # what info()["vectors"] says, without its timing
+            for r in g.core.catalog.vector_counts()}  # what info()["vectors"] says, without its timing
 
 
 def same_album_hits(g, colour: str = "red", k: int = 5) -> bool:
@@ -41,10 +41,10 @@ def test_upgrade_to_a_compatible_model_switches_without_recomputing(fake_gallery
     check = result.preflight
     assert check.passed and check.verdict in ("no worse", "better") and check.own_rank < 0.05
     assert check.albums["queries"] >= 16 and check.measured is not None
-    assert fake_gallery.model_provider.loaded["fake-a2"].calls == check.sample  # the sample only
-    assert fake_gallery.active_model == "fake-a2" and fake_gallery.model_history() == ["fake-a"]
+    assert fake_gallery.core.model_provider.loaded["fake-a2"].calls == check.sample  # the sample only
+    assert fake_gallery.active_model == "fake-a2" and fake_gallery.models.history() == ["fake-a"]
     assert same_album_hits(fake_gallery)
-    assert fake_gallery.serving() == {"mode": "queries", "spaces": ["fake-a"], "weights": [1.0],
+    assert fake_gallery.models.serving() == {"mode": "queries", "spaces": ["fake-a"], "weights": [1.0],
                                       "models": ["fake-a2"], "space": "fake-a"}
 
 
@@ -78,7 +78,7 @@ def test_upgrade_refusals_name_the_problem(fake_gallery):
         fake_gallery.upgrade("fake-a2", transform=True)
     with pytest.raises(GalleryError, match="fit a bridge to a model of another space first"):
         fake_gallery.upgrade("fake-a-head", mode="fused")
-    assert fake_gallery.active_model == "fake-a" and fake_gallery.model_history() == []
+    assert fake_gallery.active_model == "fake-a" and fake_gallery.models.history() == []
 
 
 def test_upgrade_on_an_empty_gallery_is_refused(tmp_path):
@@ -91,7 +91,7 @@ def test_upgrade_on_an_empty_gallery_is_refused(tmp_path):
 def test_after_an_upgrade_new_photos_are_embedded_by_the_new_model(fake_gallery, tmp_path):
     fake_gallery.upgrade("fake-a2")
     fake_gallery.add(make_photos(tmp_path / "new", ["purple"], 3))
-    by = fake_gallery.embedded_by([h.image_id for h in fake_gallery.search(photo_bytes("purple", 5), k=N + 3).hits])
+    by = fake_gallery.photos.embedded_by([h.image_id for h in fake_gallery.search(photo_bytes("purple", 5), k=N + 3).hits])
     assert sorted(by.values()).count("fake-a2") == 3 and sorted(by.values()).count("fake-a") == N
     with pytest.raises(GalleryError, match="no text tower"):
         fake_gallery.search(text="red")  # fake-a2 has none
@@ -103,7 +103,7 @@ def test_rollback_is_instant_and_keeps_the_newer_vectors(fake_gallery, tmp_path)
     result = fake_gallery.rollback()
     assert (result.model, result.previous, result.space) == ("fake-a", "fake-a2", "fake-a")
     assert result.kept_vectors == 3 and result.need_reembed == 0
-    assert fake_gallery.active_model == "fake-a" and fake_gallery.model_history() == []
+    assert fake_gallery.active_model == "fake-a" and fake_gallery.models.history() == []
     with pytest.raises(GalleryError, match="nothing to roll back to"):
         fake_gallery.rollback()
 
@@ -121,10 +121,10 @@ def test_a_second_connection_sees_an_upgrade_at_once(fake_gallery):
 
 def test_backfill_replaces_every_older_vector(fake_gallery):
     fake_gallery.upgrade("fake-a2")
-    assert fake_gallery.backfill_status()["older_vectors"] == N
+    assert fake_gallery.backfill_status().older_vectors == N
     state = fake_gallery.backfill()
     assert (state.done, state.total, state.failed, state.interrupted) == (N, N, 0, False)
-    status = fake_gallery.backfill_status()
+    status = fake_gallery.backfill_status().as_dict()
     assert status["fraction_backfilled"] == 1.0 and status["older_vectors"] == 0
     assert counts(fake_gallery)[("fake-a", "fake-a2")] == (N, 0)
     assert same_album_hits(fake_gallery, "blue")
@@ -136,7 +136,7 @@ def test_backfill_with_a_limit_and_each_order(fake_gallery):
     done = 0
     for order in ("oldest", "most-retrieved", "uncertainty", "random"):
         done += fake_gallery.backfill(order, limit=5).done
-        assert fake_gallery.backfill_status()["by_active_model"] == done
+        assert fake_gallery.backfill_status().by_active_model == done
     with pytest.raises(GalleryError, match="unknown backfill order"):
         fake_gallery.backfill("sideways")
 
@@ -151,10 +151,10 @@ def test_an_interrupted_backfill_keeps_its_batches_and_resumes(fake_gallery):
 
     first = fake_gallery.backfill(batch_size=8, should_stop=stop)
     assert first.interrupted and first.done == 16
-    assert fake_gallery.backfill_status()["by_active_model"] == 16
+    assert fake_gallery.backfill_status().by_active_model == 16
     rest = fake_gallery.backfill(batch_size=8)
     assert rest.total == N - 16 and rest.done == N - 16 and not rest.interrupted
-    assert fake_gallery.backfill_status()["fraction_backfilled"] == 1.0
+    assert fake_gallery.backfill_status().fraction_backfilled == 1.0
 
 
 def test_ctrl_c_in_a_backfill_loses_at_most_the_batch_in_flight(fake_gallery):
@@ -167,16 +167,16 @@ def test_ctrl_c_in_a_backfill_loses_at_most_the_batch_in_flight(fake_gallery):
             raise KeyboardInterrupt
 
     state = fake_gallery.backfill(batch_size=8, progress=interrupt)
-    assert state.interrupted and fake_gallery.backfill_status()["by_active_model"] == 24
+    assert state.interrupted and fake_gallery.backfill_status().by_active_model == 24
     assert fake_gallery.check().ok
     assert fake_gallery.backfill(batch_size=8).done == N - 24
 
 
 def test_a_backfill_curve_is_recorded_against_labelled_queries(fake_gallery, fake_queries):
     fake_gallery.upgrade("fake-a2")
-    curve = fake_gallery.backfill_curve(fake_queries)
+    curve = fake_gallery.reports.curve_recorder(fake_queries)
     fake_gallery.backfill(curve=curve)
-    report = fake_gallery.latest_backfill_curve()
+    report = fake_gallery.reports.backfill_curve()
     assert report["queries"] == 12 and report["curve"][0]["fraction"] == 0.0
     assert report["curve"][-1]["fraction"] == 1.0 and 0 < report["auc_map"] <= 1
 
@@ -187,9 +187,9 @@ def test_an_exact_transform_moves_the_gallery_into_the_models_own_space(fake_gal
     result = fake_gallery.upgrade("fake-a-head", transform=True)
     assert result.changed and result.transform and result.mode == "native"
     assert result.vectors_transformed == N and result.space == "fake-a-head"
-    assert fake_gallery.space == "fake-a-head" and fake_gallery.serving_space("fake-a-head") == "fake-a-head"
+    assert fake_gallery.space == "fake-a-head" and fake_gallery.models.serving_space("fake-a-head") == "fake-a-head"
     assert counts(fake_gallery)[("fake-a-head", "fake-a-head")] == (N, N)
-    assert fake_gallery.model_provider.loaded["fake-a-head"].calls <= 64  # the pre-flight only
+    assert fake_gallery.core.model_provider.loaded["fake-a-head"].calls <= 64  # the pre-flight only
     # exact: the moved vectors are the model's own embeddings of the photos
     hit = fake_gallery.search(photo_bytes("green", 3), k=1).hits[0]
     own = fake_gallery.search(image=hit.image_id, k=1)
@@ -208,13 +208,13 @@ def test_a_transform_back_to_the_declared_space_by_a_plain_upgrade(fake_gallery)
 def test_a_learned_map_records_its_uncertainty_and_backfill_replaces_the_worst_first(fake_gallery):
     result = fake_gallery.upgrade("fake-a-map", transform=True)
     assert result.changed and "learned map" in result.notes[-1]
-    assert fake_gallery.backfill_status()["transformed"] == N
+    assert fake_gallery.backfill_status().transformed == N
     order = []
     fake_gallery.backfill("uncertainty", limit=10, progress=lambda p: order.append(p.done))
-    status = fake_gallery.backfill_status()
+    status = fake_gallery.backfill_status().as_dict()
     assert status["transformed"] == N - 10 and status["by_active_model"] == 10
     fake_gallery.backfill("uncertainty")
-    assert fake_gallery.backfill_status() | {"images": N} == {
+    assert fake_gallery.backfill_status().as_dict() | {"images": N} == {
         "model": "fake-a-map", "space": "fake-a-map", "images": N, "by_active_model": N,
         "older_vectors": 0, "transformed": 0, "missing": 0, "fraction_backfilled": 1.0}
 
@@ -264,7 +264,7 @@ def test_upgrading_to_another_space_takes_the_bridges_recommended_fused_path(fak
     result = fake_gallery.upgrade("fake-b")
     assert result.changed and result.mode == "fused" and result.model == FUSED
     assert result.vectors_transformed == N and result.recommended == "fused"
-    serving = fake_gallery.serving()
+    serving = fake_gallery.models.serving()
     assert serving["mode"] == "fused" and serving["spaces"] == ["fake-a", "fake-b"]
     assert serving["weights"] == [0.5, 0.5] and serving["models"] == ["fake-a", "fake-b"]
     assert counts(fake_gallery)[(FUSED, FUSED)] == (N, N)
@@ -275,7 +275,7 @@ def test_upgrading_to_another_space_takes_the_bridges_recommended_fused_path(fak
 def test_in_fused_mode_new_photos_fill_both_generations_spaces(fake_gallery, tmp_path):
     fake_gallery.upgrade("fake-b-bridge", mode="fused", weight=0.3)
     name = "fused:fake-a+fake-b-bridge@0.30"
-    assert fake_gallery.active_model == name and fake_gallery.serving()["weights"] == [0.3, 0.7]
+    assert fake_gallery.active_model == name and fake_gallery.models.serving()["weights"] == [0.3, 0.7]
     fake_gallery.add(make_photos(tmp_path / "new", ["purple"], 4))
     c = counts(fake_gallery)
     assert c[(name, name)] == (N + 4, N) and c[("fake-a", "fake-a")] == (N + 4, 0)
@@ -293,7 +293,7 @@ def test_fused_weights_out_of_range_are_refused(fake_gallery):
 def test_the_native_path_moves_the_gallery_into_the_new_space(fake_gallery):
     result = fake_gallery.upgrade("fake-b", mode="native")
     assert result.changed and result.model == "fake-b" and fake_gallery.space == "fake-b"
-    assert fake_gallery.serving()["mode"] == "native"
+    assert fake_gallery.models.serving()["mode"] == "native"
     assert counts(fake_gallery)[("fake-b", "fake-b")] == (N, N)
     assert same_album_hits(fake_gallery, "green")
     fake_gallery.backfill("uncertainty")  # mapped vectors replaced by real fake-b embeddings
@@ -325,7 +325,7 @@ def test_without_a_bridge_a_dry_run_says_how_to_get_one(tmp_path, fake_gallery):
 def test_rolling_back_from_fused_returns_to_the_old_space(fake_gallery):
     fake_gallery.upgrade("fake-b")
     back = fake_gallery.rollback()
-    assert back.model == "fake-a" and back.space == "fake-a" and fake_gallery.serving()["mode"] == "native"
+    assert back.model == "fake-a" and back.space == "fake-a" and fake_gallery.models.serving()["mode"] == "native"
     assert counts(fake_gallery)[(FUSED, FUSED)] == (N, N)  # kept: upgrading again is instant
     assert fake_gallery.upgrade(FUSED).vectors_transformed == 0
 
@@ -333,7 +333,7 @@ def test_rolling_back_from_fused_returns_to_the_old_space(fake_gallery):
 def test_a_blend_of_two_query_models_of_one_space(fake_gallery):
     result = fake_gallery.upgrade("fake-a2", mode="fused", weight=0.5)
     assert result.changed and result.model == "blend:fake-a+fake-a2@0.50"
-    serving = fake_gallery.serving()
+    serving = fake_gallery.models.serving()
     assert serving["mode"] == "fused" and serving["spaces"] == ["fake-a"] and fake_gallery.space == "fake-a"
     assert same_album_hits(fake_gallery, "red")
 
@@ -364,13 +364,13 @@ def test_an_interrupted_reembed_resumes_and_a_complete_space_switches_natively(f
 
 def test_compare_on_a_labelled_folder(fake_gallery, fake_queries):
     fake_gallery.upgrade("fake-a2")
-    report = fake_gallery.compare(fake_queries)
+    report = fake_gallery.compare(fake_queries).as_dict()
     s = report["summary"]
     assert (s["old"], s["new"], s["queries"], s["labelled"]) == ("fake-a", "fake-a2", 12, True)
     assert s["old_metrics"]["top1"] >= 0.9 and s["new_metrics"]["top1"] >= 0.9
     assert 0.5 <= s["overlap_at_k"] <= 1 and set(s["lost_at_k"]) >= {"5", "10"}
     assert len(report["queries"]) == 12 and report["path"]
-    assert fake_gallery.latest_comparison()["summary"] == s
+    assert fake_gallery.reports.comparison().summary == s
     assert s["plan_check"] is None  # not a bridged path
 
 
@@ -379,13 +379,13 @@ def test_compare_on_the_query_log(fake_gallery):
     for seed in range(3):
         fake_gallery.search(photo_bytes("green", 100 + seed), k=5, log=True)
     fake_gallery.upgrade("fake-a2")
-    s = fake_gallery.compare("log", k=5)["summary"]
+    s = fake_gallery.compare("log", k=5).summary
     assert s["queries"] == 3 and not s["labelled"] and s["k"] == 5
 
 
 def test_compare_after_a_bridged_upgrade_checks_the_plans_prediction(fake_gallery, fake_queries):
     fake_gallery.upgrade("fake-b")
-    s = fake_gallery.compare(fake_queries)["summary"]
+    s = fake_gallery.compare(fake_queries).summary
     assert s["new_space"] == FUSED and s["old_space"] == "fake-a"
     check = s["plan_check"]
     assert check["bridge"] == "fake-b-bridge" and check["path"] == "fused" and check["weight"] == 0.5
@@ -414,13 +414,13 @@ def test_a_gallery_through_every_generation_stays_sound(fake_gallery, tmp_path):
     g.upgrade("fake-b")  # the bridge maps space fake-a, which fake-a2 serves
     assert g.active_model == "fused:fake-a2+fake-b-bridge@0.50"
     g.add(make_photos(tmp_path / "new", ["purple"], 2))
-    assert g.serving()["mode"] == "fused" and g.check().ok
-    history = g.model_history()
+    assert g.models.serving()["mode"] == "fused" and g.check().ok
+    history = g.models.history()
     assert history == ["fake-a", "fake-a2"]
     for expected in reversed(history):
         assert g.rollback().model == expected and g.check().ok
     assert g.active_model == "fake-a" and same_album_hits(g, "purple", k=2)
-    info = g.info()
+    info = g.info().as_dict()
     assert info["images"] == N + 2
     assert {m["name"] for m in info["models"]} >= {"fake-a", "fake-a2", "fake-a-map"}
     assert np.isfinite(info["serving"]["search_p50_ms"])
@@ -437,7 +437,7 @@ def test_a_background_transform_then_backfill_job(fake_gallery):
     job._thread.join(30)
     assert job.status == "finished", job.message
     assert "switched to it (native mode)" in job.message and f"backfilled {N} photos" in job.message
-    assert fake_gallery.active_model == "fake-a-map" and fake_gallery.backfill_status()["transformed"] == 0
+    assert fake_gallery.active_model == "fake-a-map" and fake_gallery.backfill_status().transformed == 0
     assert models.loaded["fake-a-map"].calls >= N  # the job's own gallery used the provider given
 
 
@@ -452,4 +452,4 @@ def test_a_paused_backfill_job_resumes_where_it_stopped(fake_gallery):
     resumed = Job("backfill")
     second = backfill_job(fake_gallery.home, "oldest", models=FakeModels())(resumed)
     assert second["done"] == N - 16 and not second["interrupted"]
-    assert fake_gallery.backfill_status()["fraction_backfilled"] == 1.0
+    assert fake_gallery.backfill_status().fraction_backfilled == 1.0

@@ -28,7 +28,7 @@ class Context:
         g = Gallery.open(self.home, create=create,  # read commands: a missing gallery is an error
                          settings=self.settings)
         self.opened.append(g)
-        return g  # type: ignore[return-value]  # GalleryCore.open makes a Gallery here
+        return g
 
     def configure(self) -> None:
         from search.runtime import configure_threads
@@ -36,7 +36,7 @@ class Context:
         configure_threads(self.threads)
 
     def notices(self) -> list[str]:
-        return [n for g in self.opened for n in g.notices]
+        return [n for g in self.opened for n in g.take_notices()]
 
 
 class GracefulGroup(click.Group):

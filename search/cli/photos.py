@@ -3,7 +3,6 @@ migrate-catalog."""
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -11,7 +10,6 @@ import click
 from search import render
 from search.cli.base import (Context, bars, echo_lines, emit_json, fail, interrupted, ray_flags,
                              ray_options)
-from search.errors import GalleryError
 
 
 @click.command("index")
@@ -33,15 +31,15 @@ from search.errors import GalleryError
 def index_cmd(obj: Context, paths, model_name, batch_size, workers, album, no_album, store,
               milvus_uri, ray_address, ray_workers, as_json) -> None:
     """Add photos (files or folders, recursively) to the gallery."""
-    from search.api import Gallery, verify_model
+    from search.api import Gallery, check_paths, verify_model
 
     try:
         ray = ray_options(ray_address, ray_workers)
-        Gallery.check_paths(paths)  # a missing path is refused before anything is written
+        check_paths(paths)  # a missing path is refused before anything is written
         if not Gallery.exists(obj.home, obj.settings):
             verify_model(model_name)  # a bad model leaves no gallery behind
         gallery = obj.gallery(create=True)
-        gallery.choose_store(store, milvus_uri)
+        gallery.vectors.choose_store(store, milvus_uri)
         report = gallery.add(paths, model=model_name, batch_size=batch_size, workers=workers,
                              progress=bars(as_json), album=album, album_from_folder=not no_album,
                              ray=ray)
@@ -88,7 +86,7 @@ def search_cmd(obj: Context, image, k, image_ref, text, model_name, no_log, as_j
 @click.pass_obj
 def info_cmd(obj: Context, as_json) -> None:
     """What the gallery holds: images, models, spaces, index."""
-    info = obj.gallery().info()
+    info = obj.gallery().info().as_dict()
     emit_json(info) if as_json else echo_lines(render.info_lines(info))
 
 
@@ -128,17 +126,9 @@ def models_cmd(obj: Context, as_json) -> None:
 @click.pass_obj
 def reindex_cmd(obj: Context, kind, store, milvus_uri) -> None:
     """Rebuild the search index of the active space from the catalog."""
-    gallery = obj.gallery()
-    if gallery.space is None:
-        raise GalleryError("the gallery is empty: nothing to index")
-    t0 = time.perf_counter()
-    if store or milvus_uri:
-        gallery.choose_store(store, milvus_uri, move=True)  # fills the new store
-    built = (gallery.rebuild_index(kind=kind) if kind or not (store or milvus_uri)
-             else gallery.index().kind)
-    click.echo(f"rebuilt the {gallery.space} index ({built}, setting {gallery.index_kind}) with "
-               f"{gallery.index().ntotal} vectors in {time.perf_counter() - t0:.1f} s "
-               f"({gallery.vector_store.kind} store)")
+    r = obj.gallery().reindex(kind, store=store, milvus_uri=milvus_uri)
+    click.echo(f"rebuilt the {r.space} index ({r.kind}, setting {r.setting}) with {r.vectors} "
+               f"vectors in {r.seconds:.1f} s ({r.store} store)")
 
 
 @click.command("check")
@@ -186,7 +176,7 @@ def migrate_catalog_cmd(obj: Context, to, as_json) -> None:
 def log_cmd(obj: Context, switch) -> None:
     """Turn the query log (used by `compare --log`) on or off for this gallery."""
     state = obj.gallery().query_log(None if switch == "status" else switch == "on")
-    click.echo(f"query log {'on' if state['on'] else 'off'}, {state['recorded']} searches recorded")
+    click.echo(f"query log {'on' if state.on else 'off'}, {state.recorded} searches recorded")
 
 
 @click.group("albums", invoke_without_command=True)
@@ -198,7 +188,7 @@ def albums_group(ctx: click.Context, as_json) -> None:
     A photo's album is the folder it was indexed from unless set here or with index --album."""
     if ctx.invoked_subcommand is not None:
         return
-    rows = ctx.obj.gallery().albums()
+    rows = ctx.obj.gallery().albums.list()
     if as_json:
         emit_json(rows)
         return
@@ -212,7 +202,7 @@ def albums_group(ctx: click.Context, as_json) -> None:
 @click.pass_obj
 def albums_set_cmd(obj: Context, album, images) -> None:
     """Put IMAGES (ids or sha256 prefixes) into ALBUM."""
-    n = obj.gallery().set_album(images, album)
+    n = obj.gallery().albums.set(images, album)
     click.echo(f"{n} photo{'s' if n != 1 else ''} now in album {album}")
 
 
@@ -221,7 +211,7 @@ def albums_set_cmd(obj: Context, album, images) -> None:
 @click.pass_obj
 def albums_clear_cmd(obj: Context, images) -> None:
     """Take IMAGES (ids or sha256 prefixes) out of their album."""
-    n = obj.gallery().set_album(images, None)
+    n = obj.gallery().albums.set(images, None)
     click.echo(f"{n} photo{'s' if n != 1 else ''} now without an album")
 
 
@@ -231,7 +221,7 @@ def albums_clear_cmd(obj: Context, images) -> None:
 @click.pass_obj
 def albums_rename_cmd(obj: Context, old, new) -> None:
     """Rename album OLD to NEW (merging it into NEW if that exists)."""
-    n = obj.gallery().rename_album(old, new)
+    n = obj.gallery().albums.rename(old, new)
     click.echo(f"renamed {old} -> {new} ({n} photos)")
 
 

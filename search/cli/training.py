@@ -62,28 +62,20 @@ def train_cmd(obj: Context, from_gallery, old_name, backbone, method, data, samp
                                 as_json, replace)
     if not (old_name and method and data):
         raise click.UsageError("give --old, --method and --data (or --from-gallery)")
-    from models.compat_train import TrainRequest, train_compatible
-    from models.imagefolder import DatasetError
-    from models.train import TrainConfig
+    from search.api import train_on_dataset
 
     obj.configure()
-    req = TrainRequest(old_name, backbone, method, data, out, obj.home / "models",
-                       obj.home / "cache", eval_dir,
-                       TrainConfig(method, epochs=epochs, head=head, lam=lam, loss=loss,
-                                   device=device),
-                       progress=True, force=force or replace, finetune_blocks=finetune_blocks,
-                       finetune_epochs=finetune_epochs, old_classifier=old_classifier)
-    try:
-        path, meta = train_compatible(req)
-    except (DatasetError, ValueError, RuntimeError) as e:
-        fail(e)
+    out_model = train_on_dataset(old_name, backbone, method, data, out, obj.home, eval_dir,
+                                 epochs=epochs, head=head, lam=lam, loss=loss, device=device,
+                                 force=force or replace, finetune_blocks=finetune_blocks,
+                                 finetune_epochs=finetune_epochs, old_classifier=old_classifier)
     if as_json:
-        emit_json({"path": str(path), "name": meta.name, "space": meta.space, "dim": meta.dim,
-                   "compatible_with": meta.compatible_with, "method": meta.method,
-                   "metrics": meta.metrics})
+        emit_json({k: out_model[k] for k in ("path", "name", "space", "dim", "compatible_with",
+                                             "method", "metrics")})
         return
-    click.echo(f"saved {meta.name} ({meta.method} on {meta.backbone}, space {meta.space}) to {path}")
-    ev = meta.metrics.get("eval")
+    click.echo(f"saved {out_model['name']} ({out_model['method']} on {out_model['backbone']}, "
+               f"space {out_model['space']}) to {out_model['path']}")
+    ev = out_model["metrics"].get("eval")
     if ev:
         for pair in ("old/old", "new/old", "new/new"):
             m = ev[pair]
@@ -147,17 +139,12 @@ def bench_group() -> None:
 def bench_compat_cmd(obj: Context, train_dir, test_dir, old_classes, old_backbone, new_backbone,
                      methods, dim, epochs, cache_dir, loss, old_classifier, json_to, out_file) -> None:
     """Old model on some classes, every method on all: compatibility, accuracy and flips."""
-    from models.evaluation.compat import CompatBenchConfig, run
-    from models.imagefolder import DatasetError
+    from search.api import bench_compat
 
     obj.configure()
-    cfg = CompatBenchConfig(train_dir, test_dir, cache_dir or obj.home / "cache", old_backbone,
-                            new_backbone, old_classes, tuple(m for m in methods.split(",") if m),
-                            dim, epochs, loss=loss, old_classifier=old_classifier)
-    try:
-        result = run(cfg)
-    except (DatasetError, ValueError) as e:
-        fail(e)
+    result = bench_compat(train_dir, test_dir, cache_dir or obj.home / "cache", old_backbone,
+                          new_backbone, old_classes, tuple(m for m in methods.split(",") if m),
+                          dim, epochs, loss=loss, old_classifier=old_classifier)
     if _write(json_to, out_file, result):
         return
     click.echo(f"{'pair':<24} {'top1':>7} {'top5':>7} {'mAP':>7} {'NFR':>7} {'PFR':>7}")
@@ -170,11 +157,11 @@ def bench_compat_cmd(obj: Context, train_dir, test_dir, old_classes, old_backbon
     click.echo(f"total {result['wall_times']['total_s']} s")
 
 
-def _gen_config(obj: Context, train_dir, test_dir, cache_dir, loss):
-    from models.evaluation.generations import GenConfig
+def _generations(obj: Context, kind, train_dir, test_dir, cache_dir, loss) -> dict:
+    from search.api import bench_generations
 
     obj.configure()
-    return GenConfig(train_dir, test_dir, cache_dir or obj.home / "cache", loss=loss)
+    return bench_generations(kind, train_dir, test_dir, cache_dir or obj.home / "cache", loss)
 
 
 def _write(json_to, out_file, result) -> bool:
@@ -206,9 +193,7 @@ def bench_data(fn):
 @click.pass_obj
 def bench_chain_cmd(obj: Context, train_dir, test_dir, cache_dir, loss, json_to, out_file) -> None:
     """v1 -> v2 -> v3 (lite0 -> lite1 -> lite2, classes growing): matrix and compatibility tax."""
-    from models.evaluation.generations import chain
-
-    result = chain(_gen_config(obj, train_dir, test_dir, cache_dir, loss))
+    result = _generations(obj, "chain", train_dir, test_dir, cache_dir, loss)
     if _write(json_to, out_file, result):
         return
     gals = ["v1", "v2", "v3"]
@@ -225,9 +210,7 @@ def bench_chain_cmd(obj: Context, train_dir, test_dir, cache_dir, loss, json_to,
 @click.pass_obj
 def bench_hetero_cmd(obj: Context, train_dir, test_dir, cache_dir, loss, json_to, out_file) -> None:
     """Small query models compatible with a large gallery model: accuracy vs images/s."""
-    from models.evaluation.generations import hetero
-
-    result = hetero(_gen_config(obj, train_dir, test_dir, cache_dir, loss))
+    result = _generations(obj, "hetero", train_dir, test_dir, cache_dir, loss)
     if _write(json_to, out_file, result):
         return
     for r in result["rows"]:

@@ -102,19 +102,20 @@ def backfill_cmd(obj: Context, order, limit, show_status, curve_dir, batch_size,
     """Optional: re-embed older vectors with the active model (resumable; search stays up)."""
     gallery = obj.gallery()
     if show_status:
-        st = gallery.backfill_status()
-        emit_json(st) if as_json else click.echo(" ".join(f"{k}={v}" for k, v in st.items()))
+        found = gallery.backfill_status().as_dict()
+        emit_json(found) if as_json else click.echo(" ".join(f"{k}={v}" for k, v in found.items()))
         return
-    curve = gallery.backfill_curve(curve_dir) if curve_dir else None
+    curve = gallery.reports.curve_recorder(curve_dir) if curve_dir else None
     state = gallery.backfill(order, limit, batch_size=batch_size, progress=True, curve=curve,
                              ray=ray_options(ray_address, ray_workers))
     st = gallery.backfill_status()
     if as_json:
-        emit_json({**state.as_dict(), "status": st, **({"curve": curve.report()} if curve else {})})
+        emit_json({**state.as_dict(), "status": st.as_dict(),
+                   **({"curve": curve.report()} if curve else {})})
     else:
         click.echo(f"re-embedded {state.done} photos with {state.model} in {state.seconds:.1f} s "
-                   f"({state.rate:.1f} img/s); {st['fraction_backfilled']:.0%} of the gallery is "
-                   f"now embedded by {st['model']}")
+                   f"({state.rate:.1f} img/s); {st.fraction_backfilled:.0%} of the gallery is "
+                   f"now embedded by {st.model}")
         if curve:
             for p in curve.curve:
                 click.echo(f"  {p['fraction']:>6.1%} backfilled: top-1 {p['top1']:.4f}  mAP {p['map']:.4f}")
@@ -161,7 +162,8 @@ def compare_cmd(obj: Context, old_name, new_name, queries, from_log, k, json_to,
     """Per query: results gained and lost between two models; flip rates when labelled."""
     if bool(queries) == bool(from_log):
         raise click.UsageError("give one of --queries DIR or --log")
-    report = obj.gallery().compare(Path(queries) if queries else "log", old_name, new_name, k)
+    report = obj.gallery().compare(Path(queries) if queries else "log", old_name, new_name,
+                                   k).as_dict()
     to_stdout, files = json_targets(json_to, out_file)
     write_json(report, files, indent=1)
     if to_stdout:

@@ -34,9 +34,10 @@ __all__ = ["GalleryCore", "GalleryError", "SearchHit", "SearchResult", "default_
 
 class GalleryCore(Reports):
     """The open gallery: catalog, image store, vector store, live indexes and models. The
-    operations (search.ops) work on it; `search.api.Gallery` adds one method per operation.
-    Its collaborators are passed in: `settings` (read once) and `models`, the provider every
-    model comes from (default: the installed registry; tests pass numpy fakes)."""
+    operations (search.ops) work on it; `search.api.Gallery` holds one (`g.core`) and calls
+    one operation per verb. Its collaborators are passed in: `settings` (read once) and
+    `models`, the provider every model comes from (default: the installed registry; tests
+    pass numpy fakes)."""
 
     def __init__(self, home: Path, catalog: Catalog, settings: Settings | None = None,
                  models: registry.Models | None = None):

@@ -30,9 +30,7 @@ def state() -> UIState:
 @st.cache_resource
 def engine(home: str) -> Gallery:
     configure_threads()
-    g = Gallery.open(home, create=True)
-    assert isinstance(g, Gallery)
-    return g
+    return Gallery.open(home, create=True)
 
 
 def gallery() -> Gallery:

@@ -45,7 +45,7 @@ def show_refusal(refused: dict) -> None:
                 f"{step['photos']} photos.")
         if st.button("Train an upgrade for this gallery", key="fit-from-refusal"):
             g = gallery()
-            start_job("fit", fit_job(g.home, step["backbone"], g.fit_name(step["backbone"])))
+            start_job("fit", fit_job(g.home, step["backbone"], g.models.fit_name(step["backbone"])))
             state().refused = None
             st.rerun()
 
@@ -87,22 +87,22 @@ def fit_section(entries, active: str) -> None:
     method = f2.selectbox("Method", ["auto", "bridge", "pct", "bct", "adapter", "procrustes"],
                           key="fit-method", help="auto: pct with albums, else a label-free "
                           "bridge (query map, gallery map, both generations fused)")
-    name = f3.text_input("Name", g.fit_name(backbone), key=f"fit-name-{backbone}")
-    est = g.fit_estimate(backbone)
+    name = f3.text_input("Name", g.models.fit_name(backbone), key=f"fit-name-{backbone}")
+    est = g.models.fit_estimate(backbone)
     if backbone == g.space:
         st.caption(f"{backbone} computed this gallery's vectors: the head learns from them and the "
                    f"albums alone, no photo is decoded (seconds).")
     else:
-        st.caption(f"Runs {backbone} on {est['sample']} of {est['photos']} photos: about "
-                   f"{duration_text(est['fit_seconds'])} (a full re-embed: "
-                   f"{duration_text(est['backfill_seconds'])}).")
+        st.caption(f"Runs {backbone} on {est.sample} of {est.photos} photos: about "
+                   f"{duration_text(est.fit_seconds)} (a full re-embed: "
+                   f"{duration_text(est.backfill_seconds)}).")
     b1, b2 = st.columns(2)
     if b1.button("Train an upgrade for this gallery", key="fit-start", type="primary"):
         start_job("fit", fit_job(g.home, backbone, name.strip(), method))
     if b2.button("Pause training", key="fit-pause"):
         pause_job("fit")
     job_progress("fit")
-    report = g.latest_fit_report()
+    report = g.reports.fit()
     if report:
         show_fit_report(report)
 

@@ -18,7 +18,7 @@ from search.ui.widgets import server_folder, show_grid
 
 def run_section(models: list[str]) -> None:
     g = gallery()
-    history = g.model_history()
+    history = g.models.history()
     default_old = history[-1] if history else models[0]
     c1, c2 = st.columns(2)
     old = c1.selectbox("Old model", models, index=models.index(default_old), key="cmp-old")
@@ -40,7 +40,7 @@ def run_section(models: list[str]) -> None:
         if queries:
             report = guarded(g.compare, queries, old, new, k)
             if report:
-                state().report = report
+                state().report = report.as_dict()
                 st.query_params.pop("query", None)  # a new report: its own first query
 
 
@@ -98,11 +98,11 @@ def show_report(report: dict) -> None:
 
 def side_by_side(report: dict, row: dict) -> None:
     g = gallery()
-    images = g.images(set(row["old"]) | set(row["new"]))
+    images = g.photos.rows(set(row["old"]) | set(row["new"]))
     lost, gained = set(row["lost"]), set(row["gained"])
 
     def hits(ids):
-        return [{"image_id": i, "name": images[i].name, "path": str(g.image_path(images[i]))}
+        return [{"image_id": i, "name": images[i].name, "path": str(g.photos.path(images[i]))}
                 for i in ids if i in images]
 
     left, right = st.columns(2)
@@ -117,7 +117,7 @@ def side_by_side(report: dict, row: dict) -> None:
 
 
 def backfill_curve() -> None:
-    curve = guarded(gallery().latest_backfill_curve)
+    curve = guarded(gallery().reports.backfill_curve)
     if not curve:
         st.caption("Run `graceful backfill --curve LABELLED_DIR` to record quality vs fraction "
                    "backfilled; the curve appears here.")
@@ -131,12 +131,13 @@ def backfill_curve() -> None:
 def main() -> None:
     g = opened_gallery()
     st.header("Compare")
-    models = [m["name"] for m in g.models()]
+    models = [m["name"] for m in g.models.registered()]
     if len(models) < 2:
         st.info("Compare needs two models: upgrade the gallery's model first (Models page).")
         return
     run_section(models)
-    report = state().report or guarded(g.latest_comparison)
+    saved = None if state().report else guarded(g.reports.comparison)
+    report = state().report or (saved.as_dict() if saved else None)
     if report:
         show_report(report)
     backfill_curve()

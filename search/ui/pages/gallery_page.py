@@ -103,17 +103,17 @@ def album_editor(rows, named: list[dict]) -> None:
         target = st.text_input("Move them to album", key="album-target")
         c1, c2 = st.columns(2)
         if c1.button("Move to album", key="album-move", disabled=not (picked and target.strip())):
-            n = guarded(g.set_album, ids, target.strip())
+            n = guarded(g.albums.set, ids, target.strip())
             flash(("success", f"{n} photos moved to album {md(target.strip())}."))
         if c2.button("Remove from their album", key="album-clear", disabled=not picked):
-            n = guarded(g.set_album, ids, None)
+            n = guarded(g.albums.set, ids, None)
             flash(("success", f"{n} photos now have no album."))
         if named:
             r1, r2 = st.columns(2)
             old = r1.selectbox("Rename album", [a["album"] for a in named], key="album-rename-old")
             new = r2.text_input("New name", key="album-rename-new")
             if st.button("Rename", key="album-rename", disabled=not new.strip()):
-                n = guarded(g.rename_album, old, new.strip())
+                n = guarded(g.albums.rename, old, new.strip())
                 flash(("success", f"Renamed {md(old)} → {md(new.strip())} ({n} photos)."))
 
 
@@ -122,7 +122,7 @@ def main() -> None:
     st.header("Gallery")
     show_flash()
     show_ingest_result()
-    n = guarded(g.count_images) or 0
+    n = guarded(g.photos.count) or 0
     if n == 0:
         st.info("**Welcome to Graceful.** Your gallery is empty. Drop photos below, or index a "
                 "folder on this server. Photos are embedded with the offline default model "
@@ -130,7 +130,7 @@ def main() -> None:
     add_photos(expanded=n == 0)
     if n == 0:
         return
-    named = [a for a in g.albums() if a["album"] is not None]
+    named = [a for a in g.albums.list() if a["album"] is not None]
     in_albums = f" in {len(named)} album{'s' if len(named) != 1 else ''}" if named else ""
     st.caption(f"{n} photos{in_albums} · active model **{md(g.active_model)}** "
                f"(space {md(g.space)})")
@@ -139,10 +139,10 @@ def main() -> None:
     shown = n if album is None else next(a["images"] for a in named if a["album"] == album)
     pages = max(1, -(-shown // PAGE_SIZE))
     page = st.number_input("Page", 1, pages, 1, key="gallery-page") if pages > 1 else 1
-    rows = g.list_images((page - 1) * PAGE_SIZE, PAGE_SIZE, album)
-    by = g.embedded_by([r.id for r in rows])
+    rows = g.photos.list((page - 1) * PAGE_SIZE, PAGE_SIZE, album)
+    by = g.photos.embedded_by([r.id for r in rows])
     album_editor(rows, named)
-    show_grid([{"image_id": r.id, "sha256": r.sha256, "name": r.name, "path": str(g.image_path(r)),
+    show_grid([{"image_id": r.id, "sha256": r.sha256, "name": r.name, "path": str(g.photos.path(r)),
                 "embedded_by": by.get(r.id, "—"), "album": r.album} for r in rows], key="gallery")
 
 

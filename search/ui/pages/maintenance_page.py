@@ -51,7 +51,7 @@ def generations_section() -> None:
         if train_dir and test_dir:
             start_job(f"bench-{kind}", bench_job(g.home, kind, train_dir, test_dir, loss))
     job_progress(f"bench-{kind}")
-    for name, result in (guarded(g.bench_reports) or {}).items():
+    for name, result in (guarded(g.reports.bench) or {}).items():
         st.markdown(f"**{name}**")
         if "matrix" in result:
             st.dataframe(pd.DataFrame({gal: {q: f"{row[gal]['top1']:.3f} ({row[gal]['map']:.3f})"
@@ -79,7 +79,7 @@ def train_section() -> None:
                "page.")
     t1, t2, t3 = st.columns(3)
     method = t1.selectbox("Method", ["adapter", "bct", "pct"], key="train-method")
-    backbone = t2.selectbox("Backbone", [e.name for e in g.available_models()
+    backbone = t2.selectbox("Backbone", [e.name for e in g.models.available()
                                          if e.kind != "compatible" and e.name != active],
                             key="train-backbone")
     loss = t3.selectbox("Loss", ["ce", "lqf"], key="train-loss")

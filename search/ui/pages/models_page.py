@@ -23,17 +23,17 @@ def can_query(e, active: str | None, space: str | None) -> str:
     g = gallery()
     if e.name == active:
         return "active"
-    if space not in (e.space, g.serving_space(e.name)):
+    if space not in (e.space, g.models.serving_space(e.name)):
         return "needs re-embed"
-    return g.standing_verdict(e) or "same space · not measured yet (Check compatibility)"
+    return g.models.standing_verdict(e) or "same space · not measured yet (Check compatibility)"
 
 
 def overview(entries, active: str | None, space: str | None) -> None:
     g = gallery()
-    where = g.store_description()
+    where = g.vectors.store()
     served = ("FAISS index files" if where["kind"] == "faiss"
               else f"Milvus at `{where['uri']}` ({where['mode']})")
-    mode = g.serving()
+    mode = g.models.serving()
     how = (" + ".join(f"{md(m)} {w:.2f}" for m, w in zip(mode["models"], mode["weights"]))
            if mode["mode"] == "fused" else "")
     st.markdown(f"Active model: **{md(active or '—')}** · gallery space **{md(space or '—')}** · "
@@ -44,7 +44,7 @@ def overview(entries, active: str | None, space: str | None) -> None:
         "compatible with": ", ".join(e.compatible_with),
         "can query this gallery": can_query(e, active, space)} for e in entries]),
         hide_index=True, width="stretch")
-    bad = g.unreadable_models()
+    bad = g.models.unreadable()
     if bad:
         st.warning("Unreadable model files (left out): " + "; ".join(
             md(f"{path.name}: {reason}") for path, reason in bad))
@@ -81,7 +81,7 @@ def upgrade_section(entries, active: str, space: str | None) -> None:
         if st.button(f"Re-embed the gallery with {target}", key="reembed-start"):
             start_job("reembed", reembed_job(g.home, target))
         job_progress("reembed")
-    history = g.model_history()
+    history = g.models.history()
     if c3.button(f"Roll back to {history[-1]}" if history else "Roll back", disabled=not history,
                  key="rollback"):
         r = guarded(g.rollback)
@@ -98,7 +98,8 @@ def upgrade_section(entries, active: str, space: str | None) -> None:
 def backfill_section() -> None:
     g = gallery()
     st.subheader("Backfill (optional)")
-    status = guarded(g.backfill_status) or {}
+    found = guarded(g.backfill_status)
+    status = found.as_dict() if found else {}
     st.caption(f"{status.get('fraction_backfilled', 0):.0%} of the gallery is embedded by "
                f"{md(status.get('model'))} · {status.get('older_vectors', 0)} older vectors · "
                f"{status.get('missing', 0)} missing")
@@ -112,7 +113,7 @@ def backfill_section() -> None:
 
 
 def matrix_section() -> None:
-    matrix = guarded(gallery().compatibility_matrix)
+    matrix = guarded(gallery().models.compatibility)
     st.subheader("Compatibility matrix")
     if matrix and matrix["models"]:
         cells = matrix["cells"]
@@ -126,7 +127,7 @@ def main() -> None:
     g = opened_gallery()
     st.header("Models")
     show_flash()
-    entries = g.available_models()
+    entries = g.models.available()
     active, space = g.active_model, g.space
     overview(entries, active, space)
     if active is None:

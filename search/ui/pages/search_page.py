@@ -17,10 +17,10 @@ def forget_similar() -> None:
 def main() -> None:
     g = opened_gallery()
     st.header("Search")
-    if (guarded(g.count_images) or 0) == 0:
+    if (guarded(g.photos.count) or 0) == 0:
         st.info("The gallery is empty: add photos on the Gallery page first.")
         return
-    model = guarded(g.embedder)
+    model = guarded(g.models.embedder)
     if model is None:
         return
     st.caption(f"Queries use **{md(model.name)}** (space {md(model.space)})")
@@ -34,9 +34,9 @@ def main() -> None:
                          on_change=forget_similar) if model.info.has_text else ""
     similar = st.query_params.get("similar")
     if similar:
-        row = guarded(g.image_row, similar)
+        row = guarded(g.photos.row, similar)
         if row:
-            shown = thumbnail(str(g.image_path(row)))
+            shown = thumbnail(str(g.photos.path(row)))
             if shown:
                 st.image(shown, width=160, caption=f"similar to #{row.id}")
             result = guarded(g.search, None, k, image=row.id, log=True)
