@@ -1,7 +1,7 @@
 """End to end in a real headless Chromium (Debian's), driven by Playwright: start the app on a
 free localhost port, upload photos, search, upgrade, compare, roll back, fit and transform.
-Screenshots go to a temporary folder; `python -m bench.screenshots` runs the same walk-through
-to refresh docs/screenshots/ (README shows them)."""
+Screenshots go to a temporary folder; README's (docs/screenshots/) come from a realistic gallery
+by `python -m bench.screenshots`, which reuses this module's app runner."""
 from __future__ import annotations
 
 import contextlib
