@@ -20,6 +20,7 @@ from bench.common import machine, write_json
 
 def run_split(gallery_classes: list[str], cache: Path, seed: int) -> dict:
     from models.train import TrainConfig, old_classifier_rows, train_head
+
     from search.ops import fit_blend
     from search.ops.fit import REL_WEIGHT
     from search.ops.fit_sample import default_sample

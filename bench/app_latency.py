@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from bench.common import CALTECH, machine, percentiles, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,10 +27,11 @@ def main() -> None:
     args = ap.parse_args()
     os.environ["GRACEFUL_HOME"] = args.home
     os.environ.setdefault("GRACEFUL_THREADS", "2")
+    from streamlit.testing.v1 import AppTest
+
     from search.api import Gallery
     from search.ops.ingest import ingest
     from search.runtime import configure_threads
-    from streamlit.testing.v1 import AppTest
 
     configure_threads()
     g = Gallery.open(args.home, create=True)

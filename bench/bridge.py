@@ -68,6 +68,7 @@ def each_half(run_split, args) -> dict:
 
 def run_split(gallery_classes: list[str], cache: Path, seed: int) -> dict:
     from models.bridge import choose_map, fuse
+
     from search.ops import bridge_plan
     from search.ops.fit_sample import bridge_sample as sample_bound
 

@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from bench.common import ROOT, write_json
 
 COMMANDS = {"--help": ["--help"], "info": ["info"], "models": ["models"]}

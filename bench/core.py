@@ -13,9 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-
-from bench.common import (caltech_files, machine, peak_rss_mib, percentiles, rss_mib,
-                          synthetic_vectors, timed, write_json)
+from bench.common import (
+    caltech_files,
+    machine,
+    peak_rss_mib,
+    percentiles,
+    rss_mib,
+    synthetic_vectors,
+    timed,
+    write_json,
+)
 from search.runtime import configure_threads
 
 
@@ -23,8 +30,9 @@ def forward_vs_ingest(n_images: int, model_name: str, batch: int) -> dict:
     import torch
 
     from models import registry
-    from search.api import Gallery
     from models.imageio import decode
+
+    from search.api import Gallery
     from search.ops.ingest import ingest
 
     files = caltech_files("train", n_images)
@@ -103,9 +111,9 @@ def query_latency(size: int, repeat: int, embed_ms: float, centers: np.ndarray,
             g.core._indexes["synthetic"] = idx
             raw = idx.index
             it = iter(range(10**9))
-            raw_t = timed(lambda: raw.search(queries[next(it) % repeat][None], 10), repeat)
+            raw_t = timed(lambda raw=raw, it=it: raw.search(queries[next(it) % repeat][None], 10), repeat)
             it2 = iter(range(10**9))
-            ours_t = timed(lambda: g.core.search_vectors(queries[next(it2) % repeat][None], 10, "bench",
+            ours_t = timed(lambda it2=it2: g.core.search_vectors(queries[next(it2) % repeat][None], 10, "bench",
                                                     "synthetic"), repeat)
             _, ids = raw.search(queries, 10)
             if exact_ids is None:

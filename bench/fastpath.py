@@ -69,6 +69,7 @@ def compare(name: str, batch: int, seconds: float, files: list[Path], rounds: in
 def ingest_rates(name: str, n_images: int) -> dict:
     """Real ingest (loader thread decoding while the main thread embeds) with each runtime."""
     from models import registry
+
     from search.api import Gallery
     from search.ops.ingest import ingest
 

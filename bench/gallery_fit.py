@@ -44,6 +44,7 @@ def cached_gallery(home: Path, files: list[Path], albums: list[str], cache: Path
     at many sizes without re-embedding."""
     from models import registry
     from models.features import FeatureCache, file_shas
+
     from search.api import Gallery
 
     g = Gallery.open(home, create=True)
@@ -99,14 +100,15 @@ def main() -> None:
     args = ap.parse_args()
 
     from models.compat_train import TrainRequest, train_compatible
+
+    from search.api import Gallery
     from search.ops import backfill as bf
     from search.ops.compare import compare, queries_from_folder
     from search.ops.fit_sample import default_sample, plan_sample
-    from search.api import Gallery
     from search.ops.ingest import ingest
     from search.ops.preflight import preflight
-    from search.runtime import configure_threads
     from search.ops.upgrade import upgrade
+    from search.runtime import configure_threads
 
     configure_threads()
     shutil.rmtree(args.work, ignore_errors=True)
@@ -181,6 +183,7 @@ def main() -> None:
     # rates of the two pipelines back to back on the same stored photos (this machine's speed
     # drifts by tens of percent between minutes, so the ratio is taken from these)
     from models.features import extract
+
     from search.ops.embedjob import embed_stored
 
     probe = [m.id for m in members[:400]]

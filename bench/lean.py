@@ -154,6 +154,7 @@ def float16_effect(files: list[Path], real: np.ndarray) -> dict:
     from models import registry
     from models.features import extract
     from models.metrics import label_retrieval
+
     from search.storage.catalog import as_stored
 
     test = [i for i, f in enumerate(files) if f.parent.parent.name == "test"]

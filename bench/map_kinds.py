@@ -17,6 +17,7 @@ from bench.bridge import CALTECH, domain, summary
 
 def main() -> None:
     from models.bridge import choose_map, fuse
+
     from search.ops.fit_sample import bridge_sample
 
     ap = argparse.ArgumentParser()

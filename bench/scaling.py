@@ -41,8 +41,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import (ROOT, caltech_files, machine, percentiles, rss_mib, synthetic_vectors,
-                          timed, write_json)
+from bench.common import (
+    ROOT,
+    caltech_files,
+    machine,
+    percentiles,
+    rss_mib,
+    synthetic_vectors,
+    timed,
+    write_json,
+)
 from search.runtime import configure_threads
 
 NEW = "lite2-compat-lite0"
@@ -257,9 +265,11 @@ def search_section(sizes: list[int], centers: np.ndarray, repeat: int,
                                   server["milvus_pid"]) if store == "milvus-server" else None)
                 with OthersMeter() as others:
                     it = iter(range(10**9))
-                    bare = timed(lambda: idx.search(queries[next(it) % repeat][None], 10), repeat)
+                    bare = timed(lambda idx=idx, queries=queries, it=it:
+                                 idx.search(queries[next(it) % repeat][None], 10), repeat)
                     it2 = iter(range(10**9))
-                    ours = timed(lambda: g.core.search_vectors(queries[next(it2) % repeat][None], 10,
+                    ours = timed(lambda g=g, queries=queries, it2=it2: g.core.search_vectors(
+                        queries[next(it2) % repeat][None], 10,
                                                           "bench", "lite0"), repeat)
                     _, ids = idx.search(queries, 10)
                 if exact is None:
@@ -351,8 +361,8 @@ def upgrade_section(size: int, centers: np.ndarray) -> list[dict]:
 
 
 def ray_section(n_photos: int, workers: list[int]) -> dict:
-    from search.ops import backfill as bf
     from search.api import Gallery
+    from search.ops import backfill as bf
     from search.ops.raypool import RayOptions
 
     root = Path(tempfile.mkdtemp(prefix="graceful-bench-ray-"))
@@ -371,7 +381,7 @@ def ray_section(n_photos: int, workers: list[int]) -> dict:
             g = Gallery.open(home)
             marks: list[tuple[float, int]] = []  # (time, photos done) at each committed batch
             t0 = time.perf_counter()
-            bf.backfill(g.core, on_progress=lambda st: marks.append((time.perf_counter(), st.done)),
+            bf.backfill(g.core, on_progress=lambda st, marks=marks: marks.append((time.perf_counter(), st.done)),
                         ray=options)
             wall = time.perf_counter() - t0
             counts = {r["model"]: r["vectors"] for r in g.core.catalog.vector_counts()}

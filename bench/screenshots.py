@@ -158,7 +158,6 @@ def shrink(png: Path) -> None:
 def walk(url: str, home: Path, photos: int, queries: int, out: Path) -> None:
     """Every page of the app on the prepared gallery; SHOTS into `out`."""
     from playwright.sync_api import expect, sync_playwright
-
     from test_browser import FLAGS
 
     out.mkdir(parents=True, exist_ok=True)
@@ -244,7 +243,6 @@ def walk(url: str, home: Path, photos: int, queries: int, out: Path) -> None:
 def walk_empty(url: str, out: Path) -> None:
     """A new gallery's welcome (0-empty.png)."""
     from playwright.sync_api import expect, sync_playwright
-
     from test_browser import FLAGS
 
     with sync_playwright() as p:

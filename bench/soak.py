@@ -5,7 +5,8 @@ the process's RSS sampled every few hundred photos (docs/BENCHMARKS.md section 1
     python -m bench.soak --photos 20000 --every 1000 --json bench/out/soak20k.json
 
 Photos: smooth colour fields (a random 4x4 grid upscaled bicubically), shapes and sensor-like
-noise (crops of three fixed noise fields), 240-1600 px on the long side, aspect 1:2 to 2:1, JPEG quality 70-95, 500 per album folder.
+noise (crops of three fixed noise fields), 240-1600 px on the long side,
+aspect 1:2 to 2:1, JPEG quality 70-95, 500 per album folder.
 Reports each sample (photos done, RSS MiB, seconds), the growth over the second half (the largest
 RSS of the second half minus the RSS at its start), the peak (VmHWM) and the rate.
 tests/test_soak.py runs it at 2,000 photos and bounds the growth.
@@ -23,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import peak_rss_mib, rss_mib
-
 
 _NOISE: list = []  # sensor-like noise fields, made once and cropped per photo
 

@@ -44,10 +44,10 @@ def public(d: dict) -> dict:
 
 
 def scenario(split: str, coarse: bool, cache: Path, work: Path) -> dict:
-    from bench.gallery_fit import cached_gallery, halves
     from models.features import FeatureCache, file_shas
+
+    from bench.gallery_fit import cached_gallery, halves
     from search.ops.fit import FitRequest, fit_upgrade
-    from search.api import Gallery
     from search.ops.upgrade import rollback, upgrade
 
     _, user = halves(split == "first")
@@ -102,7 +102,7 @@ def scenario(split: str, coarse: bool, cache: Path, work: Path) -> dict:
         print(split, "coarse" if coarse else "fine", backbone, rec,
               {p: (v["top1"], v["top5"], v["map"], v["nfr"], v["lost_at_5"]) for p, v in paths.items()},
               flush=True)
-    q, b = out["fits"]["lite2"]["on_queries"], out["fits"]["lite2"]
+    q = out["fits"]["lite2"]["on_queries"]
     gap = q["backfill"]["map"] - q["queries"]["map"]
     out["lite2_transform_closes"] = round((q["transform"]["map"] - q["queries"]["map"]) / gap, 3) \
         if gap > 0 else None
@@ -114,15 +114,17 @@ def at_scale(n: int, cache: Path, work: Path, checkpoint: Path | None) -> dict:
     """Timings at n synthetic photo-like lite0 vectors in 50 albums (no photo files)."""
     from models import registry
     from models.features import FeatureCache
-    from search.ops.fit import FitRequest, fit_upgrade
+
     from search.api import Gallery
+    from search.ops.fit import FitRequest, fit_upgrade
     from search.ops.transform import transform_gallery
     from search.ops.upgrade import rollback, upgrade
 
     home = work / f"scale-{n}"
     shutil.rmtree(home, ignore_errors=True)
-    from bench.common import caltech_files
     from models.features import file_shas
+
+    from bench.common import caltech_files
 
     centers = FeatureCache(cache, "lite0").get(file_shas(caltech_files("train", 2000)))
     centers = (centers / np.linalg.norm(centers, axis=1, keepdims=True)).astype(np.float32)
@@ -172,9 +174,10 @@ def at_scale(n: int, cache: Path, work: Path, checkpoint: Path | None) -> dict:
 
 def lite2_feature_rate(work: Path, n: int = 300) -> float:
     """lite2 features per second here on photos it has not seen (nothing cached)."""
-    from bench.common import caltech_files
     from models import registry
     from models.features import extract
+
+    from bench.common import caltech_files
 
     files = caltech_files("test", n)
     shutil.rmtree(work / "rate-cache", ignore_errors=True)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 from bench.common import CALTECH, caltech_files, machine, write_json
 from search.runtime import configure_threads
 
@@ -119,6 +118,7 @@ def backfill_curves(cache: Path, steps: int = 10) -> dict:
     from models import registry
     from models.features import extract
     from models.imagefolder import scan
+
     from search.ops.backfill import area_under_curve, quality_curve
 
     test = scan(CALTECH / "test")

@@ -13,9 +13,8 @@ import os
 import re
 import struct
 import time
-from dataclasses import dataclass, field, asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError as SafetensorsError

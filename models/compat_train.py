@@ -15,7 +15,13 @@ from .compatible import HeadEmbedder
 from .embedder import Embedder
 from .features import extract, file_shas
 from .imagefolder import align_classes, scan
-from .train import COMPATIBLE_METHODS, LABELLED_METHODS, TrainConfig, old_classifier_rows, train_head
+from .train import (
+    COMPATIBLE_METHODS,
+    LABELLED_METHODS,
+    TrainConfig,
+    old_classifier_rows,
+    train_head,
+)
 
 
 @dataclass

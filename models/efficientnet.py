@@ -11,8 +11,8 @@ import dataclasses
 import importlib
 
 import numpy as np
-import torch
 import timm
+import torch
 from torchvision import transforms
 
 from .embedder import Embedder, ModelInfo

@@ -11,7 +11,7 @@ fast tier's fakes, tests/fakes.py) runs every engine operation without it. The t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, asdict
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np

@@ -12,9 +12,18 @@ from typing import Any
 
 import numpy as np
 
-from models.evaluation.score import (LOST_KS, Outcomes, Summary, average_precision,
-                                     exclusion_mask, flip_rates, mean_se, near_duplicates, score,
-                                     search)
+from models.evaluation.score import (
+    LOST_KS,
+    Outcomes,
+    Summary,
+    average_precision,
+    exclusion_mask,
+    flip_rates,
+    mean_se,
+    near_duplicates,
+    score,
+    search,
+)
 
 __all__ = ["LOST_KS", "Outcomes", "Summary", "average_precision", "exclusion_mask", "flip_rates",
            "mean_se", "near_duplicates", "score", "search"]

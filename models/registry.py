@@ -21,7 +21,6 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING, Protocol
 
 from .checkpoint import SUFFIX, CheckpointError, CheckpointMeta, load_checkpoint, read_meta

@@ -20,8 +20,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from search.errors import GalleryError  # noqa: E402
-from search.storage.catalog import open_catalog  # noqa: E402
 from search.settings import Settings  # noqa: E402
+from search.storage.catalog import open_catalog  # noqa: E402
 
 
 def main(location: str, mode: str, tag: str, n: int, size: int = 4) -> None:

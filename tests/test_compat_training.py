@@ -5,11 +5,12 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import caltech_subset
+
 from models.checkpoint import read_meta
 from models.evaluation.compat import CompatBenchConfig, run
 from models.imagefolder import DatasetError, scan
+
 from search.cli import cli
 
 CLASSES = ["airplanes", "Faces_easy", "Motorbikes", "bonsai", "chandelier", "ketch", "Leopards",

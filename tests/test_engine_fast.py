@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from fakes import ALBUMS, PER_ALBUM, FakeModels, make_photos, open_fake, photo, photo_bytes
+
 from search.errors import GalleryError
 
 pytestmark = [pytest.mark.fast, pytest.mark.usefixtures("no_fsync")]

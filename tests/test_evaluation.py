@@ -9,8 +9,14 @@ import pytest
 
 from models import metrics
 from models.evaluation.judge import BRIDGE, PLAN, Verdict, judge
-from models.evaluation.score import (Outcomes, Summary, label_codes, relevance_outcomes,
-                                     score, search)
+from models.evaluation.score import (
+    Outcomes,
+    Summary,
+    label_codes,
+    relevance_outcomes,
+    score,
+    search,
+)
 
 pytestmark = pytest.mark.fast
 

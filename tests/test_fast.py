@@ -141,6 +141,7 @@ def test_collect_files_walks_and_refuses(tmp_path):
 
 def test_compat_signals_separate_compatible_from_unrelated():
     from models import metrics
+
     from search.ops.preflight import judge
 
     ref = unit(400, 64)

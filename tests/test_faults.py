@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from search.storage.catalog import SCHEMA_VERSION
 from search.cli import cli
+from search.storage.catalog import SCHEMA_VERSION
 
 
 def run(home, *args):
@@ -284,8 +284,8 @@ def test_a_bad_model_for_a_new_gallery_writes_nothing(home, few_photos, tmp_path
 
 def test_preflight_never_checks_a_model_against_its_own_vectors(gallery12):
     """After a partial backfill the pre-flight samples photos still holding old vectors."""
-    from search.ops import backfill as bf
     from search.api import Gallery
+    from search.ops import backfill as bf
     from search.ops.preflight import preflight
 
     assert run(gallery12, "upgrade", "lite2-compat-lite0").exit_code == 0

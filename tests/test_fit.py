@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import ALBUM_CLASSES
 
-from search.storage.catalog import SCHEMA_VERSION, Catalog, _migrate_to_1
+from search.api import Gallery
 from search.cli import cli
 from search.ops.fit import FitRefused, FitRequest, fit_upgrade
 from search.ops.fit_sample import FitError, stratified
-from search.api import Gallery
-
-from conftest import ALBUM_CLASSES
+from search.storage.catalog import SCHEMA_VERSION, Catalog, _migrate_to_1
 
 
 def run(home, *args):

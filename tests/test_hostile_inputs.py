@@ -215,6 +215,7 @@ def test_a_killed_fits_temp_checkpoint_is_ignored_then_removed(home, make_checkp
     from click.testing import CliRunner
 
     from models import registry
+
     from search.api import Gallery
     from search.cli import cli
 

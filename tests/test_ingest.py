@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 
 from search.api import Gallery, GalleryError
-from search.storage.faiss_index import SpaceIndex
 from search.ops.ingest import ingest
 from search.ops.query import search_file, search_gallery_image
-
+from search.storage.faiss_index import SpaceIndex
 
 
 def catalog_ids(home: Path) -> list[int]:
@@ -85,6 +84,7 @@ def test_bad_inputs_are_reported_and_nothing_written(home, few_photos, tmp_path,
 
 def test_missing_path_or_unknown_model_writes_nothing(home, few_photos):
     from click.testing import CliRunner
+
     from search.cli import cli
 
     runner = CliRunner()

@@ -8,6 +8,7 @@ import pytest
 
 from models import metrics
 from models.transform import fit_linear_map
+
 from search.ops import plan
 
 pytestmark = pytest.mark.fast

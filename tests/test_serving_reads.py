@@ -143,7 +143,7 @@ def test_a_write_after_an_interim_read_builds_what_the_setting_says(tmp_path, mo
     g.core.sync_index("old", [7], new)
     assert g.core.search_vectors(new, 1, "old")[0].hits[0].image_id == 7
     g.core.save_indexes()
-    assert trained and g.core.index("old").kind == "ivf" and not getattr(g.core.index("old"), "interim")
+    assert trained and g.core.index("old").kind == "ivf" and not g.core.index("old").interim
     assert g.core.search_vectors(new, 1, "old")[0].hits[0].image_id == 7
     g.close()
     g = Gallery.open(home)

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from search.cli import cli
 from search.api import Gallery
-
+from search.cli import cli
 
 PLAN_KEYS = {"path", "top1", "top5", "map", "nfr", "lost_at_5", "seconds"}
 
@@ -44,10 +43,14 @@ def transformed_count(home: Path, model: str) -> int:
 def test_vector_only_fit_decodes_nothing_then_transforms_searches_and_rolls_back(
         album_home, album_photos, monkeypatch):
     import models.imageio
-    import search.ops.fit
+
     # modules that bind decode at import are imported now, so none keeps `never` afterwards
-    import search.ops.compare, search.ops.embedjob, search.ops.ingest  # noqa: F401, E401
-    import search.ops.preflight, search.ops.query  # noqa: F401, E401
+    import search.ops.compare  # noqa: F401, E401
+    import search.ops.embedjob
+    import search.ops.fit
+    import search.ops.ingest
+    import search.ops.preflight  # noqa: F401, E401
+    import search.ops.query
 
     def never(*a, **k):
         raise AssertionError("a vector-only fit must not decode or embed a photo")

@@ -9,16 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import caltech_subset
 
+from search.api import Gallery, GalleryError
 from search.ops import backfill as bf
 from search.ops.compare import compare, queries_from_folder, queries_from_log
-from search.api import Gallery, GalleryError
 from search.ops.ingest import ingest
 from search.ops.query import search_file
 from search.ops.reembed import reembed
 from search.ops.upgrade import rollback, upgrade
-
-from conftest import caltech_subset
 
 SHIPPED = "lite2-compat-lite0"
 

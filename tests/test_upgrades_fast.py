@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 from fakes import ALBUMS, PER_ALBUM, FakeModels, make_photos, open_fake, photo_bytes
+
 from search.errors import GalleryError
 
 pytestmark = [pytest.mark.fast, pytest.mark.usefixtures("no_fsync")]
@@ -91,7 +91,8 @@ def test_upgrade_on_an_empty_gallery_is_refused(tmp_path):
 def test_after_an_upgrade_new_photos_are_embedded_by_the_new_model(fake_gallery, tmp_path):
     fake_gallery.upgrade("fake-a2")
     fake_gallery.add(make_photos(tmp_path / "new", ["purple"], 3))
-    by = fake_gallery.photos.embedded_by([h.image_id for h in fake_gallery.search(photo_bytes("purple", 5), k=N + 3).hits])
+    hits = fake_gallery.search(photo_bytes("purple", 5), k=N + 3).hits
+    by = fake_gallery.photos.embedded_by([h.image_id for h in hits])
     assert sorted(by.values()).count("fake-a2") == 3 and sorted(by.values()).count("fake-a") == N
     with pytest.raises(GalleryError, match="no text tower"):
         fake_gallery.search(text="red")  # fake-a2 has none

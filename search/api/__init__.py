@@ -5,10 +5,24 @@ and what needs no open gallery (tools.py). The CLI, the app and scripts use this
 from __future__ import annotations
 
 from search.api.gallery import HANDLES, Gallery
-from search.api.results import (BackfillStatus, ComparisonReport, FitEstimate, InfoReport,
-                                QueryLogState, ReindexResult, Report, TrainedModel)
-from search.api.tools import (available_models, bench_compat, bench_generations, check_paths,
-                              train_on_dataset, verify_model)
+from search.api.results import (
+    BackfillStatus,
+    ComparisonReport,
+    FitEstimate,
+    InfoReport,
+    QueryLogState,
+    ReindexResult,
+    Report,
+    TrainedModel,
+)
+from search.api.tools import (
+    available_models,
+    bench_compat,
+    bench_generations,
+    check_paths,
+    train_on_dataset,
+    verify_model,
+)
 from search.core import SearchHit, SearchResult
 from search.errors import GalleryError
 from search.settings import Settings, default_home

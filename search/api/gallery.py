@@ -13,14 +13,20 @@ from typing import TYPE_CHECKING, Callable, Iterator, TypeAlias
 from models.progress import Progress, ProgressBar
 
 from search.api.handles import Albums, Models, Photos, Reports, Vectors
-from search.api.results import (BackfillStatus, ComparisonReport, InfoReport, QueryLogState,
-                                ReindexResult)
+from search.api.results import (
+    BackfillStatus,
+    ComparisonReport,
+    InfoReport,
+    QueryLogState,
+    ReindexResult,
+)
 from search.core import GalleryCore, SearchResult
 from search.errors import GalleryError
 from search.settings import Settings
 
 if TYPE_CHECKING:
     from models import registry
+
     from search.ops.backfill import CurveRecorder
     from search.ops.check import CheckReport
     from search.ops.ingest import IngestReport

@@ -15,6 +15,7 @@ from search.units import fit_name
 if TYPE_CHECKING:
     from models.embedder import Embedder
     from models.registry import ModelEntry
+
     from search.ops.backfill import CurveRecorder
     from search.storage.catalog import ImageRow
 

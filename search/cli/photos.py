@@ -8,8 +8,16 @@ from pathlib import Path
 import click
 
 from search import render
-from search.cli.base import (Context, bars, echo_lines, emit_json, fail, interrupted, ray_flags,
-                             ray_options)
+from search.cli.base import (
+    Context,
+    bars,
+    echo_lines,
+    emit_json,
+    fail,
+    interrupted,
+    ray_flags,
+    ray_options,
+)
 
 
 @click.command("index")

@@ -16,14 +16,19 @@ import numpy as np
 
 from models import registry
 
-from search.storage.catalog import Catalog, ImageRow, catalog_exists, catalog_location, open_catalog
-from search.errors import GalleryError
-from search.settings import Settings, default_home
-from search.storage.imagestore import ImageStore
 from search.core.reports import Reports
 from search.core.results import SearchHit, SearchResult
-from search.storage.vectorstore import (SpaceVectors, VectorStore, open_notice, open_store,
-                                        store_config)
+from search.errors import GalleryError
+from search.settings import Settings, default_home
+from search.storage.catalog import Catalog, ImageRow, catalog_exists, catalog_location, open_catalog
+from search.storage.imagestore import ImageStore
+from search.storage.vectorstore import (
+    SpaceVectors,
+    VectorStore,
+    open_notice,
+    open_store,
+    store_config,
+)
 
 if TYPE_CHECKING:
     from models.embedder import Embedder

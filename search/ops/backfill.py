@@ -14,10 +14,10 @@ from typing import Callable
 
 import numpy as np
 
-from search.ops.embedjob import JobProgress, embed_stored
-from search.ops.raypool import RayOptions
 from search.core import GalleryCore
 from search.errors import GalleryError
+from search.ops.embedjob import JobProgress, embed_stored
+from search.ops.raypool import RayOptions
 
 ORDERS = ("random", "oldest", "most-retrieved", "uncertainty")
 

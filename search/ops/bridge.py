@@ -31,10 +31,18 @@ from search.core import GalleryCore
 from search.ops import bridge_plan
 from search.ops.compare import earlier_checks
 from search.ops.fit import SHARD, FitRequest, _gallery_state, _transform_rate, _validate
-from search.ops.fit_sample import (CURVE_GAIN, CURVE_START, HOLDOUT, MIN_PHOTOS,
-                                    NOMINAL_IMAGES_PER_SECOND, FitError, _labelled_albums,
-                                    bridge_sample)
+from search.ops.fit_sample import (
+    CURVE_GAIN,
+    CURVE_START,
+    HOLDOUT,
+    MIN_PHOTOS,
+    NOMINAL_IMAGES_PER_SECOND,
+    FitError,
+    _labelled_albums,
+    bridge_sample,
+)
 from search.ops.preflight import in_holdout
+
 
 def curve_steps(cap: int, requested: int | None) -> list[int]:
     if requested:

@@ -11,11 +11,11 @@ import numpy as np
 from models import metrics
 from models.evaluation.score import Summary, relevance_outcomes
 from models.imagefolder import IMAGE_SUFFIXES
+from models.imageio import BadImage, decode
 
 from search.core import GalleryCore
-from search.ops.query import read_query_image
 from search.errors import GalleryError
-from models.imageio import BadImage, decode
+from search.ops.query import read_query_image
 from search.storage.imagestore import sha256_bytes
 
 LOST_KS = metrics.LOST_KS  # lost@k is always reported at these depths, and at the compare's k

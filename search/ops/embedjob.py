@@ -10,15 +10,13 @@ import time
 from contextlib import closing
 from typing import Callable
 
-
 from models.embedder import Embedder
+from models.imageio import BadImage, decode
+from models.pipeline import prefetch_map
 from models.progress import Progress
 
 from search.core import GalleryCore
-from models.imageio import BadImage, decode
-from models.pipeline import prefetch_map
 from search.ops.raypool import RayOptions, embedded
-
 
 JobProgress = Progress  # the name this module has always exported
 

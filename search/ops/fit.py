@@ -22,15 +22,14 @@ from models.checkpoint import SUFFIX, CheckpointMeta, fingerprint, save_checkpoi
 from models.compat_train import NAME_RE
 from models.compatible import HeadEmbedder
 from models.features import extract
-from models.progress import Progress
 from models.heads import build_head
+from models.progress import Progress
 from models.train import LABELLED_METHODS, TrainConfig, old_classifier_rows, train_head
 
-from search.ops import fit_blend, plan
 from search.core import GalleryCore
-from search.ops.fit_sample import (FIT_METHODS, HOLDOUT, MIN_PHOTOS, NOMINAL_IMAGES_PER_SECOND,
-                                    VECTOR_HELD_OUT_MAX, FitError, _labelled_albums, _Sample,
-                                    plan_sample, resolve_method)
+from search.ops import fit_blend, plan
+from search.ops import fit_sample as fs
+from search.ops.fit_sample import FitError, _Sample, plan_sample
 from search.ops.preflight import judge
 
 BLENDS = (0.0, 0.3, 0.5, 0.7, 0.85)  # shares of the stored vector a vector-only head may keep
@@ -68,8 +67,8 @@ class FitRequest:
 
 
 def _validate(gallery: GalleryCore, req: FitRequest):
-    if req.method not in FIT_METHODS:
-        raise FitError(f"unknown method {req.method!r}; choose from {', '.join(FIT_METHODS)}")
+    if req.method not in fs.FIT_METHODS:
+        raise FitError(f"unknown method {req.method!r}; choose from {', '.join(fs.FIT_METHODS)}")
     if not NAME_RE.match(req.out):
         raise FitError(f"model name {req.out!r}: use letters, digits, '_', '.', '-' (max 64)")
     dest = gallery.models_dir / f"{req.out}{SUFFIX}"
@@ -101,7 +100,7 @@ def _collect(gallery: GalleryCore, req: FitRequest, backbone, space: str, member
              labelled: bool, vector_only: bool) -> _Sample:
     by_id = {m.id: m for m in members}
     if vector_only:  # no photo is decoded: the features are the vectors the gallery stores
-        train, held = plan_sample(members, labelled, req.sample, req.seed, VECTOR_HELD_OUT_MAX)
+        train, held = plan_sample(members, labelled, req.sample, req.seed, fs.VECTOR_HELD_OUT_MAX)
         ids = train + held
         stored = gallery.catalog.serving_vectors_of(ids, space)
         old = np.stack([stored[i] for i in ids])
@@ -210,15 +209,15 @@ def fit_upgrade(gallery: GalleryCore, req: FitRequest) -> dict:
     if backbone.name == active and not vector_only:
         raise FitError(f"{backbone.name} is already the gallery's model: choose a new backbone")
     members = _members(gallery, space, backbone, vector_only)
-    if len(members) < MIN_PHOTOS:
+    if len(members) < fs.MIN_PHOTOS:
         raise FitError(
             f"this gallery has {len(members)} photo{'s' if len(members) != 1 else ''}"
             + (f" embedded by {backbone.name}" if vector_only else "")
-            + f"; fitting an upgrade to it needs at least {MIN_PHOTOS} (some to learn from, some "
+            + f"; fitting an upgrade to it needs at least {fs.MIN_PHOTOS} (some to learn from, some "
             f"to check on). For a gallery this small, re-embed it instead: graceful reembed "
             f"{req.backbone}")
     labels = {m.id: m.album for m in members}
-    albums = _labelled_albums(labels, list(labels))
+    albums = fs._labelled_albums(labels, list(labels))
     if vector_only and len(albums) < 2:
         found = ", ".join(f"{a} ({c})" for a, c in sorted(albums.items())) or "none"
         raise FitError(
@@ -226,7 +225,7 @@ def fit_upgrade(gallery: GalleryCore, req: FitRequest) -> dict:
             f"learn from albums, and needs at least two albums with two or more photos each; "
             f"this gallery has: {found}. Put photos into albums (graceful albums set, or "
             f"graceful index --album NAME), or fit a new backbone (--backbone lite2).")
-    method = resolve_method(req.method, albums)
+    method = fs.resolve_method(req.method, albums)
     if vector_only and method not in LABELLED_METHODS:
         raise FitError(f"--method {method} maps another backbone onto the stored vectors; on "
                        f"{backbone.name} itself only album methods apply (pct, bct)")
@@ -262,7 +261,7 @@ def fit_upgrade(gallery: GalleryCore, req: FitRequest) -> dict:
 
     photos = gallery.catalog.count_images()
     rate = (sample.embedded / sample.seconds if sample.seconds > 0.5
-            else NOMINAL_IMAGES_PER_SECOND.get(backbone.name, 30.0))
+            else fs.NOMINAL_IMAGES_PER_SECOND.get(backbone.name, 30.0))
     seconds = {"queries": 0.0,
                "transform": photos / _transform_rate(t_map, len(sample.train) + len(sample.held)),
                "backfill": photos / rate}
@@ -305,7 +304,7 @@ def fit_upgrade(gallery: GalleryCore, req: FitRequest) -> dict:
                  "eval": _eval_cell(signals, len(sample.held))},
         classes=classes if trained.classifier is not None else [],
         training={"config": cfg.as_dict(), "from_gallery": str(gallery.home), "images": n_train,
-                  "classes": len(classes), "command": " ".join(sys.argv), "holdout": HOLDOUT},
+                  "classes": len(classes), "command": " ".join(sys.argv), "holdout": fs.HOLDOUT},
         transform=transform.spec,
     )
     aux = {"classifier": trained.classifier} if trained.classifier is not None else {}

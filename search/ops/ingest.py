@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from models.embedder import Embedder
-from models.progress import Progress
-
-from search.storage.catalog import ReadOnlyCatalog, album_of_source
-from search.storage.files import collect_files
-from search.core import GalleryCore
 from models.imageio import BadImage, decode, read_photo_file
 from models.pipeline import prefetch_map
+from models.progress import Progress
+
+from search.core import GalleryCore
 from search.ops.raypool import RayOptions, embedded
+from search.storage.catalog import ReadOnlyCatalog, album_of_source
+from search.storage.files import collect_files
 from search.storage.imagestore import sha256_bytes
 
 EXT_BY_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp",

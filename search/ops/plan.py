@@ -17,8 +17,14 @@ from typing import Any
 import numpy as np
 
 from models.evaluation.judge import PLAN, judge
-from models.evaluation.score import (Summary, exclusion_mask, label_codes, near_duplicates,
-                                     score, search)
+from models.evaluation.score import (
+    Summary,
+    exclusion_mask,
+    label_codes,
+    near_duplicates,
+    score,
+    search,
+)
 
 from search.units import duration_text
 

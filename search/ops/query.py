@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from models.embedder import Embedder
-
-from search.errors import friendly
-from search.core import GalleryCore, SearchResult
-from search.errors import GalleryError
 from models.imageio import BadImage, decode
+
+from search.core import GalleryCore, SearchResult
+from search.errors import GalleryError, friendly
 from search.storage.imagestore import sha256_bytes
 
 

@@ -54,8 +54,13 @@ def embedded(gallery: "GalleryCore", model: "Embedder", items: Iterable, batch_s
 @contextmanager
 def open_pool(gallery: "GalleryCore", model: "Embedder", options: RayOptions
               ) -> Iterator[_Said]:
-    from models.ray_embed import (START_TIMEOUT_ENV, ModelPackage, RayEmbedPool,
-                                  RayStartTimeout, prepare_auth)
+    from models.ray_embed import (
+        START_TIMEOUT_ENV,
+        ModelPackage,
+        RayEmbedPool,
+        RayStartTimeout,
+        prepare_auth,
+    )
 
     prepare_auth(options.address)
     try:

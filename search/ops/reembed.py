@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from search.ops.embedjob import JobProgress, embed_stored
 from search.core import GalleryCore
 from search.errors import GalleryError
+from search.ops.embedjob import JobProgress, embed_stored
 from search.ops.raypool import RayOptions
 
 

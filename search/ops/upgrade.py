@@ -7,12 +7,12 @@ gallery. A model of another space takes the classic path instead (`search.reembe
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, asdict, field
+from dataclasses import asdict, dataclass, field
 
 from search.core import GalleryCore
 from search.errors import GalleryError
-from search.units import duration_text
 from search.ops.preflight import PREFLIGHT_SAMPLE, Preflight, fit_measurement, preflight
+from search.units import duration_text
 
 
 @dataclass

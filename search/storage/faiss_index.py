@@ -22,9 +22,9 @@ from typing import Callable
 import faiss
 import numpy as np
 
-from search.storage.catalog import Catalog
 from models.fsutil import atomic_write_bytes, remove_stale_temp_files
 
+from search.storage.catalog import Catalog
 
 KINDS = ("flat", "ivf", "sq8", "pq", "auto")
 COMPRESSED = ("sq8", "pq")

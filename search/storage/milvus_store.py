@@ -23,11 +23,16 @@ from pathlib import Path
 import numpy as np
 
 from search.errors import GalleryError
-from search.storage.catalog import Catalog
 from search.storage import milvus_lite
+from search.storage.catalog import Catalog
+from search.storage.faiss_index import (
+    DEFAULT_NPROBE,
+    SpaceIndex,
+    effective_kind,
+    interim_flat,
+    ivf_lists,
+)
 from search.storage.milvus_lite import LiteDamaged, _release_lite, connect, is_local
-from search.storage.faiss_index import (DEFAULT_NPROBE, SpaceIndex, effective_kind, interim_flat,
-                                        ivf_lists)
 
 WRITE_ROWS = 2000  # rows per upsert: 1280-d float32 rows stay far below gRPC's message limit
 READ_ROWS = 1000  # ids per get, queries per search call

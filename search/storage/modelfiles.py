@@ -10,8 +10,13 @@ def import_checkpoint(models_dir: Path, name: str) -> str:
     """A checkpoint given by path is copied into the gallery's `models_dir` first, so the gallery
     never depends on a file outside it; returns the name to use from then on. The file is read
     once and validated from its header before a byte is written."""
-    from models.checkpoint import (MAX_CHECKPOINT_BYTES, MAX_HEADER_BYTES, SUFFIX,
-                                   CheckpointError, validate_bytes)
+    from models.checkpoint import (
+        MAX_CHECKPOINT_BYTES,
+        MAX_HEADER_BYTES,
+        SUFFIX,
+        CheckpointError,
+        validate_bytes,
+    )
     from models.fsutil import FileRefused, atomic_write_bytes, read_regular_file
 
     path = Path(name)

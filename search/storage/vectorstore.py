@@ -12,9 +12,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from search.storage.catalog import Catalog
-from search.errors import GalleryError
 from models.settings import Settings
+
+from search.errors import GalleryError
+from search.storage.catalog import Catalog
 
 STORES = ("faiss", "milvus")
 DEFAULT_MILVUS_FILE = "milvus.db"

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from models.settings import Settings
+
 from search.errors import GalleryError
 
 from .images import ImagesRepo

@@ -29,12 +29,12 @@ import numpy as np
 import sqlite_utils
 
 from models.settings import Settings
+
 from search.errors import GalleryError
 
 from .codec import STORED_DTYPE
 from .readonly import disk_full, open_for_reading
 from .version import SCHEMA_VERSION
-
 
 # A float16 1280-d vector row is ~2.6 KB: with SQLite's default 4 KiB pages only one fits per
 # page (4.3 KB per vector); 64 KiB pages hold 24.

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from models.settings import Settings
+
 from search.errors import GalleryError
 
 from .pgconn import PgDatabase, connect, is_url, pools, redacted, release

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from models.settings import Settings
+
 from search.errors import GalleryError
 
 

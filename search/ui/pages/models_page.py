@@ -11,8 +11,13 @@ from search.api import BACKFILL_ORDERS
 from search.jobs import backfill_job, reembed_job
 from search.ui.errors import guarded, md, opened_gallery
 from search.ui.state import gallery, state
-from search.ui.upgrades import fit_section, preflight_text, show_refusal, transform_section, \
-    try_upgrade
+from search.ui.upgrades import (
+    fit_section,
+    preflight_text,
+    show_refusal,
+    transform_section,
+    try_upgrade,
+)
 from search.ui.widgets import flash, job_progress, pause_job, show_flash, start_job
 
 
