@@ -228,7 +228,11 @@ def test_a_bridge_from_the_models_page_then_fused_search(app, album_photos, home
     app.text_input(key="fit-name-lite2").set_value("br").run()
     app.button(key="fit-start").click().run()
     wait_for(app, "Upgrade plan", timeout=300)
-    app.run()
+    deadline = time.time() + 120  # the plan shows before the fit's model is saved: its buttons after
+    while not any(b.key == "bridge-fused" for b in app.button):
+        assert time.time() < deadline, text_of(app)
+        time.sleep(0.5)
+        app.run()
     plan = next(d.value for d in app.dataframe if "fidelity" in d.value.columns)
     assert {"kept old", "photos embedded", "time"} <= set(plan.columns)
     assert [p.split()[0] for p in plan["path"]] == ["keep", "queries", "transform", "fused", "backfill"]
