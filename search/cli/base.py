@@ -57,6 +57,15 @@ class GracefulGroup(click.Group):
             obj = ctx.obj
             for notice in getattr(obj, "notices", lambda: [])():
                 click.echo(f"note: {notice}", err=True)
+            # a PostgreSQL catalog's connection goes back to its pool now, not at garbage
+            # collection (the CLI also runs in-process: tests, scripts)
+            for g in getattr(obj, "opened", []):
+                try:
+                    g.close()
+                except Exception:
+                    pass
+            if obj is not None and hasattr(obj, "opened"):
+                obj.opened.clear()
 
 
 def emit_json(data) -> None:
