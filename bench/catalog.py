@@ -50,7 +50,7 @@ def stub_model(name: str):
 
 
 def ingest(g, start: int, stop: int, rng, centres) -> float:
-    cat, t0 = g.core.catalog, time.perf_counter()
+    cat, t0 = g.catalog, time.perf_counter()
     for s in range(start, stop, BATCH):
         n = min(BATCH, stop - s)
         with cat.transaction():
@@ -63,8 +63,8 @@ def ingest(g, start: int, stop: int, rng, centres) -> float:
 
 
 def measure(g, queries: np.ndarray, repeat: int) -> dict:
-    cat = g.core.catalog
-    idx = g.core.index("bench")
+    cat = g.catalog
+    idx = g.index("bench")
     _, ids = idx.search(queries[:repeat], 10)
     share, whole = [], []
     for i in range(repeat):
@@ -73,7 +73,7 @@ def measure(g, queries: np.ndarray, repeat: int) -> dict:
         cat.hit_rows({int(x) for x in ids[i]}, "bench")
         share.append(time.perf_counter() - t)
         t = time.perf_counter()
-        g.core.search_vectors(queries[i:i + 1], 10, "m0", "bench")
+        g.search_vectors(queries[i:i + 1], 10, "m0", "bench")
         whole.append(time.perf_counter() - t)
     return {"catalog_share": percentiles(share), "search": percentiles(whole)}
 
@@ -82,7 +82,7 @@ def first_search(g_open, queries) -> float:
     g = g_open()
     try:
         t = time.perf_counter()
-        g.core.search_vectors(queries[:1], 10, "m0", "bench")
+        g.search_vectors(queries[:1], 10, "m0", "bench")
         return round(time.perf_counter() - t, 3)
     finally:
         g.close()
@@ -93,21 +93,21 @@ def upgrade_ms(g, times: int = 20) -> dict:
     out = []
     for i in range(times):
         t = time.perf_counter()
-        g.core.activate(models[i % 2], "upgrade")
+        g.activate(models[i % 2], "upgrade")
         out.append(time.perf_counter() - t)
     return percentiles(out)
 
 
 def writer(g, batches: int = 200, rounds: int = 3) -> dict:
     """The best of `rounds` (a ceiling; the machine is shared), and every round."""
-    ids = g.core.catalog.space_members("bench")[: BATCH * batches].tolist()
+    ids = g.catalog.space_members("bench")[: BATCH * batches].tolist()
     v = np.random.default_rng(1).standard_normal((len(ids), DIM), dtype=np.float32)
     rates = []
     for _ in range(rounds):
         t0 = time.perf_counter()
         for s in range(0, len(ids), BATCH):
-            with g.core.catalog.transaction():
-                g.core.catalog.put_vectors(ids[s:s + BATCH], v[s:s + BATCH], "writer-bench", "bench")
+            with g.catalog.transaction():
+                g.catalog.put_vectors(ids[s:s + BATCH], v[s:s + BATCH], "writer-bench", "bench")
         rates.append(round(len(ids) / (time.perf_counter() - t0), 1))
     return {"vectors_per_s": max(rates), "rounds": rates}
 
@@ -126,7 +126,7 @@ def run_catalog(name: str, location: str | None, sizes: list[int], repeat: int,
     centres = rng.standard_normal((500, DIM), dtype=np.float32)
     queries = unit_rows(np.random.default_rng(7), repeat, centres)
     g = open_gallery("writer")
-    g.core.activate(stub_model("m0"), "init")
+    g.activate(stub_model("m0"), "init")
     out: dict = {"catalog": name, "sizes": {}}
     have = 0
     for size in sizes:
