@@ -65,7 +65,7 @@ class PgServer:
         """Start the server on its data folder and wait until it answers."""
         with open(self.root / "server.log", "ab") as log:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                         env=self.env, preexec_fn=_demote(self.user),
+                                         env=self.env, **_demote(self.user),
                                          cwd=str(self.root), start_new_session=True)
         deadline = time.time() + 60
         while True:
@@ -81,7 +81,7 @@ class PgServer:
     def crash(self) -> None:
         """Stop it as a crash would (immediate shutdown: no checkpoint, clients cut off)."""
         subprocess.run([pg_bin("pg_ctl") or "pg_ctl", "stop", "-D", str(self.data), "-m",
-                        "immediate"], capture_output=True, preexec_fn=_demote(self.user),
+                        "immediate"], capture_output=True, **_demote(self.user),
                        timeout=60)
         self.proc.wait(30)
 
@@ -91,15 +91,13 @@ class PgServer:
         return [int(p) for p in out.stdout.split()]
 
 
-def _demote(user: str | None):
+def _demote(user: str | None) -> dict:
+    """Popen's own user/group switch (done in C between fork and exec: a preexec_fn would run
+    Python in the child, which aborts when gRPC threads, e.g. pymilvus's, are running)."""
     if user is None:
-        return None
+        return {}
     entry = pwd.getpwnam(user)
-
-    def run() -> None:
-        os.setgid(entry.pw_gid)
-        os.setuid(entry.pw_uid)
-    return run
+    return {"user": entry.pw_uid, "group": entry.pw_gid}
 
 
 @contextlib.contextmanager
@@ -121,7 +119,7 @@ def running(durable: bool = False, sync_commit: bool = False) -> Iterator[PgServ
     env.pop("PGDATA", None)
     init = subprocess.run([initdb, "-D", str(root / "data"), "-U", "graceful", "-E", "UTF8",
                            "--locale=C.UTF-8", "--auth-local=trust", "--auth-host=reject", "-N"],
-                          capture_output=True, text=True, env=env, preexec_fn=_demote(user),
+                          capture_output=True, text=True, env=env, **_demote(user),
                           cwd=str(root), timeout=120)
     if init.returncode:
         shutil.rmtree(root, ignore_errors=True)
@@ -162,7 +160,7 @@ def stop(server: PgServer) -> None:
             ctl = pg_bin("pg_ctl")
             if ctl:
                 subprocess.run([ctl, "stop", "-D", str(server.data), "-m", "immediate"],
-                               capture_output=True, preexec_fn=_demote(server.user), timeout=30)
+                               capture_output=True, **_demote(server.user), timeout=30)
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:

@@ -166,9 +166,14 @@ def test_kill_9_during_ingest_then_resume(home, caltech_small, run_and_kill):
 @pytest.mark.usefixtures("store")
 def test_ctrl_c_stops_cleanly_and_resumes(home, caltech_small):
     env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
-    cmd = [sys.executable, "-m", "search.cli", "index", "--batch-size", "8", str(caltech_small)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # Ctrl-C must reach the child as KeyboardInterrupt even where this runner ignores SIGINT
+    # (a background job); set in the child itself, not by a preexec_fn (Python run between fork
+    # and exec aborts when gRPC threads, e.g. pymilvus's from earlier tests, are running)
+    cmd = [sys.executable, "-c", "import runpy, signal, sys; signal.signal(signal.SIGINT, "
+           "signal.default_int_handler); sys.argv[0] = 'graceful'; "
+           "runpy.run_module('search.cli', run_name='__main__', alter_sys=True)",
+           "index", "--batch-size", "8", str(caltech_small)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         try:
