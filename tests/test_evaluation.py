@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_plan import summary as figures  # the plan tests' neutral figures, one copy
 
 from models import metrics
 from models.evaluation.judge import BRIDGE, PLAN, Verdict, judge
@@ -141,13 +142,6 @@ def test_path_summary_keeps_its_json_contract():
         "delta_top1_se", "delta_top5", "delta_top5_se", "delta_map", "delta_map_se", "nfr", "pfr",
         "nfr_se", "lost_at_5", "lost_at_5_se", "lost_at_10", "lost_at_10_se", "retention",
         "retention_se"]
-
-
-def figures(**kw):
-    s = {"delta_map": 0.0, "delta_map_se": 0.01, "delta_top1": 0.0, "delta_top1_se": 0.01,
-         "delta_top5": 0.0, "lost_at_5": 0.0, "nfr": 0.0, "retention": 0.7}
-    s.update(kw)
-    return s
 
 
 def test_one_judge_gate_then_labels():
