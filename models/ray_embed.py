@@ -349,6 +349,15 @@ def connect(address: str, timeout: float | None = None) -> tuple[bool, LocalRunt
     raise RayStartTimeout("auto", waited)
 
 
+def _fits(workers: int | None, threads_per_worker: int, cpus: int) -> int:
+    """The number of workers (default: as many as the CPUs hold); more than fit is a ValueError."""
+    n = max(1, workers or cpus // threads_per_worker)
+    if n * threads_per_worker > cpus:
+        raise ValueError(f"{n} Ray workers of {threads_per_worker} CPU need "
+                         f"{n * threads_per_worker} CPUs; the cluster has {cpus}")
+    return n
+
+
 class RayEmbedPool:
     """Actors holding `package`'s model; `map` streams encoded photos through them."""
 
@@ -359,13 +368,12 @@ class RayEmbedPool:
         self.actors: list = []
         self._runtime: LocalRuntime | None = None
         self._started = False
+        if address == "auto":  # a local runtime gets this machine's CPUs: refuse before starting it
+            _fits(workers, threads_per_worker, os.cpu_count() or 1)
         self._started, self._runtime = connect(address)
         try:
             cpus = int(ray.cluster_resources().get("CPU", 1))
-            self.workers = max(1, workers or cpus // threads_per_worker)
-            if self.workers * threads_per_worker > cpus:
-                raise ValueError(f"{self.workers} Ray workers of {threads_per_worker} CPU need "
-                                 f"{self.workers * threads_per_worker} CPUs; the cluster has {cpus}")
+            self.workers = _fits(workers, threads_per_worker, cpus)
             actor = ray.remote(num_cpus=threads_per_worker)(_Worker).options(
                 runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads_per_worker)}})
             self.actors = [actor.remote(package, threads_per_worker) for _ in range(self.workers)]

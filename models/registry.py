@@ -225,3 +225,25 @@ class Registry:
 
 
 REGISTRY: Models = Registry()
+
+
+def provider(spec: str | None) -> Models:
+    """The provider named by GRACEFUL_MODELS, `package.module:object` (an object with the
+    `Models` methods, or a class or function that makes one; your own embedders), else the
+    installed registry. A name that does not import is a ValueError naming the setting."""
+    if not spec:
+        return REGISTRY
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    try:
+        found = getattr(importlib.import_module(module), attr or "PROVIDER")
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"GRACEFUL_MODELS={spec!r}: cannot load it ({e}); give it as "
+                         "package.module:object") from None
+    made = found() if isinstance(found, type) or not hasattr(found, "load") and callable(found) \
+        else found
+    if not all(callable(getattr(made, m, None)) for m in ("resolve", "load", "available")):
+        raise ValueError(f"GRACEFUL_MODELS={spec!r} is not a provider of models (it needs "
+                         "resolve, load and available; see models.registry.Models)")
+    return made

@@ -42,6 +42,7 @@ class Settings:
     cache: Path | None = None            # GRACEFUL_CACHE: ONNX exports (default ~/.cache/graceful)
     ray_start_timeout: float = 60.0      # GRACEFUL_RAY_START_TIMEOUT: s to start or join Ray
     ray_load_timeout: float = 600.0      # GRACEFUL_RAY_LOAD_TIMEOUT: s for workers to load a model
+    models: str | None = None            # GRACEFUL_MODELS: module:object, a provider of models
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -74,6 +75,7 @@ class Settings:
             cache=Path(env["GRACEFUL_CACHE"]).expanduser() if env.get("GRACEFUL_CACHE") else None,
             ray_start_timeout=_number(env, "GRACEFUL_RAY_START_TIMEOUT", cls.ray_start_timeout),
             ray_load_timeout=_number(env, "GRACEFUL_RAY_LOAD_TIMEOUT", cls.ray_load_timeout),
+            models=(env.get("GRACEFUL_MODELS") or "").strip() or None,
         )
 
     @staticmethod

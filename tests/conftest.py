@@ -35,6 +35,17 @@ os.environ.setdefault("GRACEFUL_THREADS", "2")
 os.environ.setdefault("GRACEFUL_CACHE", str(ARTIFACTS / "cache"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """`-m fast` leaves out the slow variants of fast scenarios (their Milvus and PostgreSQL
+    parameters are marked slow)."""
+    if (config.getoption("markexpr", "") or "").strip() != "fast":
+        return
+    keep = [i for i in items if i.get_closest_marker("slow") is None]
+    if len(keep) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
+
+
 def pytest_ignore_collect(collection_path, config):
     if (config.getoption("markexpr", "") or "").strip() == "fast" and \
             collection_path.name.startswith("test_") and collection_path.suffix == ".py":
@@ -488,23 +499,29 @@ def fake_queries(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def fake_gallery(gallery_snapshot, fake_photos, tmp_path):
+def fake_gallery(gallery_snapshot, fake_photos, tmp_path, request):
     """A private copy of a fake-a gallery of fake_photos (48 photos, 4 albums), open with a new
-    FakeModels provider; closed after the test."""
+    FakeModels provider; closed after the test. On the test's `store` when it uses that fixture
+    (the scenarios whose outcome a vector store or catalog could change run on each), else
+    FAISS on SQLite."""
     import sqlite3
 
     from fakes import open_fake
 
+    store = request.getfixturevalue("store") if "store" in request.fixturenames else "faiss"
+
     def build(home: Path) -> None:
-        g = open_fake(home)
+        g = open_fake(home, store=store)
         try:
             g.add(fake_photos)
         finally:
             g.close()
-        with sqlite3.connect(home / "catalog.db") as db:  # copies take the catalog, not its WAL
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if (home / "catalog.db").is_file():  # copies take the catalog, not its WAL
+            with sqlite3.connect(home / "catalog.db") as db:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    home = copy_gallery(gallery_snapshot("fake-a", build), tmp_path / "gallery")
+    home = copy_gallery(gallery_snapshot(f"fake-a-{store}", build), tmp_path / "gallery")
     g = open_fake(home)
+    assert g.core.vector_store.kind == store
     yield g
     g.close()

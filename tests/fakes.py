@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -46,6 +48,10 @@ COLOURS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 60, 200),
 def _rng(name: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big"))
 
+
+# Seconds per photo (and per transformed vector) a fake takes: CLI processes killed mid-job in
+# tests/test_kill_stores.py set it so that the kill lands inside the job.
+DELAY = float(os.environ.get("GRACEFUL_FAKE_DELAY") or 0)
 
 BACKBONE = _rng("backbone").normal(size=(THUMB * THUMB * 3, FEATURES)).astype(np.float32) / 8
 
@@ -98,6 +104,7 @@ class FakeEmbedder(Embedder):
 
     def embed_batch(self, batch: Any) -> np.ndarray:
         self.calls += len(batch)
+        time.sleep(DELAY * len(batch))
         v = normalise(np.asarray(batch, np.float32) @ self.weight)
         if self.post is not None:
             v = normalise(self.post(v))
@@ -137,6 +144,13 @@ def linear_map(source: str, target: str) -> LinearMap:
                      float(residual.mean()), 0.0, spec)
 
 
+def _paced(apply):
+    def paced(x: np.ndarray) -> np.ndarray:
+        time.sleep(DELAY * len(x))
+        return apply(x)
+    return paced if DELAY else apply
+
+
 def _build(name: str) -> Embedder:
     wa = weight("fake-a")
     if name == "fake-a":
@@ -149,13 +163,13 @@ def _build(name: str) -> Embedder:
         h = (np.eye(32) + 0.3 * _rng("head").normal(size=(32, 32)) / np.sqrt(32)).astype(np.float32)
         spec = {"kind": "head", "input_models": ["fake-a"], "input_space": "fake-a"}
         return FakeEmbedder(name, "fake-a", wa, post=lambda v: v @ h, kind="compatible",
-                            transform=GalleryTransform(spec, lambda x: normalise(x @ h), None))
+                            transform=GalleryTransform(spec, _paced(lambda x: normalise(x @ h)), None))
     if name == "fake-a-map":
         wm = weight("fake-a-map")
         gmap = linear_map("fake-a", "fake-a-map")
         spec = {**gmap.spec, "input_space": "fake-a"}
         return FakeEmbedder(name, "fake-a", wm, kind="compatible",
-                            transform=GalleryTransform(spec, gmap.apply, gmap.uncertainty))
+                            transform=GalleryTransform(spec, _paced(gmap.apply), gmap.uncertainty))
     wb = weight("fake-b")
     if name == "fake-b":
         return FakeEmbedder(name, "fake-b", wb, has_text=True)
@@ -165,7 +179,7 @@ def _build(name: str) -> Embedder:
                 "target_model": "fake-b"}
         return FakeEmbedder(name, "fake-a", wb, post=qmap.apply, kind="compatible",
                             meta=bridge_meta(name, spec),
-                            transform=GalleryTransform(spec, gmap.apply, gmap.uncertainty))
+                            transform=GalleryTransform(spec, _paced(gmap.apply), gmap.uncertainty))
     raise UnknownModelError(f"unknown model {name!r}")
 
 
@@ -273,11 +287,12 @@ ALBUMS = ("red", "green", "blue", "yellow")  # the fast tier's gallery: 4 albums
 PER_ALBUM = 12
 
 
-def open_fake(home: Path, models: FakeModels | None = None, **kwargs):
-    """`Gallery.open(home, models=FakeModels())` on FAISS (whatever GRACEFUL_STORE says)."""
+def open_fake(home: Path, models: FakeModels | None = None, store: str = "faiss", **kwargs):
+    """`Gallery.open(home, models=FakeModels())`; a new gallery on `store` (default FAISS,
+    whatever GRACEFUL_STORE says)."""
     from search.api import Gallery
 
-    return Gallery.open(home, models=models or FakeModels(), store="faiss", **kwargs)
+    return Gallery.open(home, models=models or FakeModels(), store=store, **kwargs)
 
 
 def photo_bytes(colour: str, seed: int) -> bytes:

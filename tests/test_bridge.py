@@ -42,7 +42,6 @@ def flat_home(album_gallery) -> Path:
     return album_gallery
 
 
-@pytest.mark.usefixtures("store")
 def test_an_album_less_gallery_bridges_to_lite2_and_takes_every_path(flat_home, few_photos):
     home = flat_home
     r = run(home, "upgrade", "lite2", "--dry-run")

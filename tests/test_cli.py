@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from click.testing import CliRunner
 
 from search.cli import cli
@@ -14,9 +13,8 @@ def run(home, *args):
     return r
 
 
-@pytest.mark.parametrize("store", ["faiss", pytest.param("milvus", marks=pytest.mark.slow)])
-def test_index_search_info_models_json(home, few_photos, store):
-    r = run(home, "index", few_photos, "--store", store, "--json")
+def test_index_search_info_models_json(home, few_photos):
+    r = run(home, "index", few_photos, "--json")
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert report["added"] == 12 and report["skipped"] == 0 and report["model"] == "lite0"
@@ -40,7 +38,7 @@ def test_index_search_info_models_json(home, few_photos, store):
     assert info["index"] == {"space": "lite0", "vectors": 12, "dim": 1280}
     assert info["vectors"] == [{"space": "lite0", "model": "lite0", "vectors": 12, "transformed": 0,
                                "embedded": 12}]
-    assert info["vector_store"]["kind"] == store
+    assert info["vector_store"]["kind"] == "faiss"
     assert info["runtimes"] == {"lite0": ["onnxruntime"]}  # the gallery records the fast path
 
     models = json.loads(run(home, "models", "--json").stdout)

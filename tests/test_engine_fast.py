@@ -52,8 +52,8 @@ def test_fake_provider_resolves_lists_and_refuses_like_the_registry():
 
 # -- ingest --------------------------------------------------------------------------------------
 
-def test_ingest_adds_every_photo_with_its_album_and_the_default_model(tmp_path, fake_photos):
-    g = open_fake(tmp_path / "g")
+def test_ingest_adds_every_photo_with_its_album_and_the_default_model(tmp_path, fake_photos, store):
+    g = open_fake(tmp_path / "g", store=store)
     report = g.add(fake_photos)
     assert (report.added, report.duplicates, report.skipped) == (N, 0, [])
     assert report.model == report.space == "fake-a" and not report.interrupted
@@ -64,6 +64,7 @@ def test_ingest_adds_every_photo_with_its_album_and_the_default_model(tmp_path, 
     g.close()
 
 
+@pytest.mark.usefixtures("store")
 def test_adding_the_same_photos_again_adds_nothing(fake_gallery, fake_photos):
     before = vector_counts(fake_gallery)
     report = fake_gallery.add(fake_photos)
@@ -104,8 +105,8 @@ def test_album_option_and_album_from_folder(tmp_path, fake_photos):
     g.close()
 
 
-def test_an_interrupted_ingest_keeps_its_batches_and_resumes(tmp_path, fake_photos):
-    g = open_fake(tmp_path / "g")
+def test_an_interrupted_ingest_keeps_its_batches_and_resumes(tmp_path, fake_photos, store):
+    g = open_fake(tmp_path / "g", store=store)
     seen = []
     report = g.add(fake_photos, batch_size=8, should_stop=lambda: len(seen) >= 20,
                    progress=lambda p: seen.append(p.done))
@@ -116,8 +117,8 @@ def test_an_interrupted_ingest_keeps_its_batches_and_resumes(tmp_path, fake_phot
     g.close()
 
 
-def test_ctrl_c_during_ingest_leaves_a_consistent_gallery(tmp_path, fake_photos):
-    g = open_fake(tmp_path / "g")
+def test_ctrl_c_during_ingest_leaves_a_consistent_gallery(tmp_path, fake_photos, store):
+    g = open_fake(tmp_path / "g", store=store)
     calls = []
 
     def interrupt(p):
@@ -162,6 +163,7 @@ def test_an_unknown_model_is_one_gallery_error(tmp_path, fake_photos):
 
 # -- search --------------------------------------------------------------------------------------
 
+@pytest.mark.usefixtures("store")
 def test_search_by_file_finds_its_album_first(fake_gallery, fake_photos):
     for colour in ALBUMS:
         result = fake_gallery.search(fake_photos / colour / f"{colour}-01.png", k=5)
@@ -207,16 +209,19 @@ def test_a_compatible_model_can_query_without_switching(fake_gallery, fake_photo
     assert result.hits[0].name == "green-03.png" and fake_gallery.active_model == "fake-a"
 
 
+@pytest.mark.usefixtures("store")
 def test_a_reopened_gallery_serves_the_same_results_from_its_saved_index(fake_gallery, fake_photos):
     q = fake_photos / "red" / "red-04.png"
     before = [h.image_id for h in fake_gallery.search(q, k=10).hits]
     home = fake_gallery.home
-    assert list((home / "index").glob("*"))
+    if fake_gallery.core.vector_store.kind == "faiss":  # Milvus keeps its own
+        assert list((home / "index").glob("*"))
     g = open_fake(home)
     assert [h.image_id for h in g.search(q, k=10).hits] == before and not g.core.notices
     g.close()
 
 
+@pytest.mark.usefixtures("store")
 def test_a_second_connection_sees_another_writers_photos(fake_gallery, tmp_path):
     other = open_fake(fake_gallery.home)
     assert other.search(photo_bytes("purple", 3), k=1).hits[0].name != "purple-00.png"
@@ -272,6 +277,24 @@ def test_models_come_from_the_provider_passed_in(fake_gallery):
     assert GalleryCore(fake_gallery.home, fake_gallery.core.catalog).model_provider is registry.REGISTRY
 
 
+def test_your_own_models_come_in_through_graceful_models(tmp_path, fake_photos, monkeypatch):
+    """GRACEFUL_MODELS names a provider (package.module:object): a gallery opened without
+    `models=` takes it; one that does not load is one line, before anything is written."""
+    from search.api import Gallery
+
+    monkeypatch.setenv("GRACEFUL_MODELS", "fakes:FakeModels")
+    g = Gallery.open(tmp_path / "g")
+    g.add(fake_photos / "red")
+    assert isinstance(g.core.model_provider, FakeModels) and g.active_model == "fake-a"
+    g.close()
+    for spec, says in (("fakes:nothing", "cannot load it"), ("no_such_pkg:X", "cannot load it"),
+                       ("fakes:ALBUMS", "is not a provider of models")):
+        monkeypatch.setenv("GRACEFUL_MODELS", spec)
+        with pytest.raises(GalleryError, match=f"GRACEFUL_MODELS='{spec}'.*{says}"):
+            Gallery.open(tmp_path / "h")
+        assert not (tmp_path / "h").exists()
+
+
 def test_settings_passed_in_are_the_ones_used(tmp_path, fake_photos):
     from search.settings import Settings
 
@@ -285,6 +308,7 @@ def test_settings_passed_in_are_the_ones_used(tmp_path, fake_photos):
     g.close()
 
 
+@pytest.mark.usefixtures("store")
 def test_check_passes_on_a_sound_gallery(fake_gallery):
     report = fake_gallery.check()
     assert report.ok, report.as_dict()
@@ -301,6 +325,7 @@ def test_check_finds_a_damaged_photo_and_repairs_it_from_its_source(fake_gallery
     assert fake_gallery.check().ok
 
 
+@pytest.mark.usefixtures("catalog")  # FAISS index files (Milvus: tests/test_milvus_damage.py)
 def test_check_rebuilds_a_lost_index_from_the_catalog(fake_gallery):
     fake_gallery.close()
     shutil.rmtree(fake_gallery.home / "index")

@@ -1,11 +1,10 @@
 """Moving the gallery too (issue 18): vector-only fits on the gallery's own backbone, gallery
-transforms (exact heads and learned maps), the upgrade plan, one verdict, lost@k, and a kill -9
-in the middle of a transform. Real photos and models, real SQLite, FAISS and Milvus Lite."""
+transforms (exact heads and learned maps), the upgrade plan, one verdict, lost@k. Real photos
+and models on FAISS and SQLite; a transform on every store, and killed midway, is
+tests/test_upgrades_fast.py's and tests/test_kill_stores.py's."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +28,8 @@ def as_json(result) -> dict:
 
 @pytest.fixture
 def album_home(album_gallery) -> Path:
-    """A private copy of the session's lite0 gallery of 4 albums x 14 photos, on the test's
-    store (conftest's album_gallery)."""
+    """A private copy of the session's lite0 gallery of 4 albums x 14 photos (conftest's
+    album_gallery)."""
     return album_gallery
 
 
@@ -39,7 +38,6 @@ def transformed_count(home: Path, model: str) -> int:
     return sum(r["transformed"] for r in info["vectors"] if r["model"] == model)
 
 
-@pytest.mark.usefixtures("store")
 def test_vector_only_fit_decodes_nothing_then_transforms_searches_and_rolls_back(
         album_home, album_photos, monkeypatch):
     import models.imageio
@@ -119,7 +117,6 @@ def test_a_vector_only_fit_without_albums_says_there_is_nothing_to_learn(album_h
     assert "graceful albums set" in r.output and "Traceback" not in r.output
 
 
-@pytest.mark.usefixtures("store")
 def test_lite2_fit_learns_a_map_then_backfill_replaces_the_most_uncertain_first(album_home):
     report = as_json(run(album_home, "train", "--from-gallery", "--backbone", "lite2",
                          "--out", "lite2-fit", "--json"))
@@ -180,6 +177,27 @@ def test_compare_reports_lost_at_k_with_the_losing_queries(album_home, tmp_path,
             assert q["lost"]
 
 
+def test_the_mlp_map_corrects_a_nonlinear_bridge_and_survives_a_checkpoint_round_trip():
+    """Default tier (the MLP's correction trains with torch): on pairs related by a bent map,
+    ridge + MLP beats ridge out of fold, `choose_map` picks it by fidelity, and its tensors
+    give back the same map."""
+    from models.bridge import choose_map
+    from models.transform import LinearMap, fit_linear_map, normalise
+
+    rng = np.random.default_rng(0)
+    x = normalise(rng.normal(size=(1500, 16))).astype(np.float32)
+    z = x @ np.linalg.qr(rng.normal(size=(16, 16)))[0]
+    y = normalise(z + 2 * z ** 2 + 0.02 * rng.normal(size=(1500, 16)))
+    choice = choose_map(x, y)
+    scores = choice.scores
+    assert set(scores) == {"ridge", "procrustes", "mlp"} and choice.kind == "mlp"
+    assert scores["mlp"]["oof_cosine"] > scores["ridge"]["oof_cosine"] + 0.05
+    mlp = choice.map
+    assert mlp.spec["map"] == "mlp" and mlp.mlp is not None
+    back = LinearMap.from_tensors(mlp.tensors(), mlp.spec)
+    assert np.allclose(back.apply(x[:5]), mlp.apply(x[:5]), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown map kind"):
+        fit_linear_map(x, y, kind="kernel")
 def synthetic_lite0_gallery(home: Path, n: int = 3000, albums: int = 20, seed: int = 0) -> None:
     """A lite0 gallery of n vectors in `albums` clusters (no photo files): enough rows for a
     transform to take a moment, built in a second."""
@@ -203,59 +221,3 @@ def synthetic_lite0_gallery(home: Path, n: int = 3000, albums: int = 20, seed: i
     g.close()
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("store")
-def test_kill_9_during_a_transform_then_resume(home, run_and_kill, monkeypatch):
-    import os
-
-    synthetic_lite0_gallery(home)
-    assert run(home, "train", "--from-gallery", "--backbone", "lite0", "--out", "h",
-               "--force").exit_code == 0
-    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_TRANSFORM_BATCH": "25"}
-
-    from conftest import catalog_integrity, catalog_rows
-
-    def moved() -> int:
-        return catalog_rows(home, "SELECT count(*) FROM vectors WHERE space = 'h'")[0][0]
-
-    code = run_and_kill([sys.executable, "-m", "search.cli", "upgrade", "h", "--transform"], env,
-                        lambda: moved() > 100)
-    assert code == -9, "the kill must land inside the transform"
-    part = moved()
-    assert 100 <= part < 3000
-    assert catalog_integrity(home) == "ok"
-    active = json.loads(catalog_rows(home, "SELECT value FROM state WHERE key = 'active_model'")[0][0])
-    assert active == "lite0", "search keeps the old model until the transform completes"
-    env.pop("GRACEFUL_TRANSFORM_BATCH")  # small batches only so the kill lands inside; resume whole
-    r = subprocess.run([sys.executable, "-m", "search.cli", "upgrade", "h", "--transform", "--json"],
-                       env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    up = json.loads(r.stdout)
-    assert up["changed"] and up["vectors_transformed"] == 3000 - part
-    g = Gallery.open(home)
-    assert g.space == "h" and g.core.catalog.count_served("h") == 3000
-    assert g.core.index().ntotal == 3000 and transformed_count(home, "h") == 3000
-    g.close()
-
-
-def test_the_mlp_map_corrects_a_nonlinear_bridge_and_survives_a_checkpoint_round_trip():
-    """Default tier (the MLP's correction trains with torch): on pairs related by a bent map,
-    ridge + MLP beats ridge out of fold, `choose_map` picks it by fidelity, and its tensors
-    give back the same map."""
-    from models.bridge import choose_map
-    from models.transform import LinearMap, fit_linear_map, normalise
-
-    rng = np.random.default_rng(0)
-    x = normalise(rng.normal(size=(1500, 16))).astype(np.float32)
-    z = x @ np.linalg.qr(rng.normal(size=(16, 16)))[0]
-    y = normalise(z + 2 * z ** 2 + 0.02 * rng.normal(size=(1500, 16)))
-    choice = choose_map(x, y)
-    scores = choice.scores
-    assert set(scores) == {"ridge", "procrustes", "mlp"} and choice.kind == "mlp"
-    assert scores["mlp"]["oof_cosine"] > scores["ridge"]["oof_cosine"] + 0.05
-    mlp = choice.map
-    assert mlp.spec["map"] == "mlp" and mlp.mlp is not None
-    back = LinearMap.from_tensors(mlp.tensors(), mlp.spec)
-    assert np.allclose(back.apply(x[:5]), mlp.apply(x[:5]), atol=1e-5)
-    with pytest.raises(ValueError, match="unknown map kind"):
-        fit_linear_map(x, y, kind="kernel")

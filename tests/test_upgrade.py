@@ -1,5 +1,7 @@
 """Upgrade engine on real photos and the shipped compatible model: upgrade without re-indexing,
-refusals, mixed galleries, rollback, backfill, re-embed, comparison, and kill -9 safety."""
+refusals, mixed galleries, rollback, backfill, re-embed, comparison, and a kill -9 of a backfill
+and a re-embed computing with the real models. On FAISS and SQLite: the same scenarios on every
+store and catalog are tests/test_upgrades_fast.py's and tests/test_kill_stores.py's."""
 from __future__ import annotations
 
 import os
@@ -38,14 +40,12 @@ def upgrade_photos(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def lite0_gallery(home, upgrade_photos, request, gallery_snapshot) -> Gallery:
-    """A private copy of a lite0 gallery of the 48 `before` photos, built once per store."""
+    """A private copy of a lite0 gallery of the 48 `before` photos, built once per session."""
     from conftest import copy_gallery, ingested
 
-    # the behavioural tests run on each vector store
-    store = request.getfixturevalue("store") if "store" in request.fixturenames else "faiss"
-    src = gallery_snapshot(f"upgrade-before-{store}", ingested([upgrade_photos / "before"], store))
+    src = gallery_snapshot("upgrade-before", ingested([upgrade_photos / "before"]))
     g = Gallery.open(copy_gallery(src, home))
-    assert g.core.vector_store.kind == store and g.core.catalog.count_images() == 48
+    assert g.core.catalog.count_images() == 48
     yield g
     g.close()
 
@@ -60,7 +60,6 @@ def counts(g: Gallery) -> dict:
     return {(r["model"], r["space"]): r["vectors"] for r in g.core.catalog.vector_counts()}
 
 
-@pytest.mark.usefixtures("store")
 def test_upgrade_recomputes_nothing_and_mixes_new_photos(lite0_gallery, upgrade_photos):
     g = lite0_gallery
     n = g.core.catalog.count_images()
@@ -96,7 +95,6 @@ def test_upgrade_recomputes_nothing_and_mixes_new_photos(lite0_gallery, upgrade_
         rollback(g.core)
 
 
-@pytest.mark.usefixtures("store")
 def test_refusals_change_nothing(lite0_gallery, tmp_path, make_checkpoint):
     g = lite0_gallery
     state = (g.active_model, counts(g), g.core.catalog.get_state("model_history", []))
@@ -119,7 +117,6 @@ def test_refusals_change_nothing(lite0_gallery, tmp_path, make_checkpoint):
     assert forced.changed and forced.forced and g.active_model == "liar"
 
 
-@pytest.mark.usefixtures("store")
 def test_backfill_orders_limit_and_status(lite0_gallery):
     g = lite0_gallery
     upgrade(g.core, SHIPPED)
@@ -137,7 +134,6 @@ def test_backfill_orders_limit_and_status(lite0_gallery):
     assert bf.backfill(g.core).done == 0  # nothing left
 
 
-@pytest.mark.usefixtures("store")
 def test_backfill_records_its_quality_curve(lite0_gallery, upgrade_photos):
     g = lite0_gallery
     upgrade(g.core, SHIPPED)
@@ -168,7 +164,6 @@ def test_backfill_quality_curve_and_auc():
     assert 0 < bf.area_under_curve(curve) < 1
 
 
-@pytest.mark.usefixtures("store")
 def test_reembed_incompatible_model_alongside_then_switch(lite0_gallery, upgrade_photos):
     g = lite0_gallery
     n = g.core.catalog.count_images()
@@ -188,7 +183,6 @@ def test_reembed_incompatible_model_alongside_then_switch(lite0_gallery, upgrade
     assert rb.model == "lite0" and g.space == "lite0" and rb.kept_vectors == 0
 
 
-@pytest.mark.usefixtures("store")
 def test_compare_labelled_queries_and_log(lite0_gallery, upgrade_photos, tmp_path):
     g = lite0_gallery
     upgrade(g.core, SHIPPED)
@@ -225,7 +219,6 @@ def _integrity(home: Path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("store")
 def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos, run_and_kill):
     g = Gallery.open(home, create=True)
     ingest(g.core, [upgrade_photos / "before", upgrade_photos / "after"])
@@ -261,36 +254,3 @@ def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos, ru
     state, switched = reembed(g.core, "lite1")
     assert switched and state.done == n - partial and _n_vectors(home, "lite1") == n
     assert g.core.index().ntotal == n and g.space == "lite1"
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("store")
-def test_kill_9_during_upgrade_leaves_old_or_new_state(lite0_gallery, kill_at, tmp_path):
-    """kill -9 inside the switch's transaction, at two points: after the model history was
-    written but before the active model was, and with every write done but the COMMIT not yet
-    run. Each leaves the old state whole; an upgrade that is not killed leaves the new one.
-    (The kill lands there for sure: the process is stopped at that statement, see PAUSE_HOOK.)"""
-    home = lite0_gallery.home
-    lite0_gallery.close()
-    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
-
-    def state() -> tuple[str, tuple]:
-        assert _integrity(home) == "ok"
-        g = Gallery.open(home)
-        try:
-            assert g.core.index().ntotal == 48
-            return g.active_model, tuple(g.core.catalog.get_state("model_history", []))
-        finally:
-            g.close()
-
-    for point in ("write:active_model", "commit:active_model"):
-        marker = tmp_path / f"paused-{point.replace(':', '-')}"
-        rc = kill_at(["search.cli", "upgrade", SHIPPED], env, point, marker)
-        assert marker.exists(), f"the upgrade never reached {point} (exit {rc})"
-        assert marker.read_text() == "in a transaction" and rc == -signal.SIGKILL
-        assert state() == ("lite0", ()), point  # nothing of the switch survived
-
-    g = Gallery.open(home)  # and nothing left behind stops the next upgrade
-    assert upgrade(g.core, SHIPPED).changed
-    g.close()
-    assert state() == (SHIPPED, ("lite0",))

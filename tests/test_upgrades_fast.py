@@ -32,6 +32,7 @@ def same_album_hits(g, colour: str = "red", k: int = 5) -> bool:
 
 # -- the instant switch --------------------------------------------------------------------------
 
+@pytest.mark.usefixtures("store")
 def test_upgrade_to_a_compatible_model_switches_without_recomputing(fake_gallery):
     before = counts(fake_gallery)
     result = fake_gallery.upgrade("fake-a2")
@@ -88,6 +89,7 @@ def test_upgrade_on_an_empty_gallery_is_refused(tmp_path):
     g.close()
 
 
+@pytest.mark.usefixtures("store")
 def test_after_an_upgrade_new_photos_are_embedded_by_the_new_model(fake_gallery, tmp_path):
     fake_gallery.upgrade("fake-a2")
     fake_gallery.add(make_photos(tmp_path / "new", ["purple"], 3))
@@ -98,6 +100,7 @@ def test_after_an_upgrade_new_photos_are_embedded_by_the_new_model(fake_gallery,
         fake_gallery.search(text="red")  # fake-a2 has none
 
 
+@pytest.mark.usefixtures("store")
 def test_rollback_is_instant_and_keeps_the_newer_vectors(fake_gallery, tmp_path):
     fake_gallery.upgrade("fake-a2")
     fake_gallery.add(make_photos(tmp_path / "new", ["purple"], 3))
@@ -109,6 +112,7 @@ def test_rollback_is_instant_and_keeps_the_newer_vectors(fake_gallery, tmp_path)
         fake_gallery.rollback()
 
 
+@pytest.mark.usefixtures("store")
 def test_a_second_connection_sees_an_upgrade_at_once(fake_gallery):
     other = open_fake(fake_gallery.home)
     fake_gallery.upgrade("fake-a2")
@@ -120,6 +124,7 @@ def test_a_second_connection_sees_an_upgrade_at_once(fake_gallery):
 
 # -- backfill ------------------------------------------------------------------------------------
 
+@pytest.mark.usefixtures("store")
 def test_backfill_replaces_every_older_vector(fake_gallery):
     fake_gallery.upgrade("fake-a2")
     assert fake_gallery.backfill_status().older_vectors == N
@@ -142,6 +147,7 @@ def test_backfill_with_a_limit_and_each_order(fake_gallery):
         fake_gallery.backfill("sideways")
 
 
+@pytest.mark.usefixtures("store")
 def test_an_interrupted_backfill_keeps_its_batches_and_resumes(fake_gallery):
     fake_gallery.upgrade("fake-a2")
     asked = []
@@ -158,6 +164,7 @@ def test_an_interrupted_backfill_keeps_its_batches_and_resumes(fake_gallery):
     assert fake_gallery.backfill_status().fraction_backfilled == 1.0
 
 
+@pytest.mark.usefixtures("store")
 def test_ctrl_c_in_a_backfill_loses_at_most_the_batch_in_flight(fake_gallery):
     fake_gallery.upgrade("fake-a2")
     seen = []
@@ -206,6 +213,7 @@ def test_a_transform_back_to_the_declared_space_by_a_plain_upgrade(fake_gallery)
     assert result.mode == "queries" and fake_gallery.space == "fake-a"
 
 
+@pytest.mark.usefixtures("store")
 def test_a_learned_map_records_its_uncertainty_and_backfill_replaces_the_worst_first(fake_gallery):
     result = fake_gallery.upgrade("fake-a-map", transform=True)
     assert result.changed and "learned map" in result.notes[-1]
@@ -220,6 +228,7 @@ def test_a_learned_map_records_its_uncertainty_and_backfill_replaces_the_worst_f
         "older_vectors": 0, "transformed": 0, "missing": 0, "fraction_backfilled": 1.0}
 
 
+@pytest.mark.usefixtures("store")
 def test_an_interrupted_transform_resumes_where_it_stopped(tmp_path, fake_gallery):
     from search.settings import Settings
 
@@ -241,6 +250,7 @@ def test_an_interrupted_transform_resumes_where_it_stopped(tmp_path, fake_galler
     g.close()
 
 
+@pytest.mark.usefixtures("store")
 def test_ctrl_c_during_a_transform_leaves_the_old_space_serving(fake_gallery):
     from search.settings import Settings
 
@@ -261,6 +271,7 @@ def test_ctrl_c_during_a_transform_leaves_the_old_space_serving(fake_gallery):
 
 # -- bridges to another space --------------------------------------------------------------------
 
+@pytest.mark.usefixtures("store")
 def test_upgrading_to_another_space_takes_the_bridges_recommended_fused_path(fake_gallery):
     result = fake_gallery.upgrade("fake-b")
     assert result.changed and result.mode == "fused" and result.model == FUSED
@@ -273,6 +284,7 @@ def test_upgrading_to_another_space_takes_the_bridges_recommended_fused_path(fak
     assert same_album_hits(fake_gallery, "blue") and same_album_hits(fake_gallery, "red")
 
 
+@pytest.mark.usefixtures("store")
 def test_in_fused_mode_new_photos_fill_both_generations_spaces(fake_gallery, tmp_path):
     fake_gallery.upgrade("fake-b-bridge", mode="fused", weight=0.3)
     name = "fused:fake-a+fake-b-bridge@0.30"
@@ -291,6 +303,7 @@ def test_fused_weights_out_of_range_are_refused(fake_gallery):
     assert fake_gallery.active_model == "fake-a"
 
 
+@pytest.mark.usefixtures("store")
 def test_the_native_path_moves_the_gallery_into_the_new_space(fake_gallery):
     result = fake_gallery.upgrade("fake-b", mode="native")
     assert result.changed and result.model == "fake-b" and fake_gallery.space == "fake-b"
@@ -301,6 +314,7 @@ def test_the_native_path_moves_the_gallery_into_the_new_space(fake_gallery):
     assert counts(fake_gallery)[("fake-b", "fake-b")] == (N, 0)
 
 
+@pytest.mark.usefixtures("store")
 def test_the_queries_path_serves_the_bridges_query_map_over_the_old_vectors(fake_gallery):
     result = fake_gallery.upgrade("fake-b", mode="queries")
     assert result.changed and result.model == "fake-b-bridge" and result.mode == "queries"
@@ -323,6 +337,7 @@ def test_without_a_bridge_a_dry_run_says_how_to_get_one(tmp_path, fake_gallery):
     g.close()
 
 
+@pytest.mark.usefixtures("store")
 def test_rolling_back_from_fused_returns_to_the_old_space(fake_gallery):
     fake_gallery.upgrade("fake-b")
     back = fake_gallery.rollback()
@@ -341,6 +356,7 @@ def test_a_blend_of_two_query_models_of_one_space(fake_gallery):
 
 # -- re-embedding --------------------------------------------------------------------------------
 
+@pytest.mark.usefixtures("store")
 def test_reembed_fills_the_new_space_then_switches(fake_gallery):
     with pytest.raises(GalleryError, match="compatible with this gallery"):
         fake_gallery.reembed("fake-a2")
@@ -351,6 +367,7 @@ def test_reembed_fills_the_new_space_then_switches(fake_gallery):
         fake_gallery.reembed("fake-b")
 
 
+@pytest.mark.usefixtures("store")
 def test_an_interrupted_reembed_resumes_and_a_complete_space_switches_natively(fake_gallery):
     state, switched = fake_gallery.reembed("fake-b", batch_size=8, should_stop=lambda: True)
     assert state.interrupted and not switched and state.done == 8
@@ -363,6 +380,7 @@ def test_an_interrupted_reembed_resumes_and_a_complete_space_switches_natively(f
 
 # -- compare -------------------------------------------------------------------------------------
 
+@pytest.mark.usefixtures("store")
 def test_compare_on_a_labelled_folder(fake_gallery, fake_queries):
     fake_gallery.upgrade("fake-a2")
     report = fake_gallery.compare(fake_queries).as_dict()
@@ -406,6 +424,7 @@ def test_compare_needs_an_old_model_and_queries(fake_gallery, tmp_path):
 
 # -- the whole journey, checked ------------------------------------------------------------------
 
+@pytest.mark.usefixtures("store")
 def test_a_gallery_through_every_generation_stays_sound(fake_gallery, tmp_path):
     g = fake_gallery
     g.upgrade("fake-a2")
@@ -429,6 +448,7 @@ def test_a_gallery_through_every_generation_stays_sound(fake_gallery, tmp_path):
 
 # -- background jobs (the app's): their own Gallery, the same provider ---------------------------
 
+@pytest.mark.usefixtures("store")
 def test_a_background_transform_then_backfill_job(fake_gallery):
     from search.jobs import JobRunner, transform_job
 

@@ -48,7 +48,7 @@ class GalleryCore(Reports):
                  models: registry.Models | None = None):
         self.home = Path(home)
         self.settings = settings or Settings.from_env()
-        self.model_provider: registry.Models = models or registry.REGISTRY
+        self.model_provider: registry.Models = models or registry.provider(self.settings.models)
         self.catalog = catalog
         self.store = ImageStore(self.settings.images or self.home / "images")  # may be shared
         self.queries_store = ImageStore(self.home / "queries")
@@ -76,6 +76,11 @@ class GalleryCore(Reports):
         settings = settings or Settings.from_env()
         home = Path(home).expanduser() if home else default_home(settings)
         location = catalog_location(home, settings.catalog)  # HOME/catalog.db or a URL
+        if models is None:  # a GRACEFUL_MODELS that does not load is one line, before any write
+            try:
+                models = registry.provider(settings.models)
+            except ValueError as e:
+                raise GalleryError(str(e)) from None
         gallery = cls(home, open_catalog(home, location, settings, create), settings, models)
         store = store or settings.store
         milvus_uri = milvus_uri or settings.milvus_uri
