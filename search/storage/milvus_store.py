@@ -71,6 +71,13 @@ def milvus_kind(kind: str, n: int) -> str:
     return "flat" if built == "flat" else "ivf"
 
 
+def space_dim(catalog: Catalog, space: str) -> int:
+    dim = catalog.space_dim(space)
+    if dim is None:
+        raise KeyError(f"no vectors in space {space!r}")
+    return dim
+
+
 def collection_name(gallery_id: str, space: str) -> str:
     """Milvus names allow letters, digits and _; the checksum keeps distinct spaces distinct."""
     safe = re.sub(r"[^A-Za-z0-9_]+", "_", space)[:120]
@@ -231,9 +238,10 @@ class MilvusStore:
                 return interim_flat(catalog, space, why), f"serving ({why})"
             return self.build(catalog, space, kind), f"rebuilt ({why})"
         synced = catalog.store_synced(space)
+        assert synced is not None  # _why_not_current found the collection current
         name = self.collection(space)
         self.client.load_collection(name)
-        idx = MilvusSpace(self.client, name, space, catalog.space_dim(space), synced["version"],
+        idx = MilvusSpace(self.client, name, space, space_dim(catalog, space), synced["version"],
                           synced["kind"], self.uri, self.consistency)
         if kind != "auto" and milvus_kind(kind, catalog.count_served(space)) != idx.kind:
             idx.interim = f"{idx.kind}, not {kind}"
@@ -267,9 +275,7 @@ class MilvusStore:
     def build(self, catalog: Catalog, space: str, kind: str) -> MilvusSpace:
         from pymilvus import DataType, MilvusClient
 
-        dim = catalog.space_dim(space)
-        if dim is None:
-            raise KeyError(f"no vectors in space {space!r}")
+        dim = space_dim(catalog, space)
         name = self.collection(space)
         catalog.set_store_synced(space, None)  # until the rebuild is complete
         if self.client.has_collection(name):
@@ -324,7 +330,8 @@ class MilvusStore:
 
     def _content_problem(self, catalog: Catalog, space: str) -> str | None:
         synced = catalog.store_synced(space) or {}
-        idx = MilvusSpace(self.client, self.collection(space), space, catalog.space_dim(space),
+        dim = catalog.space_dim(space) or 0  # 0: a space without vectors has none to read back
+        idx = MilvusSpace(self.client, self.collection(space), space, dim,
                           synced.get("version", 0), synced.get("kind", ""), self.uri, "Strong")
         with catalog.snapshot():
             n = catalog.count_served(space)
