@@ -71,13 +71,6 @@ def milvus_kind(kind: str, n: int) -> str:
     return "flat" if built == "flat" else "ivf"
 
 
-def space_dim(catalog: Catalog, space: str) -> int:
-    dim = catalog.space_dim(space)
-    if dim is None:
-        raise KeyError(f"no vectors in space {space!r}")
-    return dim
-
-
 def collection_name(gallery_id: str, space: str) -> str:
     """Milvus names allow letters, digits and _; the checksum keeps distinct spaces distinct."""
     safe = re.sub(r"[^A-Za-z0-9_]+", "_", space)[:120]
@@ -237,11 +230,11 @@ class MilvusStore:
             if not build:
                 return interim_flat(catalog, space, why), f"serving ({why})"
             return self.build(catalog, space, kind), f"rebuilt ({why})"
-        synced = catalog.store_synced(space)
-        assert synced is not None  # _why_not_current found the collection current
+        synced, dim = catalog.store_synced(space), catalog.space_dim(space)
+        assert synced is not None and dim is not None  # a current collection: built from vectors
         name = self.collection(space)
         self.client.load_collection(name)
-        idx = MilvusSpace(self.client, name, space, space_dim(catalog, space), synced["version"],
+        idx = MilvusSpace(self.client, name, space, dim, synced["version"],
                           synced["kind"], self.uri, self.consistency)
         if kind != "auto" and milvus_kind(kind, catalog.count_served(space)) != idx.kind:
             idx.interim = f"{idx.kind}, not {kind}"
@@ -275,7 +268,9 @@ class MilvusStore:
     def build(self, catalog: Catalog, space: str, kind: str) -> MilvusSpace:
         from pymilvus import DataType, MilvusClient
 
-        dim = space_dim(catalog, space)
+        dim = catalog.space_dim(space)
+        if dim is None:
+            raise KeyError(f"no vectors in space {space!r}")
         name = self.collection(space)
         catalog.set_store_synced(space, None)  # until the rebuild is complete
         if self.client.has_collection(name):
