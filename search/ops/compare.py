@@ -168,7 +168,8 @@ def compare(gallery: GalleryCore, old: str, new: str, queries: list[Query], k: i
         depth_label = "full" if depth >= ntotal - 1 else depth
         summary["old_metrics"] = {**scored.side("old", ("top1", "top5", "map")), "map_depth": depth_label}
         summary["new_metrics"] = {**scored.side("new", ("top1", "top5", "map")), "map_depth": depth_label}
-        summary.update(metrics.flip_rates(scored.per_query("top1", "old"), scored.per_query("top1")))
+        summary.update(metrics.flip_rates(scored.per_query("top1", "old"),
+                                          scored.per_query("top1")))
         summary["lost_at_k"] = {str(d): round(float(scored.lost(d).mean()), 4) for d in depths}
         summary["lost_queries"] = sum(r["lost_all"] for r in rows)
     if rows:

@@ -175,8 +175,9 @@ def bridge_upgrade(gallery: GalleryCore, bridge, mode: str | None, weight: float
                            f"({fit.get('recommendation', '')}); --force takes it anyway")
     result.forced = bool(force and row.get("verdict") == "worse")
     if dry_run:
-        result.notes.append(f"dry run: would move {gallery.catalog.count_served(gallery.require_space())} "
-                            f"stored vectors into {model.space} ({mode} mode); nothing changed")
+        stored = gallery.catalog.count_served(gallery.require_space())
+        result.notes.append(f"dry run: would move {stored} stored vectors into {model.space} "
+                            f"({mode} mode); nothing changed")
         return result
     state, switched = transform_gallery(gallery, model, transform, should_stop=should_stop,
                                         on_progress=on_progress)
