@@ -15,7 +15,7 @@ import struct
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 from safetensors import SafetensorError as SafetensorsError
 
@@ -53,7 +53,7 @@ def valid_name(name) -> bool:
     return isinstance(name, str) and bool(NAME_RE.fullmatch(name)) and ".." not in name
 
 
-def _int(value, positive: bool = True) -> bool:
+def _int(value, positive: bool = True) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and (value > 0 or not positive)
 
 
@@ -193,10 +193,10 @@ def check_tensors(meta: "CheckpointMeta", tensors: dict[str, tuple[str, tuple[in
         i, o = transform.get("in_dim"), transform.get("out_dim")
         want = {"transform.weight": (i, o), "transform.mean_in": (i,), "transform.mean_out": (o,),
                 "transform.residual_weight": (i,), "transform.residual_bias": (1,)}
-        for key, shape in want.items():
+        for key, need in want.items():
             got = tensors.get(AUX + key)
-            if got is None or got[1] != shape or got[0] not in FLOAT_DTYPES:
-                raise CheckpointError(f"{source}: its gallery transform needs a float {list(shape)} "
+            if got is None or got[1] != need or got[0] not in FLOAT_DTYPES:
+                raise CheckpointError(f"{source}: its gallery transform needs a float {list(need)} "
                                       f"tensor {key!r}, found {got}")
         if o != meta.dim:
             raise CheckpointError(f"{source}: its gallery transform outputs {o}-d, not {meta.dim}-d")

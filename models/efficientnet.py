@@ -113,6 +113,7 @@ class EfficientNetLite(Embedder):
 
     def forward_features(self, batch: torch.Tensor) -> torch.Tensor:
         if self.runtime == "onnxruntime":
+            assert self._fast is not None  # the runtime is onnxruntime only with a session
             return self._fast(batch)
         return self._torch_features(batch)
 

@@ -93,6 +93,7 @@ def finetune(cfg: TrainConfig, backbone: Embedder, files: list[Path], labels: np
     classifier = torch.nn.Parameter(torch.randn(n_classes, cfg.dim, device=dev) * 0.01)
     if init is not None:
         head.load_state_dict(init.head.state_dict())
+        assert init.classifier is not None  # a head trained by a labelled method has one
         with torch.no_grad():
             classifier.copy_(init.classifier.to(dev))
     opt = torch.optim.AdamW([
@@ -106,7 +107,11 @@ def finetune(cfg: TrainConfig, backbone: Embedder, files: list[Path], labels: np
     y_all = torch.as_tensor(labels, device=dev)
     old_all = torch.as_tensor(old_emb, dtype=torch.float32, device=dev) if old_emb is not None else None
     w_old = old_classifier.to(dev) if old_classifier is not None else None
-    old_right = torch.as_tensor(loo_correct(old_emb, labels), device=dev) if cfg.method == "pct" else None
+    old_right = None
+    if cfg.method == "pct":
+        if old_emb is None:  # as train_head says
+            raise ValueError(f"method {cfg.method} needs the old model's embeddings")
+        old_right = torch.as_tensor(loo_correct(old_emb, labels), device=dev)
     aug = augment(size)
 
     def train_mode() -> None:

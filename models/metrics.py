@@ -21,6 +21,7 @@ from models.evaluation.score import (
     flip_rates,
     mean_se,
     near_duplicates,
+    need_labels,
     score,
     search,
 )
@@ -59,8 +60,9 @@ def evaluate(queries: np.ndarray, gallery: np.ndarray, labels: np.ndarray) -> Re
     """One side of ml-fct's protocol (old/old, new/old or new/new): `search` leave-one-out."""
     n = len(queries)
     o = search(queries, gallery, np.eye(n, len(gallery), dtype=bool), labels, labels)
-    return RetrievalResult(float(o.top1.mean()), float(o.hits[5].mean()), float(o.ap.mean()),
-                           o.top1)
+    top1 = need_labels(o.top1)
+    return RetrievalResult(float(top1.mean()), float(need_labels(o.hits)[5].mean()),
+                           float(need_labels(o.ap).mean()), top1)
 
 
 def overlap_at_k(a: list[int], b: list[int], k: int) -> float:
@@ -110,7 +112,7 @@ def label_retrieval(queries: np.ndarray, reference: np.ndarray, q_labels: list, 
     similarity, its own photo left out; relevant = same label (None is never relevant)."""
     o = search(queries, reference, exclusion_mask(len(queries), len(reference), own_index),
                q_labels, ref_labels)
-    return o.top1, o.ap
+    return need_labels(o.top1), need_labels(o.ap)
 
 
 def compat_signals(new_q: np.ndarray, old_q: np.ndarray, reference: np.ndarray,
@@ -151,14 +153,16 @@ def compat_signals(new_q: np.ndarray, old_q: np.ndarray, reference: np.ndarray,
                 "queries": int(len(sel)),
                 "old/old": s.side("old"),
                 "new/old": s.side("new"),
-                **flip_rates(s.old.top1, s.new.top1),
+                **flip_rates(s.per_query("top1", "old"), s.per_query("top1")),
             }
             out["albums"]["delta_map"], out["albums"]["delta_map_se"] = s.delta("map")
             out["albums"]["delta_top1"], out["albums"]["delta_top1_se"] = s.delta("top1")
             if new_reference is not None:  # new/new: the same old side
                 w = score(old_q[sel], new_q[sel], reference, new_reference, labs, ref_labels,
                           own_index=own_index[sel], old=s.old)
-                out["albums"]["new/new"] = {**w.side("new"), **flip_rates(s.old.top1, w.new.top1)}
+                out["albums"]["new/new"] = {**w.side("new"),
+                                             **flip_rates(s.per_query("top1", "old"),
+                                                          w.per_query("top1"))}
     return out
 
 

@@ -109,6 +109,7 @@ class OrtFeatures:
         self.path: Path | None = folder / (
             f"{name}-{size}-{weights_hash(module)}-f{FORMAT}-op{OPSET}-ort{ort.__version__}.onnx")
         self.exported = False  # True when this construction had to export (not a cache hit)
+        self._data: bytes | None = None  # the model itself when there is no cache file to read
         probe = torch.Generator().manual_seed(0)
         probe = torch.rand(2, 3, size, size, generator=probe) * 2 - 1
         with torch.inference_mode():
@@ -168,7 +169,10 @@ class OrtFeatures:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         try:
-            data = self._data if self._data is not None else self.path.read_bytes()
+            data = self._data
+            if data is None:
+                assert self.path is not None  # without a cache file the model is kept in _data
+                data = self.path.read_bytes()
             self._session = self._make_session(data)
         except Exception as e:  # cache gone or unreadable here: the owner runs torch
             warnings.warn(f"ONNX session not restored ({e}); using torch", RuntimeWarning,

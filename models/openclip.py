@@ -29,11 +29,11 @@ class OpenClipEmbedder(Embedder):
 
         if arch not in open_clip.list_models():
             raise ValueError(f"open_clip has no architecture {arch!r}")
-        is_file = bool(pretrained) and os.path.exists(pretrained)
+        weights_file = pretrained if pretrained and os.path.exists(pretrained) else None
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
         except Exception as e:  # hub unreachable, bad file, ...
-            where = "local file" if is_file else "pretrained tag (needs the model hub)"
+            where = "local file" if weights_file else "pretrained tag (needs the model hub)"
             raise RuntimeError(
                 f"could not load open_clip {arch} from {where} {pretrained!r}: {e}. "
                 "Offline, pass a local checkpoint: openclip:ARCH:/path/to/weights.pt"
@@ -42,7 +42,8 @@ class OpenClipEmbedder(Embedder):
         self.transform = preprocess
         self.tokenizer = open_clip.get_tokenizer(arch)
         dim = int(self.model.visual.output_dim)
-        weights_id = f"file-{file_fingerprint(pretrained)}" if is_file else (pretrained or "random")
+        weights_id = (f"file-{file_fingerprint(weights_file)}" if weights_file
+                      else (pretrained or "random"))
         name = f"openclip:{arch}:{pretrained or 'random'}"
         size = self.model.visual.image_size
         size = size[0] if isinstance(size, (tuple, list)) else int(size)

@@ -204,6 +204,8 @@ class LocalRuntime:
             time.sleep(0.2)
 
     def _read_log(self) -> str:
+        if self._log is None:  # not started
+            return ""
         try:
             with open(self._log.name, errors="replace") as f:
                 return f.read()

@@ -168,7 +168,7 @@ def load(name: str, dirs: list[Path] | None = None) -> Embedder:
         if entry.kind == "efficientnet":
             from .efficientnet import EfficientNetLite
 
-            model: Embedder = EfficientNetLite(entry.name)
+            model: Embedder | None = EfficientNetLite(entry.name)
         elif entry.kind == "open_clip":
             from .openclip import OpenClipEmbedder
 

@@ -52,6 +52,12 @@ def _train(cfg: GenConfig, method: str, x, y, n, **kw) -> TrainedHead:
                       progress=False, **kw)
 
 
+def _classifier(head: TrainedHead) -> np.ndarray:
+    """The class rows of a head trained with labels (only procrustes trains none)."""
+    assert head.classifier is not None
+    return head.classifier.numpy()
+
+
 def _pair(q: np.ndarray, g: np.ndarray, labels: np.ndarray) -> dict:
     return metrics.evaluate(q, g, labels).summary()
 
@@ -64,10 +70,10 @@ def chain(cfg: GenConfig) -> dict:
     m1, m2 = y < c1, y < c2
     v1 = _train(cfg, "independent", f["lite0"][0][m1], y[m1], c1)
     v1_train = v1.embed(f["lite0"][0])
-    w1 = old_classifier_rows(v1_train, y, n, v1.classifier.numpy())
+    w1 = old_classifier_rows(v1_train, y, n, _classifier(v1))
     v2 = _train(cfg, "bct", f["lite1"][0][m2], y[m2], c2, old_classifier=w1[:c2])
     v2_train = v2.embed(f["lite1"][0])
-    w2 = old_classifier_rows(v2_train, y, n, v2.classifier.numpy())
+    w2 = old_classifier_rows(v2_train, y, n, _classifier(v2))
     v3 = _train(cfg, "bct", f["lite2"][0], y, n, old_classifier=w2)
     v3d = _train(cfg, "bct", f["lite2"][0], y, n, old_classifier=w1)
     v2i = _train(cfg, "independent", f["lite1"][0][m2], y[m2], c2)
@@ -103,7 +109,7 @@ def hetero(cfg: GenConfig) -> dict:
     train, test, f = _data(cfg, ["lite0", "lite1", "lite2"])
     y, n = train.labels, len(train.classes)
     cloud = _train(cfg, "independent", f["lite2"][0], y, n)
-    w = old_classifier_rows(cloud.embed(f["lite2"][0]), y, n, cloud.classifier.numpy())
+    w = old_classifier_rows(cloud.embed(f["lite2"][0]), y, n, _classifier(cloud))
     gallery = cloud.embed(f["lite2"][1])
     labels = test.labels
     rows = [{"query_model": "lite2 (cloud, same model)", "backbone": "lite2",

@@ -23,6 +23,7 @@ one judge (`models.evaluation.judge`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -99,6 +100,16 @@ def top_k(queries: np.ndarray, reference: np.ndarray, k: int, excluded: np.ndarr
 def overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per row: the share of a's results that are among b's."""
     return np.array([len(np.intersect1d(x, y)) / max(len(x), 1) for x, y in zip(a, b)])
+
+
+T = TypeVar("T")
+
+
+def need_labels(figures: T | None) -> T:
+    """A side's per-query top1, hits or AP: only labelled searches have them."""
+    if figures is None:
+        raise ValueError("label-free outcomes have no top-1, hits or AP (the queries need labels)")
+    return figures
 
 
 @dataclass(frozen=True)
@@ -188,10 +199,10 @@ class Summary:
         """top1, top5 (or top{k}), map of one side."""
         o = self.new if side == "new" else self.old
         if name == "top1":
-            return o.top1
+            return need_labels(o.top1)
         if name == "map":
-            return o.ap
-        return o.hits[int(name[3:])]
+            return need_labels(o.ap)
+        return need_labels(o.hits)[int(name[3:])]
 
     def figure(self, name: str, side: str = "new") -> tuple[float, float]:
         """(mean, se) of top1/top5/map on one side, rounded."""
@@ -203,10 +214,10 @@ class Summary:
 
     def lost(self, k: int) -> np.ndarray:
         """Per query: it had a right photo in its old top-k and has none in the new top-k."""
-        return self.old.hits[k] & ~self.new.hits[k]
+        return need_labels(self.old.hits)[k] & ~need_labels(self.new.hits)[k]
 
     def nfr(self) -> np.ndarray:
-        return self.old.top1 & ~self.new.top1
+        return self.per_query("top1", "old") & ~self.per_query("top1")
 
     def kept(self) -> np.ndarray:
         """Per query, label-free: the share of its old first results among its new ones (with a
@@ -228,7 +239,8 @@ class Summary:
                 out[key], out[f"{key}_se"] = self.figure(key)
             for key in ("top1", "top5", "map"):
                 out[f"delta_{key}"], out[f"delta_{key}_se"] = self.delta(key)
-            out.update({k: v for k, v in flip_rates(self.old.top1, self.new.top1).items()
+            out.update({k: v for k, v in flip_rates(self.per_query("top1", "old"),
+                                                      self.per_query("top1")).items()
                         if k != "queries"})
             out["nfr_se"] = _r(mean_se(self.nfr()))[1]
             for k in LOST_KS:

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 __all__ = ["GalleryCore", "GalleryError", "SearchHit", "SearchResult", "default_home"]
 
+NO_MODEL = "this gallery has no model yet: index some photos first"
+
 
 class GalleryCore(Reports):
     """The open gallery: catalog, image store, vector store, live indexes and models. The
@@ -129,6 +131,21 @@ class GalleryCore(Reports):
         row = self.catalog.model(name)
         return self.catalog.serving_space(name) or (row["space"] if row else None)
 
+    def require_active_model(self) -> str:
+        """`active_model` where a gallery needs one: GalleryError when it has none yet."""
+        model = self.active_model
+        if model is None:
+            raise GalleryError(NO_MODEL)
+        return model
+
+    def require_space(self) -> str:
+        """`space` where a gallery needs one (its active model registered it with `activate`):
+        GalleryError when it has no model yet."""
+        space = self.space
+        if space is None:
+            raise GalleryError(NO_MODEL)
+        return space
+
     def space_for(self, model: Embedder) -> str:
         """Where `model` searches and writes: its own space once a gallery transform gave it
         one (`upgrade --transform`), else the space it declares."""
@@ -161,9 +178,7 @@ class GalleryCore(Reports):
         return self.model_provider.available(self.model_dirs)
 
     def embedder(self) -> Embedder:
-        if self.active_model is None:
-            raise GalleryError("this gallery has no model yet: index some photos first")
-        return self.load_model(self.active_model)
+        return self.load_model(self.require_active_model())
 
     def register(self, model: Embedder) -> None:
         self.catalog.register_model(model.info.as_dict(), source=model.info.kind)
@@ -195,6 +210,7 @@ class GalleryCore(Reports):
         if requested and requested != active:
             wanted = self.resolve_model(requested)
             current = self.catalog.model(active)
+            assert current is not None  # `activate` registered the active model
             raise GalleryError(
                 f"this gallery is indexed with {active} (space {current['space']}); "
                 f"{requested} (space {wanted.space or 'its own'}) is not its active model. "
@@ -282,7 +298,7 @@ class GalleryCore(Reports):
 
     def rebuild_index(self, space: str | None = None, kind: str | None = None) -> str:
         """Rebuild the index of `space` from the catalog (optionally switching its kind)."""
-        space = space or self.space
+        space = space or self.require_space()
         with self.lock:
             if kind is not None:
                 from search.storage.faiss_index import effective_kind
@@ -356,7 +372,7 @@ class GalleryCore(Reports):
         space = space or self.space
         t0 = time.perf_counter()
         idx = self.index(space)
-        if idx is None:
+        if idx is None or space is None:  # (no space: no index either)
             raise GalleryError("the gallery is empty: index some photos first")
         scores, ids = idx.search(queries, k)
         rows, by = self.catalog.hit_rows({int(i) for i in ids.ravel() if i >= 0}, space)

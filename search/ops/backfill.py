@@ -29,6 +29,8 @@ def candidates(gallery: GalleryCore, order: str = "random", seed: int = 0) -> tu
     if order not in ORDERS:
         raise GalleryError(f"unknown backfill order {order!r}; choose from {', '.join(ORDERS)}")
     model, space = gallery.active_model, gallery.space
+    if model is None or space is None:  # no model yet: no photo has a vector in its space
+        return sorted(gallery.catalog.album_labels()), []
     missing = gallery.catalog.images_missing_in_space(space)
     rows = gallery.catalog.images_without_model(space, model)
     mapped = [i for i, _ in gallery.catalog.transformed_vectors(space, model)]
@@ -44,6 +46,7 @@ def candidates(gallery: GalleryCore, order: str = "random", seed: int = 0) -> tu
         stale = sorted(stale, key=lambda i: (-counts.get(i, 0), i))
     elif order == "uncertainty" and stale:
         idx = gallery.index(space)
+        assert idx is not None  # the space serves the stale photos
         scores, _ = idx.search(idx.vectors(stale), 3)
         margin = scores[:, 1] - scores[:, 2] if scores.shape[1] >= 3 else scores[:, -1]
         stale = [stale[j] for j in np.argsort(margin, kind="stable")]
@@ -61,7 +64,7 @@ class CurveRecorder:
         if not queries or any(q.label is None for q in queries):
             raise GalleryError(f"{queries_dir}: the curve needs labelled queries (one sub-folder per class)")
         self.gallery = gallery
-        vectors, ok, model = embed_queries(gallery, gallery.active_model, queries)
+        vectors, ok, model = embed_queries(gallery, gallery.require_active_model(), queries)
         kept = [q for q, q_ok in zip(queries, ok) if q_ok]
         self.vectors, self.space = vectors, gallery.space_for(model)
         self.labels = [q.label for q in kept]
@@ -123,9 +126,9 @@ def status(gallery: GalleryCore) -> dict:
     missing, stale = candidates(gallery, "oldest")
     total = gallery.catalog.count_images()
     by_active = total - len(missing) - len(stale)
-    mapped = len(gallery.catalog.transformed_vectors(gallery.space, gallery.active_model)) \
-        if gallery.active_model else 0
-    return {"model": gallery.active_model, "space": gallery.space, "images": total,
+    model, space = gallery.active_model, gallery.space
+    mapped = len(gallery.catalog.transformed_vectors(space, model)) if model and space else 0
+    return {"model": model, "space": space, "images": total,
             "by_active_model": by_active, "older_vectors": len(stale) - mapped,
             "transformed": mapped, "missing": len(missing),
             "fraction_backfilled": round(by_active / total, 4) if total else 1.0}

@@ -101,8 +101,8 @@ def _split(ids: list[int], shas: dict[int, str]) -> tuple[list[int], list[int]]:
 
 def fit_bridge(gallery: GalleryCore, req: FitRequest) -> dict:
     t_start = time.perf_counter()
-    dest, backbone = _validate(gallery, req)
-    active, space = gallery.active_model, gallery.space
+    dest, backbone = _validate(gallery, req)  # refuses a gallery without a model
+    active, space = gallery.require_active_model(), gallery.require_space()
     if backbone.space == space:
         raise FitError(f"{backbone.name} already searches this gallery's space {space}: "
                        f"upgrade to it directly (graceful upgrade {backbone.name})")

@@ -110,7 +110,7 @@ def measure(d: BridgeData, weights=FUSED_WEIGHTS) -> dict:
         add(f"fused@{w:.2f}", fuse(old_q, new_q, w), fuse(d.old_ref, new_gallery, w),
             fuse(old_q, new_q, w), fuse(sample_old, sample_mapped, w), weight=w)
     add("backfill", new_q, d.new_emb, new_q, d.new_emb, whole=False)
-    judged = _label_figures(d, paths, old_q, ex, ex_s) if d.labels is not None else 0
+    judged = _label_figures(d, d.labels, paths, old_q, ex, ex_s) if d.labels is not None else 0
     for row in paths.values():
         row.pop("_search")
     out = {"queries": int(len(held)), "reference": int(len(d.old_ref)),
@@ -125,11 +125,12 @@ def measure(d: BridgeData, weights=FUSED_WEIGHTS) -> dict:
     return out
 
 
-def _label_figures(d: BridgeData, paths: dict, old_q, ex, ex_s) -> int:
-    """top-1/top-5/mAP/NFR/lost@k of each path against the old search on the same reference,
-    over the queries that have a right answer left; returns how many those are."""
-    q_labels = [d.labels[i] for i in d.held]
-    ref_all = list(d.labels)
+def _label_figures(d: BridgeData, labels: list, paths: dict, old_q, ex, ex_s) -> int:
+    """top-1/top-5/mAP/NFR/lost@k of each path against the old search on the same reference
+    (`labels`: d's albums), over the queries that have a right answer left; returns how many
+    those are."""
+    q_labels = [labels[i] for i in d.held]
+    ref_all = list(labels)
     ref_s = ref_all[: d.n_emb]
     q_codes, ref_codes = label_codes(q_labels, ref_all)
     has_right = ((q_codes[:, None] == ref_codes[None, :]) & ~ex).any(1)

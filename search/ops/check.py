@@ -123,9 +123,8 @@ def check(gallery: GalleryCore, repair: bool = False,
 
     spaces = sorted({r["space"] for r in cat.vector_counts()})
     store = gallery.vector_store
-    verdicts = _verify_store(gallery, spaces, repair, report)
-    for space in spaces if verdicts is not None else ():
-        why = verdicts[space]
+    verdicts = _verify_store(gallery, spaces, repair, report)  # spaces in order; None: damaged
+    for space, why in (verdicts or {}).items():
         served = cat.count_served(space)
         if why is None:
             report.add("index", "ok", f"{space}: {served} vectors ({store.kind})")

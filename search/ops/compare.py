@@ -151,8 +151,9 @@ def compare(gallery: GalleryCore, old: str, new: str, queries: list[Query], k: i
         scored = Summary(relevance_outcomes(relevance_matrix(old_rel), ks=(1, 5, *depths)),
                          relevance_outcomes(relevance_matrix(new_rel), ks=(1, 5, *depths)))
         lost = {d: scored.lost(d) for d in depths}
+        old_top1, new_top1 = scored.per_query("top1", "old"), scored.per_query("top1")
         for i, row in enumerate(rows):
-            row["old_correct"], row["new_correct"] = bool(scored.old.top1[i]), bool(scored.new.top1[i])
+            row["old_correct"], row["new_correct"] = bool(old_top1[i]), bool(new_top1[i])
             # lost every right photo: one in the old top-k, none in the new top-k
             row["lost_all_at"] = {str(d): bool(lost[d][i]) for d in depths}
             row["lost_all"] = row["lost_all_at"][str(k)]
@@ -167,7 +168,8 @@ def compare(gallery: GalleryCore, old: str, new: str, queries: list[Query], k: i
         depth_label = "full" if depth >= ntotal - 1 else depth
         summary["old_metrics"] = {**scored.side("old", ("top1", "top5", "map")), "map_depth": depth_label}
         summary["new_metrics"] = {**scored.side("new", ("top1", "top5", "map")), "map_depth": depth_label}
-        summary.update(metrics.flip_rates(scored.old.top1, scored.new.top1))
+        summary.update(metrics.flip_rates(scored.per_query("top1", "old"),
+                                          scored.per_query("top1")))
         summary["lost_at_k"] = {str(d): round(float(scored.lost(d).mean()), 4) for d in depths}
         summary["lost_queries"] = sum(r["lost_all"] for r in rows)
     if rows:

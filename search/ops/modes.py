@@ -52,11 +52,11 @@ def is_bridge(model) -> bool:
 def find_bridge(gallery: GalleryCore, target: str, from_space: bool = True) -> str | None:
     """The newest bridge in this gallery to model `target` (from the space the gallery serves
     now, unless `from_space` is off)."""
-    found = [e for e in gallery.model_entries()
+    found = [(e.meta.created_at, e.name) for e in gallery.model_entries()
              if e.meta is not None and e.meta.method == "bridge"
              and e.meta.transform.get("target_model") == target
              and (not from_space or e.meta.transform.get("input_space") == gallery.space)]
-    return max(found, key=lambda e: e.meta.created_at).name if found else None
+    return max(found, key=lambda f: f[0])[1] if found else None
 
 
 def complete_space(gallery: GalleryCore, space: str) -> bool:
@@ -69,10 +69,11 @@ def complete_space(gallery: GalleryCore, space: str) -> bool:
 def no_bridge_message(gallery: GalleryCore, model) -> str:
     from search.ops.fit_sample import bridge_sample
 
-    photos = gallery.catalog.count_served(gallery.space)
+    space = gallery.require_space()
+    photos = gallery.catalog.count_served(space)
     n = bridge_sample(photos)
     return (f"{model.name} outputs into space {model.space!r}, but the gallery's vectors live in "
-            f"{gallery.space!r}. `graceful upgrade {model.name}` fits a label-free bridge first (no "
+            f"{space!r}. `graceful upgrade {model.name}` fits a label-free bridge first (no "
             f"albums needed; {model.name} embeds about {n} of the {photos} photos) and takes the "
             f"path its plan recommends; or fit it alone: graceful train --from-gallery --backbone "
             f"{model.name} --out {model.name}-bridge; or re-embed the whole gallery alongside, "
@@ -127,9 +128,10 @@ def blend_of(gallery: GalleryCore, model, weight: float | None):
     fit's weight unless `weight` says otherwise; None when its fit measured no blend."""
     fit = ((getattr(model, "meta", None) and model.meta.metrics) or {}).get("gallery_fit") or {}
     chosen = (fit.get("query_blend") or {}).get("chosen")
-    if chosen is None and weight is None:
+    picked = weight if weight is not None else chosen
+    if picked is None:
         return None
-    w = float(weight if weight is not None else chosen)
+    w = float(picked)
     if not 0.0 < w < 1.0:
         raise GalleryError(f"--weight {w}: the old model's weight must be between 0 and 1")
     return gallery.load_model(f"{BLEND_PREFIX}{gallery.active_model}+{model.name}@{w:.2f}")
@@ -158,7 +160,7 @@ def bridge_upgrade(gallery: GalleryCore, bridge, mode: str | None, weight: float
         weight = float(weight if weight is not None else fit.get("weight", 0.5))
         if not 0.0 < weight < 1.0:
             raise GalleryError(f"--weight {weight}: the old space's weight must be between 0 and 1")
-        model = gallery.load_model(fused_name(gallery.active_model, bridge.name, weight))
+        model = gallery.load_model(fused_name(gallery.require_active_model(), bridge.name, weight))
         transform = model.gallery_transform()  # type: ignore[attr-defined]
     else:
         model = gallery.load_model(spec["target_model"])
@@ -173,8 +175,9 @@ def bridge_upgrade(gallery: GalleryCore, bridge, mode: str | None, weight: float
                            f"({fit.get('recommendation', '')}); --force takes it anyway")
     result.forced = bool(force and row.get("verdict") == "worse")
     if dry_run:
-        result.notes.append(f"dry run: would move {gallery.catalog.count_served(gallery.space)} "
-                            f"stored vectors into {model.space} ({mode} mode); nothing changed")
+        stored = gallery.catalog.count_served(gallery.require_space())
+        result.notes.append(f"dry run: would move {stored} stored vectors into {model.space} "
+                            f"({mode} mode); nothing changed")
         return result
     state, switched = transform_gallery(gallery, model, transform, should_stop=should_stop,
                                         on_progress=on_progress)
@@ -186,7 +189,8 @@ def bridge_upgrade(gallery: GalleryCore, bridge, mode: str | None, weight: float
         return result
     result.changed, result.space = True, gallery.space
     how = (f"both generations searched together ({weight:.2f} old, {1 - weight:.2f} "
-           f"{model.new.name})" if mode == "fused" else f"{model.name}'s own space")  # type: ignore[attr-defined]
+           f"{model.new.name})"  # type: ignore[attr-defined]
+           if mode == "fused" and weight is not None else f"{model.name}'s own space")
     result.notes.append(
         f"moved {state.done} stored vectors in {duration_text(state.seconds)} by {bridge.name}'s "
         f"gallery map ({result.photos_embedded} photos embedded by {bridge.meta.backbone} when it "

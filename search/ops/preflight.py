@@ -109,10 +109,12 @@ def embed_stored_photos(gallery: GalleryCore, model: Embedder, ids: list[int], w
 
     def load(i: int):
         row = rows.get(int(i))
+        if row is None:  # no such photo
+            return int(i), None
         try:
             data = gallery.store.read(row.sha256, row.ext)
             return int(i), model.preprocess(decode(data, model.info.image_size).image)
-        except (AttributeError, OSError, BadImage):  # AttributeError: no such row
+        except (AttributeError, OSError, BadImage):
             return int(i), None
 
     def readable():
@@ -190,9 +192,10 @@ def gallery_changed(gallery: GalleryCore, state: dict | None) -> str | None:
         return "the fit recorded no gallery state"
     if state.get("gallery_id") != gallery.catalog.gallery_id():
         return "the model was fitted to another gallery"
-    if state.get("space") != gallery.space:
-        return f"the gallery now searches space {gallery.space}, the fit measured {state.get('space')}"
-    photos = gallery.catalog.count_served(gallery.space)
+    space = gallery.space
+    if space is None or state.get("space") != space:
+        return f"the gallery now searches space {space}, the fit measured {state.get('space')}"
+    photos = gallery.catalog.count_served(space)
     if abs(photos - state.get("photos", 0)) > CHANGED_SHARE * max(state.get("photos", 0), 1):
         return f"the gallery has {photos} photos, {state.get('photos')} when the model was fitted"
     albums = sorted(a["album"] for a in gallery.catalog.albums() if a["album"] is not None)
@@ -238,7 +241,7 @@ def preflight(gallery: GalleryCore, model: Embedder, sample: int = PREFLIGHT_SAM
     if fit is not None:
         sample = max(sample, fit["measured"]["queries"])
     t0 = time.perf_counter()
-    space = gallery.space
+    space = gallery.require_space()  # (an upgrade checks that the gallery has a model)
     members = gallery.catalog.space_members(space, exclude_model=model.name)
     if len(members) < 2:
         everything = len(gallery.catalog.space_members(space)) >= 2

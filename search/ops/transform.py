@@ -37,7 +37,7 @@ def transform_gallery(gallery: GalleryCore, model, transform,
     """Map every vector served in the gallery's space into `model`'s own space; switch to it
     when none is left. Returns (progress, switched)."""
     batch = batch or gallery.settings.transform_batch
-    source, target = gallery.space, transform_space(model)
+    source, target = gallery.require_space(), transform_space(model)
     if source == target:
         raise GalleryError(f"the gallery already serves {model.name}'s own space")
     gallery.register(model)

@@ -93,7 +93,7 @@ def upgrade(gallery: GalleryCore, name: str, force: bool = False, dry_run: bool 
         raise GalleryError("the gallery has no model yet: index photos first")
     if mode is not None and mode not in modes.MODES:
         raise GalleryError(f"unknown mode {mode!r}; choose from {', '.join(modes.MODES)}")
-    space = gallery.space
+    space = gallery.require_space()
     bridge = fitted = None
     if modes.is_bridge(model) and (mode in ("native", "fused") or transform):
         bridge = model
@@ -175,19 +175,19 @@ def upgrade(gallery: GalleryCore, name: str, force: bool = False, dry_run: bool 
         result.recommended = fit.get("recommended")
     result.warnings = list(check.flags)
     wanted = "transform" if transform else "queries"
-    if result.recommended and result.recommended != wanted and check.passed:
+    if fit is not None and result.recommended and result.recommended != wanted and check.passed:
         how = {"transform": f"graceful upgrade {model.name} --transform",
                "backfill": f"graceful upgrade {model.name} --transform, then graceful backfill",
                "queries": f"graceful upgrade {model.name}"}[result.recommended]
         result.notes.append(f"the fit of {model.name} recommends the {result.recommended} path "
                             f"({how}): {fit.get('recommendation', '')}")
     if not check.passed:
-        result.next_step = next_step(gallery, model, check)
-    if not check.passed and not force:
-        lines = "".join(f"\n  {r}" for r in check.reasons)
-        raise PreflightRefused(
-            f"pre-flight check refused {model.name} for this gallery. {check.expectation}{lines}\n"
-            f"{result.next_step['text']}\n--force switches anyway.", result)
+        result.next_step = step = next_step(gallery, model, check)
+        if not force:
+            lines = "".join(f"\n  {r}" for r in check.reasons)
+            raise PreflightRefused(
+                f"pre-flight check refused {model.name} for this gallery. {check.expectation}"
+                f"{lines}\n{step['text']}\n--force switches anyway.", result)
     if dry_run:
         result.notes.append("dry run: nothing changed")
         result.seconds = round(time.perf_counter() - t_start, 3)
@@ -218,7 +218,7 @@ def _transform(gallery: GalleryCore, model, gallery_transform, result: UpgradeRe
                             f"search still uses {result.previous}; run the same command again "
                             f"to continue (vectors already moved are kept)")
         return result
-    result.changed, result.space, result.mode = True, gallery.space, "native"
+    result.changed, result.space, result.mode = True, gallery.require_space(), "native"
     result.switch_ms = 0.0
     kind = "its head (exact)" if gallery_transform.exact else "a learned map"
     result.notes.append(
@@ -289,7 +289,8 @@ def rollback(gallery: GalleryCore, attempts: int = 5) -> RollbackResult:
         raise GalleryError("the gallery's model kept changing while rolling back (another "
                            "upgrade or rollback is running): run graceful rollback again")
     ms = (time.perf_counter() - t0) * 1000
-    space = gallery.space
+    assert current is not None  # a model history is written by `activate`, with a model active
+    space = gallery.require_space()
     kept = gallery.catalog.count_vectors(current, space)
     missing = len(gallery.catalog.images_missing_in_space(space))
     return RollbackResult(target, current, space, kept, missing, round(ms, 3))

@@ -97,7 +97,7 @@ def training_sample(catalog: Catalog, space: str, n: int, size: int) -> np.ndarr
         first = (-seen) % step
         picked.append(vectors[first::step].copy())
         seen += len(vectors)
-    return np.concatenate(picked)[:size] if picked else np.zeros((0, catalog.space_dim(space)))
+    return np.concatenate(picked)[:size] if picked else np.zeros((0, catalog.space_dim(space) or 0))
 
 
 class SpaceIndex:
@@ -239,16 +239,18 @@ class SpaceIndex:
             version = catalog.space_version(space)
             n = catalog.count_served(space)
             built = effective_kind(kind, n)
+            # (the training sample is dropped before every vector is added)
             if built == "ivf":
                 sample = training_sample(catalog, space, n, min(n, 40 * ivf_lists(n)))
                 index = cls(space, dim, train_ivf(sample, nprobe, nlist=ivf_lists(n)), version,
                             "ivf")
+                del sample
             elif built in COMPRESSED:
                 sample = training_sample(catalog, space, n, min(n, TRAIN_SAMPLE))
                 index = cls(space, dim, train_compressed(sample, built, n), version, built)
+                del sample
             else:
                 index = cls(space, dim, version=version)
-            sample = None
             for ids, vectors in catalog.serving_vectors(space):
                 index.index.add_with_ids(vectors, ids)
         return index

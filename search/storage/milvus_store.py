@@ -230,10 +230,11 @@ class MilvusStore:
             if not build:
                 return interim_flat(catalog, space, why), f"serving ({why})"
             return self.build(catalog, space, kind), f"rebuilt ({why})"
-        synced = catalog.store_synced(space)
+        synced, dim = catalog.store_synced(space), catalog.space_dim(space)
+        assert synced is not None and dim is not None  # a current collection: built from vectors
         name = self.collection(space)
         self.client.load_collection(name)
-        idx = MilvusSpace(self.client, name, space, catalog.space_dim(space), synced["version"],
+        idx = MilvusSpace(self.client, name, space, dim, synced["version"],
                           synced["kind"], self.uri, self.consistency)
         if kind != "auto" and milvus_kind(kind, catalog.count_served(space)) != idx.kind:
             idx.interim = f"{idx.kind}, not {kind}"
@@ -324,7 +325,8 @@ class MilvusStore:
 
     def _content_problem(self, catalog: Catalog, space: str) -> str | None:
         synced = catalog.store_synced(space) or {}
-        idx = MilvusSpace(self.client, self.collection(space), space, catalog.space_dim(space),
+        dim = catalog.space_dim(space) or 0  # 0: a space without vectors has none to read back
+        idx = MilvusSpace(self.client, self.collection(space), space, dim,
                           synced.get("version", 0), synced.get("kind", ""), self.uri, "Strong")
         with catalog.snapshot():
             n = catalog.count_served(space)

@@ -20,9 +20,11 @@ def run_section(models: list[str]) -> None:
     g = gallery()
     history = g.models.history()
     default_old = history[-1] if history else models[0]
+    active = g.active_model
+    assert active is not None  # models were registered by activating them: one is active
     c1, c2 = st.columns(2)
     old = c1.selectbox("Old model", models, index=models.index(default_old), key="cmp-old")
-    new = c2.selectbox("New model", models, index=models.index(g.active_model), key="cmp-new")
+    new = c2.selectbox("New model", models, index=models.index(active), key="cmp-new")
     source = st.radio("Queries", ["Logged searches", "Upload a query set", "Labelled folder"],
                       horizontal=True, key="cmp-source")
     k = st.slider("Top-k", 1, 20, 5, key="cmp-k")
