@@ -74,21 +74,23 @@ VECTOR_STORAGE_SET = ("SELECT a.attstorage = 'e' AND coalesce('toast_tuple_targe
                       "ON a.attrelid = c.oid WHERE c.oid = 'vectors'::regclass "
                       "AND a.attname = 'vector'")
 # put_vectors in one statement, one round trip: the space's version bumped once (a data-modifying
-# WITH runs exactly once, even for no rows) and every row written with it; the rows travel as
-# three binary arrays (psycopg's own placeholders: %b), so the statement is the same for any
-# batch and is prepared once per connection
+# WITH runs exactly once, even for no rows) and every row written with it. The parameters are the
+# same few for any batch (the vectors' bytes joined into one bytea, cut per row by its ordinal;
+# the ids and uncertainties as arrays), so psycopg prepares the statement once per connection
+# and its query cache keeps it (a VALUES row per vector, 9 parameters each, defeated both)
 _UPSERT = ("INSERT INTO vectors (image_id, model, space, dim, vector, created_at, seq, origin, "
-           "uncertainty) SELECT r.image_id, %s::text, %s::text, %s::integer, r.vector, "
-           "%s::float8, s.version, %s::text, r.uncertainty FROM s, "
-           "unnest(%b::int8[], %b::bytea[], %b::float8[]) AS r (image_id, vector, uncertainty) "
+           "uncertainty) SELECT r.image_id, ?::text, ?::text, ?::integer, "
+           "substring(?::bytea FROM (r.n::integer - 1) * ?::integer + 1 FOR ?::integer), "
+           "?::float8, s.version, ?::text, r.uncertainty FROM s, "
+           "unnest(?::int8[], ?::float8[]) WITH ORDINALITY AS r (image_id, uncertainty, n) "
            "ON CONFLICT (image_id, model) DO UPDATE SET space = excluded.space, "
            "dim = excluded.dim, vector = excluded.vector, created_at = excluded.created_at, "
            "seq = excluded.seq, origin = excluded.origin, uncertainty = excluded.uncertainty")
-PUT_VECTORS = ("WITH s AS (INSERT INTO spaces (space, dim, version) VALUES (%s, %s, 1) "
+PUT_VECTORS = ("WITH s AS (INSERT INTO spaces (space, dim, version) VALUES (?, ?, 1) "
                "ON CONFLICT (space) DO UPDATE SET version = spaces.version + 1 "
                "RETURNING version) " + _UPSERT)
 # the rows after a call's first PUT_ROWS_AT_ONCE: the version the first statement gave them
-PUT_MORE_VECTORS = "WITH s AS (SELECT version FROM spaces WHERE space = %s) " + _UPSERT
+PUT_MORE_VECTORS = "WITH s AS (SELECT version FROM spaces WHERE space = ?) " + _UPSERT
 PUT_ROWS_AT_ONCE = 1000
 WRITE_LOCK = (0x67726163, 0x65667531)  # pg_advisory_xact_lock keys: "grac", "efu1"
 TABLES = ("images", "vectors", "spaces", "models", "state", "events", "query_log", "jobs")
@@ -215,12 +217,13 @@ class PgDb:
     def _write_vectors(self, space: str, dim: int, image_ids: list[int], model: str,
                        blobs: list[bytes], now: float, origin: str | None,
                        uncertainty: list[float] | None) -> None:
+        size = len(blobs[0]) if blobs else 0  # every vector of a space: dim float16s
         for s in range(0, max(len(image_ids), 1), PUT_ROWS_AT_ONCE):
             rows = slice(s, s + PUT_ROWS_AT_ONCE)
             head = [space, dim] if s == 0 else [space]
-            self.db.execute_native(PUT_VECTORS if s == 0 else PUT_MORE_VECTORS, [
-                *head, model, space, dim, now, origin, image_ids[rows], blobs[rows],
-                None if uncertainty is None else uncertainty[rows]])
+            self.db.execute(PUT_VECTORS if s == 0 else PUT_MORE_VECTORS, [
+                *head, model, space, dim, b"".join(blobs[rows]), size, size, now, origin,
+                image_ids[rows], None if uncertainty is None else uncertainty[rows]])
 
     def reset_ids(self) -> None:
         for table in ("images", "events", "query_log"):

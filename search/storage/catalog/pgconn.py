@@ -107,15 +107,6 @@ class PgDatabase:
         except psycopg.OperationalError as e:
             raise translate(e, self.url) from None
 
-    def execute_native(self, sql: str, params: Any) -> _Cursor:
-        """`execute` of SQL in psycopg's own placeholders (%s, and %b: a parameter sent in
-        binary, e.g. an array of bytea), for pg.py's own statements."""
-        psycopg = _psycopg()
-        try:
-            return _Cursor(self.raw.execute(sql, params), self.url)
-        except psycopg.OperationalError as e:
-            raise translate(e, self.url) from None
-
     def executemany(self, sql: str, rows) -> _Cursor:
         psycopg = _psycopg()
         cur = self.raw.cursor()
