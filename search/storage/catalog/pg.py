@@ -11,8 +11,8 @@ What differs from SQLite, and how it is kept equal:
   migrations     the version in `graceful_schema` (SQLite: PRAGMA user_version), run under the
                  write lock (DDL is transactional in PostgreSQL: all or nothing)
   vectors        float16 bytes in `bytea`, read back by the same codec, kept in the table's own
-                 pages (VECTOR_STORAGE: no compression attempt, no TOAST table for a 1280-d
-                 vector); a vector write is one statement (PUT_VECTORS) with the space's version
+                 TOAST table uncompressed (VECTOR_STORAGE: no pglz attempt on every write); a
+                 vector write is one statement (PUT_VECTORS) with the space's version bump
   long reads     a server-side cursor (serving_rows streams, as SQLite's cursor does)
 A database that holds tables but no `graceful_schema` belongs to another application: refused.
 """
@@ -40,7 +40,7 @@ CREATE TABLE vectors (
     image_id BIGINT NOT NULL REFERENCES images (id), model TEXT NOT NULL, space TEXT,
     dim INTEGER, vector BYTEA, created_at DOUBLE PRECISION, seq BIGINT, origin TEXT,
     uncertainty DOUBLE PRECISION, PRIMARY KEY (image_id, model));
-ALTER TABLE vectors ALTER COLUMN vector SET STORAGE EXTERNAL, SET (toast_tuple_target = 8160);
+ALTER TABLE vectors ALTER COLUMN vector SET STORAGE EXTERNAL;
 CREATE INDEX idx_vectors_space_image_id_seq ON vectors (space, image_id, seq);
 CREATE INDEX idx_vectors_space_seq ON vectors (space, seq);
 CREATE INDEX idx_vectors_model ON vectors (model);
@@ -60,19 +60,17 @@ CREATE TABLE jobs (name TEXT PRIMARY KEY, state TEXT, updated_at DOUBLE PRECISIO
 # older PostgreSQL catalogs); later versions add steps here, as db.MIGRATIONS does for SQLite.
 PG_MIGRATIONS = {4: SCHEMA_V4}
 # How a vector is stored: float16 vectors compress by a few percent at best, so pglz's attempt on
-# every value over ~2 KB (PostgreSQL's default for bytea) is wasted work, and moving it into the
-# TOAST table costs two more rows and an index entry each. EXTERNAL: never compressed;
-# toast_tuple_target 8160: a row stays in the table's own page up to a page's size (a 1280-d
-# float16 row is ~2.6 KB: 3 a page), out of line only beyond (e.g. 4096-d). Physical settings,
-# invisible to every query: not a schema version (SQLite's is shared, and an older Graceful reads
-# and writes these catalogs unchanged); a catalog created before them gets them at open
-# (`tune_storage`), and its older rows stay where they are until rewritten.
-VECTOR_STORAGE = ("ALTER TABLE vectors ALTER COLUMN vector SET STORAGE EXTERNAL, "
-                  "SET (toast_tuple_target = 8160)")
-VECTOR_STORAGE_SET = ("SELECT a.attstorage = 'e' AND coalesce('toast_tuple_target=8160' = "
-                      "ANY (c.reloptions), false) FROM pg_class c JOIN pg_attribute a "
-                      "ON a.attrelid = c.oid WHERE c.oid = 'vectors'::regclass "
-                      "AND a.attname = 'vector'")
+# every value over ~2 KB (PostgreSQL's default for bytea, a 1280-d vector is 2,560 bytes) is
+# wasted work: EXTERNAL stores it in the TOAST table uncompressed. Kept out of line (not
+# toast_tuple_target = 8160, which measured the same on writes): the table's own pages stay small
+# (~70 rows a page instead of 3), so the reads that do not want the vector (a search's hit rows,
+# the serving model of an id) keep hitting shared buffers at 100k. A physical setting, invisible
+# to every query: not a schema version (SQLite's is shared, and an older Graceful reads and
+# writes these catalogs unchanged); a catalog created before it gets it at open
+# (`tune_storage`), and its older rows stay as they are until rewritten.
+VECTOR_STORAGE = "ALTER TABLE vectors ALTER COLUMN vector SET STORAGE EXTERNAL"
+VECTOR_STORAGE_SET = ("SELECT a.attstorage = 'e' FROM pg_attribute a "
+                      "WHERE a.attrelid = 'vectors'::regclass AND a.attname = 'vector'")
 # put_vectors in one statement, one round trip: the space's version bumped once (a data-modifying
 # WITH runs exactly once, even for no rows) and every row written with it. The parameters are the
 # same few for any batch (the vectors' bytes joined into one bytea, cut per row by its ordinal;
