@@ -13,10 +13,15 @@ open      a new process's first search: its FAISS index built from the catalog (
 upgrade   the switch's transaction (GalleryCore.activate: register, history, active model,
           event), p50 of 20; the pre-flight's embedding is not the catalog's and is left out
 W         the catalog writer's ceiling: vectors/s committed in transactions of 16 (1280-d),
-          SCALING's formula T = P / min(N·C·r_worker, W)
+          SCALING's formula T = P / min(N·C·r_worker, W); the catalogs' rounds interleaved
+          (the machine's load changes under a run), best of each, at two durabilities:
+            commits not waiting for the disk: SQLite's WAL with synchronous=NORMAL (Graceful's
+              setting) against PostgreSQL's synchronous_commit=off (the run's server setting)
+            every commit on disk before it returns: SQLite synchronous=FULL against
+              PostgreSQL synchronous_commit=on (PostgreSQL's default), a database of its own
+              grown to the first size only
 PostgreSQL 15 is started for the run by tests/pg_server.py (a Unix socket in a temporary
-folder, fsync on, synchronous_commit off: like SQLite's WAL with synchronous=NORMAL, a commit
-does not wait for the disk; W is also measured with synchronous_commit on) and stopped after.
+folder, fsync on) and stopped after.
 """
 from __future__ import annotations
 
@@ -98,18 +103,27 @@ def upgrade_ms(g, times: int = 20) -> dict:
     return percentiles(out)
 
 
-def writer(g, batches: int = 200, rounds: int = 3) -> dict:
-    """The best of `rounds` (a ceiling; the machine is shared), and every round."""
-    ids = g.catalog.space_members("bench")[: BATCH * batches].tolist()
-    v = np.random.default_rng(1).standard_normal((len(ids), DIM), dtype=np.float32)
-    rates = []
+def writer_round(g, ids: list[int], v: np.ndarray) -> float:
+    """One round: these vectors rewritten, 16 a transaction; vectors/s."""
+    t0 = time.perf_counter()
+    for s in range(0, len(ids), BATCH):
+        with g.catalog.transaction():
+            g.catalog.put_vectors(ids[s:s + BATCH], v[s:s + BATCH], "writer-bench", "bench")
+    return round(len(ids) / (time.perf_counter() - t0), 1)
+
+
+def writer(galleries: dict, batches: int = 200, rounds: int = 5) -> dict:
+    """W of each (name: (gallery, before-round setup)), rounds interleaved; the best of
+    `rounds` (a ceiling; the machine is shared), and every round."""
+    v = np.random.default_rng(1).standard_normal((BATCH * batches, DIM), dtype=np.float32)
+    ids = {name: g.catalog.space_members("bench")[: BATCH * batches].tolist()
+           for name, (g, _) in galleries.items()}
+    rates: dict = {name: [] for name in galleries}
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        for s in range(0, len(ids), BATCH):
-            with g.catalog.transaction():
-                g.catalog.put_vectors(ids[s:s + BATCH], v[s:s + BATCH], "writer-bench", "bench")
-        rates.append(round(len(ids) / (time.perf_counter() - t0), 1))
-    return {"vectors_per_s": max(rates), "rounds": rates}
+        for name, (g, setup) in galleries.items():
+            setup()
+            rates[name].append(writer_round(g, ids[name], v))
+    return {name: {"vectors_per_s": max(r), "rounds": r} for name, r in rates.items()}
 
 
 def run_catalog(name: str, location: str | None, sizes: list[int], repeat: int,
@@ -137,9 +151,7 @@ def run_catalog(name: str, location: str | None, sizes: list[int], repeat: int,
                "upgrade_switch": upgrade_ms(g)}
         out["sizes"][size] = row
         print(name, size, row, flush=True)
-    out["writer_vectors_per_s"] = writer(g)
-    g.close()
-    return out
+    return out, g
 
 
 def main() -> None:
@@ -159,20 +171,36 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="graceful-bench-catalog-"))
     results: dict = {"sizes": sizes, "dim": DIM, "batch": BATCH, "runs": [],
                      "load_average_before": Path("/proc/loadavg").read_text().split()[:3]}
+    opened = []
     try:
-        results["runs"].append(run_catalog("sqlite", str(root / "sqlite" / "catalog.db"), sizes,
-                                           args.repeat, root))
+        run, sq = run_catalog("sqlite", str(root / "sqlite" / "catalog.db"), sizes, args.repeat,
+                              root)
+        results["runs"].append(run)
+        opened.append(sq)
         with running(durable=True) as server:
             url = server.new_database("bench")
-            results["runs"].append(run_catalog("postgresql", url, sizes, args.repeat, root))
-            release(url)
+            run, pg = run_catalog("postgresql", url, sizes, args.repeat, root)
+            results["runs"].append(run)
+            opened.append(pg)
             url2 = server.new_database("benchsync")
             server.psql(f"ALTER DATABASE {server.name_of(url2)} SET synchronous_commit = on")
-            sync = run_catalog("postgresql-sync-commit", url2, sizes[:1], 20, root)
-            results["writer_postgresql_sync_commit"] = sync["writer_vectors_per_s"]
+            _, pgsync = run_catalog("postgresql-sync-commit", url2, sizes[:1], 20, root)
+            opened.append(pgsync)
+            pragma = sq.catalog.db.execute
+            w = writer({"sqlite": (sq, lambda: pragma("PRAGMA synchronous=NORMAL")),
+                        "postgresql": (pg, lambda: None),
+                        "sqlite-synchronous-full": (sq, lambda: pragma("PRAGMA synchronous=FULL")),
+                        "postgresql-synchronous-commit-on": (pgsync, lambda: None)})
+            pragma("PRAGMA synchronous=NORMAL")
+            results["writer_vectors_per_s"] = w
+            for g in opened[1:]:
+                g.close()
+            release(url)
             release(url2)
         results["load_average_after"] = Path("/proc/loadavg").read_text().split()[:3]
     finally:
+        if opened:
+            opened[0].close()
         shutil.rmtree(root, ignore_errors=True)
     s, p = results["runs"][0], results["runs"][1]
     big = max(sizes)
@@ -181,8 +209,12 @@ def main() -> None:
             p["sizes"][big]["search"]["p50_ms"] / s["sizes"][big]["search"]["p50_ms"], 3),
         "catalog_share_p50_ratio": round(p["sizes"][big]["catalog_share"]["p50_ms"]
                                          / s["sizes"][big]["catalog_share"]["p50_ms"], 3),
-        "W_sqlite": s["writer_vectors_per_s"]["vectors_per_s"],
-        "W_postgresql": p["writer_vectors_per_s"]["vectors_per_s"]}
+        **{f"W_{name}": r["vectors_per_s"] for name, r in w.items()},
+        "W_ratio_pg_over_sqlite": round(w["postgresql"]["vectors_per_s"]
+                                        / w["sqlite"]["vectors_per_s"], 3),
+        "W_ratio_on_disk_commits": round(w["postgresql-synchronous-commit-on"]["vectors_per_s"]
+                                         / w["sqlite-synchronous-full"]["vectors_per_s"], 3)}
+    print(results["summary"], flush=True)
     write_json(args.json, results)
 
 

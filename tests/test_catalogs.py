@@ -143,6 +143,65 @@ def test_a_failed_transaction_leaves_nothing(location):
     cat.close()
 
 
+@fast
+def test_put_vectors_bumps_the_version_once_and_every_row_gets_it(location):
+    """One put_vectors call: the space's version bumped once, even with no rows or with more
+    rows than one statement takes (PostgreSQL: pg.PUT_ROWS_AT_ONCE), every row written with
+    it, the float16 bytes the codec makes, and the uncertainties as given."""
+    from search.storage.catalog import encode_vectors
+
+    cat = open_at(location)
+    ids = fill(cat, 2500, dim=8)
+    assert cat.space_version("old") == 1
+    with cat.transaction():
+        cat.put_vectors([], np.zeros((0, 8), np.float32), "new", "old")
+    assert cat.space_version("old") == 2 and cat.count_vectors("new", "old") == 0
+    v = unit(2500, 8, seed=3)
+    with cat.transaction():
+        cat.put_vectors(ids, v, "new", "old", origin="map", uncertainty=np.arange(2500.0))
+    assert cat.space_version("old") == 3
+    rows = cat.db.execute("SELECT image_id, seq, vector, origin, uncertainty, dim, space "
+                          "FROM vectors WHERE model = 'new' ORDER BY image_id").fetchall()
+    assert [r[0] for r in rows] == ids and {r[1] for r in rows} == {3}
+    assert [bytes(r[2]) for r in rows] == encode_vectors(v)
+    assert {(r[3], r[5], r[6]) for r in rows} == {("map", 8, "old")}
+    assert [r[4] for r in rows] == list(np.arange(2500.0))
+    with cat.transaction():  # written again: replaced in place, the next version, no origin
+        cat.put_vectors(ids[:3], v[:3], "new", "old")
+    again = cat.db.execute("SELECT seq, origin, uncertainty FROM vectors WHERE model = 'new' "
+                           "AND image_id = ?", [ids[0]]).fetchone()
+    assert tuple(again) == (4, None, None) and cat.count_vectors("new", "old") == 2500
+    cat.close()
+
+
+@fast
+def test_a_postgresql_catalog_stores_vectors_uncompressed(pg_server):
+    """New catalogs are created with pg.VECTOR_STORAGE; one created before it gets it when
+    opened (its rows still read back), and one whose vectors table another session is reading
+    opens at once as it is (the next open sets it)."""
+    import psycopg
+
+    from search.storage.catalog.pg import VECTOR_STORAGE_SET
+
+    url = pg_server.new_database()
+    cat = open_at(url)
+    ids = fill(cat, 5)
+    assert cat.db.execute(VECTOR_STORAGE_SET).fetchone()[0] is True
+    cat.db.execute("ALTER TABLE vectors ALTER COLUMN vector SET STORAGE EXTENDED")  # as before
+    assert cat.db.execute(VECTOR_STORAGE_SET).fetchone()[0] is False
+    cat.close()
+    with psycopg.connect(url) as other:  # a reader's open transaction on vectors
+        other.execute("SELECT count(*) FROM vectors").fetchone()
+        cat = open_at(url, create=False)
+        assert cat.db.execute(VECTOR_STORAGE_SET).fetchone()[0] is False
+        assert cat.count_served("old") == 5 and not cat.db.in_transaction
+        cat.close()
+    cat = open_at(url, create=False)
+    assert cat.db.execute(VECTOR_STORAGE_SET).fetchone()[0] is True
+    assert sorted(cat.serving_vectors_of(ids, "old")) == ids
+    cat.close()
+
+
 def _workers(location: str, mode: str, n: int, tags=("a", "b")) -> list[subprocess.Popen]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return [subprocess.Popen([sys.executable, WORKER, location, mode, tag, str(n)], env=env,

@@ -10,7 +10,9 @@ What differs from SQLite, and how it is kept equal:
   snapshots      `BEGIN ISOLATION LEVEL REPEATABLE READ`
   migrations     the version in `graceful_schema` (SQLite: PRAGMA user_version), run under the
                  write lock (DDL is transactional in PostgreSQL: all or nothing)
-  vectors        float16 bytes in `bytea`, read back by the same codec
+  vectors        float16 bytes in `bytea`, read back by the same codec, kept in the table's own
+                 TOAST table uncompressed (VECTOR_STORAGE: no pglz attempt on every write); a
+                 vector write is one statement (PUT_VECTORS) with the space's version bump
   long reads     a server-side cursor (serving_rows streams, as SQLite's cursor does)
 A database that holds tables but no `graceful_schema` belongs to another application: refused.
 """
@@ -22,7 +24,7 @@ from models.settings import Settings
 
 from search.errors import GalleryError
 
-from .pgconn import PgDatabase, connect, is_url, pools, redacted, release
+from .pgconn import PgDatabase, _psycopg, connect, is_url, pools, redacted, release
 from .version import SCHEMA_VERSION
 
 __all__ = ["PgDb", "PgTransaction", "is_url", "redacted", "release"]
@@ -38,6 +40,7 @@ CREATE TABLE vectors (
     image_id BIGINT NOT NULL REFERENCES images (id), model TEXT NOT NULL, space TEXT,
     dim INTEGER, vector BYTEA, created_at DOUBLE PRECISION, seq BIGINT, origin TEXT,
     uncertainty DOUBLE PRECISION, PRIMARY KEY (image_id, model));
+ALTER TABLE vectors ALTER COLUMN vector SET STORAGE EXTERNAL;
 CREATE INDEX idx_vectors_space_image_id_seq ON vectors (space, image_id, seq);
 CREATE INDEX idx_vectors_space_seq ON vectors (space, seq);
 CREATE INDEX idx_vectors_model ON vectors (model);
@@ -56,6 +59,37 @@ CREATE TABLE jobs (name TEXT PRIMARY KEY, state TEXT, updated_at DOUBLE PRECISIO
 # A new PostgreSQL catalog is created at the current schema in one step (there were never
 # older PostgreSQL catalogs); later versions add steps here, as db.MIGRATIONS does for SQLite.
 PG_MIGRATIONS = {4: SCHEMA_V4}
+# How a vector is stored: float16 vectors compress by a few percent at best, so pglz's attempt on
+# every value over ~2 KB (PostgreSQL's default for bytea, a 1280-d vector is 2,560 bytes) is
+# wasted work: EXTERNAL stores it in the TOAST table uncompressed. Kept out of line (not
+# toast_tuple_target = 8160, which measured the same on writes): the table's own pages stay small
+# (~70 rows a page instead of 3), so the reads that do not want the vector (a search's hit rows,
+# the serving model of an id) keep hitting shared buffers at 100k. A physical setting, invisible
+# to every query: not a schema version (SQLite's is shared, and an older Graceful reads and
+# writes these catalogs unchanged); a catalog created before it gets it at open
+# (`tune_storage`), and its older rows stay as they are until rewritten.
+VECTOR_STORAGE = "ALTER TABLE vectors ALTER COLUMN vector SET STORAGE EXTERNAL"
+VECTOR_STORAGE_SET = ("SELECT a.attstorage = 'e' FROM pg_attribute a "
+                      "WHERE a.attrelid = 'vectors'::regclass AND a.attname = 'vector'")
+# put_vectors in one statement, one round trip: the space's version bumped once (a data-modifying
+# WITH runs exactly once, even for no rows) and every row written with it. The parameters are the
+# same few for any batch (the vectors' bytes joined into one bytea, cut per row by its ordinal;
+# the ids and uncertainties as arrays), so psycopg prepares the statement once per connection
+# and its query cache keeps it (a VALUES row per vector, 9 parameters each, defeated both)
+_UPSERT = ("INSERT INTO vectors (image_id, model, space, dim, vector, created_at, seq, origin, "
+           "uncertainty) SELECT r.image_id, ?::text, ?::text, ?::integer, "
+           "substring(?::bytea FROM (r.n::integer - 1) * ?::integer + 1 FOR ?::integer), "
+           "?::float8, s.version, ?::text, r.uncertainty FROM s, "
+           "unnest(?::int8[], ?::float8[]) WITH ORDINALITY AS r (image_id, uncertainty, n) "
+           "ON CONFLICT (image_id, model) DO UPDATE SET space = excluded.space, "
+           "dim = excluded.dim, vector = excluded.vector, created_at = excluded.created_at, "
+           "seq = excluded.seq, origin = excluded.origin, uncertainty = excluded.uncertainty")
+PUT_VECTORS = ("WITH s AS (INSERT INTO spaces (space, dim, version) VALUES (?, ?, 1) "
+               "ON CONFLICT (space) DO UPDATE SET version = spaces.version + 1 "
+               "RETURNING version) " + _UPSERT)
+# the rows after a call's first PUT_ROWS_AT_ONCE: the version the first statement gave them
+PUT_MORE_VECTORS = "WITH s AS (SELECT version FROM spaces WHERE space = ?) " + _UPSERT
+PUT_ROWS_AT_ONCE = 1000
 WRITE_LOCK = (0x67726163, 0x65667531)  # pg_advisory_xact_lock keys: "grac", "efu1"
 TABLES = ("images", "vectors", "spaces", "models", "state", "events", "query_log", "jobs")
 
@@ -106,6 +140,7 @@ class PgDb:
         try:
             self.refuse_foreign(create)
             self.migrate()
+            self.tune_storage()
         except BaseException:
             self.close()
             raise
@@ -161,6 +196,32 @@ class PgDb:
             for version in range(start + 1, SCHEMA_VERSION + 1):
                 self.db.execute(PG_MIGRATIONS[version])
                 self.db.execute("UPDATE graceful_schema SET version = ?", [version])
+
+    def tune_storage(self) -> None:
+        """VECTOR_STORAGE on a catalog created before it (one small read when it is set).
+        ALTER TABLE waits for readers of `vectors` to finish: at most a second, then the
+        catalog opens as it is and the next open tries again (nothing depends on it)."""
+        if self.db.execute(VECTOR_STORAGE_SET).fetchone()[0]:
+            return
+        try:  # not under the gallery's write lock: the ALTER's own table lock orders it
+            self.db.execute("BEGIN")
+            self.db.execute("SET LOCAL lock_timeout = 1000")
+            self.db.execute(VECTOR_STORAGE)
+            self.db.execute("COMMIT")
+        except (GalleryError, _psycopg().Error):  # busy, or not the tables' owner: as it is
+            if not self.db.broken:
+                self.db.execute("ROLLBACK")
+
+    def _write_vectors(self, space: str, dim: int, image_ids: list[int], model: str,
+                       blobs: list[bytes], now: float, origin: str | None,
+                       uncertainty: list[float] | None) -> None:
+        size = len(blobs[0]) if blobs else 0  # every vector of a space: dim float16s
+        for s in range(0, max(len(image_ids), 1), PUT_ROWS_AT_ONCE):
+            rows = slice(s, s + PUT_ROWS_AT_ONCE)
+            head = [space, dim] if s == 0 else [space]
+            self.db.execute(PUT_VECTORS if s == 0 else PUT_MORE_VECTORS, [
+                *head, model, space, dim, b"".join(blobs[rows]), size, size, now, origin,
+                image_ids[rows], None if uncertainty is None else uncertainty[rows]])
 
     def reset_ids(self) -> None:
         for table in ("images", "events", "query_log"):

@@ -71,18 +71,25 @@ class VectorsRepo(Db):
         dim = self.space_dim(space)
         if dim is not None and dim != vectors.shape[1]:
             raise ValueError(f"space {space!r} holds {dim}-d vectors, not {vectors.shape[1]}-d")
+        self._write_vectors(space, vectors.shape[1], [int(i) for i in image_ids], model,
+                            encode_vectors(vectors), time.time(), origin,
+                            None if uncertainty is None else [float(u) for u in uncertainty])
+
+    def _write_vectors(self, space: str, dim: int, image_ids: list[int], model: str,
+                       blobs: list[bytes], now: float, origin: str | None,
+                       uncertainty: list[float] | None) -> None:
+        """put_vectors' writes (SQLite; PostgreSQL's are one statement: pg.PUT_VECTORS)."""
         # every write of a space gets the next sequence number (the row stays locked until the
         # transaction ends, so two writers never share one)
         seq = self.db.conn.execute(
             "INSERT INTO spaces (space, dim, version) VALUES (?, ?, 1) "
             "ON CONFLICT(space) DO UPDATE SET version = spaces.version + 1 RETURNING version",
-            [space, vectors.shape[1]],
+            [space, dim],
         ).fetchone()[0]
-        now = time.time()
-        unc = [None] * len(image_ids) if uncertainty is None else [float(u) for u in uncertainty]
-        rows = [(int(i), model, space, vectors.shape[1], blob, now, seq, origin, u)
-                for i, blob, u in zip(image_ids, encode_vectors(vectors), unc)]
-        for s in range(0, len(rows), 1000):  # one statement per 1,000 rows: a round trip each
+        unc = [None] * len(image_ids) if uncertainty is None else uncertainty
+        rows = [(i, model, space, dim, blob, now, seq, origin, u)
+                for i, blob, u in zip(image_ids, blobs, unc)]
+        for s in range(0, len(rows), 1000):  # one statement per 1,000 rows
             part = rows[s:s + 1000]
             self.db.conn.execute(
                 "INSERT INTO vectors (image_id, model, space, dim, vector, created_at, seq, "
