@@ -43,8 +43,7 @@ class GalleryCore(Reports):
     """The open gallery: catalog, image store, vector store, live indexes and models. The
     operations (search.ops) work on it; `search.api.Gallery` holds one (`g.core`) and calls
     one operation per verb. Its collaborators are passed in: `settings` (read once) and
-    `models`, the provider every model comes from (default: the installed registry; tests
-    pass numpy fakes)."""
+    `models`, the provider every model comes from (tests pass numpy fakes)."""
 
     def __init__(self, home: Path, catalog: Catalog, settings: Settings | None = None,
                  models: registry.Models | None = None):
@@ -72,17 +71,15 @@ class GalleryCore(Reports):
         """The gallery at `home` (default: `default_home()`), created if missing unless
         `create=False` (then a missing gallery is a GalleryError). A new gallery serves its
         vectors from `store` ("faiss" or "milvus" at `milvus_uri`; default: env GRACEFUL_STORE
-        and GRACEFUL_MILVUS_URI, else faiss). `settings`: read from the environment unless given,
-        once, and passed down to every operation on this gallery. `models`: where its models
-        come from (default `models.registry.REGISTRY`)."""
+        and GRACEFUL_MILVUS_URI, else faiss). `settings` (else read from the environment, once)
+        and `models` (else GRACEFUL_MODELS, else the installed registry) are passed down."""
         settings = settings or Settings.from_env()
         home = Path(home).expanduser() if home else default_home(settings)
         location = catalog_location(home, settings.catalog)  # HOME/catalog.db or a URL
-        if models is None:  # a GRACEFUL_MODELS that does not load is one line, before any write
-            try:
-                models = registry.provider(settings.models)
-            except ValueError as e:
-                raise GalleryError(str(e)) from None
+        try:  # a GRACEFUL_MODELS that does not load: one line, before anything is written
+            models = models or registry.provider(settings.models)
+        except ValueError as e:
+            raise GalleryError(str(e)) from None
         gallery = cls(home, open_catalog(home, location, settings, create), settings, models)
         store = store or settings.store
         milvus_uri = milvus_uri or settings.milvus_uri
@@ -139,8 +136,7 @@ class GalleryCore(Reports):
         return model
 
     def require_space(self) -> str:
-        """`space` where a gallery needs one (its active model registered it with `activate`):
-        GalleryError when it has no model yet."""
+        """`space` where a gallery needs one: GalleryError when it has no model yet."""
         space = self.space
         if space is None:
             raise GalleryError(NO_MODEL)
