@@ -57,11 +57,9 @@ def old_classifier_for(old: Embedder, classes: list[str], old_emb: np.ndarray,
 
 
 def evaluate_pairs(old_q: np.ndarray, new_q: np.ndarray, labels: np.ndarray) -> dict:
-    """ml-fct's old/old, new/old and new/new, leave-one-out: two scores of the one evaluation
-    sharing the old side."""
-    own, names = np.arange(len(old_q)), ("top1", "top5", "map")
-    cross = metrics.score(old_q, new_q, old_q, old_q, labels, labels, own_index=own)
-    same = metrics.score(old_q, new_q, old_q, new_q, labels, labels, own_index=own, old=cross.old)
+    """ml-fct's old/old, new/old and new/new, leave-one-out (`metrics.ml_fct_pairs`)."""
+    names = ("top1", "top5", "map")
+    cross, same = metrics.ml_fct_pairs(old_q, new_q, labels)
     return {"old/old": cross.side("old", names),
             "new/old": {**cross.side("new", names), **metrics.flip_rates(cross.old.top1, cross.new.top1)},
             "new/new": {**same.side("new", names), **metrics.flip_rates(cross.old.top1, same.new.top1)},
