@@ -73,6 +73,7 @@ def pair_entry(s: metrics.Summary, old_class_mask: np.ndarray, side: str = "new"
     entry = s.side(side, NAMES)
     if side == "new":
         old, new = s.old.top1, s.new.top1
+        assert old is not None and new is not None  # scored with labels
         entry.update(metrics.flip_rates(old, new))
         entry["old_classes"] = metrics.flip_rates(old, new, old_class_mask)
         entry["new_classes"] = metrics.flip_rates(old, new, ~old_class_mask)
@@ -104,6 +105,7 @@ def run(cfg: CompatBenchConfig) -> dict:
                      progress=cfg.progress)
     old_train_emb = old.embed(feats.old_train)
     old_test_emb = old.embed(feats.old_test)
+    assert old.classifier is not None  # an independent head is trained with one
     classifiers = {"trained": old_classifier_rows(old_train_emb, train.labels, n_classes,
                                                   old.classifier.numpy()),
                    "prototypes": old_classifier_rows(old_train_emb, train.labels, n_classes)}
