@@ -144,7 +144,7 @@ def main() -> None:
 
     # 2. fitted to the gallery (its own cache: nothing precomputed)
     t0 = time.perf_counter()
-    fit = g.train("lite2", "fitted", progress=True)
+    fit = g.train("lite2", "fitted", progress=True).as_dict()
     out["fit"] = {k: fit[k] for k in ("method", "sample", "held_out", "passed", "verdict",
                                        "expectation", "seconds", "images_per_second")}
     out["fit"]["wall_s"] = round(time.perf_counter() - t0, 1)

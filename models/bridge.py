@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .evaluation.score import overlap, top_k
-from .transform import LINEAR_KINDS, MAP_KINDS, LinearMap, fit_linear_map, normalise
+from .transform import LINEAR_KINDS, MAP_KINDS, LinearMap, fit_linear_map, normalise, ridge_fit
 
 FIDELITY_K = 10
 FUSED_PREFIX = "fused:"
@@ -69,8 +69,10 @@ def choose_map(x: np.ndarray, y: np.ndarray, side: str = "gallery",
     real = normalise(np.asarray(y, np.float32))
     best: MapChoice | None = None
     scores = {}
+    # the ridge cross-fit, made once: the ridge kind is it, the MLP kind corrects each fold's map
+    ridge = ridge_fit(x, y, seed=seed) if {"ridge", "mlp"} & set(kinds) else None
     for kind in kinds:
-        m, oof = fit_linear_map(x, y, seed=seed, kind=kind)
+        m, oof = fit_linear_map(x, y, seed=seed, kind=kind, ridge=ridge)
         fid = (map_fidelity(real, real, oof) if side == "gallery"
                else query_fidelity(real, oof, real))
         scores[kind] = {"fidelity": round(fid, 4),

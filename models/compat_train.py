@@ -1,7 +1,8 @@
-"""Train a model compatible with an existing one (`graceful train`), and save its checkpoint."""
+"""`graceful train --data`: a model compatible with an existing one, trained on an ImageFolder
+dataset. The dataset's adapter to the one training core (models/training.py): it scans the
+folder and runs both models on its files; the core trains the head and saves the checkpoint."""
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,19 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import metrics, registry
-from .checkpoint import NAME_RE, SUFFIX, CheckpointMeta, fingerprint, save_checkpoint
+from . import metrics, registry, training
+from .checkpoint import CheckpointMeta
 from .compatible import HeadEmbedder
 from .embedder import Embedder
 from .features import extract, file_shas
 from .imagefolder import align_classes, scan
-from .train import (
-    COMPATIBLE_METHODS,
-    LABELLED_METHODS,
-    TrainConfig,
-    old_classifier_rows,
-    train_head,
-)
+from .train import COMPATIBLE_METHODS, LABELLED_METHODS, TrainConfig, old_classifier_rows
 
 
 @dataclass
@@ -57,32 +52,30 @@ def old_classifier_for(old: Embedder, classes: list[str], old_emb: np.ndarray,
 
 
 def evaluate_pairs(old_q: np.ndarray, new_q: np.ndarray, labels: np.ndarray) -> dict:
-    """ml-fct's old/old, new/old and new/new, leave-one-out: two scores of the one evaluation
-    sharing the old side."""
-    own, names = np.arange(len(old_q)), ("top1", "top5", "map")
-    cross = metrics.score(old_q, new_q, old_q, old_q, labels, labels, own_index=own)
-    same = metrics.score(old_q, new_q, old_q, new_q, labels, labels, own_index=own, old=cross.old)
+    """ml-fct's old/old, new/old and new/new, leave-one-out (`metrics.ml_fct_pairs`)."""
+    names = ("top1", "top5", "map")
+    cross, same = metrics.ml_fct_pairs(old_q, new_q, labels)
+    old_top1, new_top1, same_top1 = cross.old.top1, cross.new.top1, same.new.top1
+    assert old_top1 is not None and new_top1 is not None and same_top1 is not None  # labelled
+    assert cross.old.ap is not None and cross.new.ap is not None
     return {"old/old": cross.side("old", names),
-            "new/old": {**cross.side("new", names), **metrics.flip_rates(cross.old.top1, cross.new.top1)},
-            "new/new": {**same.side("new", names), **metrics.flip_rates(cross.old.top1, same.new.top1)},
-            "criterion_top1": bool(cross.new.top1.mean() > cross.old.top1.mean()),
+            "new/old": {**cross.side("new", names), **metrics.flip_rates(old_top1, new_top1)},
+            "new/new": {**same.side("new", names), **metrics.flip_rates(old_top1, same_top1)},
+            "criterion_top1": bool(new_top1.mean() > old_top1.mean()),
             "criterion_map": bool(cross.new.ap.mean() > cross.old.ap.mean())}
 
 
 def train_compatible(req: TrainRequest) -> tuple[Path, CheckpointMeta]:
-    if not NAME_RE.match(req.out):
-        raise ValueError(f"model name {req.out!r}: use letters, digits, '_', '.', '-' (max 64)")
-    dest = req.models_dir / f"{req.out}{SUFFIX}"
-    if dest.exists() and not req.force:
-        raise ValueError(f"a model called {req.out!r} already exists at {dest} (use --force to replace)")
-    if req.out in [e.name for e in registry.available([req.models_dir])] and not dest.exists():
-        raise ValueError(f"{req.out!r} is already the name of another model")
+    """The dataset's entry point into the training core (models/training.py): the ImageFolder
+    scanned, both models run on its files (feature cache), the old checkpoint's classifier rows
+    kept where it has them; then, beyond the core, optional fine-tuning and the `--eval` pairs."""
     labelled = req.method in LABELLED_METHODS
     data = scan(req.data, labelled=labelled, min_per_class=2 if labelled else 16)
+    dest, backbone = training.validate(
+        req.out, req.models_dir, [e.name for e in registry.available([req.models_dir])],
+        replace=req.force, replace_option="--force",
+        load_backbone=lambda: registry.load(req.backbone, [req.models_dir]))
     old = registry.load(req.old, [req.models_dir])
-    backbone = registry.load(req.backbone, [req.models_dir])
-    if isinstance(backbone, HeadEmbedder):
-        raise ValueError("the backbone must be a base model (lite0/1/2 or open_clip), not a trained head")
     t0 = time.perf_counter()
     shas = file_shas(data.files)
     old_emb = extract(old, data.files, req.cache_dir, progress=req.progress, shas=shas)
@@ -93,10 +86,11 @@ def train_compatible(req: TrainRequest) -> tuple[Path, CheckpointMeta]:
         cfg.dim = old.dim
     w_old = old_classifier_for(old, data.classes, old_emb, data.labels,
                                req.old_classifier == "prototypes") if labelled else None
-    tuned_state: dict = {}
     feats = extract(backbone, data.files, req.cache_dir, progress=req.progress, shas=shas)
-    trained = train_head(cfg, feats, data.labels if labelled else None, len(data.classes),
-                         old_emb=old_emb, old_classifier=w_old, progress=req.progress)
+    inputs = training.TrainingSet(feats, old_emb, data.labels if labelled else None, data.classes,
+                                  shas, w_old)
+    trained = training.train(cfg, inputs, progress=req.progress)
+    tuned_state: dict = {}
     new_backbone = backbone
     if req.finetune_blocks:
         # Stage 2: unfreeze the last blocks, starting from the head trained on cached features.
@@ -125,18 +119,11 @@ def train_compatible(req: TrainRequest) -> tuple[Path, CheckpointMeta]:
             new_q = trained.embed(extract(backbone, test.files, req.cache_dir, progress=req.progress))
         metrics_out["eval"] = {"data": str(req.eval_dir), "images": len(test),
                                **evaluate_pairs(old_q, new_q, test.labels)}
-    meta = CheckpointMeta(
-        name=req.out, backbone=backbone.name, dim=cfg.dim,
-        space=old.space if compatible else req.out,
-        compatible_with=sorted({old.space, *old.info.compatible_with}) if compatible else [],
-        method=req.method, head=trained.head_spec, old_model=old.name,
-        data_fingerprint=fingerprint(sorted(shas)), metrics=metrics_out,
-        classes=data.classes if trained.classifier is not None else [],
-        training={"config": cfg.as_dict(), "data": str(req.data), "images": len(data),
-                  "classes": len(data.classes), "command": " ".join(sys.argv),
-                  "finetune_blocks": req.finetune_blocks,
-                  "finetune_epochs": req.finetune_epochs if req.finetune_blocks else 0},
-    )
-    aux = {"classifier": trained.classifier} if trained.classifier is not None else {}
-    aux.update({k: v for k, v in tuned_state.items()})  # "backbone.<module>.<tensor>"
-    return save_checkpoint(dest, meta, trained.head, aux=aux), meta
+    target = (training.Target.compatible(req.out, dest, backbone.name, old.name, old.space,
+                                         old.info.compatible_with) if compatible
+              else training.Target.independent(req.out, dest, backbone.name, old))
+    return training.save(  # tuned_state: "backbone.<module>.<tensor>"
+        target, trained, cfg, inputs, metrics=metrics_out, source={"data": str(req.data)},
+        details={"finetune_blocks": req.finetune_blocks,
+                 "finetune_epochs": req.finetune_epochs if req.finetune_blocks else 0},
+        aux=tuned_state)

@@ -65,6 +65,17 @@ def evaluate(queries: np.ndarray, gallery: np.ndarray, labels: np.ndarray) -> Re
                            float(need_labels(o.ap).mean()), top1)
 
 
+def ml_fct_pairs(old_q: np.ndarray, new_q: np.ndarray, labels, old: Outcomes | None = None
+                 ) -> tuple[Summary, Summary]:
+    """ml-fct's new/old and new/new, leave-one-out on one labelled set, each scored against
+    old/old: two scores of the one evaluation sharing the old side (`old`: its searches, when
+    already made)."""
+    own = np.arange(len(old_q))
+    cross = score(old_q, new_q, old_q, old_q, labels, labels, own_index=own, old=old)
+    same = score(old_q, new_q, old_q, new_q, labels, labels, own_index=own, old=cross.old)
+    return cross, same
+
+
 def overlap_at_k(a: list[int], b: list[int], k: int) -> float:
     return len(set(a[:k]) & set(b[:k])) / k if k else 0.0
 

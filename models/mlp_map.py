@@ -8,9 +8,14 @@ same folds as ridge, so `models.bridge.choose_map` compares the kinds on equal t
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from .transform import FOLDS, normalise
+from .transform import normalise
+
+if TYPE_CHECKING:
+    from .transform import RidgeFit
 
 HIDDEN = 128
 STEPS = 800  # at most: early stopping keeps the best state on held-out rows
@@ -74,25 +79,13 @@ def train_correction(x: np.ndarray, base: np.ndarray, y: np.ndarray, seed: int =
                 net[2].weight.T.numpy().copy(), net[2].bias.numpy().copy())
 
 
-def ridge_base(x_fit: np.ndarray, y_fit: np.ndarray, lam: float, x: np.ndarray) -> np.ndarray:
-    """Ridge prediction (unnormalised) for x from a map fitted on (x_fit, y_fit)."""
-    from .transform import _ridge_solutions
-
-    mi, mo = x_fit.mean(0), y_fit.mean(0)
-    w = _ridge_solutions(x_fit - mi, y_fit - mo, [lam])[0]
-    return ((x - mi) @ w + mo).astype(np.float32)
-
-
-def mlp_oof(x: np.ndarray, y: np.ndarray, lam: float, folds: int = FOLDS, seed: int = 0
-            ) -> np.ndarray:
-    """Out-of-fold predictions of ridge + correction (the same folds as the other kinds)."""
-    n = len(x)
-    fold_of = np.random.default_rng(seed).permutation(n) % max(2, min(folds, n))
-    preds = np.zeros((n, y.shape[1]), np.float32)
-    for f in np.unique(fold_of):
-        tr, te = fold_of != f, fold_of == f
-        base_tr = ridge_base(x[tr], y[tr], lam, x[tr])
-        w1, b1, w2, b2 = train_correction(x[tr], base_tr, y[tr], seed=seed)
-        mean_in = x[tr].mean(0)
-        preds[te] = ridge_base(x[tr], y[tr], lam, x[te]) + correction(x[te], mean_in, w1, b1, w2, b2)
+def mlp_oof(x: np.ndarray, y: np.ndarray, ridge: "RidgeFit", seed: int = 0) -> np.ndarray:
+    """Out-of-fold predictions of ridge + correction: on the ridge cross-fit's own folds, each
+    correction on top of that fold's ridge map (fitted once, in `ridge`)."""
+    preds = np.zeros((len(x), y.shape[1]), np.float32)
+    for fold in ridge.folds:
+        tr, mean_in = fold[0], fold[1]
+        te = ~tr
+        w1, b1, w2, b2 = train_correction(x[tr], ridge.predict(fold, x[tr]), y[tr], seed=seed)
+        preds[te] = ridge.predict(fold, x[te]) + correction(x[te], mean_in, w1, b1, w2, b2)
     return normalise(preds).astype(np.float32)

@@ -143,6 +143,7 @@ def train_head(cfg: TrainConfig, features: np.ndarray, labels: np.ndarray | None
     if cfg.method in ("bct", "pct") and old_classifier is None:
         raise ValueError(f"method {cfg.method} needs the old classifier")
     if cfg.method == "procrustes":
+        assert old_emb is not None
         head = procrustes(features, old_emb)
         return TrainedHead(head, {"type": "linear", "in_dim": features.shape[1],
                                   "out_dim": old_emb.shape[1], "bias": False},
@@ -156,6 +157,7 @@ def train_head(cfg: TrainConfig, features: np.ndarray, labels: np.ndarray | None
     w_old = old_classifier.to(dev) if old_classifier is not None else None
     old_right_all = None
     if cfg.method == "pct":
+        assert old_emb is not None and labels is not None
         old_right_all = torch.as_tensor(loo_correct(old_emb, labels), device=dev)
     spec = cfg.head_spec(features.shape[1])
     head = build_head(spec).to(dev)

@@ -72,32 +72,87 @@ class LinearMap:
                    float(get("residual_bias")[0]), float(spec.get("lambda", 0.0)), spec, mlp)
 
 
+def _ridge_factors(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """What every ridge strength's weights come from: (V^T, s, U^T y) of the SVD of x."""
+    u, s, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
+    return vt, s, u.T @ y.astype(np.float64)
+
+
+def _ridge_weight(factors: tuple[np.ndarray, ...], lam: float) -> np.ndarray:
+    vt, s, uty = factors
+    return (vt.T * (s / (s * s + lam))) @ uty
+
+
 def _ridge_solutions(x: np.ndarray, y: np.ndarray, lams) -> list[np.ndarray]:
     """Ridge weights for each lambda from one SVD of the (centred) inputs."""
-    u, s, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
-    uty = u.T @ y.astype(np.float64)
-    return [(vt.T * (s / (s * s + lam))) @ uty for lam in lams]
+    factors = _ridge_factors(x, y)
+    return [_ridge_weight(factors, lam) for lam in lams]
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (normalise(a) * normalise(b)).sum(-1)
 
 
+@dataclass
+class RidgeFit:
+    """A ridge cross-fit of y on x: the strength with the best out-of-fold cosine (`lam`), the
+    out-of-fold predictions for it (`oof`, unit rows), each fold's map for it (`folds`: training
+    rows, input mean, output mean, weights) and the map on every pair (`weight`). Fitted once
+    per pair set: the ridge and the MLP kinds of map share it (`fit_linear_map(ridge=)`)."""
+    lam: float
+    oof: np.ndarray
+    folds: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    weight: np.ndarray  # (d_in, d_out) float32, fitted on every pair with `lam`
+    seed: int  # of the folds
+
+    @staticmethod
+    def predict(fold: tuple, x: np.ndarray) -> np.ndarray:
+        """A fold's ridge prediction (unnormalised, float32) for x."""
+        _, mi, mo, w = fold
+        return ((x - mi) @ w + mo).astype(np.float32)
+
+
+def _cross_fit(x: np.ndarray, y: np.ndarray, lams, folds: int, seed: int, keep_folds: bool):
+    """(best lambda, its out-of-fold predictions, each fold's map for it when `keep_folds`):
+    one SVD per fold serves every lambda."""
+    n = len(x)
+    fold_of = np.random.default_rng(seed).permutation(n) % max(2, min(folds, n))
+    preds = np.zeros((len(lams), n, y.shape[1]), np.float64)
+    factors = []
+    for f in np.unique(fold_of):
+        tr, te = fold_of != f, fold_of == f
+        mi, mo = x[tr].mean(0), y[tr].mean(0)
+        svd = _ridge_factors(x[tr] - mi, y[tr] - mo)
+        for j, lam in enumerate(lams):
+            preds[j, te] = (x[te] - mi) @ _ridge_weight(svd, lam) + mo
+        if keep_folds:
+            factors.append((tr, mi, mo, svd))
+    scores = [float(_cosine(p, y).mean()) for p in preds]
+    best = int(np.argmax(scores))
+    lam = float(lams[best])
+    kept = [(tr, mi, mo, _ridge_weight(svd, lams[best])) for tr, mi, mo, svd in factors]
+    return lam, normalise(preds[best]).astype(np.float32), kept
+
+
 def cross_fitted(x: np.ndarray, y: np.ndarray, lams=LAMBDAS, folds: int = FOLDS, seed: int = 0
                  ) -> tuple[float, np.ndarray]:
     """(the lambda with the best out-of-fold cosine, the out-of-fold predictions for it): every
     pair is predicted by a map that never saw it, so measurements on them are honest."""
-    n = len(x)
-    fold_of = np.random.default_rng(seed).permutation(n) % max(2, min(folds, n))
-    preds = np.zeros((len(lams), n, y.shape[1]), np.float64)
-    for f in np.unique(fold_of):
-        tr, te = fold_of != f, fold_of == f
-        mi, mo = x[tr].mean(0), y[tr].mean(0)
-        for j, w in enumerate(_ridge_solutions(x[tr] - mi, y[tr] - mo, lams)):
-            preds[j, te] = (x[te] - mi) @ w + mo
-    scores = [float(_cosine(p, y).mean()) for p in preds]
-    best = int(np.argmax(scores))
-    return float(lams[best]), normalise(preds[best]).astype(np.float32)
+    lam, oof, _ = _cross_fit(x, y, lams, folds, seed, keep_folds=False)
+    return lam, oof
+
+
+def ridge_fit(old: np.ndarray, new: np.ndarray, seed: int = 0) -> RidgeFit:
+    """The ridge cross-fit of `fit_linear_map`'s pairs (old as given, new normalised), with each
+    fold's weights kept for a map built on top of ridge (the MLP kind)."""
+    return _ridge_fit(*_pairs(old, new), seed)
+
+
+def _ridge_fit(old: np.ndarray, new: np.ndarray, seed: int) -> RidgeFit:
+    lam, oof, folds = _cross_fit(old, new, LAMBDAS, FOLDS, seed, keep_folds=True)
+    mi, mo = old.mean(0), new.mean(0)
+    weight = _ridge_solutions(old - mi, new - mo, [lam])[0].astype(np.float32)
+    return RidgeFit(lam, oof, folds, weight, seed)
 
 
 def procrustes_weight(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -129,14 +184,18 @@ MAP_KINDS = ("ridge", "procrustes", "mlp")
 LINEAR_KINDS = ("ridge", "procrustes")  # a query map becomes a linear head: no mlp there
 
 
-def fit_linear_map(old: np.ndarray, new: np.ndarray, seed: int = 0, kind: str = "ridge"
-                   ) -> tuple[LinearMap, np.ndarray]:
+def _pairs(old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(old, np.float32), normalise(np.asarray(new, np.float32))
+
+
+def fit_linear_map(old: np.ndarray, new: np.ndarray, seed: int = 0, kind: str = "ridge",
+                   ridge: RidgeFit | None = None) -> tuple[LinearMap, np.ndarray]:
     """Learn h: stored vector -> the model's embedding from pairs of the same photos, by ridge
     regression, orthogonal Procrustes or ridge plus a small MLP's correction (`kind`, see
     models.mlp_map). Returns the map (fitted on every pair) and its
-    out-of-fold predictions (for honest measurement)."""
-    old = np.asarray(old, np.float32)
-    new = normalise(np.asarray(new, np.float32))
+    out-of-fold predictions (for honest measurement). `ridge`: these pairs' `ridge_fit` (same
+    seed), when already made (the ridge and MLP kinds both start from it)."""
+    old, new = _pairs(old, new)
     if len(old) < 2 * FOLDS:
         raise ValueError(f"a gallery transform needs at least {2 * FOLDS} photo pairs, got {len(old)}")
     if kind not in MAP_KINDS:
@@ -144,12 +203,15 @@ def fit_linear_map(old: np.ndarray, new: np.ndarray, seed: int = 0, kind: str = 
     mi, mo = old.mean(0), new.mean(0)
     mlp = None
     if kind in ("ridge", "mlp"):
-        lam, oof = cross_fitted(old, new, seed=seed)
-        w = _ridge_solutions(old - mi, new - mo, [lam])[0].astype(np.float32)
+        if ridge is None:
+            ridge = _ridge_fit(old, new, seed)
+        elif len(ridge.oof) != len(old) or ridge.seed != seed:
+            raise ValueError("the ridge fit passed is of other pairs or folds")
+        lam, oof, w = ridge.lam, ridge.oof, ridge.weight
         if kind == "mlp":
             from .mlp_map import mlp_oof, train_correction
 
-            oof = mlp_oof(old, new, lam, seed=seed)
+            oof = mlp_oof(old, new, ridge, seed=seed)
             mlp = train_correction(old, (old - mi) @ w + mo, new, seed=seed)
     else:
         lam, oof = 0.0, procrustes_oof(old, new, seed=seed)

@@ -161,10 +161,10 @@ def fit_job(home: Path, backbone: str, out: str, method: str = "auto",
             job.message = "paused: features computed so far are kept; start again to resume"
             return None
         job.done = job.total = 1
-        job.message = (f"{report['name']}: {report['verdict']} on {report['sample']['held_out']} "
+        job.message = (f"{report.name}: {report.verdict} on {report.sample['held_out']} "
                        f"held-out photos in {time.time() - t0:.0f} s. "
-                       + (report.get("recommendation") or "Upgrade to it above."))
-        return report
+                       + (report.recommendation or "Upgrade to it above."))
+        return report.as_dict()
     return work
 
 

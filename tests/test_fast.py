@@ -350,19 +350,30 @@ def test_gallery_surface_is_small_and_typed():
 
 def test_typed_reports_are_the_json_contracts_of_the_readme():
     """Each typed report's fields are its command's `--json` keys: every field is named in
-    that command's contract in README.md, and `as_dict` gives exactly the fields."""
+    that command's contract in README.md (the bullet that starts so), and `as_dict` gives
+    exactly the keys, `from_dict` taking them back."""
     import re
 
-    from search.api import BackfillStatus, ComparisonReport, InfoReport
+    from search.api import (
+        BackfillStatus,
+        BridgeReport,
+        ComparisonReport,
+        FitReport,
+        InfoReport,
+        MigrationReport,
+    )
 
     readme = (ROOT / "README.md").read_text()
     contracts = readme[readme.index("### JSON contracts"):readme.index("## Python API")]
     bullets = re.split(r"\n- ", contracts)
-    for cls, command in ((InfoReport, "info --json"), (ComparisonReport, "compare --json"),
-                         (BackfillStatus, "backfill --status --json")):
-        text = " ".join(b for b in bullets if b.startswith(f"`{command}`"))
+    for cls, start in ((InfoReport, "`info --json`"), (ComparisonReport, "`compare --json`"),
+                       (BackfillStatus, "`backfill --status --json`"),
+                       (FitReport, "`train --from-gallery --json`:"),
+                       (BridgeReport, "`train --from-gallery --json` of a **bridge**"),
+                       (MigrationReport, "`migrate-catalog --json`")):
+        text = " ".join(b for b in bullets if b.startswith(start))
         missing = [k for k in cls.keys() if f"`{k}`" not in text]
-        assert text and not missing, (command, missing)
+        assert text and not missing, (start, missing)
         report = cls.from_dict({k: 1 for k in cls.keys()})
         assert list(report.as_dict()) == list(cls.keys())
         assert cls.from_dict(report.as_dict()) == report

@@ -90,6 +90,8 @@ def test_fit_with_albums_from_the_cli_then_upgrade(gallery_copy):
         assert {"top1", "map"} <= set(held["albums"][pair])
     assert {"nfr", "pfr", "own_rank", "agreement", "mean_cosine"} <= set(held) | set(held["albums"])
     assert report["passed"] and Path(report["path"]).is_file() and Path(report["report"]).is_file()
+    saved = json.loads(Path(report["report"]).read_text())  # the typed report's JSON: key for key
+    assert list(report) == list(saved) and report == saved
 
     # the report lives in the checkpoint too
     models = {m["name"]: m for m in json.loads(run(gallery_copy, "models", "--json").stdout)}
@@ -123,16 +125,16 @@ def test_fit_without_albums_takes_the_unlabelled_path(gallery_copy):
 def test_a_model_worse_on_the_held_out_slice_is_refused(gallery_copy, monkeypatch):
     """Sabotaged training (the old side shuffled between photos) must be caught by the held-out
     measurement: nothing saved, the message says what was measured; --force saves it."""
-    import search.ops.fit as fit
+    import models.training as training
 
-    real = fit.train_head
+    real = training.train_head
 
     def sabotaged(cfg, features, labels, n_classes, old_emb=None, old_classifier=None, progress=False):
         rng = np.random.default_rng(0)
         return real(cfg, features, None, n_classes, old_emb=old_emb[rng.permutation(len(old_emb))],
                     progress=progress)
 
-    monkeypatch.setattr(fit, "train_head", sabotaged)
+    monkeypatch.setattr(training, "train_head", sabotaged)
     g = Gallery.open(gallery_copy)
     with pytest.raises(FitRefused) as e:
         fit_upgrade(g.core, FitRequest("lite2", "broken", method="adapter"))

@@ -221,3 +221,40 @@ def synthetic_lite0_gallery(home: Path, n: int = 3000, albums: int = 20, seed: i
     g.close()
 
 
+def test_choose_map_fits_the_ridge_folds_once_and_chooses_as_before(monkeypatch):
+    """Default tier (torch): the MLP kind corrects the ridge candidate's own per-fold maps
+    instead of solving each fold's ridge again, with identical results. The kind chosen and
+    every score are those `choose_map` gave before the folds were shared (recorded on this
+    seeded input), and the out-of-fold predictions equal the old computation's, bit for bit."""
+    import functools
+
+    from models import mlp_map
+    from models.bridge import choose_map
+    from models.transform import FOLDS, _ridge_solutions, normalise
+
+    monkeypatch.setattr(mlp_map, "train_correction",  # fewer steps: seconds, still chosen
+                        functools.partial(mlp_map.train_correction, steps=250))
+    rng = np.random.default_rng(7)
+    x = normalise(rng.normal(size=(420, 12))).astype(np.float32)
+    z = x @ np.linalg.qr(rng.normal(size=(12, 12)))[0]
+    y = normalise(z + 2 * z ** 2 + 0.02 * rng.normal(size=(420, 12))).astype(np.float32)
+    choice = choose_map(x, y, seed=3)
+    assert choice.kind == "mlp" and choice.map.spec["lambda"] == 0.01
+    assert choice.scores == {"ridge": {"fidelity": 0.6031, "oof_cosine": 0.8312},
+                             "procrustes": {"fidelity": 0.605, "oof_cosine": 0.8236},
+                             "mlp": {"fidelity": 0.7895, "oof_cosine": 0.9655}}
+
+    # the MLP kind's out-of-fold predictions as they were made before: each fold's ridge
+    # solved again for the chosen strength
+    y_unit = normalise(y)
+    fold_of = np.random.default_rng(3).permutation(len(x)) % FOLDS
+    preds = np.zeros_like(y_unit)
+    for f in np.unique(fold_of):
+        tr, te = fold_of != f, fold_of == f
+        mi, mo = x[tr].mean(0), y_unit[tr].mean(0)
+        w = _ridge_solutions(x[tr] - mi, y_unit[tr] - mo, [0.01])[0]
+        base_tr = ((x[tr] - mi) @ w + mo).astype(np.float32)
+        w1, b1, w2, b2 = mlp_map.train_correction(x[tr], base_tr, y_unit[tr], seed=3)
+        preds[te] = (((x[te] - mi) @ w + mo).astype(np.float32)
+                     + mlp_map.correction(x[te], mi, w1, b1, w2, b2))
+    assert np.array_equal(choice.oof, normalise(preds).astype(np.float32))

@@ -63,14 +63,29 @@ def load_features(cfg: CompatBenchConfig, train, test) -> tuple[Features, dict]:
     return f, {"feature_extraction_s": round(time.perf_counter() - t0, 1)}
 
 
-def pair_entry(result: metrics.RetrievalResult, reference: metrics.RetrievalResult | None,
-               old_class_mask: np.ndarray) -> dict:
-    entry = result.summary()
-    if reference is not None:
-        entry.update(metrics.flip_rates(reference.correct_top1, result.correct_top1))
-        entry["old_classes"] = metrics.flip_rates(reference.correct_top1, result.correct_top1, old_class_mask)
-        entry["new_classes"] = metrics.flip_rates(reference.correct_top1, result.correct_top1, ~old_class_mask)
+NAMES = ("top1", "top5", "map")
+
+
+def pair_entry(s: metrics.Summary, old_class_mask: np.ndarray, side: str = "new") -> dict:
+    """One pair of the matrix from a score of the one evaluation against old/old: `side`'s
+    top-1/top-5/mAP and, for a new side, its flips against old/old (all queries, those of the
+    old classes, those of the new ones)."""
+    entry = s.side(side, NAMES)
+    if side == "new":
+        old, new = s.old.top1, s.new.top1
+        assert old is not None and new is not None  # scored with labels
+        entry.update(metrics.flip_rates(old, new))
+        entry["old_classes"] = metrics.flip_rates(old, new, old_class_mask)
+        entry["new_classes"] = metrics.flip_rates(old, new, ~old_class_mask)
     return entry
+
+
+def criterion(s: metrics.Summary) -> dict:
+    """M(new, old) > M(old, old)?, by top-1 and mAP, with the gains."""
+    gain = {n: float(s.per_query(n).mean()) - float(s.per_query(n, "old").mean())
+            for n in ("top1", "map")}
+    return {"top1": gain["top1"] > 0, "map": gain["map"] > 0,
+            "top1_gain": round(gain["top1"], 4), "map_gain": round(gain["map"], 4)}
 
 
 def run(cfg: CompatBenchConfig) -> dict:
@@ -90,6 +105,7 @@ def run(cfg: CompatBenchConfig) -> dict:
                      progress=cfg.progress)
     old_train_emb = old.embed(feats.old_train)
     old_test_emb = old.embed(feats.old_test)
+    assert old.classifier is not None  # an independent head is trained with one
     classifiers = {"trained": old_classifier_rows(old_train_emb, train.labels, n_classes,
                                                   old.classifier.numpy()),
                    "prototypes": old_classifier_rows(old_train_emb, train.labels, n_classes)}
@@ -99,8 +115,11 @@ def run(cfg: CompatBenchConfig) -> dict:
     runs = [(m, c) for m in cfg.methods for c in (choices if m in ("bct", "pct") else choices[:1])]
 
     pairs: dict[str, dict] = {}
-    ref = metrics.evaluate(old_test_emb, old_test_emb, test.labels)
-    pairs["old/old"] = pair_entry(ref, None, old_mask_test)
+    own, labels = np.arange(len(test)), test.labels
+    # old/old: the old side every pair is scored against
+    ref = metrics.score(old_test_emb, old_test_emb, old_test_emb, old_test_emb, labels, labels,
+                        own_index=own)
+    pairs["old/old"] = pair_entry(ref, old_mask_test, side="old")
     criteria: dict[str, dict] = {}
     train_seconds = {"old": round(old.seconds, 2)}
     for method, choice in runs:
@@ -111,21 +130,16 @@ def run(cfg: CompatBenchConfig) -> dict:
         label = method if choice == "trained" or method not in ("bct", "pct") else f"{method}+proto"
         train_seconds[label] = round(trained.seconds, 2)
         q = trained.embed(feats.new_test)
-        self_pair = metrics.evaluate(q, q, test.labels)
-        pairs[f"{label}/{label}"] = pair_entry(self_pair, ref, old_mask_test)
-        cross = metrics.evaluate(q, old_test_emb, test.labels)
-        pairs[f"{label}/old"] = pair_entry(cross, ref, old_mask_test)
-        criteria[label] = {
-            "top1": cross.top1 > ref.top1, "map": cross.map > ref.map,
-            "top1_gain": round(cross.top1 - ref.top1, 4), "map_gain": round(cross.map - ref.map, 4),
-        }
+        cross, same = metrics.ml_fct_pairs(old_test_emb, q, labels, old=ref.old)
+        pairs[f"{label}/{label}"] = pair_entry(same, old_mask_test)
+        pairs[f"{label}/old"] = pair_entry(cross, old_mask_test)
+        criteria[label] = criterion(cross)
         if method == "procrustes" and cfg.slerp_t > 0:
             mixed = slerp(q, old_test_emb, cfg.slerp_t)  # needs the old model at query time
-            r = metrics.evaluate(mixed, old_test_emb, test.labels)
-            pairs["procrustes+slerp/old"] = pair_entry(r, ref, old_mask_test)
-            criteria["procrustes+slerp"] = {"top1": r.top1 > ref.top1, "map": r.map > ref.map,
-                                            "top1_gain": round(r.top1 - ref.top1, 4),
-                                            "map_gain": round(r.map - ref.map, 4)}
+            r = metrics.score(old_test_emb, mixed, old_test_emb, old_test_emb, labels, labels,
+                              own_index=own, old=ref.old)
+            pairs["procrustes+slerp/old"] = pair_entry(r, old_mask_test)
+            criteria["procrustes+slerp"] = criterion(r)
     return {
         "config": {"train": str(cfg.train_dir), "test": str(cfg.test_dir),
                    "old_backbone": cfg.old_backbone, "new_backbone": cfg.new_backbone,

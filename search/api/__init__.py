@@ -7,9 +7,12 @@ from __future__ import annotations
 from search.api.gallery import HANDLES, Gallery
 from search.api.results import (
     BackfillStatus,
+    BridgeReport,
     ComparisonReport,
     FitEstimate,
+    FitReport,
     InfoReport,
+    MigrationReport,
     QueryLogState,
     ReindexResult,
     Report,
@@ -35,7 +38,7 @@ __all__ = ["Gallery", "GalleryError", "SearchHit", "SearchResult", "Settings", "
            "available_models", "verify_model", "check_paths", "train_on_dataset",
            "bench_compat", "bench_generations", "HANDLES", "Report", "InfoReport",
            "ComparisonReport", "BackfillStatus", "QueryLogState", "FitEstimate",
-           "ReindexResult", "TrainedModel"]
+           "ReindexResult", "TrainedModel", "FitReport", "BridgeReport", "MigrationReport"]
 
 BACKFILL_ORDERS = ("random", "oldest", "most-retrieved", "uncertainty")
 

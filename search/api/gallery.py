@@ -15,10 +15,14 @@ from models.progress import Progress, ProgressBar
 from search.api.handles import Albums, Models, Photos, Reports, Vectors
 from search.api.results import (
     BackfillStatus,
+    BridgeReport,
     ComparisonReport,
+    FitReport,
     InfoReport,
+    MigrationReport,
     QueryLogState,
     ReindexResult,
+    fit_report,
 )
 from search.core import GalleryCore, SearchResult
 from search.errors import GalleryError
@@ -228,9 +232,10 @@ class Gallery:
 
     def train(self, backbone: str, out: str, method: str = "auto", *, sample: int | None = None,
               loss: str = "ce", epochs: int = 30, force: bool = False, replace: bool = False,
-              progress: ProgressArg = False, should_stop=None) -> dict:
+              progress: ProgressArg = False, should_stop=None) -> FitReport | BridgeReport:
         """Fit an upgrade to this gallery (`graceful train --from-gallery`); returns its
-        report. A model measured worse raises FitRefused unless `force`."""
+        report (a BridgeReport for a label-free bridge to another space). A model measured
+        worse raises FitRefused (its `.report` the same JSON) unless `force`."""
         from search.ops.bridge import fit_bridge, wants_bridge
         from search.ops.fit import FitRequest, fit_upgrade
 
@@ -239,7 +244,7 @@ class Gallery:
                              replace=force or replace, on_progress=on_progress,
                              should_stop=should_stop)
             fit = fit_bridge if wants_bridge(self._core, req) else fit_upgrade
-            return fit(self._core, req)
+            return fit_report(fit(self._core, req))
 
     # -- measuring ------------------------------------------------------------------------
     def compare(self, queries="log", old: str | None = None, new: str | None = None, k: int = 10,
@@ -260,8 +265,10 @@ class Gallery:
                                    "on), search, then compare; or compare on a folder of photos")
         elif isinstance(queries, (str, Path)):
             queries = cmp.queries_from_folder(Path(queries))
-        return ComparisonReport.from_dict(
-            cmp.compare(self._core, old, new or self.active_model, list(queries), k, save))
+        new = new or self.active_model
+        if new is None:
+            raise GalleryError("the gallery has no model yet: index some photos first")
+        return ComparisonReport.from_dict(cmp.compare(self._core, old, new, list(queries), k, save))
 
     def check(self, repair: bool = False, progress: ProgressArg = False) -> "CheckReport":
         from search.ops.check import check
@@ -269,13 +276,14 @@ class Gallery:
         with _reporter(progress, "photo") as on_progress:
             return check(self._core, repair, on_progress=on_progress)
 
-    def migrate_catalog(self, to: str, progress: ProgressArg = False) -> dict:
+    def migrate_catalog(self, to: str, progress: ProgressArg = False) -> MigrationReport:
         """Copy this gallery's catalog to `to` (postgresql:// URL or SQLite file), resumable
         and verified; this gallery keeps its catalog until the setting names the new one."""
         from search.ops.migrate import migrate_catalog
 
         with _reporter(progress, "row") as on_progress:
-            return migrate_catalog(self._core, to, on_progress=on_progress)
+            return MigrationReport.from_dict(
+                migrate_catalog(self._core, to, on_progress=on_progress))
 
     def info(self) -> InfoReport:
         from search.ops.info import info

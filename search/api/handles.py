@@ -51,7 +51,8 @@ class Photos(_Handle):
 
     def embedded_by(self, ids: builtins.list[int]) -> dict[int, str]:
         """Which model computed each photo's vector in the serving space."""
-        return self._core.catalog.serving_model_of(ids, self._core.space)
+        space = self._core.space
+        return {} if space is None else self._core.catalog.serving_model_of(ids, space)
 
 
 class Albums(_Handle):

@@ -170,12 +170,12 @@ def migrate_catalog_cmd(obj: Context, to, as_json) -> None:
     last step. Then point --catalog / GRACEFUL_CATALOG at it."""
     report = obj.gallery().migrate_catalog(to, progress=bars(as_json))
     if as_json:
-        emit_json(report)
+        emit_json(report.as_dict())
         return
-    copied = report["copied"]
+    copied = report.copied
     click.echo(f"copied {copied['images']} photos and {copied['vectors']} vectors to "
-               f"{report['to']}; verified {len(report['tables'])} tables (counts and SHA-256)")
-    click.echo(f"use it: {report['use']}")
+               f"{report.to}; verified {len(report.tables)} tables (counts and SHA-256)")
+    click.echo(f"use it: {report.use}")
 
 
 @click.command("log")

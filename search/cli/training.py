@@ -99,15 +99,15 @@ def fit_from_gallery(obj: Context, backbone, out, method, sample, loss, epochs, 
     except ValueError as e:
         fail(e)
     if as_json:
-        emit_json(report)
+        emit_json(report.as_dict())
         return
-    if report["method"] == "bridge":
-        echo_lines(render.bridge_lines(report))
+    if report.method == "bridge":
+        echo_lines(render.bridge_lines(report.as_dict()))
         return
-    echo_lines(render.fit_lines(report))
-    click.echo(f"saved {report['name']} ({report['method']} on {report['backbone']}, space "
-               f"{report['space']}) to {report['path']}")
-    click.echo(f"next: {render.next_command(report)}")
+    echo_lines(render.fit_lines(report.as_dict()))
+    click.echo(f"saved {report.name} ({report.method} on {report.backbone}, space "
+               f"{report.space}) to {report.path}")
+    click.echo(f"next: {render.next_command(report.as_dict())}")
 
 
 @click.group("bench")

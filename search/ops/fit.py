@@ -9,7 +9,6 @@ not saved without `force`.
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,14 +16,12 @@ from typing import Callable
 
 import numpy as np
 
-from models import metrics
-from models.checkpoint import SUFFIX, CheckpointMeta, fingerprint, save_checkpoint
-from models.compat_train import NAME_RE
-from models.compatible import HeadEmbedder
+from models import metrics, training
 from models.features import extract
 from models.heads import build_head
 from models.progress import Progress
-from models.train import LABELLED_METHODS, TrainConfig, old_classifier_rows, train_head
+from models.train import LABELLED_METHODS, TrainConfig
+from models.training import TrainingSet
 
 from search.core import GalleryCore
 from search.ops import fit_blend, plan
@@ -67,23 +64,19 @@ class FitRequest:
 
 
 def _validate(gallery: GalleryCore, req: FitRequest):
+    """(the new model's file, its backbone): the training core's checks (models.training), as
+    a FitError."""
     if req.method not in fs.FIT_METHODS:
         raise FitError(f"unknown method {req.method!r}; choose from {', '.join(fs.FIT_METHODS)}")
-    if not NAME_RE.match(req.out):
-        raise FitError(f"model name {req.out!r}: use letters, digits, '_', '.', '-' (max 64)")
-    dest = gallery.models_dir / f"{req.out}{SUFFIX}"
-    if dest.exists() and not req.replace:
-        raise FitError(f"a model called {req.out!r} already exists ({dest}); choose another --out "
-                       "or replace it (--replace)")
-    taken = {e.name for e in gallery.model_entries()}
-    if req.out in taken and not dest.exists():
-        raise FitError(f"{req.out!r} is already the name of another model")
     if gallery.active_model is None:
         raise FitError("the gallery has no photos yet: index some first")
-    backbone = gallery.load_model(req.backbone)
-    if isinstance(backbone, HeadEmbedder):
-        raise FitError("the backbone must be a base model (lite0/1/2 or open_clip), not a trained head")
-    return dest, backbone
+    try:
+        return training.validate(req.out, gallery.models_dir,
+                                 [e.name for e in gallery.model_entries()], replace=req.replace,
+                                 replace_option="--replace",
+                                 load_backbone=lambda: gallery.load_model(req.backbone))
+    except training.TrainingError as e:
+        raise FitError(str(e)) from None
 
 
 def _members(gallery: GalleryCore, space: str, backbone, vector_only: bool) -> list:
@@ -127,44 +120,46 @@ def _collect(gallery: GalleryCore, req: FitRequest, backbone, space: str, member
     return _Sample(train, held, feats, old, missing, seconds, len(ids))
 
 
-def _train(req: FitRequest, method: str, sample: _Sample, labels: dict, vector_only: bool):
-    """The head, trained on the training rows. A vector-only head keeps a share of the stored
-    vector itself (a blend), chosen on a slice of the training photos so that searches that were
-    right keep their results; the held-out slice is never looked at."""
+def _training_set(sample: _Sample, labels: dict, shas: dict, labelled: bool) -> TrainingSet:
+    """The sample's training rows as the training core takes them: new-backbone features, the
+    stored vectors as the old side, albums as classes (labelled methods; the old classifier is
+    one prototype per album, the mean of its stored vectors)."""
     n_train = len(sample.train)
-    f_train, o_train = sample.feats[:n_train], sample.old[:n_train]
+    classes = sorted({labels[i] for i in sample.train}) if labelled else []
+    index = {c: k for k, c in enumerate(classes)}
+    y = np.array([index[labels[i]] for i in sample.train]) if labelled else None
+    return TrainingSet(sample.feats[:n_train], sample.old[:n_train], y, classes,
+                       [shas[i] for i in sample.train])
+
+
+def _train(req: FitRequest, method: str, sample: _Sample, labels: dict, shas: dict,
+           vector_only: bool):
+    """The head, trained on the training rows by the training core. A vector-only head keeps
+    a share of the stored vector itself (a blend), chosen on a slice of the training photos so
+    that searches that were right keep their results; the held-out slice is never looked at."""
     labelled = method in LABELLED_METHODS
+    data = _training_set(sample, labels, shas, labelled)
     cfg = TrainConfig(method, dim=sample.old.shape[1], loss=req.loss, epochs=req.epochs,
                       seed=req.seed,
                       rel_weight=REL_WEIGHT if labelled and not vector_only else 0.0)
-    classes: list[str] = []
-    y = w_old = None
-    if labelled:
-        classes = sorted({labels[i] for i in sample.train})
-        index = {c: k for k, c in enumerate(classes)}
-        y = np.array([index[labels[i]] for i in sample.train])
-        # the old classifier: one prototype per album, the mean of its stored old vectors
-        w_old = old_classifier_rows(o_train, y, len(classes))
     if req.on_progress:
         req.on_progress(Progress("fit", req.backbone, 1, 0, stage="training"))
     if not (vector_only and labelled):
-        trained = train_head(cfg, f_train, y, len(classes), old_emb=o_train, old_classifier=w_old)
-        return trained, classes, cfg, None
+        return training.train(cfg, data), data, cfg, None
     # vector-only: learn on most training photos, choose the blend on the rest
-    rng = np.random.default_rng(req.seed)
-    inner = rng.permutation(n_train)
+    n_train = len(data)
+    inner = np.random.default_rng(req.seed).permutation(n_train)
     n_val = max(2, n_train // 5)
     fit_rows, val_rows = np.sort(inner[n_val:]), np.sort(inner[:n_val])
-    trained = train_head(cfg, f_train[fit_rows], y[fit_rows], len(classes),
-                         old_emb=o_train[fit_rows], old_classifier=w_old)
+    trained = training.train(cfg, data.rows(fit_rows))
     val_labels = [labels[sample.train[i]] for i in val_rows]
-    alpha, choice = choose_blend(trained, o_train[val_rows], val_labels)
+    alpha, choice = choose_blend(trained, data.old[val_rows], val_labels)
     spec = {**trained.head_spec, "type": "blend", "alpha": alpha}
     head = build_head(spec)
     head.load_state_dict(trained.head.state_dict())
     head.eval()
     trained.head, trained.head_spec = head, spec
-    return trained, classes, cfg, choice
+    return trained, data, cfg, choice
 
 
 def choose_blend(trained, vectors: np.ndarray, labels: list) -> tuple[float, dict]:
@@ -204,6 +199,7 @@ def fit_upgrade(gallery: GalleryCore, req: FitRequest) -> dict:
     t_start = time.perf_counter()
     dest, backbone = _validate(gallery, req)
     active, space = gallery.active_model, gallery.space
+    assert active is not None and space is not None  # _validate: the gallery has a model
     # the stored vectors are this backbone's own features: learn from them, decode nothing
     vector_only = backbone.name == space
     if backbone.name == active and not vector_only:
@@ -234,7 +230,8 @@ def fit_upgrade(gallery: GalleryCore, req: FitRequest) -> dict:
     n_train = len(sample.train)
 
     t0 = time.perf_counter()
-    trained, classes, cfg, blend = _train(req, method, sample, labels, vector_only)
+    shas = {m.id: m.sha256 for m in members}
+    trained, data, cfg, blend = _train(req, method, sample, labels, shas, vector_only)
     t_train = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -253,7 +250,7 @@ def fit_upgrade(gallery: GalleryCore, req: FitRequest) -> dict:
         refs: dict = {"queries": sample.old, "transform": moved, "backfill": new_all}
         if not vector_only:  # the head's query and the old query together (search.ops.fit_blend)
             w, qblend = fit_blend.honest_weight(
-                lambda rows: _train(req, method, sample.rows(rows), labels, False)[0].embed,
+                lambda rows: _train(req, method, sample.rows(rows), labels, shas, False)[0].embed,
                 sample.feats[:n_train], sample.old[:n_train], [labels[i] for i in sample.train])
             refs["blend"] = (fit_blend.blend(o_held, new_held, w), sample.old)
         measured = plan.measure(o_held, new_held, refs, sample.old, own_index, q_labels, ref_labels)
@@ -267,14 +264,14 @@ def fit_upgrade(gallery: GalleryCore, req: FitRequest) -> dict:
                "backfill": photos / rate}
     rows = plan.plan_rows(measured, {**seconds, "blend": 0.0}, {"queries": 0, "blend": 0,
                           "transform": 0, "backfill": photos}) if measured else []
-    recommended, why = plan.recommend(rows, measured["old"]) if rows else (None, "")
+    recommended, why = plan.recommend(rows, measured["old"]) if rows and measured else (None, "")
     passed, verdict, expectation = _fit_verdict(gate_passed, rows, recommended, why, signals)
     report = {
         "name": req.out, "method": method, "requested_method": req.method, "backbone": backbone.name,
         "old_model": active, "space": space, "gallery_photos": len(members),
         "vector_only": vector_only, "photos_embedded": sample.embedded,
         "sample": {"train": n_train, "held_out": len(sample.held), "missing_files": sample.missing,
-                   "albums": len(classes), "labelled": labelled},
+                   "albums": len(data.classes), "labelled": labelled},
         "held_out": signals, "plan": rows, "recommended": recommended, "recommendation": why,
         "measured": measured, "transform": transform.spec, "blend": blend, "query_blend": qblend,
         "next_command": plan.next_command(req.out, recommended),
@@ -294,25 +291,13 @@ def fit_upgrade(gallery: GalleryCore, req: FitRequest) -> dict:
             + "".join(f"\n  {r}" for r in reasons)
             + f"\nReport: {report['report']}. --force saves it anyway.", report)
 
-    by_id = {m.id: m for m in members}
-    meta = CheckpointMeta(
-        name=req.out, backbone=backbone.name, dim=sample.old.shape[1], space=space,
-        compatible_with=sorted({space, *gallery.load_model(active).info.compatible_with}),
-        method=method, head=trained.head_spec, old_model=active,
-        data_fingerprint=fingerprint(sorted(by_id[i].sha256 for i in sample.train)),
+    target = training.Target.compatible(req.out, dest, backbone.name, active, space,
+                                        gallery.load_model(active).info.compatible_with)
+    path, _ = training.save(
+        target, trained, cfg, data, source={"from_gallery": str(gallery.home)},
+        details={"holdout": fs.HOLDOUT}, transform=transform.spec, aux=transform.tensors,
         metrics={"train_seconds": round(t_train, 2), "gallery_fit": _compact(report),
-                 "eval": _eval_cell(signals, len(sample.held))},
-        classes=classes if trained.classifier is not None else [],
-        training={"config": cfg.as_dict(), "from_gallery": str(gallery.home), "images": n_train,
-                  "classes": len(classes), "command": " ".join(sys.argv), "holdout": fs.HOLDOUT},
-        transform=transform.spec,
-    )
-    aux = {"classifier": trained.classifier} if trained.classifier is not None else {}
-    if not transform.exact:
-        import torch
-
-        aux.update({k: torch.as_tensor(v) for k, v in transform.tensors.items()})
-    path = save_checkpoint(dest, meta, trained.head, aux=aux)
+                 "eval": _eval_cell(signals, len(sample.held))})
     report["path"] = str(path)
     report["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
     gallery.save_report("fit", report["name"], report, Path(report["report"]))
@@ -342,11 +327,7 @@ def _gallery_transform(trained, sample: _Sample, new_all: np.ndarray, vector_onl
 class _Transform:
     """A gallery transform as the fit saves it: its spec and the tensors it needs."""
     spec: dict
-    tensors: dict
-
-    @property
-    def exact(self) -> bool:
-        return self.spec["kind"] == "head"
+    tensors: dict  # none for the exact head
 
 
 def _transform_rate(apply_seconds: float, vectors: int) -> float:
