@@ -36,7 +36,7 @@ def main() -> None:
     configure_threads()
     g = Gallery.open(args.home, create=True)
     report = ingest(g.core, [CALTECH / "train", CALTECH / "test", CALTECH / "distractors"])
-    n = g.core.catalog.count_images()
+    n = g.core.catalog.images.count_images()
     g.close()
     queries = sorted((CALTECH / "test").rglob("*.jpg"))[:: 97][: args.repeat + 1]
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)

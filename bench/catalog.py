@@ -59,11 +59,11 @@ def ingest(g, start: int, stop: int, rng, centres) -> float:
     for s in range(start, stop, BATCH):
         n = min(BATCH, stop - s)
         with cat.transaction():
-            ids = [cat.add_image({"sha256": f"{i:064x}", "name": f"p{i}.jpg", "ext": ".jpg",
-                                  "bytes": 1, "width": 1, "height": 1, "format": "JPEG",
-                                  "source": f"/photos/a{i % 50}/p{i}.jpg", "added_at": float(i),
-                                  "album": f"a{i % 50}"}) for i in range(s, s + n)]
-            cat.put_vectors(ids, unit_rows(rng, n, centres), "m0", "bench")
+            ids = [cat.images.add_image({"sha256": f"{i:064x}", "name": f"p{i}.jpg", "ext": ".jpg",
+                                         "bytes": 1, "width": 1, "height": 1, "format": "JPEG",
+                                         "source": f"/photos/a{i % 50}/p{i}.jpg", "added_at": float(i),
+                                         "album": f"a{i % 50}"}) for i in range(s, s + n)]
+            cat.vectors.put_vectors(ids, unit_rows(rng, n, centres), "m0", "bench")
     return (stop - start) / (time.perf_counter() - t0)
 
 
@@ -74,8 +74,8 @@ def measure(g, queries: np.ndarray, repeat: int) -> dict:
     share, whole = [], []
     for i in range(repeat):
         t = time.perf_counter()
-        cat.space_version("bench")
-        cat.hit_rows({int(x) for x in ids[i]}, "bench")
+        cat.vectors.space_version("bench")
+        cat.images.hit_rows({int(x) for x in ids[i]}, "bench")
         share.append(time.perf_counter() - t)
         t = time.perf_counter()
         g.search_vectors(queries[i:i + 1], 10, "m0", "bench")
@@ -108,7 +108,7 @@ def writer_round(g, ids: list[int], v: np.ndarray) -> float:
     t0 = time.perf_counter()
     for s in range(0, len(ids), BATCH):
         with g.catalog.transaction():
-            g.catalog.put_vectors(ids[s:s + BATCH], v[s:s + BATCH], "writer-bench", "bench")
+            g.catalog.vectors.put_vectors(ids[s:s + BATCH], v[s:s + BATCH], "writer-bench", "bench")
     return round(len(ids) / (time.perf_counter() - t0), 1)
 
 
@@ -116,7 +116,7 @@ def writer(galleries: dict, batches: int = 200, rounds: int = 5) -> dict:
     """W of each (name: (gallery, before-round setup)), rounds interleaved; the best of
     `rounds` (a ceiling; the machine is shared), and every round."""
     v = np.random.default_rng(1).standard_normal((BATCH * batches, DIM), dtype=np.float32)
-    ids = {name: g.catalog.space_members("bench")[: BATCH * batches].tolist()
+    ids = {name: g.catalog.vectors.space_members("bench")[: BATCH * batches].tolist()
            for name, (g, _) in galleries.items()}
     rates: dict = {name: [] for name in galleries}
     for _ in range(rounds):
@@ -186,7 +186,7 @@ def main() -> None:
             server.psql(f"ALTER DATABASE {server.name_of(url2)} SET synchronous_commit = on")
             _, pgsync = run_catalog("postgresql-sync-commit", url2, sizes[:1], 20, root)
             opened.append(pgsync)
-            pragma = sq.catalog.db.execute
+            pragma = sq.catalog.conn.db.execute
             w = writer({"sqlite": (sq, lambda: pragma("PRAGMA synchronous=NORMAL")),
                         "postgresql": (pg, lambda: None),
                         "sqlite-synchronous-full": (sq, lambda: pragma("PRAGMA synchronous=FULL")),

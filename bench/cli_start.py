@@ -26,17 +26,22 @@ def build_gallery(code_root: Path, home: Path, n: int) -> None:
     script = f"""
 import sys, numpy as np
 sys.path.insert(0, {str(code_root)!r})
-from search.storage.catalog import Catalog
-c = Catalog(__import__('pathlib').Path({str(home / 'catalog.db')!r}))
+from search.storage.catalog import Catalog, Db
+path = __import__('pathlib').Path({str(home / 'catalog.db')!r})
+if hasattr(Catalog, 'add_image'):  # a revision before the catalog's repositories (issue 26)
+    c = images = vectors = models = state = Catalog(path)
+else:
+    c = Catalog(Db(path))
+    images, vectors, models, state = c.images, c.vectors, c.models, c.state
 rng = np.random.default_rng(0)
 v = rng.normal(size=({n}, 1280)).astype(np.float32); v /= np.linalg.norm(v, axis=1, keepdims=True)
 with c.transaction():
-    ids = [c.add_image({{'sha256': f'{{i:064x}}', 'name': f'p{{i}}.jpg', 'ext': '.jpg', 'bytes': 1,
-                        'width': 1, 'height': 1, 'format': 'JPEG', 'source': f'/p/a{{i % 20}}/p{{i}}.jpg',
-                        'added_at': float(i)}}) for i in range({n})]
-    c.put_vectors(ids, v, 'lite0', 'lite0')
-c.register_model({{'name': 'lite0', 'space': 'lite0', 'dim': 1280, 'kind': 'efficientnet'}}, 'efficientnet')
-c.set_state('active_model', 'lite0')
+    ids = [images.add_image({{'sha256': f'{{i:064x}}', 'name': f'p{{i}}.jpg', 'ext': '.jpg', 'bytes': 1,
+                             'width': 1, 'height': 1, 'format': 'JPEG', 'source': f'/p/a{{i % 20}}/p{{i}}.jpg',
+                             'added_at': float(i)}}) for i in range({n})]
+    vectors.put_vectors(ids, v, 'lite0', 'lite0')
+models.register_model({{'name': 'lite0', 'space': 'lite0', 'dim': 1280, 'kind': 'efficientnet'}}, 'efficientnet')
+state.set_state('active_model', 'lite0')
 """
     home.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-c", script], check=True, cwd=code_root)

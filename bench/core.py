@@ -56,7 +56,7 @@ def forward_vs_ingest(n_images: int, model_name: str, batch: int) -> dict:
         g = Gallery.open(home, create=True)
         rss_before = rss_mib()
         report = ingest(g.core, files, model_name, batch_size=batch, on_progress=sample)
-        _, real_vectors = g.core.catalog.vectors_by_model(model_name)
+        _, real_vectors = g.core.catalog.vectors.vectors_by_model(model_name)
     finally:
         shutil.rmtree(home, ignore_errors=True)
     xs = np.array([s[0] for s in rss_samples], float)
@@ -86,12 +86,12 @@ def query_latency(size: int, repeat: int, embed_ms: float, centers: np.ndarray,
     try:
         g = Gallery.open(home, create=True)
         with g.core.catalog.transaction():
-            g.core.catalog.db.conn.executemany(
+            g.core.catalog.conn.db.conn.executemany(
                 "INSERT INTO images (id, sha256, name, ext, bytes, width, height, format, source,"
                 " added_at) VALUES (?, ?, ?, '.jpg', 0, 0, 0, 'JPEG', '', 0)",
                 ((i, f"{i:064x}", f"img{i}.jpg") for i in range(size)),
             )
-            g.core.catalog.db.execute("INSERT INTO spaces (space, dim, version) VALUES ('synthetic', ?, 1)", [dim])
+            g.core.catalog.conn.db.execute("INSERT INTO spaces (space, dim, version) VALUES ('synthetic', ?, 1)", [dim])
         queries = synthetic_vectors(centers, repeat, rng)
         exact_ids = None
         for kind in kinds:

@@ -57,7 +57,7 @@ def cached_gallery(home: Path, files: list[Path], albums: list[str], cache: Path
         ids = []
         for f, sha, album in zip(files, shas, albums):
             g.core.store.put(sha, ".jpg", f.read_bytes())
-            ids.append(g.core.catalog.add_image({
+            ids.append(g.core.catalog.images.add_image({
                 "sha256": sha, "name": f.name, "ext": ".jpg", "bytes": f.stat().st_size,
                 "width": 0, "height": 0, "format": "JPEG", "source": str(f), "added_at": time.time(),
                 "album": album}))
@@ -173,7 +173,7 @@ def main() -> None:
     out["independent_lite2"] = independent_head(user_train + distractors, labels, queries,
                                                 q_labels, args.cache)
     g = Gallery.open(home)
-    members = g.core.catalog.space_photos(g.space)
+    members = g.core.catalog.vectors.space_photos(g.space)
     train_ids, _ = plan_sample(members, True)
     by_id = {m.id: m for m in members}
     out["independent_lite2_same_sample"] = independent_head(

@@ -32,9 +32,9 @@ def build(home: Path, n: int) -> None:
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     g = fill_catalog(home, n, centers)
     with g.core.catalog.transaction():
-        g.core.catalog.register_model({"name": "lite0", "dim": 1280, "space": "lite0",
+        g.core.catalog.models.register_model({"name": "lite0", "dim": 1280, "space": "lite0",
                                   "kind": "builtin"}, "builtin")
-        g.core.catalog.set_active_model("lite0")
+        g.core.catalog.models.set_active_model("lite0")
     g.core.rebuild_index("lite0", "flat")
     g.close()
 
@@ -65,10 +65,10 @@ def main() -> None:
         build(home, args.vectors)
         index = home / "index"
         keep = {p.name: p.read_bytes() for p in index.glob("lite0.*")}
-        from search.storage.catalog import Catalog
+        from search.storage.catalog import Catalog, Db
 
-        catalog = Catalog(home / "catalog.db")
-        catalog.set_index_kind("pq")  # what `reindex --kind pq` records before it builds
+        catalog = Catalog(Db(home / "catalog.db"))
+        catalog.state.set_index_kind("pq")  # what `reindex --kind pq` records before it builds
         catalog.close()
         for kill in args.kills.split(","):
             for name, data in keep.items():

@@ -75,11 +75,11 @@ def build_catalog(home: Path, real: np.ndarray, size: int) -> tuple[float, float
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     with g.core.catalog.transaction():
-        g.core.catalog.db.conn.executemany(
+        g.core.catalog.conn.db.conn.executemany(
             "INSERT INTO images (id, sha256, name, ext, bytes, width, height, format, source,"
             " added_at) VALUES (?, ?, ?, '.jpg', 0, 0, 0, 'JPEG', 'synthetic', 0)",
             ((i, f"{i:064x}", f"img{i}.jpg") for i in range(1, size + 1)))
-        g.core.catalog.set_state("active_model", "lite0")
+        g.core.catalog.state.set_state("active_model", "lite0")
     for start in range(1, size + 1, 50_000):
         n = min(50_000, size + 1 - start)
         if start == 1:
@@ -87,7 +87,7 @@ def build_catalog(home: Path, real: np.ndarray, size: int) -> tuple[float, float
         else:
             x = synthetic_vectors(real, n, rng)
         with g.core.catalog.transaction():
-            g.core.catalog.put_vectors(list(range(start, start + n)), x, "lite0", "lite0")
+            g.core.catalog.vectors.put_vectors(list(range(start, start + n)), x, "lite0", "lite0")
     seconds = time.perf_counter() - t0
     g.close()
     db = home / "catalog.db"
@@ -106,12 +106,12 @@ def build_catalog(home: Path, real: np.ndarray, size: int) -> tuple[float, float
 
 def exact_top10(home: Path, queries: np.ndarray) -> np.ndarray:
     """Brute force over every stored vector, in chunks (the ground truth)."""
-    from search.storage.catalog import Catalog
+    from search.storage.catalog import Catalog, Db
 
-    cat = Catalog(home / "catalog.db")
+    cat = Catalog(Db(home / "catalog.db"))
     best_s = np.full((len(queries), 10), -np.inf, np.float32)
     best_i = np.full((len(queries), 10), -1, np.int64)
-    for ids, vectors in cat.serving_vectors("lite0", batch=50_000):
+    for ids, vectors in cat.vectors.serving_vectors("lite0", batch=50_000):
         s = queries @ vectors.T
         top = np.argpartition(-s, 10, axis=1)[:, :10]
         cand_s = np.concatenate([best_s, np.take_along_axis(s, top, 1)], 1)

@@ -73,13 +73,13 @@ def fill_catalog(home: Path, size: int, centers: np.ndarray, space: str = "lite0
     g = Gallery.open(home, create=True, store="faiss")
     gen = np.random.default_rng(size + 1)
     with g.core.catalog.transaction():
-        g.core.catalog.db.conn.executemany(
+        g.core.catalog.conn.db.conn.executemany(
             "INSERT INTO images (id, sha256, name, ext, bytes, width, height, format, source,"
             " added_at) VALUES (?, ?, ?, '.jpg', 0, 0, 0, 'JPEG', 'synthetic', 0)",
             ((i, f"{i:064x}", f"img{i}.jpg") for i in range(1, size + 1)))
         for start in range(1, size + 1, 20000):
             n = min(20000, size + 1 - start)
-            g.core.catalog.put_vectors(list(range(start, start + n)), synthetic_vectors(centers, n, gen),
+            g.core.catalog.vectors.put_vectors(list(range(start, start + n)), synthetic_vectors(centers, n, gen),
                                   "lite0", space)
     return g
 
@@ -195,8 +195,8 @@ def live_upserts(idx, catalog, space: str, n: int = 2000, batch: int = 16) -> fl
     """Vectors/s of upserts in batches of `batch` into the live index (as an index or backfill
     job writes after each catalog transaction): `n` stored vectors written again as they are, so
     the index's content (and the recall measured before) is unchanged."""
-    ids = catalog.space_members(space)[:n].tolist()
-    stored = catalog.serving_vectors_of(ids, space)
+    ids = catalog.vectors.space_members(space)[:n].tolist()
+    stored = catalog.vectors.serving_vectors_of(ids, space)
     vectors = np.stack([stored[i] for i in ids]).astype(np.float32)
     t0 = time.perf_counter()
     for s in range(0, len(ids), batch):
@@ -334,7 +334,7 @@ def upgrade_section(size: int, centers: np.ndarray) -> list[dict]:
             g = fill_catalog(home, size, centers)
             g.core.ensure_model("lite0")
             g.vectors.choose_store(store, move=True)
-            for i, row in g.core.catalog.images(range(1, size + 1)).items():
+            for i, row in g.core.catalog.images.images(range(1, size + 1)).items():
                 dest = g.core.store.path(row.sha256, row.ext)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.hardlink_to(real[i % len(real)])
@@ -344,11 +344,11 @@ def upgrade_section(size: int, centers: np.ndarray) -> list[dict]:
             g = Gallery.open(home)
             g.core.index()
             open_s = time.perf_counter() - t0
-            before = g.core.catalog.vector_counts()
+            before = g.core.catalog.vectors.vector_counts()
             t0 = time.perf_counter()
             result = upgrade(g.core, NEW, force=True)
             total = time.perf_counter() - t0
-            assert g.core.catalog.vector_counts() == before  # nothing recomputed
+            assert g.core.catalog.vectors.vector_counts() == before  # nothing recomputed
             out.append({"store": store, "gallery": size, "cold_open_s": round(open_s, 3),
                         "upgrade_total_s": round(total, 3),
                         "preflight_s": result.preflight.seconds,
@@ -371,7 +371,7 @@ def ray_section(n_photos: int, workers: list[int]) -> dict:
         g = Gallery.open(template, create=True)
         g.add(caltech_files("train", n_photos))
         g.upgrade(NEW, force=True)
-        n = g.core.catalog.count_images()
+        n = g.core.catalog.images.count_images()
         g.close()
         runs = []
         for label, options in [("plain", None)] + [
@@ -384,7 +384,7 @@ def ray_section(n_photos: int, workers: list[int]) -> dict:
             bf.backfill(g.core, on_progress=lambda st, marks=marks: marks.append((time.perf_counter(), st.done)),
                         ray=options)
             wall = time.perf_counter() - t0
-            counts = {r["model"]: r["vectors"] for r in g.core.catalog.vector_counts()}
+            counts = {r["model"]: r["vectors"] for r in g.core.catalog.vectors.vector_counts()}
             assert counts[NEW] == n, counts
             g.close()
             (t_first, d_first), (t_last, d_last) = marks[0], marks[-1]
@@ -408,12 +408,12 @@ def writer_ceiling(template: Path, batches: int = 200, batch: int = 16) -> dict:
     shutil.copytree(template, home)
     try:
         g = Gallery.open(home)
-        ids = g.core.catalog.space_members("lite0")[: batch * batches].tolist()
+        ids = g.core.catalog.vectors.space_members("lite0")[: batch * batches].tolist()
         v = np.random.default_rng(0).standard_normal((len(ids), 1280), dtype=np.float32)
         t0 = time.perf_counter()
         for s in range(0, len(ids), batch):
             with g.core.catalog.transaction():
-                g.core.catalog.put_vectors(ids[s:s + batch], v[s:s + batch], "writer-bench", "lite0")
+                g.core.catalog.vectors.put_vectors(ids[s:s + batch], v[s:s + batch], "writer-bench", "lite0")
         rate = len(ids) / (time.perf_counter() - t0)
         g.close()
         return {"vectors_per_s": round(rate, 1), "batch": batch}

@@ -65,9 +65,9 @@ def scenario(split: str, coarse: bool, cache: Path, work: Path) -> dict:
     (home / "cache").mkdir(exist_ok=True)
     (home / "cache" / "lite2").symlink_to(cache / "lite2")  # lite2 features of this run's photos
     shas, q_shas = file_shas(files), file_shas(queries)
-    ids = [g.core.catalog.image_id(s) for s in shas]
+    ids = [g.core.catalog.images.image_id(s) for s in shas]
     c0, c2 = FeatureCache(cache, "lite0"), FeatureCache(cache, "lite2")
-    stored = g.core.catalog.serving_vectors_of(ids, "lite0")
+    stored = g.core.catalog.vectors.serving_vectors_of(ids, "lite0")
     g0 = np.stack([stored[i] for i in ids])
     q0, q2, g2 = c0.get(q_shas), c2.get(q_shas), c2.get(shas)
     q0, q2, g2 = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (q0, q2, g2))
@@ -85,7 +85,7 @@ def scenario(split: str, coarse: bool, cache: Path, work: Path) -> dict:
         new_q = model.project(torch.as_tensor(feats_q)).numpy()
         paths = {"queries": score(new_q, g0, q_label, label, base)}
         up = upgrade(g.core, name, transform=True, force=True)
-        moved = g.core.catalog.serving_vectors_of(ids, name)
+        moved = g.core.catalog.vectors.serving_vectors_of(ids, name)
         paths["transform"] = score(new_q, np.stack([moved[i] for i in ids]), q_label, label, base)
         paths["backfill"] = score(new_q, model.project(torch.as_tensor(feats_g)).numpy(),
                                   q_label, label, base)
@@ -137,7 +137,7 @@ def at_scale(n: int, cache: Path, work: Path, checkpoint: Path | None) -> dict:
     t0 = time.perf_counter()
     for s in range(0, n, 20000):
         with g.core.catalog.transaction():
-            ids = [g.core.catalog.add_image({"sha256": f"{i:064x}", "name": f"p{i}.jpg", "ext": ".jpg",
+            ids = [g.core.catalog.images.add_image({"sha256": f"{i:064x}", "name": f"p{i}.jpg", "ext": ".jpg",
                                         "bytes": 1, "width": 1, "height": 1, "format": "JPEG",
                                         "source": f"/p/a{albums[i]}/p{i}.jpg", "added_at": float(i),
                                         "album": f"a{albums[i]}"}) for i in range(s, min(n, s + 20000))]

@@ -30,19 +30,19 @@ def synthetic_gallery(home: Path, size: int, real: list[Path]):
 
     g = Gallery.open(home, create=True)
     ingest(g.core, real)
-    n_real = g.core.catalog.count_images()
+    n_real = g.core.catalog.images.count_images()
     rng = np.random.default_rng(size)
     with g.core.catalog.transaction():
-        g.core.catalog.db.conn.executemany(
+        g.core.catalog.conn.db.conn.executemany(
             "INSERT INTO images (sha256, name, ext, bytes, width, height, format, source, added_at)"
             " VALUES (?, ?, '.jpg', 0, 0, 0, 'JPEG', 'synthetic', 0)",
             ((f"{i:064x}", f"synthetic{i}.jpg") for i in range(size - n_real)))
-        ids = [r[0] for r in g.core.catalog.db.execute("SELECT id FROM images WHERE source = 'synthetic'")]
+        ids = [r[0] for r in g.core.catalog.conn.db.execute("SELECT id FROM images WHERE source = 'synthetic'")]
         for s in range(0, len(ids), 20000):
             chunk = ids[s:s + 20000]
             v = rng.standard_normal((len(chunk), 1280), dtype=np.float32)
             v /= np.linalg.norm(v, axis=1, keepdims=True)
-            g.core.catalog.put_vectors(chunk, v, "lite0", "lite0")
+            g.core.catalog.vectors.put_vectors(chunk, v, "lite0", "lite0")
     g.core.rebuild_index()
     return g
 

@@ -32,18 +32,18 @@ def main(location: str, mode: str, tag: str, n: int, size: int = 4) -> None:
     for b in range(n):
         if mode == "write":
             with cat.transaction():
-                ids = [cat.add_image({"sha256": f"{tag}-{b}-{i}".ljust(64, "0"), "name": "x.jpg",
-                                      "ext": ".jpg", "bytes": 1, "width": 1, "height": 1,
-                                      "format": "JPEG", "source": f"/p/{tag}/{b}-{i}.jpg",
-                                      "added_at": time.time(), "album": tag})
+                ids = [cat.images.add_image({"sha256": f"{tag}-{b}-{i}".ljust(64, "0"), "name": "x.jpg",
+                                             "ext": ".jpg", "bytes": 1, "width": 1, "height": 1,
+                                             "format": "JPEG", "source": f"/p/{tag}/{b}-{i}.jpg",
+                                             "added_at": time.time(), "album": tag})
                        for i in range(size)]
                 v = rng.normal(size=(size, 16)).astype(np.float32)
-                cat.put_vectors(ids, v / np.linalg.norm(v, axis=1, keepdims=True), tag, "s")
+                cat.vectors.put_vectors(ids, v / np.linalg.norm(v, axis=1, keepdims=True), tag, "s")
         else:
             with cat.transaction():
-                history = cat.model_history()
+                history = cat.models.model_history()
                 time.sleep(0.002)  # widen the window a lost update would need
-                cat.set_model_history([*history, f"{tag}-{b}"])
+                cat.models.set_model_history([*history, f"{tag}-{b}"])
         print(f"committed {b + 1}", flush=True)
     cat.close()
 

@@ -29,4 +29,4 @@ def test_readme_python_example_runs(few_photos, tmp_path, monkeypatch, capsys):
     from search import Gallery
 
     with Gallery.open(tmp_path / "gallery", create=False) as g:
-        assert g.active_model == "lite0" and g.core.catalog.count_images() == 12
+        assert g.active_model == "lite0" and g.core.catalog.images.count_images() == 12

@@ -221,7 +221,7 @@ def test_a_bridge_from_the_models_page_then_fused_search(app, album_photos, home
     app.button(key="index-folder").click().run()
     assert "Added 56 photos" in text_of(app)
     g = Gallery.open(home)
-    g.core.catalog.set_album([r[0] for r in g.core.catalog.db.execute("SELECT id FROM images")], None)
+    g.core.catalog.images.set_album([r[0] for r in g.core.catalog.conn.db.execute("SELECT id FROM images")], None)
     g.close()
     page(app, "Models")
     app.selectbox(key="fit-backbone").set_value("lite2").run()

@@ -37,7 +37,7 @@ def spaces(home: Path) -> dict[str, int]:
 def flat_home(album_gallery) -> Path:
     """The session's 56-photo lite0 gallery with its albums cleared: a flat folder."""
     g = Gallery.open(album_gallery)
-    g.core.catalog.set_album([r[0] for r in g.core.catalog.db.execute("SELECT id FROM images")], None)
+    g.core.catalog.images.set_album([r[0] for r in g.core.catalog.conn.db.execute("SELECT id FROM images")], None)
     g.close()
     return album_gallery
 

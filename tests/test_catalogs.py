@@ -43,13 +43,13 @@ def open_at(location: str, create: bool = True):
 
 def fill(cat, n: int = 50, dim: int = 32, model: str = "old"):
     with cat.transaction():
-        ids = [cat.add_image({"sha256": f"{i:064x}", "name": f"p{i}.jpg", "ext": ".jpg",
-                              "bytes": 1, "width": 1, "height": 1, "format": "JPEG",
-                              "source": f"/photos/{'cats' if i % 2 else 'dogs'}/p{i}.jpg",
-                              "added_at": float(i), "album": "cats" if i % 2 else "dogs"})
+        ids = [cat.images.add_image({"sha256": f"{i:064x}", "name": f"p{i}.jpg", "ext": ".jpg",
+                                     "bytes": 1, "width": 1, "height": 1, "format": "JPEG",
+                                     "source": f"/photos/{'cats' if i % 2 else 'dogs'}/p{i}.jpg",
+                                     "added_at": float(i), "album": "cats" if i % 2 else "dogs"})
                for i in range(n)]
-        cat.put_vectors(ids, unit(n, dim), model, "old")
-    cat.set_state(cat.ACTIVE_MODEL, model)
+        cat.vectors.put_vectors(ids, unit(n, dim), model, "old")
+    cat.state.set_state(cat.state.ACTIVE_MODEL, model)
     return ids
 
 
@@ -58,74 +58,74 @@ def test_every_repository_behaves_the_same(location):
     cat = open_at(location)
     assert cat.schema_version == 4 and cat.integrity_check() == ["ok"]
     ids = fill(cat)
-    assert cat.add_image({"sha256": f"{0:064x}", "name": "again"}) == ids[0]  # known sha
-    assert cat.albums() == [{"album": "cats", "images": 25}, {"album": "dogs", "images": 25}]
-    assert cat.set_album(ids[:3], "best") == 3 and cat.rename_album("best", "top") == 3
-    assert cat.count_images("top") == 3 and cat.album_labels(ids[:1]) == {ids[0]: "top"}
-    assert cat.set_album_by_sha([f"{3:064x}"], None) == 1
-    assert cat.albums()[-1] == {"album": None, "images": 1}  # no album sorts last
+    assert cat.images.add_image({"sha256": f"{0:064x}", "name": "again"}) == ids[0]  # known sha
+    assert cat.images.albums() == [{"album": "cats", "images": 25}, {"album": "dogs", "images": 25}]
+    assert cat.images.set_album(ids[:3], "best") == 3 and cat.images.rename_album("best", "top") == 3
+    assert cat.images.count_images("top") == 3 and cat.images.album_labels(ids[:1]) == {ids[0]: "top"}
+    assert cat.images.set_album_by_sha([f"{3:064x}"], None) == 1
+    assert cat.images.albums()[-1] == {"album": None, "images": 1}  # no album sorts last
     newer = unit(5, seed=1)
     with cat.transaction():
-        cat.put_vectors(ids[:5], newer, "new", "old", origin="map", uncertainty=np.arange(5.0))
-    assert cat.space_version("old") == 2 and cat.space_dim("old") == 32
-    served = cat.serving_vectors_of(ids[:6], "old")
+        cat.vectors.put_vectors(ids[:5], newer, "new", "old", origin="map", uncertainty=np.arange(5.0))
+    assert cat.vectors.space_version("old") == 2 and cat.vectors.space_dim("old") == 32
+    served = cat.vectors.serving_vectors_of(ids[:6], "old")
     assert np.allclose(served[ids[0]], newer[0], atol=1e-3)
-    assert len(cat.space_members("old")) == 50
-    assert len(cat.space_members("old", exclude_model="new")) == 45
-    chunks = list(cat.serving_rows("old", batch=20))
+    assert len(cat.vectors.space_members("old")) == 50
+    assert len(cat.vectors.space_members("old", exclude_model="new")) == 45
+    chunks = list(cat.vectors.serving_rows("old", batch=20))
     assert sum(len(c.ids) for c in chunks) == 50 and len(chunks) == 3
-    after = list(cat.serving_rows("old", after_seq=1))
+    after = list(cat.vectors.serving_rows("old", after_seq=1))
     assert sorted(after[0].ids.tolist()) == ids[:5] and set(after[0].models) == {"new"}
-    assert cat.count_served("old") == 50 and cat.count_vectors("new", "old") == 5
-    assert cat.vector_counts() == [
+    assert cat.vectors.count_served("old") == 50 and cat.vectors.count_vectors("new", "old") == 5
+    assert cat.vectors.vector_counts() == [
         {"space": "old", "model": "new", "vectors": 5, "transformed": 5, "embedded": 0},
         {"space": "old", "model": "old", "vectors": 50, "transformed": 0, "embedded": 50}]
-    assert [i for i, _ in cat.transformed_vectors("old", "new")] == ids[:5][::-1]
-    assert cat.serving_model_of(ids[4:6], "old") == {ids[4]: "new", ids[5]: "old"}
-    rows, by = cat.hit_rows(ids[:2], "old")
+    assert [i for i, _ in cat.vectors.transformed_vectors("old", "new")] == ids[:5][::-1]
+    assert cat.vectors.serving_model_of(ids[4:6], "old") == {ids[4]: "new", ids[5]: "old"}
+    rows, by = cat.images.hit_rows(ids[:2], "old")
     assert rows[ids[0]].sha256 == f"{0:064x}" and by == {ids[0]: "new", ids[1]: "new"}
-    assert cat.images_missing_in_space("other") == ids
-    assert [i for i, _ in cat.images_without_model("old", "new")] == ids[5:]
-    assert cat.image_ids_by_sha_prefix("0" * 63) and len(cat.list_images(10, 5)) == 5
-    assert cat.images_to_transform("old", "t") == ids
-    got_ids, vecs = cat.vectors_by_model("new", ids[:2])
+    assert cat.images.images_missing_in_space("other") == ids
+    assert [i for i, _ in cat.images.images_without_model("old", "new")] == ids[5:]
+    assert cat.images.image_ids_by_sha_prefix("0" * 63) and len(cat.images.list_images(10, 5)) == 5
+    assert cat.vectors.images_to_transform("old", "t") == ids
+    got_ids, vecs = cat.vectors.vectors_by_model("new", ids[:2])
     assert got_ids.tolist() == ids[:2] and vecs.shape == (2, 32)
     with pytest.raises(ValueError, match="32-d"):
         with cat.transaction():
-            cat.put_vectors(ids[:1], unit(1, 8), "x", "old")
+            cat.vectors.put_vectors(ids[:1], unit(1, 8), "x", "old")
     info = {"name": "m", "space": "old", "dim": 32, "kind": "base", "compatible_with": ["old"]}
-    cat.register_model(info, "base")
-    cat.register_model(info, "base")  # twice: still one
-    assert [m["name"] for m in cat.models()] == ["m"] and cat.model("m")["compatible_with"] == ["old"]
-    cat.set_active_model("m")
-    assert cat.active_model == "m" and cat.model("m")["activated_at"] is not None
-    cat.set_serving_space("m", "mine")
-    assert cat.serving_space("m") == "mine"
-    cat.set_serving_space("m", None)
-    assert cat.serving_space("m") is None
-    gid = cat.gallery_id()
-    assert gid == cat.gallery_id() and len(gid) == 12
-    cat.note_runtime("m", ["torch"])
-    cat.note_runtime("m", ["onnxruntime"])
-    assert cat.runtimes() == {"m": ["onnxruntime", "torch"]}
-    cat.set_vector_store({"kind": "milvus", "uri": "x"})
-    cat.set_store_synced("old", {"version": 2, "kind": "flat"})
-    assert cat.vector_store()["kind"] == "milvus" and cat.store_synced("old")["version"] == 2
-    cat.set_vector_store(None)
-    assert cat.vector_store() is None and cat.store_synced("old") is None
-    cat.log_event("upgrade", model="m")
-    cat.log_query("m", "image", "abc", "q.jpg", 5, [1, 2])
-    cat.log_query("m", "text", "", "a cat", 5, [3])
-    assert list(cat.logged_image_queries()) == [("q.jpg", "abc")]
-    assert sorted(cat.logged_results()) == [[1, 2], [3]] and cat.count_logged_queries() == 2
-    cat.save_job("backfill", {"done": 1})
-    cat.save_job("backfill", {"done": 2})
-    assert cat.has_vectors() and cat.log_queries()
+    cat.models.register_model(info, "base")
+    cat.models.register_model(info, "base")  # twice: still one
+    assert [m["name"] for m in cat.models.models()] == ["m"] and cat.models.model("m")["compatible_with"] == ["old"]
+    cat.models.set_active_model("m")
+    assert cat.models.active_model == "m" and cat.models.model("m")["activated_at"] is not None
+    cat.models.set_serving_space("m", "mine")
+    assert cat.models.serving_space("m") == "mine"
+    cat.models.set_serving_space("m", None)
+    assert cat.models.serving_space("m") is None
+    gid = cat.state.gallery_id()
+    assert gid == cat.state.gallery_id() and len(gid) == 12
+    cat.state.note_runtime("m", ["torch"])
+    cat.state.note_runtime("m", ["onnxruntime"])
+    assert cat.state.runtimes() == {"m": ["onnxruntime", "torch"]}
+    cat.state.set_vector_store({"kind": "milvus", "uri": "x"})
+    cat.state.set_store_synced("old", {"version": 2, "kind": "flat"})
+    assert cat.state.vector_store()["kind"] == "milvus" and cat.state.store_synced("old")["version"] == 2
+    cat.state.set_vector_store(None)
+    assert cat.state.vector_store() is None and cat.state.store_synced("old") is None
+    cat.logs.log_event("upgrade", model="m")
+    cat.logs.log_query("m", "image", "abc", "q.jpg", 5, [1, 2])
+    cat.logs.log_query("m", "text", "", "a cat", 5, [3])
+    assert list(cat.logs.logged_image_queries()) == [("q.jpg", "abc")]
+    assert sorted(cat.logs.logged_results()) == [[1, 2], [3]] and cat.logs.count_logged_queries() == 2
+    cat.logs.save_job("backfill", {"done": 1})
+    cat.logs.save_job("backfill", {"done": 2})
+    assert cat.vectors.has_vectors() and cat.state.log_queries()
     with cat.snapshot():
-        assert cat.count_images() == 50
+        assert cat.images.count_images() == 50
     cat.close()
     again = open_at(location, create=False)  # reopened: same state, no migration
-    assert again.count_images() == 50 and again.active_model == "m"
+    assert again.images.count_images() == 50 and again.models.active_model == "m"
     again.close()
 
 
@@ -135,11 +135,11 @@ def test_a_failed_transaction_leaves_nothing(location):
     ids = fill(cat, 10)
     with pytest.raises(RuntimeError):
         with cat.transaction():
-            cat.put_vectors(ids, unit(10, seed=5), "new", "old")
-            cat.set_state(cat.ACTIVE_MODEL, "new")
+            cat.vectors.put_vectors(ids, unit(10, seed=5), "new", "old")
+            cat.state.set_state(cat.state.ACTIVE_MODEL, "new")
             raise RuntimeError("killed between two statements")
-    assert cat.count_vectors("new", "old") == 0 and cat.active_model == "old"
-    assert cat.space_version("old") == 1
+    assert cat.vectors.count_vectors("new", "old") == 0 and cat.models.active_model == "old"
+    assert cat.vectors.space_version("old") == 1
     cat.close()
 
 
@@ -152,25 +152,25 @@ def test_put_vectors_bumps_the_version_once_and_every_row_gets_it(location):
 
     cat = open_at(location)
     ids = fill(cat, 2500, dim=8)
-    assert cat.space_version("old") == 1
+    assert cat.vectors.space_version("old") == 1
     with cat.transaction():
-        cat.put_vectors([], np.zeros((0, 8), np.float32), "new", "old")
-    assert cat.space_version("old") == 2 and cat.count_vectors("new", "old") == 0
+        cat.vectors.put_vectors([], np.zeros((0, 8), np.float32), "new", "old")
+    assert cat.vectors.space_version("old") == 2 and cat.vectors.count_vectors("new", "old") == 0
     v = unit(2500, 8, seed=3)
     with cat.transaction():
-        cat.put_vectors(ids, v, "new", "old", origin="map", uncertainty=np.arange(2500.0))
-    assert cat.space_version("old") == 3
-    rows = cat.db.execute("SELECT image_id, seq, vector, origin, uncertainty, dim, space "
-                          "FROM vectors WHERE model = 'new' ORDER BY image_id").fetchall()
+        cat.vectors.put_vectors(ids, v, "new", "old", origin="map", uncertainty=np.arange(2500.0))
+    assert cat.vectors.space_version("old") == 3
+    rows = cat.conn.db.execute("SELECT image_id, seq, vector, origin, uncertainty, dim, space "
+                               "FROM vectors WHERE model = 'new' ORDER BY image_id").fetchall()
     assert [r[0] for r in rows] == ids and {r[1] for r in rows} == {3}
     assert [bytes(r[2]) for r in rows] == encode_vectors(v)
     assert {(r[3], r[5], r[6]) for r in rows} == {("map", 8, "old")}
     assert [r[4] for r in rows] == list(np.arange(2500.0))
     with cat.transaction():  # written again: replaced in place, the next version, no origin
-        cat.put_vectors(ids[:3], v[:3], "new", "old")
-    again = cat.db.execute("SELECT seq, origin, uncertainty FROM vectors WHERE model = 'new' "
-                           "AND image_id = ?", [ids[0]]).fetchone()
-    assert tuple(again) == (4, None, None) and cat.count_vectors("new", "old") == 2500
+        cat.vectors.put_vectors(ids[:3], v[:3], "new", "old")
+    again = cat.conn.db.execute("SELECT seq, origin, uncertainty FROM vectors WHERE model = 'new' "
+                                "AND image_id = ?", [ids[0]]).fetchone()
+    assert tuple(again) == (4, None, None) and cat.vectors.count_vectors("new", "old") == 2500
     cat.close()
 
 
@@ -186,19 +186,19 @@ def test_a_postgresql_catalog_stores_vectors_uncompressed(pg_server):
     url = pg_server.new_database()
     cat = open_at(url)
     ids = fill(cat, 5)
-    assert cat.db.execute(VECTOR_STORAGE_SET).fetchone()[0] is True
-    cat.db.execute("ALTER TABLE vectors ALTER COLUMN vector SET STORAGE EXTENDED")  # as before
-    assert cat.db.execute(VECTOR_STORAGE_SET).fetchone()[0] is False
+    assert cat.conn.db.execute(VECTOR_STORAGE_SET).fetchone()[0] is True
+    cat.conn.db.execute("ALTER TABLE vectors ALTER COLUMN vector SET STORAGE EXTENDED")  # as before
+    assert cat.conn.db.execute(VECTOR_STORAGE_SET).fetchone()[0] is False
     cat.close()
     with psycopg.connect(url) as other:  # a reader's open transaction on vectors
         other.execute("SELECT count(*) FROM vectors").fetchone()
         cat = open_at(url, create=False)
-        assert cat.db.execute(VECTOR_STORAGE_SET).fetchone()[0] is False
-        assert cat.count_served("old") == 5 and not cat.db.in_transaction
+        assert cat.conn.db.execute(VECTOR_STORAGE_SET).fetchone()[0] is False
+        assert cat.vectors.count_served("old") == 5 and not cat.conn.db.in_transaction
         cat.close()
     cat = open_at(url, create=False)
-    assert cat.db.execute(VECTOR_STORAGE_SET).fetchone()[0] is True
-    assert sorted(cat.serving_vectors_of(ids, "old")) == ids
+    assert cat.conn.db.execute(VECTOR_STORAGE_SET).fetchone()[0] is True
+    assert sorted(cat.vectors.serving_vectors_of(ids, "old")) == ids
     cat.close()
 
 
@@ -217,9 +217,9 @@ def test_two_writer_processes_lose_nothing_and_never_share_a_seq(location):
     for p in procs:
         assert p.wait(120) == 0, p.stderr.read()
     cat = open_at(location, create=False)
-    assert cat.count_images() == 2 * 15 * 4 and cat.count_served("s") == 120
-    seqs = cat.db.execute("SELECT seq, count(*) FROM vectors GROUP BY seq").fetchall()
-    assert len(seqs) == 30 and {n for _, n in seqs} == {4} and cat.space_version("s") == 30
+    assert cat.images.count_images() == 2 * 15 * 4 and cat.vectors.count_served("s") == 120
+    seqs = cat.conn.db.execute("SELECT seq, count(*) FROM vectors GROUP BY seq").fetchall()
+    assert len(seqs) == 30 and {n for _, n in seqs} == {4} and cat.vectors.space_version("s") == 30
     cat.close()
 
 
@@ -230,7 +230,7 @@ def test_the_history_race_stays_fixed(location):
     for p in _workers(location, "history", 20):
         assert p.wait(120) == 0, p.stderr.read()
     cat = open_at(location, create=False)
-    history = cat.model_history()
+    history = cat.models.model_history()
     assert len(history) == 40
     for tag in "ab":
         assert [h for h in history if h.startswith(tag)] == [f"{tag}-{i}" for i in range(20)]
@@ -246,9 +246,9 @@ def test_kill_9_of_a_writer_loses_at_most_the_batch_in_flight(location):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     cat = open_at(location, create=False)
-    images, version = cat.count_images(), cat.space_version("s")
+    images, version = cat.images.count_images(), cat.vectors.space_version("s")
     assert images == 4 * version and version >= committed  # whole batches only
-    assert cat.count_served("s") == images and cat.integrity_check() == ["ok"]
+    assert cat.vectors.count_served("s") == images and cat.integrity_check() == ["ok"]
     cat.close()
 
 
@@ -260,12 +260,12 @@ def test_migrate_both_ways_is_verified_resumable_and_loses_nothing(tmp_path, pg_
     src = open_at(str(tmp_path / "a.db"))
     ids = fill(src, 120)
     with src.transaction():
-        src.put_vectors(ids[:30], unit(30, seed=2), "new", "new", origin="map",
-                        uncertainty=np.ones(30))
-    src.log_event("init", model="old")
-    src.log_query("old", "image", "s", "q", 3, [1])
-    src.save_job("backfill", {"done": 3})
-    src.register_model({"name": "old", "space": "old", "dim": 32, "kind": "base"}, "base")
+        src.vectors.put_vectors(ids[:30], unit(30, seed=2), "new", "new", origin="map",
+                                uncertainty=np.ones(30))
+    src.logs.log_event("init", model="old")
+    src.logs.log_query("old", "image", "s", "q", 3, [1])
+    src.logs.save_job("backfill", {"done": 3})
+    src.models.register_model({"name": "old", "space": "old", "dim": 32, "kind": "base"}, "base")
     url = pg_server.new_database()
     dst = open_at(url)
     stop = {"after": 1}
@@ -277,18 +277,18 @@ def test_migrate_both_ways_is_verified_resumable_and_loses_nothing(tmp_path, pg_
 
     with pytest.raises(KeyboardInterrupt):
         copy_catalog(src, dst, batch=40, tick=interrupt)
-    assert dst.count_images() == 80  # two batches, the third not begun
+    assert dst.images.count_images() == 80  # two batches, the third not begun
     report = copy_catalog(src, dst, batch=40)  # the same command resumes
     assert report["verified"] and report["copied"]["images"] == 40
     assert fingerprint(src) == fingerprint(dst)
     with dst.transaction():  # new rows continue after the copied ids
-        new_id = dst.add_image({"sha256": "f" * 64, "name": "n"})
+        new_id = dst.images.add_image({"sha256": "f" * 64, "name": "n"})
     assert new_id == max(ids) + 1
     with pytest.raises(GalleryError, match="already holds a gallery"):
         copy_catalog(src, dst)
     back = open_at(str(tmp_path / "back.db"))
     assert copy_catalog(dst, back)["verified"]
-    assert back.count_images() == 121 and back.serving_vectors_of(ids[:1], "new")
+    assert back.images.count_images() == 121 and back.vectors.serving_vectors_of(ids[:1], "new")
     for c in (src, dst, back):
         c.close()
 
@@ -379,7 +379,7 @@ def test_a_server_that_goes_away_mid_job_is_one_line_and_loses_nothing(tmp_path)
         assert len(err) == 1 and "cannot reach the catalog" in err[0], err
         server.start()
         cat = open_at(url, create=False)
-        images, version = cat.count_images(), cat.space_version("s")
+        images, version = cat.images.count_images(), cat.vectors.space_version("s")
         assert version >= committed and images == 4 * version
         cat.close()
         from search.storage.catalog.pg import release

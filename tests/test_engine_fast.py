@@ -19,7 +19,7 @@ N = len(ALBUMS) * PER_ALBUM
 
 
 def vector_counts(g) -> dict[tuple[str, str], int]:
-    return {(r["space"], r["model"]): r["vectors"] for r in g.core.catalog.vector_counts()}
+    return {(r["space"], r["model"]): r["vectors"] for r in g.core.catalog.vectors.vector_counts()}
 
 
 # -- the fakes themselves ----------------------------------------------------------------------

@@ -22,17 +22,17 @@ def unit(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
 
 
 def synthetic_catalog(path: Path, n: int = 50, dim: int = 32):
-    from search.storage.catalog import Catalog
+    from search.storage.catalog import Catalog, Db
 
-    cat = Catalog(path)
+    cat = Catalog(Db(path))
     with cat.transaction():
-        ids = [cat.add_image({"sha256": f"{i:064x}", "name": f"p{i}.jpg", "ext": ".jpg", "bytes": 1,
-                              "width": 1, "height": 1, "format": "JPEG",
-                              "source": f"/photos/{'cats' if i % 2 else 'dogs'}/p{i}.jpg",
-                              "added_at": float(i), "album": "cats" if i % 2 else "dogs"})
+        ids = [cat.images.add_image({"sha256": f"{i:064x}", "name": f"p{i}.jpg", "ext": ".jpg", "bytes": 1,
+                                     "width": 1, "height": 1, "format": "JPEG",
+                                     "source": f"/photos/{'cats' if i % 2 else 'dogs'}/p{i}.jpg",
+                                     "added_at": float(i), "album": "cats" if i % 2 else "dogs"})
                for i in range(n)]
-        cat.put_vectors(ids, unit(n, dim), "old", "old")
-    cat.set_state("active_model", "old")
+        cat.vectors.put_vectors(ids, unit(n, dim), "old", "old")
+    cat.state.set_state("active_model", "old")
     return cat, ids
 
 
@@ -50,10 +50,10 @@ def test_vectors_are_stored_as_float16_and_old_catalogs_migrate(tmp_path):
     place and read back within float16 precision, by every reader."""
     import sqlite3
 
-    from search.storage.catalog import SCHEMA_VERSION, Catalog
+    from search.storage.catalog import SCHEMA_VERSION, Catalog, Db
 
     cat, ids = synthetic_catalog(tmp_path / "new.db", n=50, dim=1280)
-    blob_len = cat.db.execute("SELECT length(vector) FROM vectors LIMIT 1").fetchone()[0]
+    blob_len = cat.conn.db.execute("SELECT length(vector) FROM vectors LIMIT 1").fetchone()[0]
     assert blob_len == 1280 * 2
     cat.close()
 
@@ -61,18 +61,18 @@ def test_vectors_are_stored_as_float16_and_old_catalogs_migrate(tmp_path):
     cat, ids = synthetic_catalog(old, n=2000, dim=1280)
     x = unit(2000, 1280)
     with cat.transaction():  # what a v2 gallery holds: float32 blobs
-        cat.db.conn.executemany("UPDATE vectors SET vector = ? WHERE image_id = ?",
-                                [(v.tobytes(), i) for i, v in zip(ids, x)])
-        cat.db.execute("PRAGMA user_version = 2")
+        cat.conn.db.conn.executemany("UPDATE vectors SET vector = ? WHERE image_id = ?",
+                                     [(v.tobytes(), i) for i, v in zip(ids, x)])
+        cat.conn.db.execute("PRAGMA user_version = 2")
     cat.close()
     before = old.stat().st_size
-    cat = Catalog(old)
+    cat = Catalog(Db(old))
     assert cat.schema_version == SCHEMA_VERSION
-    assert {r[0] for r in cat.db.execute("SELECT DISTINCT length(vector) FROM vectors")} == {2560}
-    served = cat.serving_vectors_of(ids, "old")
-    chunk = next(cat.serving_rows("old"))
+    assert {r[0] for r in cat.conn.db.execute("SELECT DISTINCT length(vector) FROM vectors")} == {2560}
+    served = cat.vectors.serving_vectors_of(ids, "old")
+    chunk = next(cat.vectors.serving_rows("old"))
     for got in (np.stack([served[i] for i in ids]), chunk.vectors,
-                cat.vectors_by_model("old")[1]):
+                cat.vectors.vectors_by_model("old")[1]):
         assert got.dtype == np.float32 and np.abs(got - x).max() < 1e-3
         cos = (got.astype(np.float64) * x).sum(1) / np.linalg.norm(got.astype(np.float64), axis=1)
         assert float(cos.min()) > 0.999999
@@ -89,17 +89,17 @@ def test_vectors_are_stored_as_float16_and_old_catalogs_migrate(tmp_path):
 
 def test_catalog_albums_members_and_serving_vectors(tmp_path):
     cat, ids = synthetic_catalog(tmp_path / "c.db")
-    assert cat.albums() == [{"album": "cats", "images": 25}, {"album": "dogs", "images": 25}]
-    assert cat.set_album(ids[:3], "best") == 3 and cat.rename_album("best", "top") == 3
-    assert cat.count_images("top") == 3 and cat.album_labels(ids[:1]) == {ids[0]: "top"}
+    assert cat.images.albums() == [{"album": "cats", "images": 25}, {"album": "dogs", "images": 25}]
+    assert cat.images.set_album(ids[:3], "best") == 3 and cat.images.rename_album("best", "top") == 3
+    assert cat.images.count_images("top") == 3 and cat.images.album_labels(ids[:1]) == {ids[0]: "top"}
     newer = unit(5, seed=1)
     with cat.transaction():
-        cat.put_vectors(ids[:5], newer, "new", "old")
-    served = cat.serving_vectors_of(ids[:6], "old")
+        cat.vectors.put_vectors(ids[:5], newer, "new", "old")
+    served = cat.vectors.serving_vectors_of(ids[:6], "old")
     assert np.allclose(served[ids[0]], newer[0], atol=1e-3) and not np.allclose(served[ids[5]], newer[0], atol=1e-3)
-    assert len(cat.space_members("old")) == 50
-    assert len(cat.space_members("old", exclude_model="new")) == 45
-    assert [p.album for p in cat.space_photos("old")][:3] == ["top"] * 3
+    assert len(cat.vectors.space_members("old")) == 50
+    assert len(cat.vectors.space_members("old", exclude_model="new")) == 45
+    assert [p.album for p in cat.vectors.space_photos("old")][:3] == ["top"] * 3
 
 
 def test_index_checksum_and_catch_up(tmp_path):
@@ -118,7 +118,7 @@ def test_index_checksum_and_catch_up(tmp_path):
     index, how = SpaceIndex.open(cat, tmp_path / "index", "old")
     assert how.startswith("rebuilt (damaged") and index.ntotal == 50
     with cat.transaction():
-        cat.put_vectors(ids[:2], unit(2, seed=3), "new", "old")
+        cat.vectors.put_vectors(ids[:2], unit(2, seed=3), "new", "old")
     assert index.catch_up(cat) == 2 and index.ntotal == 50
 
 
@@ -167,13 +167,13 @@ def test_cli_help_and_usage_errors_import_no_torch(tmp_path):
 
 
 def test_info_models_and_albums_import_no_torch(tmp_path):
-    from search.storage.catalog import Catalog
+    from search.storage.catalog import Catalog, Db
 
     home = tmp_path / "g"
     home.mkdir()
     synthetic_catalog(home / "catalog.db")[0].close()
-    cat = Catalog(home / "catalog.db")
-    cat.register_model({"name": "old", "space": "old", "dim": 32, "kind": "efficientnet"}, "test")
+    cat = Catalog(Db(home / "catalog.db"))
+    cat.models.register_model({"name": "old", "space": "old", "dim": 32, "kind": "efficientnet"}, "test")
     cat.close()
     for args in (["info", "--json"], ["models", "--json"], ["albums", "--json"]):
         r = python_without_torch("from search.cli import main; main()", "--home", str(home), *args)

@@ -68,7 +68,7 @@ def test_devices_fifos_and_system_folders_are_refused(home, few_photos, tmp_path
 @pytest.mark.slow  # real processes racing (or a real full disk): the slow tier
 def test_concurrent_creation_runs_the_migration_once(tmp_path):
     """Two processes creating the same gallery at once: both open it, no 'already exists'."""
-    code = ("import sys; from search.storage.catalog import Catalog; c = Catalog(sys.argv[1]); "
+    code = ("import sys; from search.storage.catalog import Catalog, Db; c = Catalog(Db(sys.argv[1])); "
             "print(c.schema_version)")
     for n in range(4):
         db = tmp_path / f"c{n}.db"
@@ -432,7 +432,7 @@ def test_a_rollback_racing_an_upgrade_keeps_the_history(gallery12, make_checkpoi
     monkeypatch.setattr(g1.core, "load_model", load_while_another_process_upgrades)
     r = rollback(g1.core)
     assert raced == ["tiny-b"] and (r.previous, r.model) == ("tiny-b", "tiny-a")
-    assert g1.active_model == "tiny-a" and g1.core.catalog.model_history() == ["lite0"]
+    assert g1.active_model == "tiny-a" and g1.core.catalog.models.model_history() == ["lite0"]
     assert_history_matches_events(gallery12)
     g1.close(), g2.close()
 

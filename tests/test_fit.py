@@ -20,7 +20,7 @@ from search.api import Gallery
 from search.cli import cli
 from search.ops.fit import FitRefused, FitRequest, fit_upgrade
 from search.ops.fit_sample import FitError, stratified
-from search.storage.catalog import SCHEMA_VERSION, Catalog, _migrate_to_1
+from search.storage.catalog import SCHEMA_VERSION, Catalog, Db, _migrate_to_1
 
 
 def run(home, *args):
@@ -45,7 +45,7 @@ def test_albums_follow_folders_and_can_be_edited(gallery_copy, few_photos):
     r = run(gallery_copy, "albums", "rename", "trips", "holidays")
     assert r.exit_code == 0 and "(4 photos)" in r.output
     g = Gallery.open(gallery_copy)
-    some = [row.id for row in g.core.catalog.list_images(0, 3, album="holidays")]
+    some = [row.id for row in g.core.catalog.images.list_images(0, 3, album="holidays")]
     g.close()
     assert run(gallery_copy, "albums", "set", "best", *some).exit_code == 0
     assert run(gallery_copy, "albums", "clear", some[0]).exit_code == 0
@@ -66,9 +66,9 @@ def test_v1_catalog_gets_albums_from_its_folders(tmp_path):
                          "height": 1, "format": "JPEG", "source": "/photos/cats/a.jpg", "added_at": 0.0})
     db.conn.commit()
     db.close()
-    c = Catalog(path)
-    assert c.schema_version == SCHEMA_VERSION and c.albums() == [{"album": "cats", "images": 1}]
-    assert c.list_images()[0].album == "cats"
+    c = Catalog(Db(path))
+    assert c.schema_version == SCHEMA_VERSION and c.images.albums() == [{"album": "cats", "images": 1}]
+    assert c.images.list_images()[0].album == "cats"
 
 
 def test_stratified_sample_keeps_every_album():
@@ -110,7 +110,7 @@ def test_fit_with_albums_from_the_cli_then_upgrade(gallery_copy):
 
 def test_fit_without_albums_takes_the_unlabelled_path(gallery_copy):
     g = Gallery.open(gallery_copy)
-    g.core.catalog.set_album([r[0] for r in g.core.catalog.db.execute("SELECT id FROM images")], None)
+    g.core.catalog.images.set_album([r[0] for r in g.core.catalog.conn.db.execute("SELECT id FROM images")], None)
     with pytest.raises(FitError, match="at least two albums"):
         fit_upgrade(g.core, FitRequest("lite2", "needs-albums", method="bct"))
     report = fit_upgrade(g.core, FitRequest("lite2", "adapted"))
@@ -157,7 +157,8 @@ def test_tiny_galleries_get_a_clear_message(home, few_photos, tmp_path):
 
 def test_one_album_gets_a_clear_message(gallery_copy):
     g = Gallery.open(gallery_copy)
-    g.core.catalog.set_album([r[0] for r in g.core.catalog.db.execute("SELECT id FROM images")], "everything")
+    ids = [r[0] for r in g.core.catalog.conn.db.execute("SELECT id FROM images")]
+    g.core.catalog.images.set_album(ids, "everything")
     with pytest.raises(FitError, match=r"this gallery has: everything \(56\)"):
         fit_upgrade(g.core, FitRequest("lite2", "one-album", method="pct"))
     g.close()

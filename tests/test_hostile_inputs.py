@@ -144,9 +144,9 @@ def test_a_checkpoint_on_a_checkpoint_is_refused_and_listed_unusable(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = {row["name"]: row for row in json.loads(r.stdout)}
     assert {n for n, row in rows.items() if row["kind"] == "unreadable"} == bad
-    from search.storage.catalog import Catalog
+    from search.storage.catalog import Catalog, Db
 
-    Catalog(tmp_path / "g" / "catalog.db").close()
+    Catalog(Db(tmp_path / "g" / "catalog.db")).close()
     outside = forged(tmp_path / "out" / "loop.safetensors", backbone="loop")
     r = graceful(tmp_path / "g", "upgrade", outside, timeout=60)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -157,11 +157,11 @@ def test_a_checkpoint_on_a_checkpoint_is_refused_and_listed_unusable(tmp_path):
 
 @pytest.fixture
 def newer_gallery(tmp_path) -> Path:
-    from search.storage.catalog import SCHEMA_VERSION, Catalog
+    from search.storage.catalog import SCHEMA_VERSION, Catalog, Db
 
     home = tmp_path / "newer"
     home.mkdir()
-    Catalog(home / "catalog.db").close()
+    Catalog(Db(home / "catalog.db")).close()
     with sqlite3.connect(home / "catalog.db") as db:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
@@ -194,11 +194,11 @@ def test_a_newer_catalog_is_one_line_in_every_command_and_nothing_is_written(new
 @pytest.mark.fast
 def test_a_newer_catalog_is_a_gallery_error_from_the_catalog(newer_gallery):
     from search.errors import GalleryError
-    from search.storage.catalog import Catalog
+    from search.storage.catalog import Catalog, Db
 
     before = (newer_gallery / "catalog.db").read_bytes()
     with pytest.raises(GalleryError, match="written by a newer Graceful"):
-        Catalog(newer_gallery / "catalog.db")
+        Catalog(Db(newer_gallery / "catalog.db"))
     r = graceful(newer_gallery, "info", timeout=60)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert (newer_gallery / "catalog.db").read_bytes() == before
@@ -278,19 +278,19 @@ def full_disk(tmp_path):
 @pytest.mark.fast
 def test_reads_work_on_a_full_disk_and_writes_say_so(full_disk):
     from search.errors import friendly
-    from search.storage.catalog import Catalog
+    from search.storage.catalog import Catalog, Db
 
     disk, fill = full_disk
     home = disk / "g"
     home.mkdir()
-    cat = Catalog(home / "catalog.db")
-    cat.set_state("active_model", "lite0")
+    cat = Catalog(Db(home / "catalog.db"))
+    cat.state.set_state("active_model", "lite0")
     cat.close()
     fill()
-    cat = Catalog(home / "catalog.db")  # failed: the WAL's -shm could not be sized
-    assert cat.read_only and cat.get_state("active_model") == "lite0"
+    cat = Catalog(Db(home / "catalog.db"))  # failed: the WAL's -shm could not be sized
+    assert cat.read_only and cat.state.get_state("active_model") == "lite0"
     with pytest.raises(sqlite3.OperationalError) as e:
-        cat.set_state("active_model", "x")
+        cat.state.set_state("active_model", "x")
     assert friendly(e.value).startswith("the disk is full (catalog.db): free some space")
     cat.close()
     for args in (["info", "--json"], ["albums"]):
@@ -304,11 +304,11 @@ def test_reads_work_on_a_full_disk_and_writes_say_so(full_disk):
 def test_a_catalog_that_cannot_open_its_wal_is_read_without_it(tmp_path, monkeypatch):
     """The same fault injected without a small disk: the normal open reports the I/O error
     SQLite gives when the -shm cannot be sized; the catalog is then read read-only."""
-    from search.storage.catalog import Catalog, db
+    from search.storage.catalog import Catalog, Db, db
 
     path = tmp_path / "catalog.db"
-    cat = Catalog(path)
-    cat.set_state("active_model", "lite0")
+    cat = Catalog(Db(path))
+    cat.state.set_state("active_model", "lite0")
     cat.close()
     connect = sqlite3.connect
 
@@ -321,12 +321,12 @@ def test_a_catalog_that_cannot_open_its_wal_is_read_without_it(tmp_path, monkeyp
 
     monkeypatch.setattr(db.sqlite3, "connect",
                         lambda *a, **k: connect(*a, **k) if k.get("uri") else NoShm())
-    cat = Catalog(path)
-    assert cat.read_only == "disk I/O error" and cat.get_state("active_model") == "lite0"
+    cat = Catalog(Db(path))
+    assert cat.read_only == "disk I/O error" and cat.state.get_state("active_model") == "lite0"
     cat.close()
     monkeypatch.setattr(db.sqlite3, "connect", lambda *a, **k: NoShm())
     with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
-        Catalog(path)  # no read-only way either: the original error, not a different one
+        Catalog(Db(path))  # no read-only way either: the original error, not a different one
 
 
 # -- 3. odd upload names ----------------------------------------------------------------------

@@ -22,10 +22,10 @@ def big_gallery(home) -> tuple[Gallery, np.ndarray]:
     n = 12_000
     x = clustered(n)
     with g.core.catalog.transaction():
-        g.core.catalog.db.conn.executemany(
+        g.core.catalog.conn.db.conn.executemany(
             "INSERT INTO images (sha256, name, ext) VALUES (?, ?, '.jpg')",
             ((f"{i:064x}", f"{i}.jpg") for i in range(n)))
-        g.core.catalog.put_vectors(list(range(1, n + 1)), x, "synthetic", "s")
+        g.core.catalog.vectors.put_vectors(list(range(1, n + 1)), x, "synthetic", "s")
     return g, x
 
 
@@ -54,7 +54,7 @@ def test_ivf_index_is_searchable_persistent_and_kept_in_step(big_gallery):
     # a re-embedded vector replaces the old one in place
     new = clustered(1, seed=7)
     with g.core.catalog.transaction():
-        g.core.catalog.put_vectors([5], new, "synthetic-v2", "s")
+        g.core.catalog.vectors.put_vectors([5], new, "synthetic-v2", "s")
     g.core.sync_index("s", [5], new)
     assert idx.ntotal == len(x) and np.allclose(idx.vectors([5])[0], new[0], atol=1e-3)
     g.core.save_indexes()
@@ -63,7 +63,7 @@ def test_ivf_index_is_searchable_persistent_and_kept_in_step(big_gallery):
     assert loaded.index.nprobe == idx.index.nprobe and len(loaded.ids()) == len(x)
     # another process writes: the loaded index catches up
     with g.core.catalog.transaction():
-        g.core.catalog.put_vectors([6], new, "synthetic-v2", "s")
+        g.core.catalog.vectors.put_vectors([6], new, "synthetic-v2", "s")
     assert loaded.catch_up(g.core.catalog) == 1 and np.allclose(loaded.vectors([6])[0], new[0], atol=1e-3)
     # back to exact
     assert g.core.rebuild_index("s", kind="flat") == "flat"
@@ -86,13 +86,13 @@ def test_compressed_kinds_rerank_exactly_and_stay_in_step(big_gallery, kind):
     exact_scores, exact_ids = exact.search(q, 10)
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(found, exact_ids)])
     assert recall > 0.95, recall
-    stored = g.core.catalog.serving_vectors_of(found[0].tolist(), "s")
+    stored = g.core.catalog.vectors.serving_vectors_of(found[0].tolist(), "s")
     assert np.allclose(scores[0], [stored[int(i)] @ q[0] for i in found[0]], atol=1e-5)
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # ranked by exact score
     assert np.allclose(idx.vectors([5])[0], x[4], atol=1e-3)  # exact, from the catalog
     new = clustered(1, seed=7)
     with g.core.catalog.transaction():
-        g.core.catalog.put_vectors([5], new, "synthetic-v2", "s")
+        g.core.catalog.vectors.put_vectors([5], new, "synthetic-v2", "s")
     g.core.sync_index("s", [5], new)
     s5, f5 = idx.search(new, 1)
     assert f5[0, 0] == 5 and s5[0, 0] > 0.999

@@ -32,7 +32,7 @@ def test_ingest_is_idempotent_and_counts_duplicates(home, few_photos, tmp_path):
     shutil.copy(next((few_photos / "airplanes").iterdir()), copy)
     dup = ingest(g.core, [copy, copy])
     assert dup.added == 0 and dup.duplicates == 2
-    assert g.core.catalog.count_images() == 12
+    assert g.core.catalog.images.count_images() == 12
     assert g.core.index().ntotal == 12
     stored = list((home / "images").rglob("*.jpg"))
     assert len(stored) == 12  # content-addressed: one file per unique image
@@ -53,7 +53,7 @@ def test_photos_another_writer_added_meanwhile_are_not_counted_twice(home, few_p
 
     mine = ingest(g.core, [few_photos], on_progress=meanwhile)
     assert raced[0].added == 8 and mine.added == 0
-    assert mine.duplicates == 12 and g.core.catalog.count_images() == 12
+    assert mine.duplicates == 12 and g.core.catalog.images.count_images() == 12
     other.close()
     g.close()
 
@@ -74,7 +74,7 @@ def test_bad_inputs_are_reported_and_nothing_written(home, few_photos, tmp_path,
     assert set(reasons) == {"empty.jpg", "truncated.jpg", "notes.txt", "bomb.png", "drawing.svg"}
     assert "empty" in reasons["empty.jpg"] and "damaged" in reasons["truncated.jpg"]
     assert "bomb" in reasons["bomb.png"] or "too large" in reasons["bomb.png"]
-    assert g.core.catalog.count_images() == 0
+    assert g.core.catalog.images.count_images() == 0
     assert not [f for f in (home / "images").rglob("*") if f.is_file()]  # no photo stored
 
 
@@ -96,7 +96,7 @@ def test_wrong_model_for_existing_gallery_is_refused(home, few_photos):
     ingest(g.core, [few_photos / "airplanes"])
     with pytest.raises(GalleryError, match="indexed with lite0"):
         ingest(g.core, [few_photos / "sunflower"], model_name="lite2")
-    assert g.core.catalog.count_images() == 4
+    assert g.core.catalog.images.count_images() == 4
 
 
 def test_corrupt_or_stale_index_is_rebuilt(home, few_photos):
@@ -121,8 +121,8 @@ def test_leave_one_out_retrieval_is_far_above_chance(home, caltech_small):
     g = Gallery.open(home, create=True)
     report = ingest(g.core, [caltech_small])
     assert report.added > 150
-    ids, vecs = g.core.catalog.vectors_by_model("lite0")
-    rows = g.core.catalog.images(ids)
+    ids, vecs = g.core.catalog.vectors.vectors_by_model("lite0")
+    rows = g.core.catalog.images.images(ids)
     labels = np.array([Path(rows[i].source).parent.name for i in ids])
     scores, found = g.core.index().search(vecs, 2)  # first hit is the query itself
     assert (found[:, 0] == ids).all()
@@ -144,13 +144,13 @@ def test_kill_9_during_ingest_then_resume(home, caltech_small, run_and_kill):
 
     assert catalog_integrity(home) == "ok"
     g = Gallery.open(home)
-    partial = g.core.catalog.count_images()
+    partial = g.core.catalog.images.count_images()
     assert 40 <= partial < 206
     assert g.core.index().ntotal == partial  # stale index file rebuilt to agree with the catalog
     report = ingest(g.core, [caltech_small])
     assert report.duplicates == partial and report.added == 206 - partial
     ids = catalog_ids(home)
-    assert len(ids) == len(set(ids)) == 206 == g.core.catalog.count_images()
+    assert len(ids) == len(set(ids)) == 206 == g.core.catalog.images.count_images()
     assert g.core.index().ntotal == 206
     idx, how = g.core.vector_store.open(g.core.catalog, "lite0", g.core.index_kind)
     assert how == "loaded" and idx.ntotal == 206

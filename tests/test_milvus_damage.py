@@ -128,7 +128,7 @@ def test_a_damaged_milvus_lite_file_is_reported_and_repaired(pristine, tmp_path,
     try:
         idx = g.core.index()
         assert idx.ntotal == 12
-        want = {int(i): v for c in g.core.catalog.serving_rows("lite0") for i, v in zip(c.ids, c.vectors)}
+        want = {int(i): v for c in g.core.catalog.vectors.serving_rows("lite0") for i, v in zip(c.ids, c.vectors)}
         ids = sorted(want)
         scores, found = idx.search(idx.vectors(ids), 1)
         assert list(found[:, 0]) == ids and scores.min() > 0.999  # every photo finds itself

@@ -139,7 +139,7 @@ def test_a_runtime_or_cluster_that_is_not_up_in_time_is_one_line(home, few_photo
     assert r.returncode == 1 and f"cannot reach the Ray cluster at 127.0.0.1:{port}" in r.stderr
     assert "Traceback" not in r.stderr
     g = Gallery.open(home)  # nothing was written by the failed runs
-    assert g.core.catalog.count_images() == 4
+    assert g.core.catalog.images.count_images() == 4
     g.close()
 
 
@@ -149,7 +149,7 @@ def test_ray_auto_backfill_on_a_busy_machine(home, few_photos, no_new_ray_proces
     (20 s, then 40 s) plus the model loading, and no Ray process is left."""
     g = Gallery.open(home, create=True)
     g.add([few_photos])
-    n = g.core.catalog.count_images()
+    n = g.core.catalog.images.count_images()
     g.upgrade(SHIPPED)
     g.close()
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]

@@ -105,7 +105,7 @@ def test_ray_jobs_write_what_the_plain_path_writes(ray_cluster, home, tmp_path, 
 def test_kill_9_during_a_ray_backfill_then_resume(ray_cluster, album_gallery, run_and_kill):
     home = album_gallery  # a copy of the session's 56-photo lite0 gallery (conftest)
     g = Gallery.open(home)
-    n = g.core.catalog.count_images()
+    n = g.core.catalog.images.count_images()
     assert n == 56
     g.upgrade(SHIPPED)
     g.close()

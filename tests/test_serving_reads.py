@@ -39,12 +39,12 @@ def synthetic_gallery(home: Path, n: int = N, store: str = "faiss"):
 
     g = Gallery.open(home, create=True, store=store)
     with g.core.catalog.transaction():
-        g.core.catalog.db.conn.executemany(
+        g.core.catalog.conn.db.conn.executemany(
             "INSERT INTO images (sha256, name, ext) VALUES (?, ?, '.jpg')",
             ((f"{i:064x}", f"{i}.jpg") for i in range(n)))
-        g.core.catalog.put_vectors(list(range(1, n + 1)), clustered(n), "old", "old")
-        g.core.catalog.register_model({"name": "old", "space": "old", "dim": DIM, "kind": "test"}, "test")
-        g.core.catalog.set_active_model("old")
+        g.core.catalog.vectors.put_vectors(list(range(1, n + 1)), clustered(n), "old", "old")
+        g.core.catalog.models.register_model({"name": "old", "space": "old", "dim": DIM, "kind": "test"}, "test")
+        g.core.catalog.models.set_active_model("old")
     return g
 
 
@@ -58,7 +58,7 @@ def _refuse(*args, **kwargs):
 
 def exact_top(g, queries: np.ndarray, k: int = 5) -> np.ndarray:
     ids, vectors = [], []
-    for i, v in g.core.catalog.serving_vectors("old"):
+    for i, v in g.core.catalog.vectors.serving_vectors("old"):
         ids.append(i)
         vectors.append(v)
     ids, vectors = np.concatenate(ids), np.concatenate(vectors)
@@ -83,7 +83,7 @@ def test_reads_after_a_killed_pq_reindex_serve_without_training(tmp_path, monkey
     if kill == "new file, old sidecar":
         g.core.rebuild_index("old", "pq")  # the new file is written, then the kill: the old sidecar
         (home / "index" / "old.json").write_bytes(flat_sidecar)
-    g.core.catalog.set_index_kind("pq")
+    g.core.catalog.state.set_index_kind("pq")
     g.close()
     if kill == "files removed":
         for f in (home / "index").iterdir():
@@ -132,14 +132,14 @@ def test_a_write_after_an_interim_read_builds_what_the_setting_says(tmp_path, mo
     home = tmp_path / "g"
     synthetic_gallery(home).close()
     g = Gallery.open(home)
-    g.core.catalog.set_index_kind("ivf")
+    g.core.catalog.state.set_index_kind("ivf")
     trained = []
     real = faiss_index.train_ivf
     monkeypatch.setattr(faiss_index, "train_ivf", lambda *a, **k: trained.append(1) or real(*a, **k))
     assert g.core.index("old").kind == "flat" and g.core.index("old").interim == "missing" and not trained
     new = clustered(1, seed=9)
     with g.core.catalog.transaction():
-        g.core.catalog.put_vectors([7], new, "old", "old")
+        g.core.catalog.vectors.put_vectors([7], new, "old", "old")
     g.core.sync_index("old", [7], new)
     assert g.core.search_vectors(new, 1, "old")[0].hits[0].image_id == 7
     g.core.save_indexes()
@@ -180,7 +180,7 @@ def test_a_read_on_milvus_never_rebuilds_the_collection(tmp_path, monkeypatch):
     home = tmp_path / "g"
     g = synthetic_gallery(home, n=500, store="milvus")
     g.core.rebuild_index("old")
-    g.core.catalog.set_store_synced("old", None)  # what a rebuild killed midway leaves
+    g.core.catalog.state.set_store_synced("old", None)  # what a rebuild killed midway leaves
     g.close()
     builds = []
     real = MilvusStore.build
@@ -252,7 +252,7 @@ def test_milvus_session_consistency_on_a_server(milvus_server, tmp_path, monkeyp
         idx.client.search = lambda *a, **k: levels.append(k.get("consistency_level")) or real_search(*a, **k)
         new = clustered(1, seed=11)
         with g.core.catalog.transaction():
-            g.core.catalog.put_vectors([3], new, "old", "old")
+            g.core.catalog.vectors.put_vectors([3], new, "old", "old")
         g.core.sync_index("old", [3], new)
         hit = g.core.search_vectors(new, 1, "old")[0].hits[0]  # at once, in the writing process
         assert hit.image_id == 3 and hit.score > 0.999 and levels == ["Session"]

@@ -113,13 +113,13 @@ def test_fit_default_names_count_generations_instead_of_nesting():
     assert fit_name("lite2", "lite2-fit-lite0") == fit_name("lite2", "lite2-fit-lite0")
 
 
-def test_the_list_of_modules_without_strict_optional_only_shrinks():
-    """mypy checks Optional strictly except in the modules pyproject.toml lists (the debt when
-    the ratchet was set): the list may shrink, never grow."""
+def test_optional_types_are_checked_strictly_in_every_module():
+    """mypy checks Optional strictly everywhere: the modules once exempted were cleared, and no
+    override may exempt one again."""
     import tomllib
 
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
     assert cfg["strict_optional"] is True
     lenient = [m for o in cfg.get("overrides", []) if o.get("strict_optional") is False
                for m in o["module"]]
-    assert len(lenient) <= 3, f"{len(lenient)} modules without strict_optional (at most 3)"
+    assert lenient == [], f"modules without strict_optional: {lenient}"

@@ -85,13 +85,13 @@ def test_vector_only_fit_decodes_nothing_then_transforms_searches_and_rolls_back
     # the transformed vectors are exactly what the model embeds for the same photos
     g = Gallery.open(album_home)
     model = g.core.load_model("albums-head")
-    ids = [int(i) for i in g.core.catalog.space_members("albums-head")[:6]]
-    rows = g.core.catalog.images(ids)
+    ids = [int(i) for i in g.core.catalog.vectors.space_members("albums-head")[:6]]
+    rows = g.core.catalog.images.images(ids)
     from models.imageio import decode
 
     direct = model.embed_images([decode(g.core.store.read(rows[i].sha256, rows[i].ext),
                                         model.info.image_size).image for i in ids])
-    moved = g.core.catalog.serving_vectors_of(ids, "albums-head")
+    moved = g.core.catalog.vectors.serving_vectors_of(ids, "albums-head")
     cos = (direct * np.stack([moved[i] for i in ids])).sum(1)
     assert cos.min() > 0.999, cos
     g.close()
@@ -110,7 +110,7 @@ def test_vector_only_fit_decodes_nothing_then_transforms_searches_and_rolls_back
 def test_a_vector_only_fit_without_albums_says_there_is_nothing_to_learn(album_home):
     home = album_home
     g = Gallery.open(home)
-    g.core.catalog.set_album([int(i) for i in g.core.catalog.space_members("lite0")], None)
+    g.core.catalog.images.set_album([int(i) for i in g.core.catalog.vectors.space_members("lite0")], None)
     g.close()
     r = run(home, "train", "--from-gallery", "--backbone", "lite0", "--out", "x")
     assert r.exit_code == 1 and "can only learn from albums" in r.output
@@ -212,7 +212,7 @@ def synthetic_lite0_gallery(home: Path, n: int = 3000, albums: int = 20, seed: i
     model = registry.load("lite0")
     g.core.activate(model, "init")
     with g.core.catalog.transaction():
-        ids = [g.core.catalog.add_image({"sha256": f"{i:064x}", "name": f"p{i}.jpg", "ext": ".jpg",
+        ids = [g.core.catalog.images.add_image({"sha256": f"{i:064x}", "name": f"p{i}.jpg", "ext": ".jpg",
                                     "bytes": 1, "width": 1, "height": 1, "format": "JPEG",
                                     "source": f"/p/a{labels[i]}/p{i}.jpg", "added_at": float(i),
                                     "album": f"a{labels[i]}"}) for i in range(n)]

@@ -45,7 +45,7 @@ def lite0_gallery(home, upgrade_photos, request, gallery_snapshot) -> Gallery:
 
     src = gallery_snapshot("upgrade-before", ingested([upgrade_photos / "before"]))
     g = Gallery.open(copy_gallery(src, home))
-    assert g.core.catalog.count_images() == 48
+    assert g.core.catalog.images.count_images() == 48
     yield g
     g.close()
 
@@ -53,16 +53,16 @@ def lite0_gallery(home, upgrade_photos, request, gallery_snapshot) -> Gallery:
 def own_id(g: Gallery, f: Path) -> int | None:
     from search.storage.imagestore import sha256_bytes
 
-    return g.core.catalog.image_id(sha256_bytes(f.read_bytes()))
+    return g.core.catalog.images.image_id(sha256_bytes(f.read_bytes()))
 
 
 def counts(g: Gallery) -> dict:
-    return {(r["model"], r["space"]): r["vectors"] for r in g.core.catalog.vector_counts()}
+    return {(r["model"], r["space"]): r["vectors"] for r in g.core.catalog.vectors.vector_counts()}
 
 
 def test_upgrade_recomputes_nothing_and_mixes_new_photos(lite0_gallery, upgrade_photos):
     g = lite0_gallery
-    n = g.core.catalog.count_images()
+    n = g.core.catalog.images.count_images()
     before = counts(g)
     result = upgrade(g.core, SHIPPED)
     assert result.changed and result.previous == "lite0" and result.space == "lite0"
@@ -80,7 +80,7 @@ def test_upgrade_recomputes_nothing_and_mixes_new_photos(lite0_gallery, upgrade_
     assert g.core.index().ntotal == n + report.added
     # a photo that was really added now (Caltech has a few byte-identical duplicates)
     q2 = next(f for f in sorted((upgrade_photos / "after").rglob("*.jpg"))
-              if own_id(g, f) in g.core.catalog.vectors_by_model(SHIPPED)[0])
+              if own_id(g, f) in g.core.catalog.vectors.vectors_by_model(SHIPPED)[0])
     res = search_file(g.core, q2, k=10)
     assert res.hits[0].name == q2.name and res.hits[0].embedded_by == SHIPPED
     assert {"lite0", SHIPPED} <= {h.embedded_by for h in res.hits}  # both kinds of vectors
@@ -97,7 +97,7 @@ def test_upgrade_recomputes_nothing_and_mixes_new_photos(lite0_gallery, upgrade_
 
 def test_refusals_change_nothing(lite0_gallery, tmp_path, make_checkpoint):
     g = lite0_gallery
-    state = (g.active_model, counts(g), g.core.catalog.get_state("model_history", []))
+    state = (g.active_model, counts(g), g.core.catalog.state.get_state("model_history", []))
     with pytest.raises(GalleryError, match="unknown model"):
         upgrade(g.core, "lite7")
     with pytest.raises(GalleryError, match="space 'lite2'.*reembed"):  # (without --dry-run
@@ -112,7 +112,7 @@ def test_refusals_change_nothing(lite0_gallery, tmp_path, make_checkpoint):
         upgrade(g.core, "liar")
     dry = upgrade(g.core, SHIPPED, dry_run=True)
     assert not dry.changed and dry.preflight.passed
-    assert (g.active_model, counts(g), g.core.catalog.get_state("model_history", [])) == state
+    assert (g.active_model, counts(g), g.core.catalog.state.get_state("model_history", [])) == state
     forced = upgrade(g.core, "liar", force=True)
     assert forced.changed and forced.forced and g.active_model == "liar"
 
@@ -120,7 +120,7 @@ def test_refusals_change_nothing(lite0_gallery, tmp_path, make_checkpoint):
 def test_backfill_orders_limit_and_status(lite0_gallery):
     g = lite0_gallery
     upgrade(g.core, SHIPPED)
-    n = g.core.catalog.count_images()
+    n = g.core.catalog.images.count_images()
     for order in bf.ORDERS:
         missing, stale = bf.candidates(g.core, order)
         assert missing == [] and sorted(stale) == sorted(range(1, n + 1))
@@ -139,7 +139,7 @@ def test_backfill_records_its_quality_curve(lite0_gallery, upgrade_photos):
     upgrade(g.core, SHIPPED)
     curve = bf.CurveRecorder(g.core, upgrade_photos / "after", points=4)
     state = bf.backfill(g.core, "random", batch_size=8, curve=curve)
-    assert state.done == g.core.catalog.count_images()
+    assert state.done == g.core.catalog.images.count_images()
     fractions = [p["fraction"] for p in curve.curve]
     assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
     assert len(fractions) >= 4 and all(0 <= p["map"] <= 1 for p in curve.curve)
@@ -166,7 +166,7 @@ def test_backfill_quality_curve_and_auc():
 
 def test_reembed_incompatible_model_alongside_then_switch(lite0_gallery, upgrade_photos):
     g = lite0_gallery
-    n = g.core.catalog.count_images()
+    n = g.core.catalog.images.count_images()
     q = next((upgrade_photos / "before").rglob("*.jpg"))
     seen = []
 
@@ -222,7 +222,7 @@ def _integrity(home: Path) -> str:
 def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos, run_and_kill):
     g = Gallery.open(home, create=True)
     ingest(g.core, [upgrade_photos / "before", upgrade_photos / "after"])
-    n = g.core.catalog.count_images()
+    n = g.core.catalog.images.count_images()
     upgrade(g.core, SHIPPED)
     g.close()
     env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
@@ -237,7 +237,7 @@ def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos, ru
     assert 8 <= done < n
     assert g.core.index().ntotal == n  # consistent: every photo searchable exactly once
     indexed = set(g.core.index().ids().tolist())
-    assert indexed == {r[0] for r in g.core.catalog.db.execute("SELECT id FROM images")}
+    assert indexed == {r[0] for r in g.core.catalog.conn.db.execute("SELECT id FROM images")}
     assert len(search_file(g.core, next((upgrade_photos / "after").rglob("*.jpg")), k=5).hits) == 5
     state = bf.backfill(g.core)
     assert state.done == n - done  # resumed: nothing re-embedded twice

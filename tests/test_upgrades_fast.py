@@ -23,7 +23,7 @@ FUSED = "fused:fake-a+fake-b-bridge@0.50"
 def counts(g) -> dict[tuple[str, str], tuple[int, int]]:
     """(space, model) -> (vectors, of them transformed)."""
     return {(r["space"], r["model"]): (r["vectors"], r["transformed"])
-            for r in g.core.catalog.vector_counts()}  # what info()["vectors"] says, without its timing
+            for r in g.core.catalog.vectors.vector_counts()}  # what info()["vectors"] says, without its timing
 
 
 def same_album_hits(g, colour: str = "red", k: int = 5) -> bool:

@@ -167,8 +167,8 @@ class Gallery:
         """Turn the query log on or off (None: leave it); returns its state."""
         catalog = self._core.catalog
         if on is not None:
-            catalog.set_log_queries(on)
-        return QueryLogState(catalog.log_queries(), catalog.count_logged_queries())
+            catalog.state.set_log_queries(on)
+        return QueryLogState(catalog.state.log_queries(), catalog.logs.count_logged_queries())
 
     # -- upgrades -------------------------------------------------------------------------
     def upgrade(self, name: str, *, force: bool = False, dry_run: bool = False,
@@ -253,7 +253,7 @@ class Gallery:
         when it has one sub-folder per class), "log" (the query log) or a list of `Query`."""
         from search.ops import compare as cmp
 
-        history = self._core.catalog.model_history()
+        history = self._core.catalog.models.model_history()
         old = old or (history[-1] if history else None)
         if old is None:
             raise GalleryError("no previous model to compare with: name the old model "

@@ -32,14 +32,14 @@ class Photos(_Handle):
     """The gallery's photos: counts, pages, rows, files and who embedded them."""
 
     def count(self, album: str | None = None) -> int:
-        return self._core.catalog.count_images(album)
+        return self._core.catalog.images.count_images(album)
 
     def list(self, offset: int, limit: int, album: str | None = None) -> list[ImageRow]:
-        return self._core.catalog.list_images(offset, limit, album)
+        return self._core.catalog.images.list_images(offset, limit, album)
 
     def rows(self, ids: Iterable[int]) -> dict[int, ImageRow]:
         """Image rows by id."""
-        return self._core.catalog.images(ids)
+        return self._core.catalog.images.images(ids)
 
     def row(self, ref: str | int) -> ImageRow:
         """A photo by id or by (a prefix of) its sha256."""
@@ -52,7 +52,7 @@ class Photos(_Handle):
     def embedded_by(self, ids: builtins.list[int]) -> dict[int, str]:
         """Which model computed each photo's vector in the serving space."""
         space = self._core.space
-        return {} if space is None else self._core.catalog.serving_model_of(ids, space)
+        return {} if space is None else self._core.catalog.vectors.serving_model_of(ids, space)
 
 
 class Albums(_Handle):
@@ -60,15 +60,15 @@ class Albums(_Handle):
 
     def list(self) -> list[dict]:
         """`graceful albums --json`: `album` (None: no album) and `images` per album."""
-        return self._core.catalog.albums()
+        return self._core.catalog.images.albums()
 
     def set(self, refs: Iterable[str | int], album: str | None) -> int:
         """Put photos (ids or sha256 prefixes) into `album` (None: out of their album)."""
         core = self._core
-        return core.catalog.set_album([core.image_row(ref).id for ref in refs], album)
+        return core.catalog.images.set_album([core.image_row(ref).id for ref in refs], album)
 
     def rename(self, old: str, new: str) -> int:
-        n = self._core.catalog.rename_album(old, new)
+        n = self._core.catalog.images.rename_album(old, new)
         if not n:
             raise GalleryError(f"no album called {old!r} (graceful albums lists them)")
         return n
@@ -84,11 +84,11 @@ class Models(_Handle):
 
     def registered(self) -> list[dict]:
         """Models registered in this gallery (catalog rows)."""
-        return self._core.catalog.models()
+        return self._core.catalog.models.models()
 
     def history(self) -> list[str]:
         """The models served before the active one, oldest first (rollback pops the last)."""
-        return self._core.catalog.model_history()
+        return self._core.catalog.models.model_history()
 
     def available(self) -> list[ModelEntry]:
         """Registry entries this gallery can load (built-ins and its own checkpoints)."""
@@ -100,7 +100,7 @@ class Models(_Handle):
 
     def serving_space(self, name: str) -> str | None:
         """The own space a transform gave `name`, if any."""
-        return self._core.catalog.serving_space(name)
+        return self._core.catalog.models.serving_space(name)
 
     def serving(self) -> dict:
         """How searches are served: mode (native, queries, fused), spaces and their weights."""
@@ -152,7 +152,7 @@ class Models(_Handle):
         from search.ops.fit_sample import NOMINAL_IMAGES_PER_SECOND, estimate_seconds
 
         return FitEstimate.from_dict(estimate_seconds(
-            self._core.catalog.count_images(), NOMINAL_IMAGES_PER_SECOND.get(backbone, 30.0),
+            self._core.catalog.images.count_images(), NOMINAL_IMAGES_PER_SECOND.get(backbone, 30.0),
             sample))
 
     def train_compatible(self, backbone: str, method: str, name: str, data: Path | None = None,

@@ -83,7 +83,7 @@ class GalleryCore(Reports):
         gallery = cls(home, open_catalog(home, location, settings, create), settings, models)
         store = store or settings.store
         milvus_uri = milvus_uri or settings.milvus_uri
-        if (store or milvus_uri) and not gallery.catalog.has_vectors():
+        if (store or milvus_uri) and not gallery.catalog.vectors.has_vectors():
             try:
                 gallery.choose_store(store, milvus_uri)
             except GalleryError:
@@ -117,7 +117,7 @@ class GalleryCore(Reports):
 
     @property
     def active_model(self) -> str | None:
-        return self.catalog.active_model
+        return self.catalog.models.active_model
 
     @property
     def space(self) -> str | None:
@@ -125,8 +125,8 @@ class GalleryCore(Reports):
         name = self.active_model
         if name is None:
             return None
-        row = self.catalog.model(name)
-        return self.catalog.serving_space(name) or (row["space"] if row else None)
+        row = self.catalog.models.model(name)
+        return self.catalog.models.serving_space(name) or (row["space"] if row else None)
 
     def require_active_model(self) -> str:
         """`active_model` where a gallery needs one: GalleryError when it has none yet."""
@@ -145,7 +145,7 @@ class GalleryCore(Reports):
     def space_for(self, model: Embedder) -> str:
         """Where `model` searches and writes: its own space once a gallery transform gave it
         one (`upgrade --transform`), else the space it declares."""
-        return self.catalog.serving_space(model.name) or model.space
+        return self.catalog.models.serving_space(model.name) or model.space
 
     def resolve_model(self, name: str) -> registry.ModelEntry:
         try:
@@ -177,7 +177,7 @@ class GalleryCore(Reports):
         return self.load_model(self.require_active_model())
 
     def register(self, model: Embedder) -> None:
-        self.catalog.register_model(model.info.as_dict(), source=model.info.kind)
+        self.catalog.models.register_model(model.info.as_dict(), source=model.info.kind)
 
     def activate(self, model: Embedder, reason: str, space: str | None = None) -> None:
         """Make `model` the query (and ingest) model, in one transaction. `space`: where it
@@ -186,15 +186,15 @@ class GalleryCore(Reports):
         with self.catalog.transaction():
             self.register(model)
             if reason in ("upgrade", "transform"):
-                self.catalog.set_serving_space(model.name, space if space != model.space else None)
+                self.catalog.models.set_serving_space(model.name, space if space != model.space else None)
             previous = self.active_model
-            history = self.catalog.model_history()
+            history = self.catalog.models.model_history()
             if previous and previous != model.name:
                 history.append(previous)
-            self.catalog.set_model_history(history)
-            self.catalog.set_active_model(model.name)
-            self.catalog.log_event(reason, model=model.name, previous=previous,
-                                   space=space or self.space_for(model))
+            self.catalog.models.set_model_history(history)
+            self.catalog.models.set_active_model(model.name)
+            self.catalog.logs.log_event(reason, model=model.name, previous=previous,
+                                        space=space or self.space_for(model))
 
     def ensure_model(self, requested: str | None) -> Embedder:
         """The model that ingest uses: the active one; a new gallery takes `requested`."""
@@ -205,7 +205,7 @@ class GalleryCore(Reports):
             return model
         if requested and requested != active:
             wanted = self.resolve_model(requested)
-            current = self.catalog.model(active)
+            current = self.catalog.models.model(active)
             assert current is not None  # `activate` registered the active model
             raise GalleryError(
                 f"this gallery is indexed with {active} (space {current['space']}); "
@@ -227,16 +227,16 @@ class GalleryCore(Reports):
         """Set where this gallery's search vectors live. A new gallery takes any store; one
         that has vectors keeps its store unless `move` (the new store is then filled from the
         catalog). Returns the recorded choice."""
-        current = self.catalog.vector_store()
+        current = self.catalog.state.vector_store()
         if kind is None and milvus_uri is None:
             return current or {"kind": "faiss"}
         config = store_config(kind or (current or {}).get("kind", "milvus" if milvus_uri else "faiss"),
                               self.home, milvus_uri)
         if config == (current or {"kind": "faiss"}):
             if current is None:
-                self.catalog.set_vector_store(config)
+                self.catalog.state.set_vector_store(config)
             return config
-        has_vectors = self.catalog.has_vectors()
+        has_vectors = self.catalog.vectors.has_vectors()
         if has_vectors and not move:
             where = (current or {"kind": "faiss"})
             raise GalleryError(
@@ -265,7 +265,7 @@ class GalleryCore(Reports):
             self._vector_store = None
         self._indexes.clear()
         with self.catalog.transaction():
-            self.catalog.set_vector_store(config)
+            self.catalog.state.set_vector_store(config)
 
     def index(self, space: str | None = None) -> SpaceVectors | None:
         """The in-memory index of `space` (default: the active one), refreshed if stale."""
@@ -274,7 +274,7 @@ class GalleryCore(Reports):
             return None
         with self.lock:
             current = self._indexes.get(space)
-            version = self.catalog.space_version(space)  # the one query of a warm search
+            version = self.catalog.vectors.space_version(space)  # the one query of a warm search
             if version == 0:
                 return None  # no vectors in this space
             if current is not None and current.version < version:
@@ -290,7 +290,7 @@ class GalleryCore(Reports):
 
     @property
     def index_kind(self) -> str:
-        return self.catalog.index_kind()
+        return self.catalog.state.index_kind()
 
     def rebuild_index(self, space: str | None = None, kind: str | None = None) -> str:
         """Rebuild the index of `space` from the catalog (optionally switching its kind)."""
@@ -300,7 +300,7 @@ class GalleryCore(Reports):
                 from search.storage.faiss_index import effective_kind
 
                 effective_kind(kind, 0)  # validates
-                self.catalog.set_index_kind(kind)
+                self.catalog.state.set_index_kind(kind)
             self._indexes.pop(space, None)
             idx = self.vector_store.build(self.catalog, space, self.index_kind)
             self.vector_store.save(idx, self.catalog)
@@ -311,9 +311,9 @@ class GalleryCore(Reports):
         """Store vectors embedded by `model` in the space it serves, and a fused model's
         halves in their own spaces too (caller holds a transaction; `sync_index` updates the
         live index after the commit)."""
-        self.catalog.put_vectors(image_ids, vectors, model.name, self.space_for(model))
+        self.catalog.vectors.put_vectors(image_ids, vectors, model.name, self.space_for(model))
         for part, half in getattr(model, "parts", lambda v: [])(vectors):
-            self.catalog.put_vectors(image_ids, half, part.name, self.space_for(part))
+            self.catalog.vectors.put_vectors(image_ids, half, part.name, self.space_for(part))
 
     def sync_written(self, image_ids: list[int], vectors: np.ndarray, model: Embedder) -> None:
         """After a committed `write_vectors`: the live index of every space it wrote (a fused
@@ -329,7 +329,7 @@ class GalleryCore(Reports):
 
         with self.lock:
             idx = self._indexes.get(space)
-            version = self.catalog.space_version(space)
+            version = self.catalog.vectors.space_version(space)
             if idx is None or idx.version + 1 != version:
                 self.index(space)  # first vectors of this space, or another writer: catch up
                 return
@@ -346,11 +346,11 @@ class GalleryCore(Reports):
             for idx in list(self._indexes.values()):
                 interim = getattr(idx, "interim", None)  # a read's stand-in: build the real one
                 try:
-                    if not interim and idx.version < self.catalog.space_version(idx.space):
+                    if not interim and idx.version < self.catalog.vectors.space_version(idx.space):
                         idx.catch_up(self.catalog)
                 except Exception:  # best effort: the next open catches up from the catalog
                     continue
-                if interim or idx.version == self.catalog.space_version(idx.space):
+                if interim or idx.version == self.catalog.vectors.space_version(idx.space):
                     try:
                         if interim:
                             self.rebuild_index(idx.space)
@@ -371,7 +371,7 @@ class GalleryCore(Reports):
         if idx is None or space is None:  # (no space: no index either)
             raise GalleryError("the gallery is empty: index some photos first")
         scores, ids = idx.search(queries, k)
-        rows, by = self.catalog.hit_rows({int(i) for i in ids.ravel() if i >= 0}, space)
+        rows, by = self.catalog.images.hit_rows({int(i) for i in ids.ravel() if i >= 0}, space)
         elapsed = (time.perf_counter() - t0) * 1000
         results = []
         for srow, irow in zip(scores, ids):
@@ -390,11 +390,11 @@ class GalleryCore(Reports):
         """A gallery image by id or by (a prefix of) its sha256."""
         ref = str(ref)
         if ref.isdigit():
-            rows = self.catalog.images([int(ref)])
+            rows = self.catalog.images.images([int(ref)])
             if rows:
                 return next(iter(rows.values()))
         if len(ref) >= 6:
-            found = self.catalog.image_ids_by_sha_prefix(ref)
+            found = self.catalog.images.image_ids_by_sha_prefix(ref)
             if len(found) == 1:
-                return self.catalog.images(found)[found[0]]
+                return self.catalog.images.images(found)[found[0]]
         raise GalleryError(f"no gallery image {ref!r} (give an image id or a sha256 prefix)")

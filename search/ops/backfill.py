@@ -30,10 +30,10 @@ def candidates(gallery: GalleryCore, order: str = "random", seed: int = 0) -> tu
         raise GalleryError(f"unknown backfill order {order!r}; choose from {', '.join(ORDERS)}")
     model, space = gallery.active_model, gallery.space
     if model is None or space is None:  # no model yet: no photo has a vector in its space
-        return sorted(gallery.catalog.album_labels()), []
-    missing = gallery.catalog.images_missing_in_space(space)
-    rows = gallery.catalog.images_without_model(space, model)
-    mapped = [i for i, _ in gallery.catalog.transformed_vectors(space, model)]
+        return sorted(gallery.catalog.images.album_labels()), []
+    missing = gallery.catalog.images.images_missing_in_space(space)
+    rows = gallery.catalog.images.images_without_model(space, model)
+    mapped = [i for i, _ in gallery.catalog.vectors.transformed_vectors(space, model)]
     stale = [r[0] for r in rows]
     if order == "random":
         stale = list(np.random.default_rng(seed).permutation(stale)) if stale else []
@@ -41,7 +41,7 @@ def candidates(gallery: GalleryCore, order: str = "random", seed: int = 0) -> tu
         stale = [i for i, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
     elif order == "most-retrieved":
         counts: Counter = Counter()
-        for results in gallery.catalog.logged_results():
+        for results in gallery.catalog.logs.logged_results():
             counts.update(results)
         stale = sorted(stale, key=lambda i: (-counts.get(i, 0), i))
     elif order == "uncertainty" and stale:
@@ -68,7 +68,7 @@ class CurveRecorder:
         kept = [q for q, q_ok in zip(queries, ok) if q_ok]
         self.vectors, self.space = vectors, gallery.space_for(model)
         self.labels = [q.label for q in kept]
-        self.own = [gallery.catalog.image_id(q.sha256) for q in kept]
+        self.own = [gallery.catalog.images.image_id(q.sha256) for q in kept]
         self.gallery_labels = gallery_labels(gallery)
         self.points = points
         self.curve: list[dict] = []
@@ -76,7 +76,7 @@ class CurveRecorder:
     def measure(self) -> dict:
         from search.ops.compare import FULL_RANKING_MAX, rank_vectors, relevance_metrics
 
-        n = self.gallery.catalog.count_images()
+        n = self.gallery.catalog.images.count_images()
         depth = n if n <= FULL_RANKING_MAX else 100
         ranked = rank_vectors(self.gallery, self.vectors, self.space, depth, self.own)
         rel = [np.array([self.gallery_labels.get(i) == lab for i in r]) for r, lab in zip(ranked, self.labels)]
@@ -99,8 +99,8 @@ def backfill(gallery: GalleryCore, order: str = "random", limit: int | None = No
     missing, stale = candidates(gallery, order)
     todo = (missing + stale)[: limit if limit is not None else None]
     model = gallery.embedder()
-    gallery.catalog.log_event("backfill-start", model=model.name, order=order, todo=len(todo),
-                              missing=len(missing), stale=len(stale))
+    gallery.catalog.logs.log_event("backfill-start", model=model.name, order=order, todo=len(todo),
+                                   missing=len(missing), stale=len(stale))
     progress_cb = on_progress
     if curve is not None:
         curve.measure()
@@ -115,7 +115,7 @@ def backfill(gallery: GalleryCore, order: str = "random", limit: int | None = No
                 on_progress(state)
     state = embed_stored(gallery, model, todo, "backfill", batch_size, should_stop,
                          progress_cb, ray=ray)
-    gallery.catalog.log_event("backfill-stop", **state.as_dict())
+    gallery.catalog.logs.log_event("backfill-stop", **state.as_dict())
     if curve is not None:
         report = {**curve.report(), "order": order, "created_at": time.time()}
         gallery.save_report("backfill-curve", order, report)
@@ -124,10 +124,10 @@ def backfill(gallery: GalleryCore, order: str = "random", limit: int | None = No
 
 def status(gallery: GalleryCore) -> dict:
     missing, stale = candidates(gallery, "oldest")
-    total = gallery.catalog.count_images()
+    total = gallery.catalog.images.count_images()
     by_active = total - len(missing) - len(stale)
     model, space = gallery.active_model, gallery.space
-    mapped = len(gallery.catalog.transformed_vectors(space, model)) if model and space else 0
+    mapped = len(gallery.catalog.vectors.transformed_vectors(space, model)) if model and space else 0
     return {"model": model, "space": space, "images": total,
             "by_active_model": by_active, "older_vectors": len(stale) - mapped,
             "transformed": mapped, "missing": len(missing),

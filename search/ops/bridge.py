@@ -64,7 +64,7 @@ def wants_bridge(gallery: GalleryCore, req: FitRequest) -> bool:
     entry = gallery.resolve_model(req.backbone)
     if entry.kind not in ("efficientnet", "open_clip") or entry.name == gallery.space:
         return False
-    labels = dict(gallery.catalog.album_labels(gallery.catalog.space_members(gallery.space)))
+    labels = dict(gallery.catalog.images.album_labels(gallery.catalog.vectors.space_members(gallery.space)))
     return len(_labelled_albums(labels, list(labels))) < 2
 
 
@@ -83,11 +83,12 @@ def _embed(gallery: GalleryCore, backbone, photos: list, req: FitRequest) -> tup
 def _keep_vectors(gallery: GalleryCore, backbone, ids: list[int], feats: np.ndarray) -> None:
     """Store the sample's real new vectors in the new model's space (once)."""
     space = backbone.space
-    have = set(gallery.catalog.serving_vectors_of(ids, space)) if gallery.catalog.space_dim(space) else set()
+    vectors = gallery.catalog.vectors
+    have = set(vectors.serving_vectors_of(ids, space)) if vectors.space_dim(space) else set()
     todo = [n for n, i in enumerate(ids) if i not in have]
     if todo:
         with gallery.catalog.transaction():
-            gallery.catalog.put_vectors([ids[n] for n in todo], feats[todo], backbone.name, space)
+            gallery.catalog.vectors.put_vectors([ids[n] for n in todo], feats[todo], backbone.name, space)
 
 
 def _split(ids: list[int], shas: dict[int, str]) -> tuple[list[int], list[int]]:
@@ -106,7 +107,7 @@ def fit_bridge(gallery: GalleryCore, req: FitRequest) -> dict:
     if backbone.space == space:
         raise FitError(f"{backbone.name} already searches this gallery's space {space}: "
                        f"upgrade to it directly (graceful upgrade {backbone.name})")
-    members = gallery.catalog.space_photos(space)
+    members = gallery.catalog.vectors.space_photos(space)
     if len(members) < MIN_PHOTOS:
         raise FitError(f"this gallery has {len(members)} photo{'s' if len(members) != 1 else ''}; "
                        f"a bridge needs at least "
@@ -124,7 +125,7 @@ def fit_bridge(gallery: GalleryCore, req: FitRequest) -> dict:
         seconds += s
         _keep_vectors(gallery, backbone, ids, feats)
         train, held = _split(ids, shas)
-        stored = gallery.catalog.serving_vectors_of(ids, space)
+        stored = gallery.catalog.vectors.serving_vectors_of(ids, space)
         old = np.stack([stored[i] for i in ids])
         if len(train) < 10:
             raise FitError(f"too few readable photos to learn a bridge from ({len(train)})")
@@ -144,7 +145,7 @@ def fit_bridge(gallery: GalleryCore, req: FitRequest) -> dict:
     t0 = time.perf_counter()
     embedded = set(ids)
     rest = [m.id for m in order if m.id not in embedded][: max(0, bridge_plan.REFERENCE_MAX - len(ids))]
-    rest_vectors = gallery.catalog.serving_vectors_of(rest, space)
+    rest_vectors = gallery.catalog.vectors.serving_vectors_of(rest, space)
     rest = [i for i in rest if i in rest_vectors]
     old_rest = np.stack([rest_vectors[i] for i in rest]) if rest else np.zeros((0, old.shape[1]), np.float32)
     t_map = time.perf_counter()

@@ -94,7 +94,7 @@ def check(gallery: GalleryCore, repair: bool = False,
         report.add("catalog", "problem", "; ".join(result[:5]),
                    "restore catalog.db from a backup (the photos in images/ are intact)")
 
-    rows = cat.list_images(0, 1 << 62)
+    rows = cat.images.list_images(0, 1 << 62)
     state = Progress("check", total=len(rows))
     bad = []
     for n, row in enumerate(rows, 1):
@@ -121,11 +121,11 @@ def check(gallery: GalleryCore, repair: bool = False,
                        if not repair else "index the original photo again to restore it, or "
                        "accept that this photo cannot be shown or re-embedded")
 
-    spaces = sorted({r["space"] for r in cat.vector_counts()})
+    spaces = sorted({r["space"] for r in cat.vectors.vector_counts()})
     store = gallery.vector_store
     verdicts = _verify_store(gallery, spaces, repair, report)  # spaces in order; None: damaged
     for space, why in (verdicts or {}).items():
-        served = cat.count_served(space)
+        served = cat.vectors.count_served(space)
         if why is None:
             report.add("index", "ok", f"{space}: {served} vectors ({store.kind})")
         elif why == "missing" and space != gallery.space:
@@ -140,9 +140,9 @@ def check(gallery: GalleryCore, repair: bool = False,
             report.add("index", "problem", f"{space}: the {store.noun} is {why}",
                        "graceful check --repair (rebuilds it from the catalog)")
 
-    names = {m["name"] for m in cat.models()}
+    names = {m["name"] for m in cat.models.models()}
     active = gallery.active_model
-    for name in sorted(names | set(cat.model_history()) | ({active} if active else set())):
+    for name in sorted(names | set(cat.models.model_history()) | ({active} if active else set())):
         try:
             gallery.resolve_model(name)
         except GalleryError as e:

@@ -56,7 +56,7 @@ def queries_from_folder(folder: Path) -> list[Query]:
 
 def queries_from_log(gallery: GalleryCore, limit: int = 200) -> list[Query]:
     out, seen = [], set()
-    for query, sha in gallery.catalog.logged_image_queries():
+    for query, sha in gallery.catalog.logs.logged_image_queries():
         if sha in seen:
             continue
         seen.add(sha)
@@ -72,7 +72,7 @@ def queries_from_log(gallery: GalleryCore, limit: int = 200) -> list[Query]:
 
 def gallery_labels(gallery: GalleryCore) -> dict[int, str | None]:
     """A gallery photo's label: its album (by default the folder it was indexed from)."""
-    return gallery.catalog.album_labels()
+    return gallery.catalog.images.album_labels()
 
 
 def embed_queries(gallery: GalleryCore, model_name: str, queries: list[Query]):
@@ -127,9 +127,9 @@ def compare(gallery: GalleryCore, old: str, new: str, queries: list[Query], k: i
     t0 = time.perf_counter()
     if not queries:
         raise GalleryError("no queries to compare on")
-    own = [gallery.catalog.image_id(q.sha256) for q in queries]
+    own = [gallery.catalog.images.image_id(q.sha256) for q in queries]
     labelled = all(q.label is not None for q in queries)
-    ntotal = gallery.catalog.count_images()
+    ntotal = gallery.catalog.images.count_images()
     depth = (ntotal if ntotal <= FULL_RANKING_MAX else 100) if labelled else k
     old_ranked, old_space = _rank(gallery, old, queries, depth, own)
     new_ranked, new_space = _rank(gallery, new, queries, depth, own)

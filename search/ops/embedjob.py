@@ -28,7 +28,7 @@ def embed_stored(gallery: GalleryCore, model: Embedder, image_ids: list[int], jo
                  ray: RayOptions | None = None) -> JobProgress:
     """With `ray`, Ray workers decode and embed the stored bytes this process reads."""
     state = JobProgress(job, model.name, len(image_ids))
-    rows = gallery.catalog.images(image_ids)
+    rows = gallery.catalog.images.images(image_ids)
 
     def load(image_id: int):
         row = rows[image_id]
@@ -54,7 +54,7 @@ def embed_stored(gallery: GalleryCore, model: Embedder, image_ids: list[int], jo
         """Commit one batch; False when the job is asked to stop."""
         with gallery.catalog.transaction():
             gallery.write_vectors(batch_ids, vectors, model)
-            gallery.catalog.save_job(job, {**state.as_dict(), "done": state.done + len(batch_ids)})
+            gallery.catalog.logs.save_job(job, {**state.as_dict(), "done": state.done + len(batch_ids)})
         gallery.sync_written(batch_ids, vectors, model)
         state.tick(state.done + len(batch_ids))
         if on_progress:

@@ -82,9 +82,9 @@ def _validate(gallery: GalleryCore, req: FitRequest):
 def _members(gallery: GalleryCore, space: str, backbone, vector_only: bool) -> list:
     """The photos a fit may use: every photo of the space, or for a vector-only fit the photos
     whose serving vector the backbone itself embedded (those vectors are its features)."""
-    members = gallery.catalog.space_photos(space)
+    members = gallery.catalog.vectors.space_photos(space)
     if vector_only:
-        origins = gallery.catalog.serving_origins(space, [m.id for m in members])
+        origins = gallery.catalog.vectors.serving_origins(space, [m.id for m in members])
         members = [m for m in members if origins.get(m.id) == (backbone.name, None)]
     return members
 
@@ -95,7 +95,7 @@ def _collect(gallery: GalleryCore, req: FitRequest, backbone, space: str, member
     if vector_only:  # no photo is decoded: the features are the vectors the gallery stores
         train, held = plan_sample(members, labelled, req.sample, req.seed, fs.VECTOR_HELD_OUT_MAX)
         ids = train + held
-        stored = gallery.catalog.serving_vectors_of(ids, space)
+        stored = gallery.catalog.vectors.serving_vectors_of(ids, space)
         old = np.stack([stored[i] for i in ids])
         if req.on_progress:
             req.on_progress(Progress("features", backbone.name, len(ids), len(ids), stage="features"))
@@ -115,7 +115,7 @@ def _collect(gallery: GalleryCore, req: FitRequest, backbone, space: str, member
                     shas=[by_id[i].sha256 for i in ids],
                     on_progress=req.on_progress, should_stop=req.should_stop)
     seconds = time.perf_counter() - t0
-    stored = gallery.catalog.serving_vectors_of(ids, space)
+    stored = gallery.catalog.vectors.serving_vectors_of(ids, space)
     old = np.stack([stored[i] for i in ids])
     return _Sample(train, held, feats, old, missing, seconds, len(ids))
 
@@ -256,7 +256,7 @@ def fit_upgrade(gallery: GalleryCore, req: FitRequest) -> dict:
         measured = plan.measure(o_held, new_held, refs, sample.old, own_index, q_labels, ref_labels)
     t_eval = time.perf_counter() - t0
 
-    photos = gallery.catalog.count_images()
+    photos = gallery.catalog.images.count_images()
     rate = (sample.embedded / sample.seconds if sample.seconds > 0.5
             else fs.NOMINAL_IMAGES_PER_SECOND.get(backbone.name, 30.0))
     seconds = {"queries": 0.0,
@@ -354,9 +354,9 @@ def _fit_verdict(gate_passed: bool, rows: list[dict], recommended: str | None, w
 
 def _gallery_state(gallery: GalleryCore, space: str) -> dict:
     """What the fit measured: if the gallery still looks like this, its measurement stands."""
-    return {"gallery_id": gallery.catalog.gallery_id(), "space": space,
-            "photos": gallery.catalog.count_served(space),
-            "albums": sorted(a["album"] for a in gallery.catalog.albums() if a["album"] is not None)}
+    return {"gallery_id": gallery.catalog.state.gallery_id(), "space": space,
+            "photos": gallery.catalog.vectors.count_served(space),
+            "albums": sorted(a["album"] for a in gallery.catalog.images.albums() if a["album"] is not None)}
 
 
 def _eval_cell(signals: dict, held: int) -> dict:

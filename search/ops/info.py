@@ -12,18 +12,18 @@ def info(gallery: GalleryCore) -> dict:
         "home": str(gallery.home),
         "catalog": {"kind": gallery.catalog.dialect, "location": gallery.catalog.location},
         "schema_version": gallery.catalog.schema_version,
-        "images": gallery.catalog.count_images(),
-        "albums": sum(1 for a in gallery.catalog.albums() if a["album"] is not None),
+        "images": gallery.catalog.images.count_images(),
+        "albums": sum(1 for a in gallery.catalog.images.albums() if a["album"] is not None),
         "active_model": gallery.active_model,
         "space": space,
         "index": {"space": space, "vectors": idx.ntotal if idx else 0,
                   "dim": idx.dim if idx else None},
         "index_kind": {"setting": gallery.index_kind, "built": idx.kind if idx else None},
         "vector_store": gallery.vector_store.describe(),
-        "runtimes": gallery.catalog.runtimes(),
-        "vectors": gallery.catalog.vector_counts(),
-        "models": gallery.catalog.models(),
-        "model_history": gallery.catalog.model_history(),
+        "runtimes": gallery.catalog.state.runtimes(),
+        "vectors": gallery.catalog.vectors.vector_counts(),
+        "models": gallery.catalog.models.models(),
+        "model_history": gallery.catalog.models.model_history(),
         "serving": _serving(gallery, idx),
         "compatibility": compatibility_matrix(gallery),
     }
@@ -36,7 +36,7 @@ def _serving(gallery: GalleryCore, idx) -> dict:
     s = serving(gallery)
     s["index_bytes"] = int(idx.ntotal * idx.dim * 4) if idx else 0
     s["search_p50_ms"] = _p50_ms(idx) if idx else None
-    s["spaces_held"] = sorted({r["space"] for r in gallery.catalog.vector_counts()})
+    s["spaces_held"] = sorted({r["space"] for r in gallery.catalog.vectors.vector_counts()})
     return s
 
 
@@ -60,12 +60,12 @@ def _p50_ms(idx, n: int = 9) -> float:
 def compatibility_matrix(gallery: GalleryCore) -> dict:
     """Query model x gallery space: can its queries search that space's vectors, and what was
     measured when it was trained (checkpoint metrics), if anything."""
-    spaces = sorted({r["space"] for r in gallery.catalog.vector_counts()})
-    models = gallery.catalog.models()
+    spaces = sorted({r["space"] for r in gallery.catalog.vectors.vector_counts()})
+    models = gallery.catalog.models.models()
     cells = {}
     for m in models:
         row = {}
-        own = gallery.catalog.serving_space(m["name"])
+        own = gallery.catalog.models.serving_space(m["name"])
         for space in spaces:
             if space not in (m["space"], own):
                 row[space] = {"compatible": False}

@@ -70,7 +70,8 @@ class _Item:
 class _Loader:
     """Runs in the loader thread, with its own read-only SQLite connection."""
 
-    def __init__(self, db_path: Path, model: Embedder, space: str, store, decode: bool = True):
+    def __init__(self, db_path: Path | str, model: Embedder, space: str, store,
+                 decode: bool = True):
         self.db_path = db_path
         self.model = model
         self.space = space
@@ -166,9 +167,9 @@ def ingest(gallery: GalleryCore, paths: Iterable[str | Path], model_name: str | 
         with gallery.catalog.transaction():
             # another process may have added some of these since they were read: they are its
             # additions, not ours (inside the write lock, so the count is exact)
-            theirs = sum(gallery.catalog.image_id(it.sha256) is not None for it in batch)
+            theirs = sum(gallery.catalog.images.image_id(it.sha256) is not None for it in batch)
             ids = [
-                gallery.catalog.add_image({
+                gallery.catalog.images.add_image({
                     "sha256": it.sha256, "name": it.path.name, "ext": _ext(it),
                     "bytes": len(it.data), "width": it.width, "height": it.height,
                     "format": it.format, "source": str(it.path.resolve()), "added_at": time.time(),
@@ -192,7 +193,7 @@ def ingest(gallery: GalleryCore, paths: Iterable[str | Path], model_name: str | 
                 if done.keys:
                     commit(done.keys, done.vectors)
         if regrouped:
-            gallery.catalog.set_album_by_sha(regrouped, album)
+            gallery.catalog.images.set_album_by_sha(regrouped, album)
     except KeyboardInterrupt:
         report.interrupted = True
     finally:

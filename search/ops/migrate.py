@@ -20,7 +20,7 @@ def migrate_catalog(gallery: GalleryCore, to: str,
     if str(location) == str(gallery.catalog.path):
         raise GalleryError("the destination is this gallery's own catalog: name another one")
     src = gallery.catalog
-    total = src.count_images() + sum(r["vectors"] for r in src.vector_counts())
+    total = src.images.count_images() + sum(r["vectors"] for r in src.vectors.vector_counts())
     state = Progress("migrate", total=total)
 
     def tick(n: int) -> None:

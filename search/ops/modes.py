@@ -33,7 +33,7 @@ def serving(gallery: GalleryCore) -> dict:
         return {"mode": "fused", "spaces": list(model.info.extra["spaces"]),
                 "weights": [round(w, 4) for w in model.info.extra["weights"]],
                 "models": list(model.info.extra["parts"]), "space": space}
-    native = space in (name, gallery.catalog.serving_space(name))
+    native = space in (name, gallery.catalog.models.serving_space(name))
     return {"mode": "native" if native else "queries", "spaces": [space], "weights": [1.0],
             "models": [name], "space": space}
 
@@ -41,7 +41,7 @@ def serving(gallery: GalleryCore) -> dict:
 def mode_of(gallery: GalleryCore, model) -> str:
     if model.info.kind in ("fused", "blend"):
         return "fused"
-    return "native" if gallery.space_for(model) in (model.name, gallery.catalog.serving_space(model.name)) else "queries"
+    return "native" if gallery.space_for(model) in (model.name, gallery.catalog.models.serving_space(model.name)) else "queries"
 
 
 def is_bridge(model) -> bool:
@@ -62,15 +62,15 @@ def find_bridge(gallery: GalleryCore, target: str, from_space: bool = True) -> s
 def complete_space(gallery: GalleryCore, space: str) -> bool:
     """Does `space` hold a vector for every photo the gallery serves now?"""
     current = gallery.space
-    return (current is not None and gallery.catalog.space_dim(space) is not None
-            and gallery.catalog.count_served(space) >= gallery.catalog.count_served(current))
+    return (current is not None and gallery.catalog.vectors.space_dim(space) is not None
+            and gallery.catalog.vectors.count_served(space) >= gallery.catalog.vectors.count_served(current))
 
 
 def no_bridge_message(gallery: GalleryCore, model) -> str:
     from search.ops.fit_sample import bridge_sample
 
     space = gallery.require_space()
-    photos = gallery.catalog.count_served(space)
+    photos = gallery.catalog.vectors.count_served(space)
     n = bridge_sample(photos)
     return (f"{model.name} outputs into space {model.space!r}, but the gallery's vectors live in "
             f"{space!r}. `graceful upgrade {model.name}` fits a label-free bridge first (no "
@@ -175,7 +175,7 @@ def bridge_upgrade(gallery: GalleryCore, bridge, mode: str | None, weight: float
                            f"({fit.get('recommendation', '')}); --force takes it anyway")
     result.forced = bool(force and row.get("verdict") == "worse")
     if dry_run:
-        stored = gallery.catalog.count_served(gallery.require_space())
+        stored = gallery.catalog.vectors.count_served(gallery.require_space())
         result.notes.append(f"dry run: would move {stored} stored vectors into {model.space} "
                             f"({mode} mode); nothing changed")
         return result

@@ -105,7 +105,7 @@ def embed_stored_photos(gallery: GalleryCore, model: Embedder, ids: list[int], w
     from models.embedder import embed_batches
     from models.pipeline import prefetch_map
 
-    rows = gallery.catalog.images(ids[: want * 4])
+    rows = gallery.catalog.images.images(ids[: want * 4])
 
     def load(i: int):
         row = rows.get(int(i))
@@ -190,15 +190,15 @@ def gallery_changed(gallery: GalleryCore, state: dict | None) -> str | None:
     same gallery and space, within 10% of its photos, the same albums."""
     if not state:
         return "the fit recorded no gallery state"
-    if state.get("gallery_id") != gallery.catalog.gallery_id():
+    if state.get("gallery_id") != gallery.catalog.state.gallery_id():
         return "the model was fitted to another gallery"
     space = gallery.space
     if space is None or state.get("space") != space:
         return f"the gallery now searches space {space}, the fit measured {state.get('space')}"
-    photos = gallery.catalog.count_served(space)
+    photos = gallery.catalog.vectors.count_served(space)
     if abs(photos - state.get("photos", 0)) > CHANGED_SHARE * max(state.get("photos", 0), 1):
         return f"the gallery has {photos} photos, {state.get('photos')} when the model was fitted"
-    albums = sorted(a["album"] for a in gallery.catalog.albums() if a["album"] is not None)
+    albums = sorted(a["album"] for a in gallery.catalog.images.albums() if a["album"] is not None)
     if albums != state.get("albums"):
         return "the albums changed since the model was fitted"
     return None
@@ -242,9 +242,9 @@ def preflight(gallery: GalleryCore, model: Embedder, sample: int = PREFLIGHT_SAM
         sample = max(sample, fit["measured"]["queries"])
     t0 = time.perf_counter()
     space = gallery.require_space()  # (an upgrade checks that the gallery has a model)
-    members = gallery.catalog.space_members(space, exclude_model=model.name)
+    members = gallery.catalog.vectors.space_members(space, exclude_model=model.name)
     if len(members) < 2:
-        everything = len(gallery.catalog.space_members(space)) >= 2
+        everything = len(gallery.catalog.vectors.space_members(space)) >= 2
         return Preflight(0, 1.0, top, 1.0, OWN_RANK_MAX, True, 0.0, verdict="empty", expectation=(
             f"Every stored photo is already embedded by {model.name}: searches will look as they "
             f"did when it was last active." if everything else
@@ -253,7 +253,7 @@ def preflight(gallery: GalleryCore, model: Embedder, sample: int = PREFLIGHT_SAM
     order = rng.permutation(members)
     rule = holdout_rule(model)
     if rule:  # a gallery-fitted model: only photos it was never trained on may judge it
-        shas = {p.id: p.sha256 for p in gallery.catalog.space_photos(space)}
+        shas = {p.id: p.sha256 for p in gallery.catalog.vectors.space_photos(space)}
         candidates = [int(i) for i in order if in_holdout(shas[int(i)], rule)]
         if not candidates:  # photos added after fitting, none held out: check on any
             candidates, rule = order.tolist(), None
@@ -267,7 +267,7 @@ def preflight(gallery: GalleryCore, model: Embedder, sample: int = PREFLIGHT_SAM
     others = [int(i) for i in order[: reference + len(kept)] if int(i) not in chosen]
     others = others[: max(0, reference - len(kept))]
     ref_ids = kept + others
-    stored = gallery.catalog.serving_vectors_of(ref_ids, space)
+    stored = gallery.catalog.vectors.serving_vectors_of(ref_ids, space)
     ref_ids = [i for i in ref_ids if i in stored]
     ref = np.stack([stored[i] for i in ref_ids])
     pos = {i: n for n, i in enumerate(ref_ids)}
@@ -275,7 +275,7 @@ def preflight(gallery: GalleryCore, model: Embedder, sample: int = PREFLIGHT_SAM
     new_q, kept = new_q[kept_ok], [kept[n] for n in kept_ok]
     old_q = np.stack([stored[i] for i in kept])
     own_index = np.array([pos[i] for i in kept])
-    labels = gallery.catalog.album_labels(ref_ids)
+    labels = gallery.catalog.images.album_labels(ref_ids)
     signals = metrics.compat_signals(new_q, old_q, ref, own_index, [labels[i] for i in kept],
                                      [labels[i] for i in ref_ids], top=top)
     passed, verdict, expectation, reasons = judge(signals)

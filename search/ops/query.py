@@ -31,10 +31,10 @@ def search_bytes(gallery: GalleryCore, data: bytes, k: int = 10, label: str = ""
     embed_ms = (time.perf_counter() - t0) * 1000
     result = gallery.search_vectors(vector, k, model.name, gallery.space_for(model))[0]
     result.elapsed_ms += embed_ms
-    if log and gallery.catalog.log_queries():
+    if log and gallery.catalog.state.log_queries():
         sha = sha256_bytes(data)
         try:
-            if gallery.catalog.image_id(sha) is None:
+            if gallery.catalog.images.image_id(sha) is None:
                 save_query_image(gallery, data)
             log_query(gallery, result, "image", sha, label)
         except (OSError, sqlite3.Error) as e:  # a search must work on a full disk
@@ -95,10 +95,10 @@ def search_text(gallery: GalleryCore, text: str, k: int = 10, log: bool = False)
 
 
 def log_query(gallery: GalleryCore, result: SearchResult, kind: str, query_sha: str, query: str) -> None:
-    if not gallery.catalog.log_queries():
+    if not gallery.catalog.state.log_queries():
         return
-    gallery.catalog.log_query(result.model, kind, query_sha, query, result.k,
-                              [h.image_id for h in result.hits])
+    gallery.catalog.logs.log_query(result.model, kind, query_sha, query, result.k,
+                                   [h.image_id for h in result.hits])
 
 
 def save_query_image(gallery: GalleryCore, data: bytes) -> str:
@@ -113,9 +113,9 @@ def read_query_image(gallery: GalleryCore, sha: str) -> bytes | None:
         return gallery.queries_store.read(sha, ".img")
     except OSError:
         pass
-    row = gallery.catalog.image_id(sha)
+    row = gallery.catalog.images.image_id(sha)
     if row is not None:
-        r = gallery.catalog.images([row])[row]
+        r = gallery.catalog.images.images([row])[row]
         try:
             return gallery.store.read(r.sha256, r.ext)
         except OSError:

@@ -42,12 +42,12 @@ def embedded(gallery: "GalleryCore", model: "Embedder", items: Iterable, batch_s
     from models.ray_embed import EncodedBatch
 
     if ray is None:
-        gallery.catalog.note_runtime(model.name, [model.runtime])
+        gallery.catalog.state.note_runtime(model.name, [model.runtime])
         for keys, vectors in embed_batches(model, items, batch_size):
             yield EncodedBatch(keys, vectors, [])
         return
     with open_pool(gallery, model, ray) as pool:
-        gallery.catalog.note_runtime(model.name, pool.runtimes)
+        gallery.catalog.state.note_runtime(model.name, pool.runtimes)
         yield from pool.map(items, batch_size)
 
 

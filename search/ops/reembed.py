@@ -11,7 +11,7 @@ from search.ops.raypool import RayOptions
 
 
 def pending(gallery: GalleryCore, space: str) -> list[int]:
-    return gallery.catalog.images_missing_in_space(space)
+    return gallery.catalog.images.images_missing_in_space(space)
 
 
 def reembed(gallery: GalleryCore, name: str, batch_size: int = 16,

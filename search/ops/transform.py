@@ -41,7 +41,7 @@ def transform_gallery(gallery: GalleryCore, model, transform,
     if source == target:
         raise GalleryError(f"the gallery already serves {model.name}'s own space")
     gallery.register(model)
-    todo = gallery.catalog.images_to_transform(source, target)
+    todo = gallery.catalog.vectors.images_to_transform(source, target)
     state = Progress(f"transform:{model.name}", model.name, len(todo))
     state.stage = "transform"
     t0 = time.perf_counter()
@@ -58,7 +58,7 @@ def transform_gallery(gallery: GalleryCore, model, transform,
                 if should_stop and should_stop():
                     state.interrupted = True
                     return state, False
-            todo = gallery.catalog.images_to_transform(source, target)
+            todo = gallery.catalog.vectors.images_to_transform(source, target)
             if not todo:
                 break
             state.total += len(todo)
@@ -79,13 +79,13 @@ def transform_gallery(gallery: GalleryCore, model, transform,
 def _write_batch(gallery: GalleryCore, model, transform, source: str, target: str, ids: list[int],
                  exact_inputs: set[str], state: Progress) -> None:
     """One transaction: these images' serving vectors of `source`, moved into `target`."""
-    stored = gallery.catalog.serving_vectors_of(ids, source)
-    origins = gallery.catalog.serving_origins(source, list(stored))
+    stored = gallery.catalog.vectors.serving_vectors_of(ids, source)
+    origins = gallery.catalog.vectors.serving_origins(source, list(stored))
     groups: dict[str | None, list[int]] = {}
     # a fused transform takes a photo's real new vector where the gallery already has one
     new_space = getattr(transform, "new_space", None)
-    real = (gallery.catalog.serving_vectors_of(list(stored), new_space)
-            if new_space and gallery.catalog.space_dim(new_space) else {})
+    real = (gallery.catalog.vectors.serving_vectors_of(list(stored), new_space)
+            if new_space and gallery.catalog.vectors.space_dim(new_space) else {})
     for i in stored:
         made_by, origin = origins[i]
         if i in real:
@@ -106,9 +106,9 @@ def _write_batch(gallery: GalleryCore, model, transform, source: str, target: st
             else:
                 vectors = x if origin is None else transform.apply(x)
             unc = transform.uncertainty(x) if origin == "map" and transform.uncertainty else None
-            gallery.catalog.put_vectors(group, vectors, model.name, target, origin, unc)
+            gallery.catalog.vectors.put_vectors(group, vectors, model.name, target, origin, unc)
             written.append((group, vectors))
-        gallery.catalog.save_job(state.job, {**state.as_dict(), "done": state.done + len(ids)})
+        gallery.catalog.logs.save_job(state.job, {**state.as_dict(), "done": state.done + len(ids)})
     for group, vectors in written:
         gallery.sync_index(target, group, vectors, model.name)
     state.failed += len(ids) - len(stored)

@@ -61,7 +61,7 @@ def next_step(gallery: GalleryCore, model, check: Preflight) -> dict:
     backbone = getattr(getattr(model, "meta", None), "backbone", None) or model.name
     if backbone == gallery.active_model or backbone == gallery.space:
         backbone = STRONGER_BACKBONE  # its backbone is the gallery's own model: nothing to gain
-    photos = gallery.catalog.count_images()
+    photos = gallery.catalog.images.count_images()
     est = estimate_seconds(photos, check.images_per_second or 30.0)
     command = f"graceful train --from-gallery --backbone {backbone} --out {fit_name(backbone, gallery.active_model)}"
     text = (f"Next step: fit an upgrade to this gallery's own photos ({command}): about "
@@ -148,7 +148,7 @@ def upgrade(gallery: GalleryCore, name: str, force: bool = False, dry_run: bool 
             f"(graceful train --old {current} --backbone ... --method bct) or re-embed the whole "
             f"gallery alongside, searching the old index meanwhile: graceful reembed {model.name}"
         )
-    space_dim = gallery.catalog.space_dim(space)
+    space_dim = gallery.catalog.vectors.space_dim(space)
     if space_dim is not None and model.dim != space_dim:
         raise GalleryError(f"{model.name} gives {model.dim}-d vectors, but space {space!r} holds "
                            f"{space_dim}-d ones: it cannot search this gallery")
@@ -267,21 +267,21 @@ def rollback(gallery: GalleryCore, attempts: int = 5) -> RollbackResult:
     rollback committed by another process while the model was loading is never overwritten
     with a stale copy; the rollback then undoes whatever is newest."""
     for _ in range(attempts):
-        history = gallery.catalog.model_history()
+        history = gallery.catalog.models.model_history()
         if not history:
             raise GalleryError("nothing to roll back to: this gallery has used one model only")
         target = history[-1]
         model = gallery.load_model(target)  # outside the write lock: loading takes seconds
         t0 = time.perf_counter()
         with gallery.catalog.transaction():
-            history = gallery.catalog.model_history()
+            history = gallery.catalog.models.model_history()
             current = gallery.active_model
             if history and history[-1] == target:
                 gallery.register(model)
-                gallery.catalog.set_model_history(history[:-1])
-                gallery.catalog.set_active_model(target)
-                gallery.catalog.log_event("rollback", model=target, previous=current,
-                                          space=model.space)
+                gallery.catalog.models.set_model_history(history[:-1])
+                gallery.catalog.models.set_active_model(target)
+                gallery.catalog.logs.log_event("rollback", model=target, previous=current,
+                                               space=model.space)
                 break
         if not history:  # another process rolled back the last step meanwhile
             raise GalleryError("nothing to roll back to: this gallery has used one model only")
@@ -291,6 +291,6 @@ def rollback(gallery: GalleryCore, attempts: int = 5) -> RollbackResult:
     ms = (time.perf_counter() - t0) * 1000
     assert current is not None  # a model history is written by `activate`, with a model active
     space = gallery.require_space()
-    kept = gallery.catalog.count_vectors(current, space)
-    missing = len(gallery.catalog.images_missing_in_space(space))
+    kept = gallery.catalog.vectors.count_vectors(current, space)
+    missing = len(gallery.catalog.images.images_missing_in_space(space))
     return RollbackResult(target, current, space, kept, missing, round(ms, 3))

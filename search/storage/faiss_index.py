@@ -93,11 +93,11 @@ def training_sample(catalog: Catalog, space: str, n: int, size: int) -> np.ndarr
     """An evenly spaced sample of `size` of the space's `n` serving vectors (one pass)."""
     step = max(1, n // max(1, size))
     picked, seen = [], 0
-    for _, vectors in catalog.serving_vectors(space):
+    for _, vectors in catalog.vectors.serving_vectors(space):
         first = (-seen) % step
         picked.append(vectors[first::step].copy())
         seen += len(vectors)
-    return np.concatenate(picked)[:size] if picked else np.zeros((0, catalog.space_dim(space) or 0))
+    return np.concatenate(picked)[:size] if picked else np.zeros((0, catalog.vectors.space_dim(space) or 0))
 
 
 class SpaceIndex:
@@ -233,11 +233,11 @@ class SpaceIndex:
         """Two streaming passes over the catalog (a training sample, then every vector), so a
         compressed index of a large gallery is built without holding its float32 vectors."""
         with catalog.snapshot():
-            dim = catalog.space_dim(space)
+            dim = catalog.vectors.space_dim(space)
             if dim is None:
                 raise KeyError(f"no vectors in space {space!r}")
-            version = catalog.space_version(space)
-            n = catalog.count_served(space)
+            version = catalog.vectors.space_version(space)
+            n = catalog.vectors.count_served(space)
             built = effective_kind(kind, n)
             # (the training sample is dropped before every vector is added)
             if built == "ivf":
@@ -251,16 +251,16 @@ class SpaceIndex:
                 del sample
             else:
                 index = cls(space, dim, version=version)
-            for ids, vectors in catalog.serving_vectors(space):
+            for ids, vectors in catalog.vectors.serving_vectors(space):
                 index.index.add_with_ids(vectors, ids)
         return index
 
     def catch_up(self, catalog: Catalog) -> int:
         """Apply the vectors written since this index's version (by any process)."""
         with catalog.snapshot():
-            version = catalog.space_version(space := self.space)
+            version = catalog.vectors.space_version(space := self.space)
             n = 0
-            for ids, vectors in catalog.serving_vectors(space, after_seq=self.version):
+            for ids, vectors in catalog.vectors.serving_vectors(space, after_seq=self.version):
                 self.upsert(ids, vectors)
                 n += len(ids)
             self.version = version
@@ -280,7 +280,7 @@ class SpaceIndex:
                 loaded = None  # another kind was asked for: rebuild
             else:
                 loaded.interim = f"{loaded.kind}, not {kind}"
-        current = catalog.space_version(space)
+        current = catalog.vectors.space_version(space)
         if loaded is not None and loaded.version == current:
             return loaded, "loaded"
         if loaded is not None and loaded.version < current:
@@ -288,7 +288,7 @@ class SpaceIndex:
             loaded.save(folder)
             return loaded, f"caught up ({n} vectors)"
         why = (cls.verify(folder, space) or "of another kind") if loaded is None else "ahead of the catalog"
-        if not build and effective_kind(kind, catalog.count_served(space)) != "flat":
+        if not build and effective_kind(kind, catalog.vectors.count_served(space)) != "flat":
             return interim_flat(catalog, space, why), f"serving ({why})"
         index = cls.build(catalog, space, kind)
         index.save(folder)
@@ -327,7 +327,7 @@ class FaissStore:
 
     @staticmethod
     def _rerank_from(index: SpaceIndex, catalog: Catalog) -> SpaceIndex:
-        index.stored = lambda ids: catalog.serving_vectors_of(ids, index.space)
+        index.stored = lambda ids: catalog.vectors.serving_vectors_of(ids, index.space)
         return index
 
     def save(self, index: SpaceIndex, catalog: Catalog) -> None:
@@ -339,12 +339,12 @@ class FaissStore:
         loaded = SpaceIndex.load(self.folder, space)
         if loaded is None:
             return SpaceIndex.verify(self.folder, space) or "unreadable"
-        version, kind = catalog.space_version(space), catalog.index_kind()
+        version, kind = catalog.vectors.space_version(space), catalog.state.index_kind()
         if loaded.version > version:
             return "ahead of the catalog"
         if kind != "auto" and effective_kind(kind, loaded.ntotal) != loaded.kind:
             return f"{loaded.kind}, not {kind} as set (a reindex did not finish)"
-        served = catalog.count_served(space)
+        served = catalog.vectors.count_served(space)
         if loaded.version == version and loaded.ntotal != served:
             return f"holds {loaded.ntotal} vectors, the catalog serves {served}"
         return None

@@ -171,11 +171,11 @@ class MilvusSpace:
     def catch_up(self, catalog: Catalog) -> int:
         """Apply the vectors written since this collection's version (by any process)."""
         with catalog.snapshot():
-            version = catalog.space_version(self.space)
-            synced = catalog.store_synced(self.space) or {}
+            version = catalog.vectors.space_version(self.space)
+            synced = catalog.state.store_synced(self.space) or {}
             after = max(self.version, synced.get("version", 0) if synced.get("kind") == self.kind else 0)
             n = 0
-            for chunk in catalog.serving_rows(self.space, after_seq=after):
+            for chunk in catalog.vectors.serving_rows(self.space, after_seq=after):
                 self.upsert(chunk.ids, chunk.vectors, chunk.models, chunk.seqs)
                 n += len(chunk.ids)
         self.version = version
@@ -230,15 +230,15 @@ class MilvusStore:
             if not build:
                 return interim_flat(catalog, space, why), f"serving ({why})"
             return self.build(catalog, space, kind), f"rebuilt ({why})"
-        synced, dim = catalog.store_synced(space), catalog.space_dim(space)
+        synced, dim = catalog.state.store_synced(space), catalog.vectors.space_dim(space)
         assert synced is not None and dim is not None  # a current collection: built from vectors
         name = self.collection(space)
         self.client.load_collection(name)
         idx = MilvusSpace(self.client, name, space, dim, synced["version"],
                           synced["kind"], self.uri, self.consistency)
-        if kind != "auto" and milvus_kind(kind, catalog.count_served(space)) != idx.kind:
+        if kind != "auto" and milvus_kind(kind, catalog.vectors.count_served(space)) != idx.kind:
             idx.interim = f"{idx.kind}, not {kind}"
-        if idx.version == catalog.space_version(space):
+        if idx.version == catalog.vectors.space_version(space):
             return idx, "loaded"
         n = idx.catch_up(catalog)
         self.save(idx, catalog)
@@ -247,20 +247,20 @@ class MilvusStore:
     def _why_not_current(self, catalog: Catalog, space: str, kind: str,
                          any_kind: bool = False) -> str | None:
         name = self.collection(space)
-        synced = catalog.store_synced(space)
+        synced = catalog.state.store_synced(space)
         if not self.client.has_collection(name):
             return "missing"
         if synced is None:
             return "not known to match the catalog"
         if (not any_kind and kind != "auto"
-                and milvus_kind(kind, catalog.count_served(space)) != synced.get("kind")):
+                and milvus_kind(kind, catalog.vectors.count_served(space)) != synced.get("kind")):
             return "of another kind"
-        if synced["version"] > catalog.space_version(space):
+        if synced["version"] > catalog.vectors.space_version(space):
             return "ahead of the catalog"
         self.client.load_collection(name)
         held = MilvusSpace(self.client, name, space, 0, 0, "", self.uri).ntotal
-        expected = catalog.count_served(space)
-        if synced["version"] == catalog.space_version(space) and held != expected:
+        expected = catalog.vectors.count_served(space)
+        if synced["version"] == catalog.vectors.space_version(space) and held != expected:
             return f"holding {held} vectors, the catalog serves {expected}"
         return None
 
@@ -268,11 +268,11 @@ class MilvusStore:
     def build(self, catalog: Catalog, space: str, kind: str) -> MilvusSpace:
         from pymilvus import DataType, MilvusClient
 
-        dim = catalog.space_dim(space)
+        dim = catalog.vectors.space_dim(space)
         if dim is None:
             raise KeyError(f"no vectors in space {space!r}")
         name = self.collection(space)
-        catalog.set_store_synced(space, None)  # until the rebuild is complete
+        catalog.state.set_store_synced(space, None)  # until the rebuild is complete
         if self.client.has_collection(name):
             self.client.drop_collection(name)
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -283,12 +283,12 @@ class MilvusStore:
         # Strong by default for the reads `check` makes; searches pass the gallery's level.
         self.client.create_collection(name, schema=schema, consistency_level="Strong")
         with catalog.snapshot():
-            version = catalog.space_version(space)
-            n = catalog.count_served(space)
+            version = catalog.vectors.space_version(space)
+            n = catalog.vectors.count_served(space)
             built = milvus_kind(kind, n)
             idx = MilvusSpace(self.client, name, space, dim, version, built, self.uri,
                               self.consistency)
-            for chunk in catalog.serving_rows(space, batch=WRITE_ROWS):
+            for chunk in catalog.vectors.serving_rows(space, batch=WRITE_ROWS):
                 idx.upsert(chunk.ids, chunk.vectors, chunk.models, chunk.seqs)
         params = self.client.prepare_index_params()
         if built == "ivf":
@@ -306,7 +306,7 @@ class MilvusStore:
     def save(self, index: MilvusSpace, catalog: Catalog) -> None:
         """Record what the collection now holds (after Milvus has persisted the writes)."""
         self.client.flush(index.collection)
-        catalog.set_store_synced(index.space, {"version": index.version, "kind": index.kind})
+        catalog.state.set_store_synced(index.space, {"version": index.version, "kind": index.kind})
 
     @_said
     def verify(self, catalog: Catalog, space: str) -> str | None:
@@ -315,7 +315,7 @@ class MilvusStore:
         the catalog's, and its own vector is searched for (up to SELF_SEARCH_SAMPLE of them):
         damaged data or index files of a Milvus Lite folder are often read without an error.
         For a Milvus Lite file such damage raises LiteDamaged (the folder is moved aside)."""
-        kind = (catalog.store_synced(space) or {}).get("kind", "auto")
+        kind = (catalog.state.store_synced(space) or {}).get("kind", "auto")
         why = self._why_not_current(catalog, space, kind)
         if why is None:
             why = self._content_problem(catalog, space)
@@ -324,15 +324,15 @@ class MilvusStore:
         return why
 
     def _content_problem(self, catalog: Catalog, space: str) -> str | None:
-        synced = catalog.store_synced(space) or {}
-        dim = catalog.space_dim(space) or 0  # 0: a space without vectors has none to read back
+        synced = catalog.state.store_synced(space) or {}
+        dim = catalog.vectors.space_dim(space) or 0  # 0: a space without vectors has none to read back
         idx = MilvusSpace(self.client, self.collection(space), space, dim,
                           synced.get("version", 0), synced.get("kind", ""), self.uri, "Strong")
         with catalog.snapshot():
-            n = catalog.count_served(space)
+            n = catalog.vectors.count_served(space)
             step = max(1, -(-n // SELF_SEARCH_SAMPLE))
             wrong, missing, probes, seen = [], 0, [], 0
-            for chunk in catalog.serving_rows(space, batch=READ_ROWS):
+            for chunk in catalog.vectors.serving_rows(space, batch=READ_ROWS):
                 keep = chunk.seqs <= idx.version  # newer ones: not yet caught up (fine)
                 ids, want = chunk.ids[keep], chunk.vectors[keep]
                 if not len(ids):

@@ -78,7 +78,7 @@ def store_config(kind: str, home: Path, milvus_uri: str | None = None) -> dict:
 
 
 def open_store(home: Path, catalog: Catalog, settings: Settings | None = None) -> VectorStore:
-    config = catalog.vector_store() or {"kind": "faiss"}
+    config = catalog.state.vector_store() or {"kind": "faiss"}
     if config["kind"] == "milvus":
         from search.storage.milvus_lite import is_local
         from search.storage.milvus_store import MilvusStore
@@ -87,7 +87,7 @@ def open_store(home: Path, catalog: Catalog, settings: Settings | None = None) -
         if is_local(uri) and not Path(uri).is_absolute():
             uri = str(Path(home) / uri)
         settings = settings or Settings.from_env()
-        return MilvusStore(uri, catalog.gallery_id(), settings.milvus_consistency)
+        return MilvusStore(uri, catalog.state.gallery_id(), settings.milvus_consistency)
     from search.storage.faiss_index import FaissStore
 
     return FaissStore(Path(home) / "index")

@@ -14,16 +14,17 @@ A vector is either embedded from its photo or transformed from another vector of
 image (v4: `origin`, `uncertainty`); a model normally serves in the space it declares, unless
 a gallery transform gave it a space of its own (state `serving_spaces`).
 
-This module holds the schema, its versioned migrations, the transactions and `Db`, the base
-of every repository mixin (images.py, vectors.py, models.py, state.py, logs.py). The same
-repositories run on PostgreSQL (pg.py): their SQL is the dialect both accept (`?` placeholders,
-`ON CONFLICT`, `RETURNING`); only this module's and pg.py's differ.
+This module holds the schema, its versioned migrations, the transactions, `Db` (the connection
+every repository holds: images.py, vectors.py, models.py, state.py, logs.py) and `Repo`, their
+base. The same repositories run over a PostgreSQL connection (pg.py's `PgDb`): their SQL is the
+dialect both accept (`?` placeholders, `ON CONFLICT`, `RETURNING`); only this module's and
+pg.py's differ.
 """
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Union
 
 import numpy as np
 import sqlite_utils
@@ -35,6 +36,9 @@ from search.errors import GalleryError
 from .codec import STORED_DTYPE
 from .readonly import disk_full, open_for_reading
 from .version import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from .pg import PgDb
 
 # A float16 1280-d vector row is ~2.6 KB: with SQLite's default 4 KiB pages only one fits per
 # page (4.3 KB per vector); 64 KiB pages hold 24.
@@ -153,19 +157,13 @@ class ReadOnlyCatalog:
 
 
 class Db:
-    """The writer's connection, its schema and its transactions; each repository mixin
-    (ImagesRepo, VectorsRepo, ModelsRepo, StateRepo, LogsRepo) works on `self.db`."""
+    """The writer's connection to a SQLite catalog: its schema, migrations and transactions.
+    The repositories (ImagesRepo, VectorsRepo, ModelsRepo, StateRepo, LogsRepo) each hold it
+    and work on its `db`; `Catalog` puts them together."""
 
     path: Path
     db: sqlite_utils.Database
     dialect = "sqlite"
-
-    if TYPE_CHECKING:  # provided by StateRepo (state.py), which every Catalog has
-        COMPACT_PENDING: str
-
-        def get_state(self, key: str, default: Any = None) -> Any: ...
-
-        def set_state(self, key: str, value: Any) -> None: ...
 
     def __init__(self, path: Path, settings: Settings | None = None):
         """`settings`: the lock timeout and page size (default: read from the environment)."""
@@ -174,15 +172,18 @@ class Db:
         self.page_size = settings.db_page_size
         # why the catalog is open for reading only (a full disk), else None
         self.read_only: str | None = None
+        # a migration freed space: `Catalog` records a compaction as pending (StateRepo)
+        self.compact_due = False
         conn = sqlite3.connect(str(self.path), timeout=settings.db_timeout,
                                check_same_thread=False, isolation_level=None)
         try:
             conn.execute("PRAGMA user_version").fetchone()  # the first read sizes the WAL's -shm
         except sqlite3.OperationalError as e:
             conn.close()
-            if not disk_full(e) or (conn := open_for_reading(self.path, settings.db_timeout)) is None:
+            reader = open_for_reading(self.path, settings.db_timeout) if disk_full(e) else None
+            if reader is None:
                 raise
-            self.read_only = str(e)
+            conn, self.read_only = reader, str(e)
         self.db = sqlite_utils.Database(conn)
         self.refuse_newer_schema()  # before any PRAGMA that could change the file
         if self.read_only is None:
@@ -191,8 +192,6 @@ class Db:
             self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.migrate()
-        if self.read_only is None and self.get_state(self.COMPACT_PENDING) and self.compact():
-            self.set_state(self.COMPACT_PENDING, False)
 
     @property
     def location(self) -> str:
@@ -237,7 +236,7 @@ class Db:
                 MIGRATIONS[version](self.db)
                 self.db.execute(f"PRAGMA user_version = {version}")
         if 0 < start < 3:  # float16 vectors: give the freed half back, in larger pages
-            self.set_state(self.COMPACT_PENDING, True)
+            self.compact_due = True
 
     def compact(self) -> bool:
         """Rewrite the file with PAGE_SIZE pages and no free space. It needs the gallery to
@@ -270,6 +269,18 @@ class Db:
 
     def integrity_check(self) -> list[str]:
         return [r[0] for r in self.db.execute("PRAGMA integrity_check").fetchall()]
+
+
+Connection = Union[Db, "PgDb"]  # a catalog's connection: SQLite (Db) or PostgreSQL (pg.PgDb)
+
+
+class Repo:
+    """A repository: one table group's SQL, run on the catalog's connection (`conn`; `db` is its
+    database, sqlite-utils' or pgconn's `PgDatabase`)."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.db: Any = conn.db
 
 
 class _Transaction:

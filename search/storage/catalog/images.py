@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from .db import Db, id_chunks
+from .db import Repo, id_chunks
 
 
 @dataclass
@@ -26,7 +26,7 @@ IMAGE_COLUMNS = ("id", "sha256", "name", "ext", "bytes", "width", "height", "for
                  "added_at", "album")  # the order of `SELECT *` (ImageRow's fields)
 
 
-class ImagesRepo(Db):
+class ImagesRepo(Repo):
     # -- images ---------------------------------------------------------------------------
     def image_ids_by_sha_prefix(self, prefix: str, limit: int = 2) -> list[int]:
         return [r[0] for r in self.db.execute(
@@ -108,7 +108,7 @@ class ImagesRepo(Db):
     def set_album(self, ids: Iterable[int], album: str | None) -> int:
         """Put images into `album` (None: no album). Returns how many rows changed."""
         changed = 0
-        with self.transaction():
+        with self.conn.transaction():
             for chunk, marks in id_chunks(ids):
                 changed += self.db.conn.execute(
                     f"UPDATE images SET album = ? WHERE id IN ({marks})", [album, *chunk]).rowcount
@@ -116,11 +116,11 @@ class ImagesRepo(Db):
 
     def set_album_by_sha(self, shas: Iterable[str], album: str | None) -> int:
         shas = list(shas)
-        with self.transaction():
+        with self.conn.transaction():
             return sum(self.db.conn.execute("UPDATE images SET album = ? WHERE sha256 = ?",
                                             [album, s]).rowcount for s in shas)
 
     def rename_album(self, old: str, new: str | None) -> int:
-        with self.transaction():
+        with self.conn.transaction():
             return self.db.conn.execute("UPDATE images SET album = ? WHERE album = ?",
                                         [new, old]).rowcount

@@ -5,10 +5,10 @@ import json
 import time
 from typing import Iterator
 
-from .db import Db
+from .db import Repo
 
 
-class LogsRepo(Db):
+class LogsRepo(Repo):
     def log_event(self, kind: str, **detail) -> None:
         self.db.execute("INSERT INTO events (at, kind, detail) VALUES (?, ?, ?)",
                         [time.time(), kind, json.dumps(detail)])

@@ -5,30 +5,37 @@ from __future__ import annotations
 import json
 import time
 
+from .db import Connection, Repo
 from .state import StateRepo
 
 
-class ModelsRepo(StateRepo):
+class ModelsRepo(Repo):
+    """Built on the state repository (`state`), which keeps the model state's keys."""
+
+    def __init__(self, conn: Connection, state: StateRepo):
+        super().__init__(conn)
+        self.state = state
+
     @property
     def active_model(self) -> str | None:
-        return self.get_state(self.ACTIVE_MODEL)
+        return self.state.get_state(self.state.ACTIVE_MODEL)
 
     def set_active_model(self, name: str) -> None:
-        self.set_state(self.ACTIVE_MODEL, name)
+        self.state.set_state(self.state.ACTIVE_MODEL, name)
         self.db.conn.execute("UPDATE models SET activated_at = ? WHERE name = ?", [time.time(), name])
 
     def model_history(self) -> list[str]:
-        return self.get_state(self.MODEL_HISTORY, [])
+        return self.state.get_state(self.state.MODEL_HISTORY, [])
 
     def set_model_history(self, history: list[str]) -> None:
-        self.set_state(self.MODEL_HISTORY, list(history))
+        self.state.set_state(self.state.MODEL_HISTORY, list(history))
 
     def serving_space(self, model: str) -> str | None:
         """The space `model` searches and writes when active, if a transform gave it its own."""
-        return self.get_state(self.SERVING_SPACES, {}).get(model)
+        return self.state.get_state(self.state.SERVING_SPACES, {}).get(model)
 
     def set_serving_space(self, model: str, space: str | None) -> None:
-        self.set_state_entry(self.SERVING_SPACES, model, space)
+        self.state.set_state_entry(self.state.SERVING_SPACES, model, space)
 
     # -- models ---------------------------------------------------------------------------
     def register_model(self, info: dict, source: str) -> None:

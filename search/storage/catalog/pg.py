@@ -27,7 +27,7 @@ from search.errors import GalleryError
 from .pgconn import PgDatabase, _psycopg, connect, is_url, pools, redacted, release
 from .version import SCHEMA_VERSION
 
-__all__ = ["PgDb", "PgTransaction", "is_url", "redacted", "release"]
+__all__ = ["PgDb", "PgTransaction", "is_url", "redacted", "release", "write_vectors"]
 
 SCHEMA_V4 = """
 CREATE TABLE images (
@@ -94,6 +94,19 @@ WRITE_LOCK = (0x67726163, 0x65667531)  # pg_advisory_xact_lock keys: "grac", "ef
 TABLES = ("images", "vectors", "spaces", "models", "state", "events", "query_log", "jobs")
 
 
+def write_vectors(db: PgDatabase, space: str, dim: int, image_ids: list[int], model: str,
+                  blobs: list[bytes], now: float, origin: str | None,
+                  uncertainty: list[float] | None) -> None:
+    """VectorsRepo.put_vectors' writes on PostgreSQL: PUT_VECTORS per PUT_ROWS_AT_ONCE rows."""
+    size = len(blobs[0]) if blobs else 0  # every vector of a space: dim float16s
+    for s in range(0, max(len(image_ids), 1), PUT_ROWS_AT_ONCE):
+        rows = slice(s, s + PUT_ROWS_AT_ONCE)
+        head = [space, dim] if s == 0 else [space]
+        db.execute(PUT_VECTORS if s == 0 else PUT_MORE_VECTORS, [
+            *head, model, space, dim, b"".join(blobs[rows]), size, size, now, origin,
+            image_ids[rows], None if uncertainty is None else uncertainty[rows]])
+
+
 class PgTransaction:
     """BEGIN + the gallery's write lock ... COMMIT/ROLLBACK; nested use joins the outer one."""
 
@@ -126,9 +139,11 @@ class PgTransaction:
 
 
 class PgDb:
-    """The `Db` methods for a PostgreSQL catalog (mixed in before `Db` by `PgCatalog`)."""
+    """The catalog's connection on PostgreSQL: what `Db` is for SQLite (schema, migrations,
+    transactions, streams), so the same repositories and `Catalog` run on either."""
 
     dialect = "postgresql"
+    compact_due = False  # autovacuum's job (see compact)
 
     def __init__(self, url: str, settings: Settings | None = None, create: bool = True):
         settings = settings or Settings.from_env()
@@ -211,17 +226,6 @@ class PgDb:
         except (GalleryError, _psycopg().Error):  # busy, or not the tables' owner: as it is
             if not self.db.broken:
                 self.db.execute("ROLLBACK")
-
-    def _write_vectors(self, space: str, dim: int, image_ids: list[int], model: str,
-                       blobs: list[bytes], now: float, origin: str | None,
-                       uncertainty: list[float] | None) -> None:
-        size = len(blobs[0]) if blobs else 0  # every vector of a space: dim float16s
-        for s in range(0, max(len(image_ids), 1), PUT_ROWS_AT_ONCE):
-            rows = slice(s, s + PUT_ROWS_AT_ONCE)
-            head = [space, dim] if s == 0 else [space]
-            self.db.execute(PUT_VECTORS if s == 0 else PUT_MORE_VECTORS, [
-                *head, model, space, dim, b"".join(blobs[rows]), size, size, now, origin,
-                image_ids[rows], None if uncertainty is None else uncertainty[rows]])
 
     def reset_ids(self) -> None:
         for table in ("images", "events", "query_log"):

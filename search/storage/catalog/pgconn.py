@@ -184,6 +184,7 @@ def connect(url: str, settings: Settings):
         except psycopg.Error as e:
             pool.putconn(conn)  # a broken one is discarded
             error = e
+    assert error is not None  # each of the tries above failed
     raise translate(error, url) from None
 
 

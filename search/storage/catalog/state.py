@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from .db import Db
+from .db import Repo
 
 
-class StateRepo(Db):
+class StateRepo(Repo):
     # -- state ----------------------------------------------------------------------------
     # The keys of the state table; nothing outside this class names them.
     ACTIVE_MODEL, MODEL_HISTORY, INDEX_KIND, LOG_QUERIES = (
@@ -27,7 +27,7 @@ class StateRepo(Db):
 
     def set_state_entry(self, key: str, name: str, value: Any) -> None:
         """Set one entry of the dict kept under `key` (None removes it), in one transaction."""
-        with self.transaction():
+        with self.conn.transaction():
             entries = self.get_state(key, {})
             if value is None:
                 entries.pop(name, None)
@@ -59,7 +59,7 @@ class StateRepo(Db):
         if gid is None:
             import uuid
 
-            with self.transaction():
+            with self.conn.transaction():
                 gid = self.get_state(self.GALLERY_ID)
                 if gid is None:
                     gid = uuid.uuid4().hex[:12]
@@ -82,10 +82,20 @@ class StateRepo(Db):
         known = self.runtimes().get(model, [])
         if set(runtimes) <= set(known):
             return
-        with self.transaction():
+        with self.conn.transaction():
             record = self.runtimes()
             record[model] = sorted(set(record.get(model, [])) | set(runtimes))
             self.set_state(self.RUNTIMES, record)
+
+    def compact_if_pending(self) -> None:
+        """At open (SQLite): a migration that freed space makes a compaction pending, and a
+        pending one runs when the catalog is not read-only (`Db.compact`: the next open tries
+        again when another connection is using the file)."""
+        if self.conn.compact_due:
+            self.set_state(self.COMPACT_PENDING, True)
+        if self.conn.read_only is None and self.get_state(self.COMPACT_PENDING) and \
+                self.conn.compact():
+            self.set_state(self.COMPACT_PENDING, False)
 
     def log_queries(self) -> bool:
         return self.get_state(self.LOG_QUERIES, True)

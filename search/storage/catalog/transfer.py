@@ -35,7 +35,7 @@ MARK = "migrating_from"  # state key in the destination while a copy is under wa
 
 def _insert(dst: Catalog, table: str, cols: tuple, rows: list, conflict: str) -> None:
     if rows:
-        dst.db.conn.executemany(
+        dst.conn.db.conn.executemany(
             f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
             f"ON CONFLICT({conflict}) DO NOTHING", [tuple(r) for r in rows])
 
@@ -43,8 +43,8 @@ def _insert(dst: Catalog, table: str, cols: tuple, rows: list, conflict: str) ->
 def _copy_images(src: Catalog, dst: Catalog, batch: int, tick) -> int:
     copied = 0
     while True:
-        last = dst.db.execute("SELECT coalesce(max(id), 0) FROM images").fetchone()[0]
-        rows = src.db.execute(f"SELECT {', '.join(IMAGE_COLS)} FROM images WHERE id > ? "
+        last = dst.conn.db.execute("SELECT coalesce(max(id), 0) FROM images").fetchone()[0]
+        rows = src.conn.db.execute(f"SELECT {', '.join(IMAGE_COLS)} FROM images WHERE id > ? "
                               "ORDER BY id LIMIT ?", [last, batch]).fetchall()
         if not rows:
             return copied
@@ -58,18 +58,18 @@ def _copy_vectors(src: Catalog, dst: Catalog, batch: int, tick, where: str,
                   params: list, resume: bool = False) -> int:
     """Vectors matching `where` after the destination's last key (`resume`) or all of them."""
     copied = 0
-    key = dst.db.execute("SELECT image_id, model FROM vectors ORDER BY image_id DESC, model DESC "
-                         "LIMIT 1").fetchone() if resume else None
+    key = dst.conn.db.execute("SELECT image_id, model FROM vectors ORDER BY image_id DESC, "
+                              "model DESC LIMIT 1").fetchone() if resume else None
     last_id, last_model = (key[0], key[1]) if key else (-1, "")
     while True:
-        rows = src.db.execute(
+        rows = src.conn.db.execute(
             f"SELECT {', '.join(VECTOR_COLS)} FROM vectors WHERE (image_id > ? OR (image_id = ? "
             f"AND model > ?)){where} ORDER BY image_id, model LIMIT ?",
             [last_id, last_id, last_model, *(params or []), batch]).fetchall()
         if not rows:
             return copied
         with dst.transaction():
-            dst.db.conn.executemany(
+            dst.conn.db.conn.executemany(
                 f"INSERT INTO vectors ({', '.join(VECTOR_COLS)}) VALUES "
                 f"({', '.join('?' * len(VECTOR_COLS))}) ON CONFLICT(image_id, model) DO UPDATE "
                 "SET space = excluded.space, dim = excluded.dim, vector = excluded.vector, "
@@ -100,30 +100,30 @@ def fingerprint(cat: Catalog) -> dict[str, dict]:
 def copy_catalog(src: Catalog, dst: Catalog, batch: int = 2000,
                  tick: Callable[[int], None] = lambda n: None) -> dict:
     """Copy `src` into `dst` (empty, or a copy of `src` that was interrupted): see the module."""
-    source_id = src.gallery_id()
-    if dst.get_state(MARK) != source_id:
-        if dst.db.execute("SELECT EXISTS (SELECT 1 FROM images)").fetchone()[0] or \
-                dst.get_state(dst.ACTIVE_MODEL) is not None:
+    source_id = src.state.gallery_id()
+    if dst.state.get_state(MARK) != source_id:
+        if dst.conn.db.execute("SELECT EXISTS (SELECT 1 FROM images)").fetchone()[0] or \
+                dst.state.get_state(dst.state.ACTIVE_MODEL) is not None:
             raise GalleryError(f"the catalog at {dst.location} already holds a gallery: "
                                "migrate into an empty one (nothing was changed)")
         with dst.transaction():
-            dst.set_state(MARK, source_id)
+            dst.state.set_state(MARK, source_id)
     images = _copy_images(src, dst, batch, tick)
-    copied_ids = dst.db.execute("SELECT coalesce(max(id), 0) FROM images").fetchone()[0]
+    copied_ids = dst.conn.db.execute("SELECT coalesce(max(id), 0) FROM images").fetchone()[0]
     vectors = _copy_vectors(src, dst, batch, tick, " AND image_id <= ?", [copied_ids], True)
     with src.transaction():  # writers wait: nothing changes under the last step
         images += _copy_images(src, dst, batch, tick)
-        for space, in src.db.execute("SELECT space FROM spaces").fetchall():
-            newest = dst.db.execute("SELECT coalesce(max(seq), 0) FROM vectors WHERE space = ?",
-                                    [space]).fetchone()[0]
+        for space, in src.conn.db.execute("SELECT space FROM spaces").fetchall():
+            newest = dst.conn.db.execute(
+                "SELECT coalesce(max(seq), 0) FROM vectors WHERE space = ?", [space]).fetchone()[0]
             vectors += _copy_vectors(src, dst, batch, tick, " AND space = ? AND seq > ?",
                                      [space, newest])
         with dst.transaction():
             for table, (cols, _) in SMALL.items():
-                dst.db.execute(f"DELETE FROM {table}")
-                rows = src.db.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall()
+                dst.conn.db.execute(f"DELETE FROM {table}")
+                rows = src.conn.db.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall()
                 _insert(dst, table, cols, rows, SMALL[table][1])
-            dst.reset_ids()
+            dst.conn.reset_ids()
         before, after = fingerprint(src), fingerprint(dst)
     wrong = [t for t in before if before[t] != after[t]]
     if wrong:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, cast
 
 import numpy as np
 
 from .codec import decode_vectors, encode_vectors
-from .db import Db, id_chunks
+from .db import Repo, id_chunks
+from .pg import write_vectors as pg_write_vectors
 
 
 @dataclass
@@ -28,7 +29,7 @@ class ServingChunk:
     seqs: np.ndarray
 
 
-class VectorsRepo(Db):
+class VectorsRepo(Repo):
     # -- vectors --------------------------------------------------------------------------
     def space_members(self, space: str, exclude_model: str | None = None) -> np.ndarray:
         """Ids of the images served in `space`, optionally leaving out those whose serving vector
@@ -60,7 +61,8 @@ class VectorsRepo(Db):
         if not newest:
             return {}
         ids = list(newest)
-        vectors = decode_vectors([newest[i][1] for i in ids], self.space_dim(space))
+        dim = cast(int, self.space_dim(space))  # known: the space holds vectors
+        vectors = decode_vectors([newest[i][1] for i in ids], dim)
         return dict(zip(ids, vectors))
 
     def put_vectors(self, image_ids: list[int], vectors: np.ndarray, model: str, space: str,
@@ -71,17 +73,19 @@ class VectorsRepo(Db):
         dim = self.space_dim(space)
         if dim is not None and dim != vectors.shape[1]:
             raise ValueError(f"space {space!r} holds {dim}-d vectors, not {vectors.shape[1]}-d")
-        self._write_vectors(space, vectors.shape[1], [int(i) for i in image_ids], model,
-                            encode_vectors(vectors), time.time(), origin,
-                            None if uncertainty is None else [float(u) for u in uncertainty])
+        write = pg_write_vectors if self.conn.dialect == "postgresql" else self._write_vectors
+        write(self.db, space, vectors.shape[1], [int(i) for i in image_ids], model,
+              encode_vectors(vectors), time.time(), origin,
+              None if uncertainty is None else [float(u) for u in uncertainty])
 
-    def _write_vectors(self, space: str, dim: int, image_ids: list[int], model: str,
+    @staticmethod
+    def _write_vectors(db, space: str, dim: int, image_ids: list[int], model: str,
                        blobs: list[bytes], now: float, origin: str | None,
                        uncertainty: list[float] | None) -> None:
-        """put_vectors' writes (SQLite; PostgreSQL's are one statement: pg.PUT_VECTORS)."""
+        """put_vectors' writes (SQLite; PostgreSQL's are one statement: pg.write_vectors)."""
         # every write of a space gets the next sequence number (the row stays locked until the
         # transaction ends, so two writers never share one)
-        seq = self.db.conn.execute(
+        seq = db.conn.execute(
             "INSERT INTO spaces (space, dim, version) VALUES (?, ?, 1) "
             "ON CONFLICT(space) DO UPDATE SET version = spaces.version + 1 RETURNING version",
             [space, dim],
@@ -91,7 +95,7 @@ class VectorsRepo(Db):
                 for i, blob, u in zip(image_ids, blobs, unc)]
         for s in range(0, len(rows), 1000):  # one statement per 1,000 rows
             part = rows[s:s + 1000]
-            self.db.conn.execute(
+            db.conn.execute(
                 "INSERT INTO vectors (image_id, model, space, dim, vector, created_at, seq, "
                 "origin, uncertainty) VALUES "
                 + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(part))
@@ -129,7 +133,7 @@ class VectorsRepo(Db):
             return
         # Each write of a space has its own seq and names an image at most once, so
         # (image_id, max seq) identifies one row.
-        for rows in self.stream(
+        for rows in self.conn.stream(
             "SELECT v.image_id, v.vector, v.model, v.seq FROM vectors v JOIN ("
             " SELECT image_id, max(seq) AS newest FROM vectors WHERE space = ? GROUP BY image_id"
             ") m ON v.image_id = m.image_id AND v.seq = m.newest "
