@@ -68,13 +68,16 @@ def _validate(gallery: GalleryCore, req: FitRequest):
     a FitError."""
     if req.method not in fs.FIT_METHODS:
         raise FitError(f"unknown method {req.method!r}; choose from {', '.join(fs.FIT_METHODS)}")
-    if gallery.active_model is None:
-        raise FitError("the gallery has no photos yet: index some first")
+
+    def load_backbone():  # after the name checks, as before the training core: a rerun's hint
+        if gallery.active_model is None:  # names the flag that gets past the name
+            raise training.TrainingError("the gallery has no photos yet: index some first")
+        return gallery.load_model(req.backbone)
+
     try:
         return training.validate(req.out, gallery.models_dir,
                                  [e.name for e in gallery.model_entries()], replace=req.replace,
-                                 replace_option="--replace",
-                                 load_backbone=lambda: gallery.load_model(req.backbone))
+                                 replace_option="--replace", load_backbone=load_backbone)
     except training.TrainingError as e:
         raise FitError(str(e)) from None
 
