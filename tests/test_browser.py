@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "docs" / "screenshots"  # refreshed by bench/screenshots.py, never by the test
 SHOT_NAMES = ["0-empty.png", "1-gallery.png", "2-search.png", "3-models.png", "4-compare.png",
-              "5-fitted.png", "6-bridge.png"]
+              "5-fitted.png"]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 
@@ -207,29 +207,8 @@ def walk_through(server: str, few_photos: Path, album_photos: Path, shots: Path)
         go("Search")
         go("Models")
         expect(page.get_by_text(re.compile(r"gallery space lite0-fit-lite0")).first).to_be_visible()
-        # a label-free bridge to plain lite2, then both generations searched together
-        page.locator(".st-key-fit-backbone").get_by_test_id("stSelectbox").click()
-        page.keyboard.type("lite2")
-        page.keyboard.press("Enter")
-        page.locator(".st-key-fit-method").get_by_test_id("stSelectbox").click()  # the fit's
-        page.keyboard.type("bridge")
-        page.keyboard.press("Enter")
-        page.get_by_role("button", name="Train an upgrade for this gallery").click()
-        until(r"\(bridge lite0-fit-lite0 ↔ lite2")
-        go("Search")
-        go("Models")
-        bridge = page.get_by_text(re.compile(r"\(bridge lite0-fit-lite0 ↔ lite2")).first
-        expect(bridge).to_be_visible()
-        bridge.evaluate("e => e.scrollIntoView({block: 'start'})")
-        page.wait_for_timeout(1000)
-        page.screenshot(path=shots / "6-bridge.png")
-        page.get_by_role("button", name=re.compile(r"^Fused @")).click()
-        expect(page.get_by_text(re.compile(r"\(fused mode\)")).first).to_be_visible(timeout=120_000)
-        go("Search")
-        go("Models")
-        expect(page.get_by_text(re.compile(r"serving mode fused")).first).to_be_visible()
-        # the check runs and reports (whole, or what it found: after the bridge, lite2's sample
-        # vectors in the catalog have no index file yet)
+        # the check runs and reports (the label-free bridge and fused search from the Models page
+        # are AppTest's: tests/test_app.py)
         go("Maintenance")
         page.get_by_role("button", name="Check", exact=True).click()
         expect(page.get_by_text(re.compile(r"The gallery is whole\.|problems found")).first
