@@ -301,3 +301,12 @@ def photo_bytes(colour: str, seed: int) -> bytes:
     buf = io.BytesIO()
     photo(colour, seed).save(buf, "PNG")
     return buf.getvalue()
+
+
+def cli_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a CLI process on these fakes: GRACEFUL_MODELS names FakeModels (as a
+    user names their own embedders) and this folder joins PYTHONPATH so that it imports."""
+    tests = str(Path(__file__).resolve().parent)
+    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_MODELS": "fakes:FakeModels",
+            "PYTHONPATH": path, **extra}

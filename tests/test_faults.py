@@ -444,10 +444,9 @@ def test_concurrent_upgrades_and_rollbacks_keep_the_history(fake_gallery):
     home = fake_gallery.home
     fake_gallery.upgrade("fake-a2")
     fake_gallery.close()
-    tests = str(Path(__file__).resolve().parent)
-    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "1",
-           "GRACEFUL_MODELS": "fakes:FakeModels",
-           "PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)}
+    from fakes import cli_env
+
+    env = cli_env(home, GRACEFUL_THREADS="1")
     for target in ("fake-a-head", "fake-a2", "fake-a"):
         procs = [subprocess.Popen([sys.executable, "-m", "search.cli", *args], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -8,7 +8,6 @@ own kill -9 runs stay in test_ingest, test_upgrade and test_transform (FAISS).""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,18 +16,15 @@ from pathlib import Path
 
 import pytest
 from conftest import catalog_integrity, catalog_rows
-from fakes import ALBUMS, PER_ALBUM, open_fake
+from fakes import ALBUMS, PER_ALBUM, cli_env, open_fake
 
 pytestmark = pytest.mark.usefixtures("store")
-TESTS = Path(__file__).resolve().parent
 CLI = [sys.executable, "-m", "search.cli"]
 N = len(ALBUMS) * PER_ALBUM
 
 
 def env_for(home: Path, **extra: str) -> dict[str, str]:
-    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_MODELS": "fakes:FakeModels",
-            "GRACEFUL_FAKE_DELAY": "0.02", "PYTHONPATH": path, **extra}
+    return cli_env(home, **{"GRACEFUL_FAKE_DELAY": "0.02", **extra})
 
 
 def cli_json(home: Path, *args: str, **extra: str) -> dict:
