@@ -4,6 +4,11 @@ encoded photos (bytes) in and gets vectors back batch by batch, as they finish.
 Only bytes travel, so workers on other machines need neither the caller's files nor its
 gallery: a checkpoint the model depends on is shipped with it. The caller stays the only
 writer of its catalog. Nothing here is imported unless a job runs with `--ray`.
+
+A gallery's own model provider (GRACEFUL_MODELS, models.registry.Models: your embedders)
+travels too, pickled with its state; the workers import its code the way they import this
+module (installed on the cluster), or from the folder it was imported from on the caller's
+machine (the same path on a worker's). A worker imports torch only if its model does.
 """
 from __future__ import annotations
 
@@ -17,9 +22,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Generic, Iterable, Iterator, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Generic, Iterable, Iterator, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .registry import Models
 
 K = TypeVar("K")
 
@@ -72,65 +80,107 @@ class EncodedBatch(Generic[K]):
 
 @dataclass(frozen=True)
 class ModelPackage:
-    """What a worker needs to build a model: its name and the checkpoint files behind it."""
+    """What a worker needs to build a model: its name, the checkpoint files behind it, and the
+    provider it comes from (None: the installed registry, models.registry.REGISTRY)."""
 
     name: str
     files: dict[str, bytes]
+    provider: Models | None = None
 
     @classmethod
-    def of(cls, name: str, dirs: list[Path] | None = None) -> "ModelPackage":
+    def of(cls, name: str, dirs: list[Path] | None = None, provider: Models | None = None
+           ) -> "ModelPackage":
         from . import registry
 
-        entry = registry.resolve(name, dirs)
+        if provider is registry.REGISTRY:
+            provider = None
+        models = provider or registry.REGISTRY
+        entry = models.resolve(name, dirs)
         files: dict[str, bytes] = {}
         if entry.kind in ("fused", "blend"):  # both generations' models travel
             from .bridge import parse_fused
 
             old, bridge, _ = parse_fused(name)
             for part in (old, bridge):
-                files.update(cls.of(part, dirs).files)
-            return cls(entry.name, files)
-        if entry.kind == "compatible" and entry.meta is not None:
+                files.update(cls.of(part, dirs, provider).files)
+            return cls(entry.name, files, provider)
+        # a checkpoint file behind the name travels (a provider's models may have none)
+        if entry.kind == "compatible" and entry.meta is not None and Path(entry.source).is_file():
             source = Path(entry.source)
             files[source.name] = source.read_bytes()
-            backbone = registry.resolve(entry.meta.backbone, dirs)
-            if backbone.kind == "compatible":
+            backbone = models.resolve(entry.meta.backbone, dirs)
+            if backbone.kind == "compatible" and Path(backbone.source).is_file():
                 files[Path(backbone.source).name] = Path(backbone.source).read_bytes()
-        return cls(entry.name, files)
+        return cls(entry.name, files, provider)
+
+    def __reduce__(self) -> tuple[Any, tuple]:
+        """A provider travels as cloudpickle bytes with the folder its module was imported from,
+        so that a worker can add that folder to its path before it unpickles the provider."""
+        if self.provider is None:
+            return ModelPackage, (self.name, self.files)
+        from ray import cloudpickle
+
+        return _unpack, (self.name, self.files, _import_root(self.provider),
+                         cloudpickle.dumps(self.provider))
+
+
+def _import_root(obj: object) -> str | None:
+    """The sys.path folder the module of `obj`'s class was imported from (None: unknown, or a
+    module cloudpickle sends by value)."""
+    module = sys.modules.get(type(obj).__module__)
+    file = getattr(module, "__file__", None)
+    if module is None or module.__name__ == "__main__" or not file:
+        return None
+    root = Path(file).resolve().parent
+    for _ in range(module.__name__.count(".") + (Path(file).stem == "__init__")):
+        root = root.parent
+    return str(root)
+
+
+def _unpack(name: str, files: dict[str, bytes], root: str | None, provider: bytes
+            ) -> ModelPackage:
+    import pickle
+
+    if root and root not in sys.path and os.path.isdir(root):
+        sys.path.append(root)  # after the worker's own: what it has installed comes first
+    return ModelPackage(name, files, pickle.loads(provider))
 
 
 class _Worker:
     """Ray actor body: the model, loaded once, decoding and embedding whole batches."""
 
     def __init__(self, package: ModelPackage, threads: int):
-        import torch
-
         from . import registry
 
-        torch.set_num_threads(threads)
         self._files = tempfile.TemporaryDirectory(prefix="graceful-model-")  # gone with the actor
         folder = Path(self._files.name)
         for fname, data in package.files.items():
             (folder / fname).write_bytes(data)
-        self.model = registry.load(package.name, [folder])
+        self.model = (package.provider or registry.REGISTRY).load(package.name, [folder])
+        if "torch" in sys.modules:  # a model that computes with torch (a numpy one never imports it)
+            import torch
+
+            torch.set_num_threads(threads)
 
     def runtime(self) -> str:
         return getattr(self.model, "runtime", "torch")
 
-    def embed(self, blobs: list[bytes]) -> tuple[np.ndarray, list, list[tuple[int, str]]]:
-        import torch
+    def imported(self, module: str) -> bool:
+        """Whether this worker has imported `module` (tests: a numpy provider's never has torch)."""
+        return module in sys.modules
 
+    def embed(self, blobs: list[bytes]) -> tuple[np.ndarray, list, list[tuple[int, str]]]:
         from .imageio import BadImage, decode
 
-        tensors, infos, failed = [], [], []
+        items, infos, failed = [], [], []
         for i, data in enumerate(blobs):
             try:
                 decoded = decode(data, target_size=self.model.info.image_size)
-                tensors.append(self.model.preprocess(decoded.image))
+                items.append(self.model.preprocess(decoded.image))
                 infos.append((i, decoded.width, decoded.height, decoded.format))
             except BadImage as e:
                 failed.append((i, str(e)))
-        vectors = (self.model.embed_batch(torch.stack(tensors)) if tensors
+        vectors = (self.model.embed_batch(self.model.collate(items)) if items
                    else np.zeros((0, self.model.dim), np.float32))
         return vectors, infos, failed
 

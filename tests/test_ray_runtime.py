@@ -1,6 +1,8 @@
 """The local Ray runtime of `--ray auto` and joining a cluster that is slow or gone (issue 20,
 finding 7): a bounded, retried start (GRACEFUL_RAY_START_TIMEOUT), 127.0.0.1 only, stopped
-with the job (no Ray process left), and every failure one line naming the setting."""
+with the job (no Ray process left), and every failure one line naming the setting. The jobs are
+real CLI processes on the numpy fakes (tests/fakes.py, as GRACEFUL_MODELS): what is tested is
+Ray's runtime and the waits, not the models."""
 from __future__ import annotations
 
 import json
@@ -12,11 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from search.api import Gallery
+from fakes import ALBUMS, cli_env, make_photos, open_fake
 
 pytestmark = pytest.mark.slow
-SHIPPED = "lite2-compat-lite0"
 CLI = [sys.executable, "-m", "search.cli"]
 RAY_NAMES = ("gcs_server", "raylet", "ray::", "ray.scripts.scripts", "ray/dashboard",
              "log_monitor", "ray.util.client.server", "autoscaler/_private/monitor")
@@ -82,7 +82,8 @@ def no_new_ray_processes():
 
 
 def cli(home: Path, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2", **(env or {})}
+    """The CLI on `home`, on the numpy fakes."""
+    env = cli_env(home, GRACEFUL_THREADS="2", **(env or {}))
     return subprocess.run([*CLI, *map(str, args)], env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -104,13 +105,19 @@ def test_the_local_runtime_listens_on_127_0_0_1_only_and_stops(no_new_ray_proces
     assert runtime.pids() == []
 
 
-def test_a_runtime_or_cluster_that_is_not_up_in_time_is_one_line(home, few_photos,
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """2 albums x 4 synthetic photos."""
+    return make_photos(tmp_path / "photos", ALBUMS[:2], per_album=4)
+
+
+def test_a_runtime_or_cluster_that_is_not_up_in_time_is_one_line(home, photos,
                                                                    no_new_ray_processes):
-    g = Gallery.open(home, create=True)
-    g.add([few_photos / "airplanes"])
+    g = open_fake(home)
+    g.add([photos / ALBUMS[0]])
     g.close()
     start = time.monotonic()  # a local runtime cannot start in 0.3 s (+ 0.6 s on the retry)
-    r = cli(home, "index", few_photos / "sunflower", "--ray", "auto",
+    r = cli(home, "index", photos / ALBUMS[1], "--ray", "auto",
             env={"GRACEFUL_RAY_START_TIMEOUT": "0.3"})
     assert r.returncode == 1 and "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
@@ -123,34 +130,34 @@ def test_a_runtime_or_cluster_that_is_not_up_in_time_is_one_line(home, few_photo
         silent.listen(8)
         port = silent.getsockname()[1]
         start = time.monotonic()
-        r = cli(home, "index", few_photos / "sunflower", "--ray", f"127.0.0.1:{port}",
-                env={"GRACEFUL_RAY_START_TIMEOUT": "8"})
+        r = cli(home, "index", photos / ALBUMS[1], "--ray", f"127.0.0.1:{port}",
+                env={"GRACEFUL_RAY_START_TIMEOUT": "3"})
         took = time.monotonic() - start
     assert r.returncode == 1 and "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith("indexing")]
     assert len(lines) == 1, r.stderr
-    assert f"the Ray cluster at 127.0.0.1:{port} did not answer within 8 s" in lines[0]
-    assert "GRACEFUL_RAY_START_TIMEOUT" in lines[0] and took < 90
+    assert f"the Ray cluster at 127.0.0.1:{port} did not answer within 3 s" in lines[0]
+    assert "GRACEFUL_RAY_START_TIMEOUT" in lines[0] and 3 <= took < 60
 
     with socket.socket() as s:  # gone: nothing listens there
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = cli(home, "index", few_photos / "sunflower", "--ray", f"127.0.0.1:{port}")
+    r = cli(home, "index", photos / ALBUMS[1], "--ray", f"127.0.0.1:{port}")
     assert r.returncode == 1 and f"cannot reach the Ray cluster at 127.0.0.1:{port}" in r.stderr
     assert "Traceback" not in r.stderr
-    g = Gallery.open(home)  # nothing was written by the failed runs
+    g = open_fake(home)  # nothing was written by the failed runs
     assert g.core.catalog.images.count_images() == 4
     g.close()
 
 
-def test_ray_auto_backfill_on_a_busy_machine(home, few_photos, no_new_ray_processes):
+def test_ray_auto_backfill_on_a_busy_machine(home, photos, no_new_ray_processes):
     """Both cores kept busy by other processes: `backfill --ray auto` either finishes or says in
     one line that the runtime did not start in time; either way within the configured waits
     (20 s, then 40 s) plus the model loading, and no Ray process is left."""
-    g = Gallery.open(home, create=True)
-    g.add([few_photos])
+    g = open_fake(home)
+    g.add([photos])
     n = g.core.catalog.images.count_images()
-    g.upgrade(SHIPPED)
+    g.upgrade("fake-a2")
     g.close()
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
@@ -170,4 +177,4 @@ def test_ray_auto_backfill_on_a_busy_machine(home, few_photos, no_new_ray_proces
     else:
         last = r.stderr.strip().splitlines()[-1]
         assert "GRACEFUL_RAY_START_TIMEOUT" in last, r.stderr
-    assert took < 20 + 40 + 300  # the two start waits, and model loading + 12 photos on Ray
+    assert took < 20 + 40 + 120  # the two start waits, and the workers' start + 8 photos on Ray

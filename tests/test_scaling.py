@@ -1,7 +1,12 @@
 """Beyond one process: embedding jobs on a real local Ray cluster (`--ray`), and the Milvus
 store's own duties (consistency with the catalog on open, moving a gallery between stores).
 The behavioural tests that run on both stores live with their subjects (ingest, upgrade, CLI),
-parametrised by the `store` fixture."""
+parametrised by the `store` fixture.
+
+The Ray jobs run real CLI processes on a real cluster, with the numpy fakes as the models
+(tests/fakes.py, given as GRACEFUL_MODELS the way a user gives their own embedders, so the
+provider travels to the workers); the kill -9 backfill ships a real checkpoint to real torch
+workers."""
 from __future__ import annotations
 
 import json
@@ -16,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import ALBUMS, FakeModels, cli_env, make_photos, open_fake, photo_bytes
 
 from search.api import Gallery, GalleryError
 
@@ -46,8 +52,10 @@ def ray_cluster(tmp_path_factory):
         subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
 
 
-def cli(home: Path, *args, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
+def cli(home: Path, *args, check: bool = True, fakes: bool = False) -> subprocess.CompletedProcess:
+    """The CLI on `home`, on the installed models or (`fakes`) the numpy fakes."""
+    env = {**os.environ, "GRACEFUL_HOME": str(home)}
+    env = {**(cli_env(home) if fakes else env), "GRACEFUL_THREADS": "2"}
     r = subprocess.run([*CLI, *map(str, args)], env=env, capture_output=True, text=True,
                        timeout=600)
     if check:
@@ -62,43 +70,80 @@ def vectors_of(home: Path, model: str) -> dict[str, np.ndarray]:
             "WHERE v.model = ?", [model])}
 
 
+def same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    """The same vectors, as stored (float16: a 32-d fake's norm is 1 only to about 3e-4)."""
+    return a.keys() == b.keys() and all(np.abs(a[k] - b[k]).max() < 1e-3 for k in a)
+
+
 @pytest.mark.slow
-def test_ray_jobs_write_what_the_plain_path_writes(ray_cluster, home, tmp_path, few_photos):
+def test_ray_jobs_write_what_the_plain_path_writes(ray_cluster, home, tmp_path):
     """index, backfill and reembed on Ray workers into a Milvus gallery: the same vectors and
     image facts as the plain path into a FAISS gallery, bad files reported by the workers."""
     pytest.importorskip("milvus_lite", reason="graceful[milvus] is not installed")
-    photos = tmp_path / "photos"
-    shutil.copytree(few_photos, photos)
+    photos = make_photos(tmp_path / "photos", ALBUMS[:3], per_album=4)
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    plain = tmp_path / "plain"  # the reference: the plain path, in this process (models loaded once)
-    ref = Gallery.open(plain, create=True, store="faiss")
+    plain = tmp_path / "plain"  # the reference: the plain path, in this process
+    ref = open_fake(plain, store="faiss")
     ref.add([photos])
 
     report = json.loads(cli(home, "index", photos, "--store", "milvus", "--ray", ray_cluster,
-                            "--ray-workers", "2", "--json").stdout)
+                            "--ray-workers", "2", "--json", fakes=True).stdout)
     assert report["added"] == 12 and report["skipped"] == 1
     assert "broken.jpg" in report["skipped_files"][0]["path"]
-    ray_v, plain_v = vectors_of(home, "lite0"), vectors_of(plain, "lite0")
+    ray_v, plain_v = vectors_of(home, "fake-a"), vectors_of(plain, "fake-a")
     assert ray_v.keys() == plain_v.keys() and len(ray_v) == 12
-    assert min(float(ray_v[k] @ plain_v[k]) for k in ray_v) > 0.9999
+    assert same(ray_v, plain_v)
     with sqlite3.connect(home / "catalog.db") as a, sqlite3.connect(plain / "catalog.db") as b:
         facts = "SELECT sha256, width, height, format, album FROM images ORDER BY sha256"
         assert a.execute(facts).fetchall() == b.execute(facts).fetchall()
+    info = json.loads(cli(home, "info", "--json", fakes=True).stdout)
+    assert info["runtimes"]["fake-a"] == ["numpy"]  # what the workers said computed them
 
-    cli(home, "upgrade", SHIPPED)
-    ref.upgrade(SHIPPED)
-    out = json.loads(cli(home, "backfill", "--ray", ray_cluster, "--json").stdout)
+    cli(home, "upgrade", "fake-a2", fakes=True)  # a compatible upgrade, then its backfill
+    ref.upgrade("fake-a2")
+    out = json.loads(cli(home, "backfill", "--ray", ray_cluster, "--json", fakes=True).stdout)
     assert out["done"] == 12 and out["status"]["fraction_backfilled"] == 1.0
     assert ref.backfill().done == 12
     ref.close()
-    ray_v, plain_v = vectors_of(home, SHIPPED), vectors_of(plain, SHIPPED)
-    assert len(ray_v) == 12 and min(float(ray_v[k] @ plain_v[k]) for k in ray_v) > 0.9999
+    ray_v, plain_v = vectors_of(home, "fake-a2"), vectors_of(plain, "fake-a2")
+    assert len(ray_v) == 12 and same(ray_v, plain_v)
 
-    out = json.loads(cli(home, "reembed", "lite1", "--ray", ray_cluster, "--json").stdout)
+    out = json.loads(cli(home, "reembed", "fake-b", "--ray", ray_cluster, "--json",
+                         fakes=True).stdout)
     assert out["done"] == 12 and out["switched"]
-    query = sorted((few_photos / "sunflower").iterdir())[0]
-    hits = json.loads(cli(home, "search", query, "-k", "3", "--json").stdout)["results"]
-    assert hits[0]["name"] == query.name and hits[0]["embedded_by"] == "lite1"
+    query = sorted((photos / "blue").iterdir())[0]
+    hits = json.loads(cli(home, "search", query, "-k", "3", "--json", fakes=True).stdout)["results"]
+    assert hits[0]["name"] == query.name and hits[0]["embedded_by"] == "fake-b"
+
+
+@pytest.mark.slow
+def test_a_numpy_providers_ray_workers_never_import_torch(ray_cluster):
+    """A provider's models travel to the workers with the provider (pickled with its state, its
+    module found where the caller imported it): a numpy provider's workers embed what the
+    caller would, report bad photos, and never import torch."""
+    import ray
+
+    from models.imageio import decode
+    from models.ray_embed import ModelPackage, RayEmbedPool
+
+    models = FakeModels()
+    pool = RayEmbedPool(ModelPackage.of("fake-b-bridge", None, models), ray_cluster, workers=1)
+    try:
+        actor = pool.actors[0]
+        assert pool.runtimes == ["numpy"]
+        assert ray.get(actor.imported.remote("fakes")) is True
+        assert ray.get(actor.imported.remote("torch")) is False
+        items = [("red", photo_bytes("red", 1)), ("bad", b"not a photo"),
+                 ("blue", photo_bytes("blue", 2))]
+        [batch] = list(pool.map(items, batch_size=4))
+        assert ray.get(actor.imported.remote("torch")) is False  # nor did embedding
+    finally:
+        pool.close()
+    assert batch.keys == ["red", "blue"] and [k for k, _ in batch.failed] == ["bad"]
+    model = models.load("fake-b-bridge")
+    here = model.embed_images([decode(data, target_size=model.info.image_size).image
+                               for _, data in (items[0], items[2])])
+    assert np.allclose(batch.vectors, here, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -126,17 +171,18 @@ def test_kill_9_during_a_ray_backfill_then_resume(ray_cluster, album_gallery, ru
 
 
 @pytest.mark.slow
-def test_ray_auto_starts_a_local_runtime_and_bad_addresses_are_one_line(home, few_photos):
+def test_ray_auto_starts_a_local_runtime_and_bad_addresses_are_one_line(home, tmp_path):
     pytest.importorskip("ray", reason="graceful[ray] is not installed")
-    r = cli(home, "index", few_photos / "airplanes", "--ray", "auto", "--ray-workers", "1",
-            "--json")
+    photos = make_photos(tmp_path / "photos", ALBUMS[:1], per_album=4)
+    r = cli(home, "index", photos, "--ray", "auto", "--ray-workers", "1", "--json", fakes=True)
     assert json.loads(r.stdout)["added"] == 4
-    r = cli(home, "backfill", "--ray", str(few_photos), check=False)
+    r = cli(home, "backfill", "--ray", str(photos), check=False, fakes=True)
     assert r.returncode == 1 and "--ray takes auto, HOST:PORT" in r.stderr
     assert "Traceback" not in r.stderr
-    r = cli(home, "backfill", "--ray-workers", "2", check=False)
+    r = cli(home, "backfill", "--ray-workers", "2", check=False, fakes=True)
     assert r.returncode == 1 and "--ray-workers goes with --ray" in r.stderr
-    r = cli(home, "reembed", "lite1", "--ray", "auto", "--ray-workers", "64", check=False)
+    r = cli(home, "reembed", "fake-b", "--ray", "auto", "--ray-workers", "64", check=False,
+            fakes=True)
     assert r.returncode == 1 and "need 64 CPUs; the cluster has" in r.stderr
     assert "Traceback" not in r.stderr
 

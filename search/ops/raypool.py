@@ -69,7 +69,7 @@ def open_pool(gallery: "GalleryCore", model: "Embedder", options: RayOptions
         raise GalleryError("--ray needs Ray: pip install 'graceful[ray]'") from None
 
     options.validate()
-    package = ModelPackage.of(model.name, gallery.model_dirs)
+    package = ModelPackage.of(model.name, gallery.model_dirs, gallery.model_provider)
     try:
         pool = RayEmbedPool(package, options.address, options.workers, options.threads_per_worker)
     except RayStartTimeout as e:
