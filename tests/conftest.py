@@ -35,9 +35,27 @@ os.environ.setdefault("GRACEFUL_THREADS", "2")
 os.environ.setdefault("GRACEFUL_CACHE", str(ARTIFACTS / "cache"))
 
 
+# Tests that share one machine-wide thing run in one pytest-xdist worker, one after another
+# (`-n 2 --dist loadgroup`, README's command): the Ray tests count every Ray process on the
+# machine, and the Milvus server is started once per worker that needs it.
+SERIAL_GROUPS = {"ray": ("ray_cluster", "no_new_ray_processes"), "milvus-server": ("milvus_server",)}
+
+
+def serial_group(item) -> str | None:
+    for group, fixtures in SERIAL_GROUPS.items():
+        if any(f in item.fixturenames for f in fixtures):
+            return group
+    return "ray" if item.name.startswith("test_ray_") else None
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """`-m fast` leaves out the slow variants of fast scenarios (their Milvus and PostgreSQL
-    parameters are marked slow)."""
+    """Serial groups for pytest-xdist; `-m fast` leaves out the slow variants of fast scenarios
+    (their Milvus and PostgreSQL parameters are marked slow)."""
+    for item in items:
+        group = serial_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
     if (config.getoption("markexpr", "") or "").strip() != "fast":
         return
     keep = [i for i in items if i.get_closest_marker("slow") is None]
@@ -437,6 +455,28 @@ def kill_at():
 @pytest.fixture
 def bomb_png():
     return _bomb_png
+
+
+RAY_CLUSTER_SESSIONS: set[int] = set()  # process sessions of the test cluster (ray_cluster)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real Ray cluster on this machine for the session: `ray start --head` on 127.0.0.1 in a
+    process session of its own (the product's LocalRuntime), stopped after with every process of
+    it, and only those (no `ray stop`, which would stop any Ray on the machine). Its tests share
+    one pytest-xdist worker (SERIAL_GROUPS)."""
+    pytest.importorskip("ray", reason="graceful[ray] is not installed")
+    from models.ray_embed import LocalRuntime
+
+    runtime = LocalRuntime(cpus=2)
+    try:
+        address = runtime.start(timeout=180)
+        assert runtime.proc is not None
+        RAY_CLUSTER_SESSIONS.add(runtime.proc.pid)  # its workers come and go during other tests
+        yield address
+    finally:
+        runtime.stop()
 
 
 @pytest.fixture(scope="session")

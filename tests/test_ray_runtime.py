@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import RAY_CLUSTER_SESSIONS
 from fakes import ALBUMS, cli_env, make_photos, open_fake
 
 pytestmark = pytest.mark.slow
@@ -23,7 +24,8 @@ RAY_NAMES = ("gcs_server", "raylet", "ray::", "ray.scripts.scripts", "ray/dashbo
 
 
 def ray_processes() -> dict[int, str]:
-    """Live (not zombie) processes of Ray on this machine: pid -> command line."""
+    """Live (not zombie) processes of Ray on this machine, the session's test cluster left out
+    (conftest's ray_cluster): pid -> command line."""
     found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -34,7 +36,8 @@ def ray_processes() -> dict[int, str]:
                 errors="replace")
         except OSError:
             continue
-        if stat[stat.rindex(")") + 2] == "Z":
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] == "Z" or int(fields[3]) in RAY_CLUSTER_SESSIONS:  # state, session id
             continue
         if any(name in cmd for name in RAY_NAMES) or "(raylet)" in stat or "(gcs_server)" in stat:
             found[int(entry)] = cmd[:120]
