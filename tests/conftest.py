@@ -30,7 +30,10 @@ FAST_MODULES = {"test_fast.py", "test_plan.py", "test_evaluation.py", "test_imag
                 "test_serving_reads.py", "test_engine_fast.py", "test_upgrades_fast.py",
                 "test_catalogs.py"}
 
-os.environ.setdefault("GRACEFUL_THREADS", "2")
+# Two threads for torch, faiss and ONNX Runtime in this process and the ones it starts; one in
+# each pytest-xdist worker, so that two workers do not oversubscribe two cores (OpenMP threads
+# spinning for a core another worker holds made some tests 10x slower).
+os.environ.setdefault("GRACEFUL_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
 # ONNX exports of the backbones go to a cache of the test run's own, not the user's ~/.cache
 os.environ.setdefault("GRACEFUL_CACHE", str(ARTIFACTS / "cache"))
 

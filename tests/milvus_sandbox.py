@@ -171,8 +171,8 @@ def main() -> None:
 
     def stop(code: int = 0):  # from the main thread only (Popen.wait is not reentrant)
         proc.terminate()
-        try:
-            proc.wait(timeout=10)
+        try:  # its data is thrown away: no need for the ~10 s of its own graceful stop
+            proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

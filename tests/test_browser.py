@@ -42,7 +42,7 @@ def running_app(home: Path, import_root: Path):
     """`streamlit run app.py` on a free 127.0.0.1 port with GRACEFUL_HOME=home, reading server
     folders under import_root; yields its URL, stops it after."""
     port = free_port()
-    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2",
+    env = {**os.environ, "GRACEFUL_HOME": str(home),
            "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
            "GRACEFUL_IMPORT_ROOTS": str(import_root)}
     proc = subprocess.Popen(

@@ -25,7 +25,7 @@ def run(home, *args):
 
 def graceful(home, *args, timeout=180):
     """The real console entry point in its own process."""
-    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
+    env = {**os.environ, "GRACEFUL_HOME": str(home)}
     return subprocess.run([sys.executable, "-m", "search.cli", *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=timeout)
 

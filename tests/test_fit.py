@@ -170,7 +170,7 @@ def _feature_shards(home: Path) -> int:
 
 @pytest.mark.slow
 def test_kill_9_during_feature_extraction_resumes(gallery_copy):
-    env = {**os.environ, "GRACEFUL_HOME": str(gallery_copy), "GRACEFUL_THREADS": "2"}
+    env = {**os.environ, "GRACEFUL_HOME": str(gallery_copy)}
     proc = subprocess.Popen([sys.executable, "-m", "search.cli", "train", "--from-gallery",
                              "--backbone", "lite2", "--out", "resumed"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -28,7 +28,7 @@ MEASURE = ("import json, resource, subprocess, sys; "
 
 
 def graceful_measured(home: Path, *args) -> dict:
-    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
+    env = {**os.environ, "GRACEFUL_HOME": str(home)}
     done = subprocess.run([sys.executable, "-c", MEASURE, *map(str, args)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -36,7 +36,7 @@ def graceful_measured(home: Path, *args) -> dict:
 
 
 def graceful(home: Path, *args, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
+    env = {**os.environ, "GRACEFUL_HOME": str(home)}
     return subprocess.run([sys.executable, "-m", "search.cli", *map(str, args)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -435,7 +435,7 @@ def test_a_query_set_of_huge_pngs_stays_within_the_bound(airplanes_gallery, tmp_
     # process would report the parent's size (seen in the full suite: 4.5 GB)
     code = ("def hwm():\n    return next(int(l.split()[1]) for l in open('/proc/self/status') "
             "if l.startswith('VmHWM:'))\n" + code.replace("import json, resource, sys", "import json, sys"))
-    env = {**os.environ, "GRACEFUL_THREADS": "2"}
+    env = {**os.environ}
     done = subprocess.run([sys.executable, "-c", code, str(airplanes_gallery), str(folder)],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

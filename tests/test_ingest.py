@@ -136,7 +136,7 @@ def test_leave_one_out_retrieval_is_far_above_chance(home, caltech_small):
 
 @pytest.mark.slow
 def test_kill_9_during_ingest_then_resume(home, caltech_small, run_and_kill):
-    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
+    env = {**os.environ, "GRACEFUL_HOME": str(home)}
     cmd = [sys.executable, "-m", "search.cli", "index", "--batch-size", "8", str(caltech_small)]
     rc = run_and_kill(cmd, env, lambda: len(catalog_ids(home)) >= 40, timeout=120)
     assert rc == -signal.SIGKILL, "ingest finished before it could be killed"

@@ -38,8 +38,7 @@ def _free_port() -> int:
 
 def cli(home: Path, *args, check: bool = True, fakes: bool = False) -> subprocess.CompletedProcess:
     """The CLI on `home`, on the installed models or (`fakes`) the numpy fakes."""
-    env = {**os.environ, "GRACEFUL_HOME": str(home)}
-    env = {**(cli_env(home) if fakes else env), "GRACEFUL_THREADS": "2"}
+    env = cli_env(home) if fakes else {**os.environ, "GRACEFUL_HOME": str(home)}
     r = subprocess.run([*CLI, *map(str, args)], env=env, capture_output=True, text=True,
                        timeout=600)
     if check:
@@ -138,7 +137,7 @@ def test_kill_9_during_a_ray_backfill_then_resume(ray_cluster, album_gallery, ru
     assert n == 56
     g.upgrade(SHIPPED)
     g.close()
-    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
+    env = {**os.environ, "GRACEFUL_HOME": str(home)}
     rc = run_and_kill([*CLI, "backfill", "--ray", ray_cluster, "--batch-size", "4"], env,
                       lambda: len(vectors_of(home, SHIPPED)) >= 12, timeout=300)
     assert rc == -signal.SIGKILL, "the backfill finished before it could be killed"

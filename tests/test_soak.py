@@ -20,7 +20,7 @@ GROWTH_BOUND_MIB = 75  # fixed: 2.7–5.2 MiB; the fault it guards: 308–528 Mi
 
 def test_ingest_of_1000_photos_keeps_memory_flat(tmp_path):
     out = tmp_path / "soak.json"
-    env = {**os.environ, "GRACEFUL_THREADS": "2"}
+    env = {**os.environ}
     done = subprocess.run([sys.executable, "-m", "bench.soak", "--photos", "1000", "--every", "100",
                            "--json", str(out)], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=1200)

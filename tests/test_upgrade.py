@@ -225,7 +225,7 @@ def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos, ru
     n = g.core.catalog.images.count_images()
     upgrade(g.core, SHIPPED)
     g.close()
-    env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "2"}
+    env = {**os.environ, "GRACEFUL_HOME": str(home)}
     cli = [sys.executable, "-m", "search.cli"]
 
     rc = run_and_kill([*cli, "backfill", "--batch-size", "4"], env,
