@@ -13,12 +13,14 @@ falls back to torch with a warning; `auto` stays silent when onnxruntime is simp
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +90,23 @@ def export_onnx(module: torch.nn.Module, fn: Callable[[torch.Tensor], torch.Tens
     return buf.getvalue()
 
 
+@contextlib.contextmanager
+def _export_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock beside the cache file while one process exports it (none where the
+    cache folder cannot be written: that process exports alone, in memory)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
 
@@ -114,21 +133,31 @@ class OrtFeatures:
         probe = torch.rand(2, 3, size, size, generator=probe) * 2 - 1
         with torch.inference_mode():
             expected = fn(probe.contiguous(memory_format=torch.channels_last)).float().numpy()
-        data = None
-        if self.path.is_file():
-            try:
-                self._open(self.path.read_bytes(), probe.numpy(), expected)
+        if self._open_cached(probe.numpy(), expected):
+            return
+        # processes sharing the cache (app processes, a job runner, test workers) export once:
+        # the others wait for the file and read it
+        with _export_lock(self.path):
+            if self._open_cached(probe.numpy(), expected):
                 return
-            except Exception as e:  # damaged, truncated, stale: export again
-                log.warning("ONNX cache file %s unusable (%s); exporting again", self.path, e)
-        data = export_onnx(module, fn, size)
-        self.exported = True
-        self._open(data, probe.numpy(), expected)
+            data = export_onnx(module, fn, size)
+            self.exported = True
+            self._open(data, probe.numpy(), expected)
+            try:
+                atomic_write_bytes(self.path, data)
+            except OSError as e:  # read-only cache: run from memory, export again next time
+                log.warning("could not cache the ONNX model in %s: %s", folder, e)
+                self.path, self._data = None, data
+
+    def _open_cached(self, probe: np.ndarray, expected: np.ndarray) -> bool:
+        if self.path is None or not self.path.is_file():
+            return False
         try:
-            atomic_write_bytes(self.path, data)
-        except OSError as e:  # read-only cache: run from memory, export again next time
-            log.warning("could not cache the ONNX model in %s: %s", folder, e)
-            self.path, self._data = None, data
+            self._open(self.path.read_bytes(), probe, expected)
+            return True
+        except Exception as e:  # damaged, truncated, stale: export again
+            log.warning("ONNX cache file %s unusable (%s); exporting again", self.path, e)
+            return False
 
     def _open(self, data: bytes, probe: np.ndarray, expected: np.ndarray) -> None:
         self._data = None

@@ -2,8 +2,10 @@
 photos, the on-disk export cache (reused, damaged files exported again), runtime selection."""
 from __future__ import annotations
 
+import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ from conftest import caltech_subset
 from models import onnx_runtime
 from models.efficientnet import EfficientNetLite
 from models.imageio import decode
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytest.importorskip("onnxruntime")
 
@@ -155,3 +159,22 @@ def test_compatible_heads_and_finetuned_backbones(module_cache, tmp_path, make_c
         want = torch.nn.functional.normalize(tuned._torch_features(x), dim=-1).numpy()
     assert cosines(tuned.embed_batch(x), want).min() >= 0.9999
     assert cosines(tuned.embed_batch(x), fast_backbone.embed_batch(x)).min() < 0.999
+
+
+def test_processes_sharing_the_cache_export_once(tmp_path):
+    """Several processes (app processes, a job runner, test workers) needing the same model at
+    once: one exports, the others wait for its file and read it."""
+    code = ("import sys, torch\n"
+            "from models.onnx_runtime import OrtFeatures\n"
+            "torch.manual_seed(0)\n"
+            "net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1),\n"
+            "                          torch.nn.Flatten()).eval()\n"
+            "fast = OrtFeatures('tiny', net, net, 16, folder=sys.argv[1], threads=1)\n"
+            "print(int(fast.exported))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-800:] for _, err in outs]
+    assert sorted(out.strip() for out, _ in outs) == ["0", "0", "1"]
+    assert len(list(tmp_path.glob("tiny-16-*.onnx"))) == 1
