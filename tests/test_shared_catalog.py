@@ -1,6 +1,8 @@
 """Several processes, one gallery (issue 27): two app processes and a job runner, each with a
 home (index files, caches) of its own, sharing a PostgreSQL catalog on a real server and one
-image store folder. Real models and photos; slow tier."""
+image store folder: real processes on a real server, with the numpy fake models (the catalog is
+the subject here; GRACEFUL_MODELS=fakes:FakeModels, as a user names their own embedders); slow
+tier."""
 from __future__ import annotations
 
 import json
@@ -10,9 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from fakes import make_photos
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = "lite2-compat-lite0"
+SHIPPED = "fake-a2"  # a compatible upgrade of fake-a
 pytestmark = pytest.mark.slow
 
 
@@ -40,9 +43,11 @@ class App:
             self.proc.wait(60)
 
 
-def test_two_apps_and_a_job_runner_share_one_gallery(tmp_path, pg_server, few_photos):
+def test_two_apps_and_a_job_runner_share_one_gallery(tmp_path, pg_server):
     url = pg_server.new_database()
-    shared = {**os.environ, "PYTHONPATH": str(ROOT), "GRACEFUL_CATALOG": url,
+    photos = make_photos(tmp_path / "photos", ("red", "blue"), per_album=4)
+    shared = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(ROOT / "tests"))),
+              "GRACEFUL_MODELS": "fakes:FakeModels", "GRACEFUL_CATALOG": url,
               "GRACEFUL_IMAGES": str(tmp_path / "images"), "GRACEFUL_THREADS": "1"}
     shared.pop("GRACEFUL_STORE", None)
 
@@ -51,25 +56,26 @@ def test_two_apps_and_a_job_runner_share_one_gallery(tmp_path, pg_server, few_ph
 
     a, b = App(env("a")), App(env("b"))
     try:
-        plane = sorted((few_photos / "airplanes").iterdir())[0]
-        flower = sorted((few_photos / "sunflower").iterdir())[0]
-        assert a(op="add", path=str(few_photos / "airplanes"))["added"] == 4
+        plane = sorted((photos / "red").iterdir())[0]
+        flower = sorted((photos / "blue").iterdir())[0]
+        assert a(op="add", path=str(photos / "red"))["added"] == 4
         hit = b(op="search", path=str(plane))["hits"][0]  # B never indexed anything
         assert hit["name"] == plane.name and Path(hit["path"]).is_file()
         assert str(tmp_path / "images") in hit["path"]  # one shared store
-        assert b(op="add", path=str(few_photos / "sunflower"))["added"] == 4
+        assert b(op="add", path=str(photos / "blue"))["added"] == 4
         assert a(op="search", path=str(flower))["hits"][0]["name"] == flower.name
-        assert a(op="add", path=str(few_photos / "sunflower"))["duplicates"] == 4
+        assert a(op="add", path=str(photos / "blue"))["duplicates"] == 4
 
         assert a(op="upgrade", name=SHIPPED)["changed"]
         assert b(op="search", path=str(plane))["model"] == SHIPPED  # B's next search, no restart
-        assert b(op="rollback")["active"] == "lite0"
-        assert a(op="search", path=str(plane))["model"] == "lite0"
+        assert b(op="rollback")["active"] == "fake-a"
+        assert a(op="search", path=str(plane))["model"] == "fake-a"
         assert a(op="upgrade", name=SHIPPED)["changed"]
 
         # the job runner backfills (its own home) while both apps serve
         job = subprocess.Popen([sys.executable, "-m", "search.cli", "backfill", "--batch-size",
-                                "2", "--json"], env=env("jobs"), cwd=ROOT,
+                                "2", "--json"], env={**env("jobs"), "GRACEFUL_FAKE_DELAY": "0.25"},
+                               cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         served_during = 0
         while job.poll() is None:
