@@ -14,6 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from models.imagefolder import DatasetError
+
+from search.errors import HANDLED, GalleryError, friendly
+
+# faults a user can cause and read in one line (the job's message): no traceback in the log
+EXPECTED = (GalleryError, DatasetError, *HANDLED)
+
 
 @dataclass
 class Job:
@@ -69,8 +76,9 @@ class JobRunner:
                     job.status = "stopped" if job.should_stop() else "finished"
                 except Exception as e:  # shown to the user as a message, never a traceback
                     job.status = "failed"
-                    job.message = str(e) or e.__class__.__name__
-                    traceback.print_exc()
+                    job.message = friendly(e)
+                    if not isinstance(e, EXPECTED):  # a fault of ours: the server log gets it
+                        traceback.print_exc()
 
             job._thread = threading.Thread(target=run, name=f"graceful-job-{name}", daemon=True)
             self.jobs[name] = job

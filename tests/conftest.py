@@ -34,6 +34,11 @@ FAST_MODULES = {"test_fast.py", "test_plan.py", "test_evaluation.py", "test_imag
 # each pytest-xdist worker, so that two workers do not oversubscribe two cores (OpenMP threads
 # spinning for a core another worker holds made some tests 10x slower).
 os.environ.setdefault("GRACEFUL_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
+# ... and for the tests that call torch or faiss in-process without opening a gallery (which is
+# what sets the count): both size their OpenMP pools from these when first imported. Without
+# them each worker's torch took both cores, and a small MLP's training went from 3 s to 41 s.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, os.environ["GRACEFUL_THREADS"])
 # ONNX exports of the backbones go to a cache of the test run's own, not the user's ~/.cache
 os.environ.setdefault("GRACEFUL_CACHE", str(ARTIFACTS / "cache"))
 
@@ -470,7 +475,7 @@ def ray_cluster():
     it, and only those (no `ray stop`, which would stop any Ray on the machine). Its tests share
     one pytest-xdist worker (SERIAL_GROUPS)."""
     pytest.importorskip("ray", reason="graceful[ray] is not installed")
-    from models.ray_embed import LocalRuntime
+    from models.ray_runtime import LocalRuntime
 
     runtime = LocalRuntime(cpus=2)
     try:

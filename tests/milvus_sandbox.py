@@ -112,7 +112,7 @@ def running(base: Path, timeout: float = 240):
     """Caller's side: this script in a network namespace and a session of its own; yields its
     ready facts plus "uri" (http://127.0.0.1:PORT). Always stops the whole session after
     (SIGTERM, then SIGKILL to whatever is left) and raises if any of its processes survives."""
-    from models.ray_embed import session_pids  # the caller runs inside the repository
+    from models.ray_runtime import session_pids  # the caller runs inside the repository
     if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
         raise RuntimeError("cannot make a network namespace (unshare -n)")
     base = Path(base)

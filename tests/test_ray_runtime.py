@@ -92,7 +92,7 @@ def cli(home: Path, *args, env=None, timeout=600) -> subprocess.CompletedProcess
 
 
 def test_the_local_runtime_listens_on_127_0_0_1_only_and_stops(no_new_ray_processes):
-    from models.ray_embed import LocalRuntime
+    from models.ray_runtime import LocalRuntime
 
     runtime = LocalRuntime(cpus=1)
     try:

@@ -474,3 +474,35 @@ def test_a_paused_backfill_job_resumes_where_it_stopped(fake_gallery):
     second = backfill_job(fake_gallery.home, "oldest", models=FakeModels())(resumed)
     assert second["done"] == N - 16 and not second["interrupted"]
     assert fake_gallery.backfill_status().fraction_backfilled == 1.0
+
+
+def test_a_failed_job_is_one_line_and_only_our_own_faults_reach_the_log(capfd):
+    """A user's fault (a GalleryError, a DatasetError, a full disk) fails the job with its one
+    line and no traceback in the server's log; a fault of ours is logged with its traceback."""
+    import errno
+
+    from models.imagefolder import DatasetError
+
+    from search.errors import GalleryError
+    from search.jobs import JobRunner
+
+    def failing(e: Exception):
+        def work(job):
+            raise e
+        return work
+
+    runner = JobRunner()
+    faults = {"gallery": GalleryError("no such model: nope"),
+              "dataset": DatasetError("too few photos: 3"),
+              "disk": OSError(errno.ENOSPC, "No space left on device", "/g/catalog.db"),
+              "ours": KeyError("bug")}
+    for name, e in faults.items():
+        job = runner.start(name, failing(e))
+        job._thread.join(10)
+        assert job.status == "failed"
+    assert runner.get("gallery").message == "no such model: nope"
+    assert runner.get("dataset").message == "too few photos: 3"
+    assert runner.get("disk").message.startswith("the disk is full (writing /g/catalog.db)")
+    assert runner.get("ours").message == "'bug'"
+    log = capfd.readouterr().err
+    assert log.count("Traceback") == 1 and "KeyError: 'bug'" in log
