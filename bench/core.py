@@ -27,7 +27,6 @@ from search.runtime import configure_threads
 
 
 def forward_vs_ingest(n_images: int, model_name: str, batch: int) -> dict:
-    import torch
 
     from models import registry
     from models.imageio import decode
@@ -38,10 +37,10 @@ def forward_vs_ingest(n_images: int, model_name: str, batch: int) -> dict:
     files = caltech_files("train", n_images)
     model = registry.load(model_name)
     tensors = [model.preprocess(decode(f.read_bytes(), model.info.image_size).image) for f in files]
-    model.embed_batch(torch.stack(tensors[:batch]))  # warm-up
+    model.embed_batch(model.collate(tensors[:batch]))  # warm-up
     t = time.perf_counter()
     for i in range(0, len(tensors), batch):
-        model.embed_batch(torch.stack(tensors[i:i + batch]))
+        model.embed_batch(model.collate(tensors[i:i + batch]))
     forward = len(tensors) / (time.perf_counter() - t)
     del tensors
 

@@ -23,7 +23,6 @@ from search.runtime import configure_threads
 
 
 def compare(name: str, batch: int, seconds: float, files: list[Path], rounds: int = 10) -> dict:
-    import torch
 
     from models.efficientnet import EfficientNetLite
     from models.imageio import decode
@@ -34,7 +33,7 @@ def compare(name: str, batch: int, seconds: float, files: list[Path], rounds: in
         return {"model": name, "batch": batch, "error": "onnxruntime path unavailable"}
     size = fast.info.image_size
     tensors = [fast.preprocess(decode(f.read_bytes(), size).image) for f in files]
-    batches = [torch.stack(tensors[i:i + batch]) for i in range(0, len(tensors) - batch + 1, batch)]
+    batches = [fast.collate(tensors[i:i + batch]) for i in range(0, len(tensors) - batch + 1, batch)]
     ref = np.concatenate([slow.embed_batch(b) for b in batches])
     got = np.concatenate([fast.embed_batch(b) for b in batches])  # also the warm-up
     cos = (ref * got).sum(1)

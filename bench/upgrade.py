@@ -97,7 +97,6 @@ def upgrade_times(sizes: list[int], new_rate: float) -> list[dict]:
 
 
 def new_model_rate(n: int = 96) -> float:
-    import torch
 
     from models import registry
     from models.imageio import decode
@@ -105,10 +104,10 @@ def new_model_rate(n: int = 96) -> float:
     model = registry.load(NEW)
     files = caltech_files("train", n)
     tensors = [model.preprocess(decode(f.read_bytes(), model.info.image_size).image) for f in files]
-    model.embed_batch(torch.stack(tensors[:16]))
+    model.embed_batch(model.collate(tensors[:16]))
     t = time.perf_counter()
     for i in range(0, n, 16):
-        model.embed_batch(torch.stack(tensors[i:i + 16]))
+        model.embed_batch(model.collate(tensors[i:i + 16]))
     return n / (time.perf_counter() - t)
 
 

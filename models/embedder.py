@@ -79,16 +79,20 @@ class Embedder:
         return self.transform(bounded_aspect(image))  # images handed in directly, too
 
     def collate(self, items: Sequence[Any]) -> Any:
-        """Preprocessed images -> one batch for `embed_batch` (torch models: a stacked tensor;
-        an embedder whose preprocess gives numpy arrays overrides this)."""
+        """Preprocessed images -> one batch for `embed_batch`: a stacked array where preprocess
+        gives numpy arrays, else a stacked tensor."""
+        if items and isinstance(items[0], np.ndarray):
+            return np.stack(items)
         import torch
 
         return torch.stack(list(items))
 
-    def embed_batch(self, batch: "torch.Tensor") -> np.ndarray:
-        """Preprocessed batch (N,3,H,W) -> (N, dim) L2-normalised float32."""
+    def embed_batch(self, batch: Any) -> np.ndarray:
+        """Preprocessed batch (N,3,H,W; an array or a tensor) -> (N, dim) L2-normalised float32."""
         import torch
 
+        if isinstance(batch, np.ndarray):
+            batch = torch.from_numpy(batch)
         with torch.inference_mode():
             if self.runtime == "torch":  # onnxruntime takes plain NCHW
                 batch = batch.contiguous(memory_format=torch.channels_last)

@@ -7,7 +7,7 @@ the gallery has one, else the bridge's gallery map of the old vector).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -31,21 +31,12 @@ class _TwoModels(Embedder):
     def runtime(self) -> str:
         return self.new.runtime
 
-    def _preprocess(self, image: Image.Image) -> Any:
-        """Both models' inputs, flattened into one row (their sizes may differ): a tensor for
-        torch models, an array for numpy ones."""
+    def _preprocess(self, image: Image.Image) -> np.ndarray:
+        """Both models' inputs, flattened into one array row (their sizes may differ)."""
         a, b = self.old.preprocess(image), self.new.preprocess(image)
         self._old_shape, self._new_shape = tuple(a.shape), tuple(b.shape)
-        if isinstance(a, np.ndarray):
-            return np.concatenate([a.ravel(), np.asarray(b).ravel()])
-        import torch
-
-        return torch.cat([a.flatten(), b.flatten()])
-
-    def collate(self, items: Sequence[Any]) -> Any:
-        if items and isinstance(items[0], np.ndarray):
-            return np.stack(items)
-        return super().collate(items)
+        return np.concatenate([np.asarray(a, dtype=np.float32).ravel(),
+                               np.asarray(b, dtype=np.float32).ravel()])
 
     def _embed_both(self, batch: Any) -> tuple[np.ndarray, np.ndarray]:
         if self._old_shape is None or self._new_shape is None:

@@ -1,4 +1,4 @@
-"""The ONNX Runtime fast path for frozen backbones on the CPU.
+"""The ONNX Runtime fast path for frozen backbones on the CPU: export and verify against torch.
 
 A backbone's feature function (preprocessed batch (N,3,H,W) -> un-normalised features) is
 exported once to ONNX from the very weights the torch model holds, with a dynamic batch axis,
@@ -6,6 +6,7 @@ and cached on disk under a name keyed by the model, a hash of its weights, the i
 the onnxruntime version. Nothing in the cache is trusted: every session, fresh or cached, must
 reproduce torch's features on a fixed probe batch (cosine >= PROBE_COSINE) before it is used;
 a damaged or stale file is exported again. Training never comes here: it runs the torch module.
+Serving an unchanged backbone later without torch: models/ort_session.py.
 
 Which runtime an embedder uses: `choose_runtime` (parameter, else `GRACEFUL_RUNTIME`: `auto`
 (default), `torch` or `onnxruntime`). Any failure (onnxruntime missing, export or probe failing)
@@ -27,34 +28,21 @@ import numpy as np
 import torch
 
 from .fsutil import atomic_write_bytes
+from .ort_session import (
+    FORMAT,
+    OPSET,
+    PROBE_COSINE,
+    OrtSession,
+    cache_dir,
+    cosines,
+    probe_batch,
+    requested_runtime,
+)
+
+__all__ = ["FORMAT", "OPSET", "PROBE_COSINE", "OrtFeatures", "cache_dir", "choose_runtime",
+           "cosines", "export_onnx", "requested_runtime", "weights_hash"]
 
 log = logging.getLogger(__name__)
-
-RUNTIMES = ("auto", "torch", "onnxruntime")
-OPSET = 17  # measured fastest on ORT 1.32 (13 and 18 were slower or no faster)
-FORMAT = 1  # bump when the export recipe changes: old cache files are then ignored
-PROBE_COSINE = 0.9999
-
-
-def requested_runtime(runtime: str | None = None) -> str:
-    from models.settings import Settings
-
-    value = (runtime or Settings.from_env().runtime).strip().lower()
-    if value not in RUNTIMES:
-        raise ValueError(f"GRACEFUL_RUNTIME must be one of {', '.join(RUNTIMES)}, got {value!r}")
-    return value
-
-
-def cache_dir() -> Path:
-    """`$GRACEFUL_CACHE/onnx`, else `~/.cache/graceful/onnx`."""
-    from models.settings import Settings
-
-    root = Settings.from_env().cache
-    return Path(root) / "onnx" if root else Path.home() / ".cache" / "graceful" / "onnx"
-
-
-def default_threads() -> int:
-    return torch.get_num_threads() or int(os.environ.get("OMP_NUM_THREADS") or 0) or 1
 
 
 def weights_hash(module: torch.nn.Module) -> str:
@@ -107,106 +95,50 @@ def _export_lock(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-
-
-class OrtFeatures:
-    """An onnxruntime session computing `fn(batch)` for one module's weights.
-
-    `module` is kept so that the owner can tell whether its torch module is still the one this
-    session was exported from (a swapped module means: back to torch)."""
+class OrtFeatures(OrtSession):
+    """An onnxruntime session computing `fn(batch)` for one module's weights, verified against
+    torch on the probe batch (`expected`: torch's features there)."""
 
     def __init__(self, name: str, module: torch.nn.Module,
                  fn: Callable[[torch.Tensor], torch.Tensor], size: int,
                  folder: Path | None = None, threads: int | None = None):
         import onnxruntime as ort
 
-        self.module, self.size = module, size
-        self.threads = threads or default_threads()
+        super().__init__(threads)
+        self.size = size
         folder = Path(folder) if folder is not None else cache_dir()
-        self.path: Path | None = folder / (
+        self.path = folder / (
             f"{name}-{size}-{weights_hash(module)}-f{FORMAT}-op{OPSET}-ort{ort.__version__}.onnx")
         self.exported = False  # True when this construction had to export (not a cache hit)
-        self._data: bytes | None = None  # the model itself when there is no cache file to read
-        probe = torch.Generator().manual_seed(0)
-        probe = torch.rand(2, 3, size, size, generator=probe) * 2 - 1
+        probe = probe_batch(size)
         with torch.inference_mode():
-            expected = fn(probe.contiguous(memory_format=torch.channels_last)).float().numpy()
-        if self._open_cached(probe.numpy(), expected):
+            self.expected = fn(torch.from_numpy(probe).contiguous(
+                memory_format=torch.channels_last)).float().numpy()
+        if self._open_cached(probe):
             return
         # processes sharing the cache (app processes, a job runner, test workers) export once:
         # the others wait for the file and read it
         with _export_lock(self.path):
-            if self._open_cached(probe.numpy(), expected):
+            if self._open_cached(probe):
                 return
             data = export_onnx(module, fn, size)
             self.exported = True
-            self._open(data, probe.numpy(), expected)
+            self._open(data, probe, self.expected)
             try:
                 atomic_write_bytes(self.path, data)
             except OSError as e:  # read-only cache: run from memory, export again next time
                 log.warning("could not cache the ONNX model in %s: %s", folder, e)
                 self.path, self._data = None, data
 
-    def _open_cached(self, probe: np.ndarray, expected: np.ndarray) -> bool:
+    def _open_cached(self, probe: np.ndarray) -> bool:
         if self.path is None or not self.path.is_file():
             return False
         try:
-            self._open(self.path.read_bytes(), probe, expected)
+            self._open(self.path.read_bytes(), probe, self.expected)
             return True
         except Exception as e:  # damaged, truncated, stale: export again
             log.warning("ONNX cache file %s unusable (%s); exporting again", self.path, e)
             return False
-
-    def _open(self, data: bytes, probe: np.ndarray, expected: np.ndarray) -> None:
-        self._data = None
-        self._session = self._make_session(data)
-        got = self._session.run(None, {"images": probe})[0]
-        if got.shape != expected.shape:
-            raise RuntimeError(f"ONNX output {got.shape} != torch {expected.shape}")
-        cos = float(_cosines(got, expected).min())
-        if not cos >= PROBE_COSINE:
-            raise RuntimeError(f"ONNX output differs from torch (cosine {cos:.6f})")
-
-    def _make_session(self, data: bytes):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # NCHWc kernels
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.log_severity_level = 3
-        # workers spin within a run (batch-1 latency) but stop as soon as it returns: spinning
-        # between runs starved the ingest loader thread (lite0 ingest 1.2x torch instead of 1.6x)
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1")
-        so.add_session_config_entry("session.force_spinning_stop", "1")
-        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        x = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self._session.run(None, {"images": x})[0])
-
-    # Picklable (process pools, deepcopy): the session is rebuilt from the cached file.
-    def __getstate__(self) -> dict:
-        state = {k: v for k, v in self.__dict__.items() if k != "_session"}
-        if self.path is not None:
-            state["_data"] = None
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        try:
-            data = self._data
-            if data is None:
-                assert self.path is not None  # without a cache file the model is kept in _data
-                data = self.path.read_bytes()
-            self._session = self._make_session(data)
-        except Exception as e:  # cache gone or unreadable here: the owner runs torch
-            warnings.warn(f"ONNX session not restored ({e}); using torch", RuntimeWarning,
-                          stacklevel=2)
-            self.module = self._session = None
 
 
 def choose_runtime(name: str, module: torch.nn.Module,

@@ -106,7 +106,7 @@ def test_finetuning_the_last_backbone_block(tmp_path):
     base = registry.load("lite0")
     assert model.backbone is not base and model.backbone.model is not base.model
     img = [decode(next(iter(sorted((train / "airplanes").iterdir()))).read_bytes()).image]
-    x = torch.stack([base.preprocess(i) for i in img])
+    x = torch.from_numpy(base.collate([base.preprocess(i) for i in img]))
     with torch.no_grad():
         tuned_f = model.backbone.forward_features(x)
         base_f = base.forward_features(x)

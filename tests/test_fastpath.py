@@ -2,6 +2,8 @@
 photos, the on-disk export cache (reused, damaged files exported again), runtime selection."""
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import warnings
@@ -50,8 +52,8 @@ def fresh_cache(tmp_path, monkeypatch):
 
 
 def batch_of(model, files) -> torch.Tensor:
-    return torch.stack([model.preprocess(decode(f.read_bytes(), model.info.image_size).image)
-                        for f in files])
+    return torch.from_numpy(model.collate(
+        [model.preprocess(decode(f.read_bytes(), model.info.image_size).image) for f in files]))
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -104,6 +106,14 @@ def test_cache_is_reused_and_a_damaged_file_is_exported_again(fresh_cache, caplo
         assert files[0].read_bytes() == good  # the export is deterministic
         assert cosines(again.embed_batch(x), want).min() >= 0.9999
     assert list(fresh_cache.glob("*.onnx")) == files  # no stray temp files
+
+    # a trust record that no longer matches torch: the torch path verifies and writes it again
+    record = next(fresh_cache.glob("lite0-224-w*.trust.json"))
+    kept = json.loads(record.read_text())
+    record.write_text(json.dumps({**kept, "probe_features": [[0.5] * 1280] * 2}))
+    again = EfficientNetLite("lite0")
+    assert type(again._fast) is onnx_runtime.OrtFeatures and not again._fast.exported
+    assert json.loads(record.read_text()) == kept
 
 
 def test_graceful_runtime_torch_forces_torch(fresh_cache, monkeypatch):
@@ -178,3 +188,40 @@ def test_processes_sharing_the_cache_export_once(tmp_path):
     assert all(p.returncode == 0 for p in procs), [err[-800:] for _, err in outs]
     assert sorted(out.strip() for out, _ in outs) == ["0", "0", "1"]
     assert len(list(tmp_path.glob("tiny-16-*.onnx"))) == 1
+
+
+def test_a_verified_backbone_serves_without_torch(photos, module_cache, tmp_path):
+    """Once a process has verified a backbone's ONNX session against torch, later processes (a
+    CLI search, an app, an ingest) open it from the trust record and never import torch."""
+    slow = EfficientNetLite("lite0", runtime="torch")
+    want = slow.embed_batch(batch_of(slow, photos))
+    EfficientNetLite("lite0")  # verifies against torch and writes the record (or finds it)
+    code = ("import sys, numpy as np\n"
+            "from models.efficientnet import EfficientNetLite\n"
+            "from models.imageio import decode\n"
+            "m = EfficientNetLite('lite0')\n"
+            "ims = [decode(open(p, 'rb').read(), 224).image for p in sys.argv[2:]]\n"
+            "np.save(sys.argv[1], m.embed_images(ims))\n"
+            "print(m.runtime, 'torch' in sys.modules, 'timm' in sys.modules)\n")
+    out = tmp_path / "v.npy"
+    r = subprocess.run([sys.executable, "-c", code, str(out), *map(str, photos)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["onnxruntime", "False", "False"]
+    assert cosines(np.load(out), want).min() >= 0.9999
+
+    home = tmp_path / "g"
+    cli = [sys.executable, "-m", "search.cli", "--home", str(home)]
+    env = {**os.environ, "GRACEFUL_THREADS": "1"}
+    r = subprocess.run([*cli, "index", *map(str, photos[:4])], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-X", "importtime", *cli[1:], "search", str(photos[2]),
+                        "-k", "1", "--json"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    hit = json.loads(r.stdout)["results"][0]
+    assert hit["score"] > 0.999
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "onnxruntime" in imported and not imported & {"torch", "timm", "torchvision", "pandas"}

@@ -23,7 +23,7 @@ def test_lite0_embeds_normalised_and_knows_imagenet(lite0, few_photos):
     v = lite0.embed_images(ims)
     assert v.shape == (4, 1280) and v.dtype == np.float32
     assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
-    logits = lite0.classify(torch.stack([lite0.preprocess(i) for i in ims]))
+    logits = lite0.classify(lite0.collate([lite0.preprocess(i) for i in ims]))
     # ImageNet classes for aircraft: 404 airliner, 895 warplane, 908 wing, 405 airship, 408 amphibian
     assert sum(int(c) in {404, 895, 908, 405, 408} for c in logits.argmax(1)) >= 3
 
@@ -51,7 +51,7 @@ def test_open_clip_from_local_file_offline(tmp_path, few_photos):
     assert np.allclose(np.linalg.norm(txt, axis=1), 1, atol=1e-5)
     # the file's weights were really used: same as the in-memory model
     with torch.no_grad():
-        x = torch.stack([emb.preprocess(i) for i in photos(few_photos / "sunflower", 2)])
+        x = torch.as_tensor(emb.collate([emb.preprocess(i) for i in photos(few_photos / "sunflower", 2)]))
         ref = torch.nn.functional.normalize(model.eval().encode_image(x), dim=-1).numpy()
     assert np.allclose(img, ref, atol=1e-4)
 

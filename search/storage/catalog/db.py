@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Union
 
 import numpy as np
-import sqlite_utils
 
 from models.settings import Settings
 
 from search.errors import GalleryError
 
 from .codec import STORED_DTYPE
+from .lean_import import sqlite_utils
 from .readonly import disk_full, open_for_reading
 from .version import SCHEMA_VERSION
 
