@@ -32,13 +32,19 @@ FAST_MODULES = {"test_fast.py", "test_plan.py", "test_evaluation.py", "test_imag
 
 # Two threads for torch, faiss and ONNX Runtime in this process and the ones it starts; one in
 # each pytest-xdist worker, so that two workers do not oversubscribe two cores (OpenMP threads
-# spinning for a core another worker holds made some tests 10x slower).
-os.environ.setdefault("GRACEFUL_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
-# ... and for the tests that call torch or faiss in-process without opening a gallery (which is
-# what sets the count): both size their OpenMP pools from these when first imported. Without
-# them each worker's torch took both cores, and a small MLP's training went from 3 s to 41 s.
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, os.environ["GRACEFUL_THREADS"])
+# spinning for a core another worker holds made some tests 10-30x slower). The same count goes
+# to OMP_NUM_THREADS/MKL_NUM_THREADS for the tests that call torch or faiss in-process without
+# opening a gallery (which is what sets the count): both size their pools from these when first
+# imported. A worker inherits the controller's environment, so the controller's own default
+# (marked) is replaced there, while a GRACEFUL_THREADS the user set is kept everywhere.
+if os.environ.get("_GRACEFUL_THREADS_FROM") == "conftest" or "GRACEFUL_THREADS" not in os.environ:
+    _threads = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
+    for _var in ("GRACEFUL_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = _threads
+    os.environ["_GRACEFUL_THREADS_FROM"] = "conftest"
+else:
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, os.environ["GRACEFUL_THREADS"])
 # ONNX exports of the backbones go to a cache of the test run's own, not the user's ~/.cache
 os.environ.setdefault("GRACEFUL_CACHE", str(ARTIFACTS / "cache"))
 
