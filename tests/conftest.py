@@ -62,14 +62,24 @@ def serial_group(item) -> str | None:
     return "ray" if item.name.startswith("test_ray_") else None
 
 
+# The modules with the longest tests (docs/BENCHMARKS.md section 19), collected first: xdist
+# hands tests out in collection order (after the serial groups), so the run no longer ends
+# with one worker on a minute-long test while the other waits.
+LONGEST_FIRST = ("test_browser.py", "test_compat_training.py", "test_soak.py", "test_app.py",
+                 "test_hostile_inputs.py", "test_bridge.py", "test_upgrade.py", "test_transform.py",
+                 "test_fastpath.py", "test_fit.py", "test_tooling.py")
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Serial groups for pytest-xdist; `-m fast` leaves out the slow variants of fast scenarios
-    (their Milvus and PostgreSQL parameters are marked slow)."""
+    """Serial groups for pytest-xdist, the longest modules first; `-m fast` leaves out the slow
+    variants of fast scenarios (their Milvus and PostgreSQL parameters are marked slow)."""
     for item in items:
         group = serial_group(item)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: module order kept
     if (config.getoption("markexpr", "") or "").strip() != "fast":
         return
     keep = [i for i in items if i.get_closest_marker("slow") is None]
