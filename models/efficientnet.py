@@ -17,6 +17,7 @@ from PIL import Image
 
 from .embedder import Embedder, ModelInfo
 from .ort_session import OrtSession, open_trusted, requested_runtime, write_record
+from .transform import normalise
 from .variants import LITE_VARIANTS
 
 if TYPE_CHECKING:
@@ -166,8 +167,7 @@ class EfficientNetLite(Embedder):
     def embed_batch(self, batch: Any) -> np.ndarray:
         if self.runtime == "onnxruntime":  # numpy end to end: no torch in the process
             assert self._fast is not None
-            out = self._fast.run(batch)
-            return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            return normalise(self._fast.run(batch))
         return super().embed_batch(batch)
 
     def classify(self, batch: Any) -> "torch.Tensor":

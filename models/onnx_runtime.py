@@ -28,19 +28,7 @@ import numpy as np
 import torch
 
 from .fsutil import atomic_write_bytes
-from .ort_session import (
-    FORMAT,
-    OPSET,
-    PROBE_COSINE,
-    OrtSession,
-    cache_dir,
-    cosines,
-    probe_batch,
-    requested_runtime,
-)
-
-__all__ = ["FORMAT", "OPSET", "PROBE_COSINE", "OrtFeatures", "cache_dir", "choose_runtime",
-           "cosines", "export_onnx", "requested_runtime", "weights_hash"]
+from .ort_session import FORMAT, OPSET, OrtSession, cache_dir, probe_batch, requested_runtime
 
 log = logging.getLogger(__name__)
 
