@@ -12,6 +12,7 @@ which verifies against torch again and writes a new record.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -157,13 +158,23 @@ def _versions() -> str:
     return ";".join(found)
 
 
-def record_path(name: str, size: int, weights_file: Path, folder: Path | None = None) -> Path:
+@functools.lru_cache(maxsize=16)
+def _weights_key(name: str, size: int, weights_file: Path, stamp: tuple[int, int]) -> str:
+    """The record's key, read once per process and weights file (`stamp`: its mtime and size,
+    so a replaced file is read again): the trusted open and the record written after a torch
+    fallback need the same 20 MB hashed."""
     h = hashlib.sha256(f"{name}|{size}|f{FORMAT}|op{OPSET}|{_versions()}|".encode())
     with open(weights_file, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    return h.hexdigest()[:16]
+
+
+def record_path(name: str, size: int, weights_file: Path, folder: Path | None = None) -> Path:
+    st = Path(weights_file).stat()
+    key = _weights_key(name, size, Path(weights_file), (st.st_mtime_ns, st.st_size))
     folder = Path(folder) if folder is not None else cache_dir()
-    return folder / f"{name}-{size}-w{h.hexdigest()[:16]}.trust.json"
+    return folder / f"{name}-{size}-w{key}.trust.json"
 
 
 def write_record(session: OrtSession, expected: np.ndarray, name: str, size: int,
