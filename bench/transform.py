@@ -80,14 +80,12 @@ def scenario(split: str, coarse: bool, cache: Path, work: Path) -> dict:
         rep = fit_upgrade(g.core, FitRequest(backbone, name, force=True))
         wall = time.perf_counter() - t0
         model = g.core.load_model(name)
-        import torch
-
-        new_q = model.project(torch.as_tensor(feats_q)).numpy()
+        new_q = model.project(feats_q)
         paths = {"queries": score(new_q, g0, q_label, label, base)}
         up = upgrade(g.core, name, transform=True, force=True)
         moved = g.core.catalog.vectors.serving_vectors_of(ids, name)
         paths["transform"] = score(new_q, np.stack([moved[i] for i in ids]), q_label, label, base)
-        paths["backfill"] = score(new_q, model.project(torch.as_tensor(feats_g)).numpy(),
+        paths["backfill"] = score(new_q, model.project(feats_g),
                                   q_label, label, base)
         rollback(g.core)
         rec = rep["recommended"]

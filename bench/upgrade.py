@@ -112,8 +112,6 @@ def new_model_rate(n: int = 96) -> float:
 
 
 def backfill_curves(cache: Path, steps: int = 10) -> dict:
-    import torch
-
     from models import registry
     from models.features import extract
     from models.imagefolder import scan
@@ -124,7 +122,7 @@ def backfill_curves(cache: Path, steps: int = 10) -> dict:
     old = extract(registry.load("lite0"), test.files, cache)
     new_model = registry.load(NEW)
     lite2 = extract(new_model.backbone, test.files, cache)
-    new = new_model.project(torch.from_numpy(lite2)).numpy()
+    new = new_model.project(lite2)
     n = len(old)
     rng = np.random.default_rng(0)
     # "most retrieved": a simulated query log of 1,000 old-model searches (top-10 each)

@@ -15,12 +15,10 @@ import struct
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeGuard
+from typing import Any, Mapping, TypeGuard
 
+import numpy as np
 from safetensors import SafetensorError as SafetensorsError
-
-if TYPE_CHECKING:
-    import torch
 
 FORMAT = "graceful-checkpoint/1"
 SUFFIX = ".safetensors"
@@ -295,24 +293,39 @@ class CheckpointMeta:
 AUX = "aux."  # tensors that are not part of the head (e.g. aux.classifier)
 
 
-def save_checkpoint(path: str | os.PathLike, meta: CheckpointMeta, head: torch.nn.Module,
-                    half: bool = True, aux: dict[str, torch.Tensor] | None = None) -> Path:
-    """Atomic write: a crash leaves either no file or a complete one."""
-    from safetensors.torch import save
+def save_checkpoint(path: str | os.PathLike, meta: CheckpointMeta, head: "Weights",
+                    half: bool = True, aux: "Weights | None" = None) -> Path:
+    """Atomic write: a crash leaves either no file or a complete one. `head` and `aux`: names to
+    arrays or tensors (or a torch module, its state_dict); floats are stored as float16 when
+    `half`. Needs no torch when given arrays."""
+    from safetensors.numpy import save
 
     from .fsutil import atomic_write_bytes, remove_stale_temp_files
 
     path = Path(path)
     remove_stale_temp_files(path.parent)  # left by a save that was killed before its rename
-    state = dict(head.state_dict())
-    state.update({AUX + k: v for k, v in (aux or {}).items()})
-    tensors = {
-        k: (v.half() if half and v.is_floating_point() else v).contiguous()
-        for k, v in state.items()
-    }
+    state = {**_arrays(head), **{AUX + k: v for k, v in _arrays(aux or {}).items()}}
+    tensors = {k: np.ascontiguousarray(v.astype(np.float16) if half and v.dtype.kind == "f" else v)
+               for k, v in state.items()}
     atomic_write_bytes(path, save(tensors, metadata=meta.to_header()))
     os.chmod(path, 0o644)
     return path
+
+
+Weights = Mapping[str, Any]
+
+
+def _arrays(weights) -> dict[str, np.ndarray]:
+    """Names to numpy arrays, from arrays, tensors or a module's state_dict."""
+    if hasattr(weights, "state_dict"):
+        weights = weights.state_dict()
+    out = {}
+    for k, v in weights.items():
+        if hasattr(v, "detach"):  # a torch tensor (bfloat16 has no numpy type)
+            v = v.detach().cpu()
+            v = (v.float() if v.is_floating_point() else v).numpy()
+        out[k] = np.asarray(v)
+    return out
 
 
 def read_meta(path: str | os.PathLike) -> CheckpointMeta:
@@ -338,15 +351,17 @@ def validate_bytes(data: bytes, source: str) -> CheckpointMeta:
     return meta
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[CheckpointMeta, dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
+def load_checkpoint(path: str | os.PathLike) -> tuple[CheckpointMeta, dict[str, np.ndarray]]:
+    """The header (validated) and every tensor, floats as float32 arrays; no torch."""
+    from safetensors import safe_open
 
-    meta = read_meta(path)  # bounds what load_file may allocate
+    meta = read_meta(path)  # bounds what is read below
     try:
-        tensors = load_file(str(path))
-    except (SafetensorsError, OSError, ValueError) as e:
+        with safe_open(str(path), framework="numpy") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorsError, OSError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: unreadable checkpoint: {e}") from e
-    return meta, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    return meta, {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in tensors.items()}
 
 
 def fingerprint(items: list[str]) -> str:

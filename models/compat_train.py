@@ -44,7 +44,7 @@ def old_classifier_for(old: Embedder, classes: list[str], old_emb: np.ndarray,
     rows = old_classifier_rows(old_emb, labels, len(classes))
     if not prototypes_only and isinstance(old, HeadEmbedder) and "classifier" in old.aux and old.meta.classes:
         known = {c: i for i, c in enumerate(old.meta.classes)}
-        stored = torch.nn.functional.normalize(old.aux["classifier"].float(), dim=-1)
+        stored = torch.nn.functional.normalize(torch.as_tensor(old.aux["classifier"]).float(), dim=-1)
         for i, c in enumerate(classes):
             if c in known:
                 rows[i] = stored[known[c]]

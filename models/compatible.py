@@ -1,15 +1,21 @@
-"""An embedder made of a frozen backbone embedder and a trained head from a checkpoint."""
+"""An embedder made of a frozen backbone embedder and a trained head from a checkpoint.
+
+The head runs in numpy (models/head_numpy.py): on an ONNX Runtime backbone the whole model
+serves without torch. A checkpoint that fine-tuned its backbone's last blocks needs the torch
+backbone, as before."""
 from __future__ import annotations
 
-import torch
+from typing import Any, Mapping
+
+import numpy as np
 
 from .checkpoint import AUX, CheckpointError, CheckpointMeta
-from .embedder import Embedder, ModelInfo, l2_normalise
-from .heads import build_head
+from .embedder import Embedder, ModelInfo
+from .head_numpy import NumpyHead, normalise
 
 
 class HeadEmbedder(Embedder):
-    def __init__(self, backbone: Embedder, meta: CheckpointMeta, state: dict[str, torch.Tensor]):
+    def __init__(self, backbone: Embedder, meta: CheckpointMeta, state: Mapping[str, Any]):
         if backbone.name != meta.backbone:
             raise CheckpointError(
                 f"checkpoint {meta.name!r} sits on backbone {meta.backbone!r}, not {backbone.name!r}"
@@ -22,23 +28,26 @@ class HeadEmbedder(Embedder):
             )
         if meta.head.get("out_dim") != meta.dim:
             raise CheckpointError(f"checkpoint {meta.name!r}: head output is not its declared dimension")
+        state = {k: np.asarray(v, np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v)
+                 for k, v in state.items()}
         tuned = {k[len(AUX):]: v for k, v in state.items() if k.startswith(AUX + "backbone.")}
         if tuned:  # the checkpoint fine-tuned the backbone's last blocks
+            import torch
+
             from .finetune import apply_backbone_state
 
             try:
-                backbone = apply_backbone_state(backbone, tuned)
+                backbone = apply_backbone_state(
+                    backbone, {k: torch.from_numpy(v) for k, v in tuned.items()})
             except (ValueError, RuntimeError) as e:
                 raise CheckpointError(f"checkpoint {meta.name!r}: {e}") from e
         self.backbone = backbone
-        self.head = build_head(meta.head)
         self.aux = {k[len(AUX):]: v for k, v in state.items()
                     if k.startswith(AUX) and not k.startswith(AUX + "backbone.")}
         try:
-            self.head.load_state_dict({k: v for k, v in state.items() if not k.startswith(AUX)})
-        except RuntimeError as e:
+            self.head = NumpyHead(meta.head, {k: v for k, v in state.items() if not k.startswith(AUX)})
+        except (ValueError, KeyError) as e:
             raise CheckpointError(f"checkpoint {meta.name!r}: weights do not fit its head: {e}") from e
-        self.head.eval()
         self.meta = meta
         self.transform = backbone.transform
         self.info = ModelInfo(
@@ -56,16 +65,27 @@ class HeadEmbedder(Embedder):
 
     @property
     def runtime(self) -> str:
-        """The backbone's runtime (the head is a small torch map either way)."""
+        """The backbone's runtime (the head is a small numpy map either way)."""
         return self.backbone.runtime
 
-    def forward_features(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.head(l2_normalise(self.backbone.forward_features(batch)))
+    def forward_features(self, batch: Any) -> Any:
+        """The head on the normalised backbone features; a tensor batch gives a tensor."""
+        feats = self.backbone.forward_features(batch)
+        if isinstance(feats, np.ndarray):
+            return self.head(normalise(feats))
+        import torch
 
-    def project(self, backbone_vectors: torch.Tensor) -> torch.Tensor:
+        out = self.head(normalise(feats.detach().float().cpu().numpy()))
+        return torch.from_numpy(out).to(feats.device)
+
+    def embed_batch(self, batch: Any) -> np.ndarray:
+        if isinstance(batch, np.ndarray) and self.backbone.runtime == "onnxruntime":
+            return self.project(self.backbone.embed_batch(batch))  # numpy end to end
+        return super().embed_batch(batch)
+
+    def project(self, backbone_vectors: Any) -> np.ndarray:
         """Cached (normalised) backbone features -> this model's normalised embeddings."""
-        with torch.inference_mode():
-            return l2_normalise(self.head(backbone_vectors))
+        return normalise(self.head(np.asarray(backbone_vectors, np.float32))).astype(np.float32)
 
     def gallery_transform(self):
         """How this model moves a gallery's stored vectors into its own space, or None: a
@@ -74,9 +94,9 @@ class HeadEmbedder(Embedder):
 
         spec = self.meta.transform or {}
         if spec.get("kind") == "head":
-            return GalleryTransform(spec, lambda x: self.project(torch.as_tensor(x)).numpy(), None)
+            return GalleryTransform(spec, self.project, None)
         if spec.get("kind") == "linear":
-            m = LinearMap.from_tensors({k: v.numpy() for k, v in self.aux.items()
+            m = LinearMap.from_tensors({k: v for k, v in self.aux.items()
                                         if k.startswith("transform.")}, spec)
             return GalleryTransform(spec, m.apply, m.uncertainty)
         return None

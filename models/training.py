@@ -131,5 +131,5 @@ def save(target: Target, trained: TrainedHead, cfg: TrainConfig, data: TrainingS
                   "classes": len(data.classes), "command": " ".join(sys.argv), **(details or {})},
         transform=transform or {})
     tensors = {"classifier": trained.classifier} if trained.classifier is not None else {}
-    tensors.update({k: torch.as_tensor(v) for k, v in (aux or {}).items()})
+    tensors.update(aux or {})
     return save_checkpoint(target.dest, meta, trained.head, aux=tensors), meta

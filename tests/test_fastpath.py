@@ -171,6 +171,66 @@ def test_compatible_heads_and_finetuned_backbones(module_cache, tmp_path, make_c
     assert cosines(tuned.embed_batch(x), fast_backbone.embed_batch(x)).min() < 0.999
 
 
+@pytest.mark.parametrize("spec", [
+    {"type": "linear", "in_dim": 1280, "out_dim": 64},
+    {"type": "linear", "in_dim": 1280, "out_dim": 64, "bias": False},
+    {"type": "mlp", "in_dim": 1280, "out_dim": 96, "hidden": 256, "negative_slope": 0.1,
+     "dropout": 0.2},
+    {"type": "blend", "in_dim": 1280, "out_dim": 1280, "hidden": 128, "alpha": 0.3}],
+    ids=["linear", "linear-no-bias", "leaky-mlp", "blend"])
+def test_a_checkpoint_head_in_numpy_is_the_torch_head(spec, tmp_path):
+    """Serving applies a checkpoint's head with numpy (models/head_numpy.py): through the
+    checkpoint's float16 round trip, the same vectors as the torch module it was trained as."""
+    from models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+    from models.head_numpy import NumpyHead
+    from models.heads import build_head
+
+    torch.manual_seed(1)
+    head = build_head(spec).eval()
+    meta = CheckpointMeta(name="h", backbone="lite0", dim=spec["out_dim"], space="lite0",
+                          compatible_with=["lite0"], method="bct", head=spec, old_model="lite0")
+    save_checkpoint(tmp_path / "h.safetensors", meta, head)
+    _, state = load_checkpoint(tmp_path / "h.safetensors")
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in state.values())
+    head.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})  # the stored halves
+    x = torch.nn.functional.normalize(torch.randn(32, 1280), dim=-1)
+    with torch.inference_mode():
+        want = head(x).numpy()
+    got = NumpyHead(spec, state)(x.numpy())
+    assert got.shape == want.shape and np.abs(got - want).max() < 1e-5
+    with pytest.raises(ValueError, match="spec says"):
+        NumpyHead({**spec, "out_dim": spec["out_dim"] + 1}, state)
+
+
+def test_a_checkpoint_serves_without_torch(photos, module_cache, tmp_path, make_checkpoint):
+    """A compatible checkpoint on a verified backbone embeds in a fresh process (a CLI search,
+    a Ray worker, the app) without importing torch, giving the torch path's vectors."""
+    from models.checkpoint import load_checkpoint
+    from models.compatible import HeadEmbedder
+
+    make_checkpoint(tmp_path / "c.safetensors")
+    slow = HeadEmbedder(EfficientNetLite("lite0", runtime="torch"),
+                        *load_checkpoint(tmp_path / "c.safetensors"))
+    want = slow.embed_batch(batch_of(slow, photos[:6]))
+    EfficientNetLite("lite0")  # verified against torch: the trust record
+    code = ("import sys, numpy as np\n"
+            "from models.checkpoint import load_checkpoint\n"
+            "from models.compatible import HeadEmbedder\n"
+            "from models.efficientnet import EfficientNetLite\n"
+            "from models.imageio import decode\n"
+            "m = HeadEmbedder(EfficientNetLite('lite0'), *load_checkpoint(sys.argv[2]))\n"
+            "ims = [decode(open(p, 'rb').read(), 224).image for p in sys.argv[3:]]\n"
+            "np.save(sys.argv[1], m.embed_images(ims))\n"
+            "print(m.runtime, 'torch' in sys.modules)\n")
+    out = tmp_path / "v.npy"
+    r = subprocess.run([sys.executable, "-c", code, str(out), str(tmp_path / "c.safetensors"),
+                        *map(str, photos[:6])], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["onnxruntime", "False"]
+    got = np.load(out)
+    assert got.shape == (6, 64) and cosines(got, want).min() >= 0.9999
+
+
 def test_processes_sharing_the_cache_export_once(tmp_path):
     """Several processes (app processes, a job runner, test workers) needing the same model at
     once: one exports, the others wait for its file and read it."""

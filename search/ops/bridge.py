@@ -18,12 +18,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from models.bridge import choose_map
 from models.checkpoint import CheckpointMeta, fingerprint, save_checkpoint
 from models.features import extract
-from models.heads import build_head
 from models.progress import Progress
 from models.transform import LinearMap, fit_linear_map
 
@@ -210,11 +208,8 @@ def _save(gallery: GalleryCore, req: FitRequest, dest, backbone, active: str, sp
     the gallery map as its transform into B's space."""
     d_in, d_out = qmap.weight.shape
     spec = {"type": "linear", "in_dim": int(d_in), "out_dim": int(d_out)}
-    head = build_head(spec)
-    with torch.no_grad():
-        head.proj.weight.copy_(torch.as_tensor(qmap.weight.T))
-        head.proj.bias.copy_(torch.as_tensor(qmap.mean_out - qmap.mean_in @ qmap.weight))
-    head.eval()
+    head = {"proj.weight": np.ascontiguousarray(qmap.weight.T, np.float32),
+            "proj.bias": np.asarray(qmap.mean_out - qmap.mean_in @ qmap.weight, np.float32)}
     transform = {**gmap.spec, "input_space": space, "output_space": backbone.space,
                  "target_model": backbone.name}
     compact = {k: report[k] for k in ("method", "backbone", "old_model", "space", "gallery_photos",
@@ -230,8 +225,7 @@ def _save(gallery: GalleryCore, req: FitRequest, dest, backbone, active: str, sp
         training={"from_gallery": str(gallery.home), "images": len(train_ids),
                   "command": " ".join(sys.argv), "holdout": HOLDOUT},
         transform=transform)
-    aux = {k: torch.as_tensor(v) for k, v in gmap.tensors().items()}
-    return save_checkpoint(dest, meta, head, half=False, aux=aux)
+    return save_checkpoint(dest, meta, head, half=False, aux=gmap.tensors())
 
 
 def bridge_report(model) -> dict | None:
