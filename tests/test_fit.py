@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import ALBUM_CLASSES
 
-from search.api import Gallery
+from search.api import FitReport, Gallery
 from search.cli import cli
 from search.ops.fit import FitRefused, FitRequest, fit_upgrade
 from search.ops.fit_sample import FitError, stratified
@@ -251,8 +251,10 @@ def test_a_fit_killed_before_its_report_was_rewritten_still_names_its_model(home
 
     g = Gallery.open(home, create=True)
     g.core.save_report("fit", "x", {"name": "x", "path": None, "created_at": time.time() - 1})
-    assert g.reports.fit()["path"] is None  # no model saved: it stays null
+    report = g.reports.fit()
+    assert isinstance(report, FitReport) and report.name == "x"
+    assert report.path is None  # no model saved: it stays null
     (home / "models").mkdir(exist_ok=True)
     (home / "models" / "x.safetensors").write_bytes(b"saved")
-    assert g.reports.fit()["path"] == str(home / "models" / "x.safetensors")
+    assert g.reports.fit().path == str(home / "models" / "x.safetensors")
     g.close()

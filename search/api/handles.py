@@ -7,7 +7,14 @@ import builtins
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from search.api.results import ComparisonReport, FitEstimate, TrainedModel
+from search.api.results import (
+    BridgeReport,
+    ComparisonReport,
+    FitEstimate,
+    FitReport,
+    TrainedModel,
+    fit_report,
+)
 from search.core import GalleryCore
 from search.errors import GalleryError
 from search.units import fit_name
@@ -186,15 +193,17 @@ class Reports(_Handle):
     def save(self, kind: str, tag: str, report: dict, path: Path | None = None) -> Path:
         return self._core.save_report(kind, tag, report, path)
 
-    def fit(self) -> dict | None:
-        """The newest fit report; a fit killed after saving its model but before rewriting its
-        report still names the model it saved."""
+    def fit(self) -> FitReport | BridgeReport | None:
+        """The newest fit report, typed by its kind; a fit killed after saving its model but
+        before rewriting its report still names the model it saved."""
         report = self.latest("fit")
-        if report and report.get("path") is None and report.get("name"):
+        if not report:
+            return None
+        if report.get("path") is None and report.get("name"):
             saved = self._core.models_dir / f"{report['name']}.safetensors"
             if saved.is_file() and saved.stat().st_mtime >= report.get("created_at", 0):
                 report["path"] = str(saved)
-        return report
+        return fit_report(report)
 
     def comparison(self) -> ComparisonReport | None:
         report = self.latest("compare")

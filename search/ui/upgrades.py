@@ -104,7 +104,7 @@ def fit_section(entries, active: str) -> None:
     job_progress("fit")
     report = g.reports.fit()
     if report:
-        show_fit_report(report)
+        show_fit_report(report.as_dict())
 
 
 def show_fit_report(r: dict) -> None:
