@@ -11,7 +11,8 @@ import numpy as np
 
 from .checkpoint import AUX, CheckpointError, CheckpointMeta
 from .embedder import Embedder, ModelInfo
-from .head_numpy import NumpyHead, normalise
+from .head_numpy import NumpyHead
+from .transform import normalise
 
 
 class HeadEmbedder(Embedder):

@@ -11,9 +11,8 @@ from typing import Mapping
 
 import numpy as np
 
-
-def normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+from .checkpoint import head_shapes
+from .transform import normalise
 
 
 class NumpyHead:
@@ -23,18 +22,14 @@ class NumpyHead:
     def __init__(self, spec: dict, state: Mapping[str, np.ndarray]):
         self.kind = spec["type"]
         self.spec = dict(spec)
-        names = (["proj.weight", "proj.bias"] if self.kind == "linear"
-                 else ["net.0.weight", "net.0.bias", "net.3.weight", "net.3.bias"])
-        unexpected = set(state) - set(names)
-        missing = [n for n in names if n not in state and not (n == "proj.bias" and not spec.get("bias", True))]
+        shapes = head_shapes(spec)  # the tensors the spec implies (CheckpointError: a ValueError)
+        missing, unexpected = set(shapes) - set(state), set(state) - set(shapes)
         if missing or unexpected:
             raise ValueError(f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-        self.weights = {k: np.ascontiguousarray(np.asarray(state[k], np.float32)) for k in names
-                        if k in state}
+        self.weights = {k: np.ascontiguousarray(np.asarray(state[k], np.float32)) for k in shapes}
         for k, w in self.weights.items():
-            want = _shape(spec, k)
-            if w.shape != want:
-                raise ValueError(f"{k} is {tuple(w.shape)}, the spec says {want}")
+            if w.shape != shapes[k]:
+                raise ValueError(f"{k} is {tuple(w.shape)}, the spec says {shapes[k]}")
         self.slope = float(spec.get("negative_slope", 0.0))
         self.alpha = float(spec.get("alpha", 0.5))
 
@@ -56,8 +51,3 @@ class NumpyHead:
             return self._mlp(x)
         return self.alpha * normalise(x) + (1 - self.alpha) * normalise(self._mlp(x))
 
-
-def _shape(spec: dict, key: str) -> tuple[int, ...]:
-    i, o, h = spec["in_dim"], spec["out_dim"], spec.get("hidden", 1024)
-    return {"proj.weight": (o, i), "proj.bias": (o,), "net.0.weight": (h, i), "net.0.bias": (h,),
-            "net.3.weight": (o, h), "net.3.bias": (o,)}[key]

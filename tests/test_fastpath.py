@@ -198,8 +198,10 @@ def test_a_checkpoint_head_in_numpy_is_the_torch_head(spec, tmp_path):
         want = head(x).numpy()
     got = NumpyHead(spec, state)(x.numpy())
     assert got.shape == want.shape and np.abs(got - want).max() < 1e-5
+    wrong = ({**spec, "out_dim": spec["out_dim"] + 1} if spec["type"] == "linear"
+             else {**spec, "hidden": spec["hidden"] + 1})  # a blend's out_dim is its in_dim
     with pytest.raises(ValueError, match="spec says"):
-        NumpyHead({**spec, "out_dim": spec["out_dim"] + 1}, state)
+        NumpyHead(wrong, state)
 
 
 def test_a_checkpoint_serves_without_torch(photos, module_cache, tmp_path, make_checkpoint):
