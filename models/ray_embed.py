@@ -134,11 +134,13 @@ class _Worker:
     def __init__(self, package: ModelPackage, threads: int):
         from . import registry
 
-        self._files = tempfile.TemporaryDirectory(prefix="graceful-model-")  # gone with the actor
-        folder = Path(self._files.name)
-        for fname, data in package.files.items():
-            (folder / fname).write_bytes(data)
-        self.model = (package.provider or registry.REGISTRY).load(package.name, [folder])
+        # Loading reads the files whole, and an actor ends by SIGKILL (no finaliser runs), so the
+        # folder goes as soon as the model is loaded rather than with the actor.
+        with tempfile.TemporaryDirectory(prefix="graceful-model-") as name:
+            folder = Path(name)
+            for fname, data in package.files.items():
+                (folder / fname).write_bytes(data)
+            self.model = (package.provider or registry.REGISTRY).load(package.name, [folder])
         if "torch" in sys.modules:  # a model that computes with torch (a numpy one never imports it)
             import torch
 

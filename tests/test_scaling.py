@@ -16,6 +16,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,7 @@ def test_a_numpy_providers_ray_workers_never_import_torch(ray_cluster):
 @pytest.mark.slow
 def test_kill_9_during_a_ray_backfill_then_resume(ray_cluster, album_gallery, run_and_kill):
     home = album_gallery  # a copy of the session's 56-photo lite0 gallery (conftest)
+    shipped_copies = set(Path(tempfile.gettempdir()).glob("graceful-model-*"))
     g = Gallery.open(home)
     n = g.core.catalog.images.count_images()
     assert n == 56
@@ -151,6 +153,8 @@ def test_kill_9_during_a_ray_backfill_then_resume(ray_cluster, album_gallery, ru
     g = Gallery.open(home)
     assert g.core.index().ntotal == n
     g.close()
+    # each worker's copy of the shipped checkpoint goes once loaded, though workers end by SIGKILL
+    assert set(Path(tempfile.gettempdir()).glob("graceful-model-*")) <= shipped_copies
 
 
 @pytest.mark.slow
