@@ -7,7 +7,6 @@ tested on Milvus Lite (the store-parametrised tests)."""
 from __future__ import annotations
 
 import pytest
-
 from fakes import FakeModels
 
 from search.api import Gallery

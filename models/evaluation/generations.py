@@ -24,7 +24,6 @@ from models.features import FeatureCache, extract, file_shas
 from models.imagefolder import align_classes, scan
 from models.train import TrainConfig, TrainedHead, old_classifier_rows, train_head
 
-
 MIN_TIMED_IMAGES = 8  # fewer freshly embedded test photos than this: speed from a probe
 
 
