@@ -85,7 +85,7 @@ def test_ctrl_c_stops_an_ingest_cleanly_and_it_resumes(home, fake_photos):
     g.close()
 
 
-def test_kill_9_during_backfill_and_reembed_then_resume(fake_gallery, run_and_kill):
+def test_kill_9_during_backfill_and_reembed_then_resume(fake_gallery, fake_photos, run_and_kill):
     home = fake_gallery.home
     fake_gallery.upgrade("fake-a2")
     fake_gallery.close()
@@ -96,6 +96,9 @@ def test_kill_9_during_backfill_and_reembed_then_resume(fake_gallery, run_and_ki
     assert 8 <= partial < N
     g = open_fake(home)
     assert g.backfill_status().by_active_model == partial and g.core.index().ntotal == N
+    # every photo searchable exactly once, half old vectors and half new
+    assert set(g.core.index().ids().tolist()) == {r[0] for r in catalog_rows(home, "SELECT id FROM images")}
+    assert len(g.search(next((fake_photos / ALBUMS[0]).iterdir()), k=5).hits) == 5
     assert g.backfill().done == N - partial  # resumed: nothing embedded twice
     g.close()
 

@@ -4,9 +4,6 @@ and a re-embed computing with the real models. On FAISS and SQLite: the same sce
 store and catalog are tests/test_upgrades_fast.py's and tests/test_kill_stores.py's."""
 from __future__ import annotations
 
-import os
-import signal
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -204,53 +201,3 @@ def test_compare_labelled_queries_and_log(lite0_gallery, upgrade_photos, tmp_pat
     assert len(logged) == 3
     rep = compare(g.core, "lite0", SHIPPED, logged, k=3, save=False)
     assert rep["summary"]["queries"] == 3 and not rep["summary"]["labelled"]
-
-
-def _n_vectors(home: Path, model: str) -> int:
-    from conftest import catalog_rows
-
-    return catalog_rows(home, "SELECT count(*) FROM vectors WHERE model = ?", [model])[0][0]
-
-
-def _integrity(home: Path) -> str:
-    from conftest import catalog_integrity
-
-    return catalog_integrity(home)
-
-
-@pytest.mark.slow
-def test_kill_9_during_backfill_and_reembed_then_resume(home, upgrade_photos, run_and_kill):
-    g = Gallery.open(home, create=True)
-    ingest(g.core, [upgrade_photos / "before", upgrade_photos / "after"])
-    n = g.core.catalog.images.count_images()
-    upgrade(g.core, SHIPPED)
-    g.close()
-    env = {**os.environ, "GRACEFUL_HOME": str(home)}
-    cli = [sys.executable, "-m", "search.cli"]
-
-    rc = run_and_kill([*cli, "backfill", "--batch-size", "4"], env,
-                       lambda: _n_vectors(home, SHIPPED) >= 8)
-    assert rc == -signal.SIGKILL
-    assert _integrity(home) == "ok"
-    g = Gallery.open(home)
-    done = bf.status(g.core)["by_active_model"]
-    assert 8 <= done < n
-    assert g.core.index().ntotal == n  # consistent: every photo searchable exactly once
-    indexed = set(g.core.index().ids().tolist())
-    assert indexed == {r[0] for r in g.core.catalog.conn.db.execute("SELECT id FROM images")}
-    assert len(search_file(g.core, next((upgrade_photos / "after").rglob("*.jpg")), k=5).hits) == 5
-    state = bf.backfill(g.core)
-    assert state.done == n - done  # resumed: nothing re-embedded twice
-    assert _n_vectors(home, SHIPPED) == n
-    g.close()
-
-    rc = run_and_kill([*cli, "reembed", "lite1", "--batch-size", "4"], env,
-                       lambda: _n_vectors(home, "lite1") >= 8)
-    assert rc == -signal.SIGKILL
-    assert _integrity(home) == "ok"
-    g = Gallery.open(home)
-    assert g.active_model == SHIPPED and g.core.index().ntotal == n  # still serving the old space
-    partial = _n_vectors(home, "lite1")
-    state, switched = reembed(g.core, "lite1")
-    assert switched and state.done == n - partial and _n_vectors(home, "lite1") == n
-    assert g.core.index().ntotal == n and g.space == "lite1"
