@@ -54,6 +54,12 @@ def test_kill_9_during_ingest_then_resume(home, fake_photos, run_and_kill):
     report = g.add(fake_photos)
     assert (report.duplicates, report.added) == (partial, N - partial)
     assert g.photos.count() == N == g.core.index().ntotal and g.check().ok
+    ids = [r[0] for r in catalog_rows(home, "SELECT id FROM images")]
+    assert len(ids) == len(set(ids)) == N
+    g.close()
+    g = open_fake(home)  # the next process loads the saved index as it is
+    idx, how = g.core.vector_store.open(g.core.catalog, "fake-a", g.core.index_kind)
+    assert how == "loaded" and idx.ntotal == N
     g.close()
 
 
