@@ -19,7 +19,15 @@ from torchvision import transforms
 
 from .embedder import Embedder
 from .heads import build_head
-from .train import LABELLED_METHODS, TrainConfig, TrainedHead, _method_loss, loo_correct, run_epochs
+from .train import (
+    LABELLED_METHODS,
+    TrainConfig,
+    TrainedHead,
+    _method_loss,
+    fused_adamw,
+    loo_correct,
+    run_epochs,
+)
 
 BACKBONE_PREFIX = "backbone."
 
@@ -99,7 +107,7 @@ def finetune(cfg: TrainConfig, backbone: Embedder, files: list[Path], labels: np
     opt = torch.optim.AdamW([
         {"params": [*head.parameters(), classifier], "lr": cfg.lr},
         {"params": tail_params, "lr": cfg.lr * 0.05},
-    ], weight_decay=cfg.weight_decay)
+    ], weight_decay=cfg.weight_decay, fused=fused_adamw(dev))
     size = backbone.info.image_size
 
     def load(i: int) -> torch.Tensor:  # decoded per batch: memory stays flat on large sets
