@@ -56,11 +56,31 @@ def pause_job(name: str) -> None:
         job.stop()
 
 
-@st.fragment(run_every=1.0)
 def job_progress(name: str) -> None:
+    """The job called `name`: polled every second while it runs, then shown as it ended. Only
+    a running job polls: four idle progress widgets rerunning every second each took CPU on
+    the server for as long as a Models page stayed open."""
     job = job_runner().get(name)
     if job is None:
         return
+    if job.running:
+        _live_progress(name)
+    else:
+        _show_job(job)
+
+
+@st.fragment(run_every=1.0)
+def _live_progress(name: str) -> None:
+    job = job_runner().get(name)
+    if job is None:
+        return
+    _show_job(job)
+    if not job.running:
+        st.rerun()  # the whole page, once: it shows what the job made, and this stops polling
+
+
+def _show_job(job: Job) -> None:
+    name = job.name
     eta = f" · ETA {job.eta_seconds:.0f} s" if job.eta_seconds else ""
     if job.total:
         speed = f" · {job.rate:.1f} img/s{eta}" if job.running and job.rate else ""
