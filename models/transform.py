@@ -123,8 +123,12 @@ def _cross_fit(x: np.ndarray, y: np.ndarray, lams, folds: int, seed: int, keep_f
         tr, te = fold_of != f, fold_of == f
         mi, mo = x[tr].mean(0), y[tr].mean(0)
         svd = _ridge_factors(x[tr] - mi, y[tr] - mo)
+        vt, s, uty = svd
+        # the held-out rows in the SVD's basis once; each lambda then only rescales them (no
+        # d_in x d_out weights per lambda: ~10x less arithmetic when a fold is smaller than d_in)
+        basis = (x[te] - mi) @ vt.T
         for j, lam in enumerate(lams):
-            preds[j, te] = (x[te] - mi) @ _ridge_weight(svd, lam) + mo
+            preds[j, te] = (basis * (s / (s * s + lam))) @ uty + mo
         if keep_folds:
             factors.append((tr, mi, mo, svd))
     scores = [float(_cosine(p, y).mean()) for p in preds]
