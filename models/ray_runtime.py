@@ -7,6 +7,7 @@ runtime is started or joined.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -84,10 +85,14 @@ class LocalRuntime:
         self.proc: subprocess.Popen | None = None
         self.address = ""
         self._log: IO[str] | None = None  # the `ray start` log
+        self.temp_dir: str | None = None  # Ray's sockets, session logs and spill files
 
     def start(self, timeout: float) -> str:
         port = _free_port()
         self._log = tempfile.NamedTemporaryFile("w+", prefix="graceful-ray-", suffix=".log")
+        # A folder of its own, removed at stop: under Ray's default /tmp/ray every runtime left
+        # its session folder (about 350 KB) and a stale ray_current_cluster behind.
+        self.temp_dir = tempfile.mkdtemp(prefix="graceful-ray-")
         env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
                "RAY_USAGE_STATS_ENABLED": "0"}
         self.proc = subprocess.Popen(
@@ -95,7 +100,7 @@ class LocalRuntime:
              "--node-ip-address", "127.0.0.1", "--port", str(port),
              "--ray-client-server-port", str(_free_port()), "--include-dashboard", "false",
              "--dashboard-host", "127.0.0.1", "--num-cpus", str(self.cpus),
-             "--disable-usage-stats"],
+             "--disable-usage-stats", "--temp-dir", self.temp_dir],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env,
             start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -156,6 +161,9 @@ class LocalRuntime:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            self.temp_dir = None
 
 
 def _probe(address: str, timeout: float) -> None:

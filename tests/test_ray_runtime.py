@@ -98,6 +98,8 @@ def test_the_local_runtime_listens_on_127_0_0_1_only_and_stops(no_new_ray_proces
     try:
         address = runtime.start(timeout=180)
         assert address.startswith("127.0.0.1:")
+        temp = Path(runtime.temp_dir or "")
+        assert any(temp.glob("session_*")), "Ray keeps its session in the runtime's own folder"
         pids = runtime.pids()
         assert len(pids) >= 3  # ray start, gcs_server, raylet, agents
         sockets = listening(pids)
@@ -106,6 +108,7 @@ def test_the_local_runtime_listens_on_127_0_0_1_only_and_stops(no_new_ray_proces
     finally:
         runtime.stop()
     assert runtime.pids() == []
+    assert not temp.exists()  # its sockets, logs and session files go with it
 
 
 @pytest.fixture
