@@ -20,16 +20,11 @@ from pathlib import Path
 from bench.common import CALTECH, ROOT, write_json
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(photos: Path, page_path: str, seconds: float) -> dict:
     from playwright.sync_api import sync_playwright
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_browser import APP_PIDS, CHROMIUM_MISSING, running_app
+    from test_browser import APP_PIDS, CHROMIUM_MISSING, cpu_seconds, running_app
 
     chromium = shutil.which("chromium")
     if not chromium:
