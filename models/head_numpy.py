@@ -21,7 +21,6 @@ class NumpyHead:
 
     def __init__(self, spec: dict, state: Mapping[str, np.ndarray]):
         self.kind = spec["type"]
-        self.spec = dict(spec)
         shapes = head_shapes(spec)  # the tensors the spec implies (CheckpointError: a ValueError)
         missing, unexpected = set(shapes) - set(state), set(state) - set(shapes)
         if missing or unexpected:
