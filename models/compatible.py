@@ -43,6 +43,7 @@ class HeadEmbedder(Embedder):
             except (ValueError, RuntimeError) as e:
                 raise CheckpointError(f"checkpoint {meta.name!r}: {e}") from e
         self.backbone = backbone
+        self.tuned = bool(tuned)
         self.aux = {k[len(AUX):]: v for k, v in state.items()
                     if k.startswith(AUX) and not k.startswith(AUX + "backbone.")}
         try:
@@ -63,6 +64,13 @@ class HeadEmbedder(Embedder):
             extra={"method": meta.method, "old_model": meta.old_model, "metrics": meta.metrics,
                    "runtime": backbone.runtime},
         )
+
+    @property
+    def frozen_backbone(self) -> Embedder | None:
+        """The backbone, when the checkpoint did not fine-tune it: its features are then those
+        of every other use of that backbone (a fit, a bridge), so they may come from the
+        gallery's feature cache, which is keyed by the backbone's name."""
+        return None if self.tuned else self.backbone
 
     @property
     def runtime(self) -> str:

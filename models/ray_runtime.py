@@ -100,7 +100,11 @@ class LocalRuntime:
              "--node-ip-address", "127.0.0.1", "--port", str(port),
              "--ray-client-server-port", str(_free_port()), "--include-dashboard", "false",
              "--dashboard-host", "127.0.0.1", "--num-cpus", str(self.cpus),
-             "--disable-usage-stats", "--temp-dir", self.temp_dir],
+             "--disable-usage-stats", "--temp-dir", self.temp_dir,
+             # a job's runtime has a fixed size and its driver takes no worker logs
+             # (log_to_driver=False): no autoscaler monitor, no log monitor (two Python
+             # processes fewer: it starts in ~6 s instead of ~9, for ~2.5 core-s less)
+             "--no-monitor", "--include-log-monitor", "false"],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env,
             start_new_session=True)
         deadline = time.monotonic() + timeout

@@ -29,6 +29,7 @@ class Settings:
     home: Path | None = None             # GRACEFUL_HOME: the gallery home
     catalog: str | None = None           # GRACEFUL_CATALOG: postgresql:// URL (default HOME/catalog.db)
     images: Path | None = None           # GRACEFUL_IMAGES: the photo store (default HOME/images)
+    features: Path | None = None         # GRACEFUL_FEATURES: backbone features (default HOME/cache)
     threads: int | None = None           # GRACEFUL_THREADS: torch and faiss threads
     store: str | None = None             # GRACEFUL_STORE: faiss | milvus, for a new gallery
     milvus_uri: str | None = None        # GRACEFUL_MILVUS_URI: Milvus Lite file or server URL
@@ -62,6 +63,8 @@ class Settings:
             home=Path(env["GRACEFUL_HOME"]).expanduser() if env.get("GRACEFUL_HOME") else None,
             catalog=(env.get("GRACEFUL_CATALOG") or "").strip() or None,
             images=Path(env["GRACEFUL_IMAGES"]).expanduser() if env.get("GRACEFUL_IMAGES") else None,
+            features=(Path(env["GRACEFUL_FEATURES"]).expanduser() if env.get("GRACEFUL_FEATURES")
+                      else None),
             threads=_number(env, "GRACEFUL_THREADS", 0, int) if threads and threads != "0" else None,
             store=env.get("GRACEFUL_STORE") or None,
             milvus_uri=env.get("GRACEFUL_MILVUS_URI") or None,

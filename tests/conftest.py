@@ -47,12 +47,33 @@ else:
         os.environ.setdefault(_var, os.environ["GRACEFUL_THREADS"])
 # ONNX exports of the backbones go to a cache of the test run's own, not the user's ~/.cache
 os.environ.setdefault("GRACEFUL_CACHE", str(ARTIFACTS / "cache"))
+# Backbone features go to one folder for the whole run (GRACEFUL_FEATURES, as several galleries
+# of one deployment share it): the many galleries made of the same photos embed each with lite2
+# once, not once per test. Made empty by the controller, which the workers inherit it from, and
+# removed by it at the end. Tests that watch a gallery's own cache fill (kill -9 during
+# extraction) take the variable out (cold_features).
+if "GRACEFUL_FEATURES" not in os.environ and not os.environ.get("PYTEST_XDIST_WORKER"):
+    import tempfile
+
+    os.environ["GRACEFUL_FEATURES"] = tempfile.mkdtemp(prefix="graceful-test-features-")
+    os.environ["_GRACEFUL_FEATURES_OWNER"] = str(os.getpid())
+
+
+def pytest_unconfigure(config):
+    if os.environ.get("_GRACEFUL_FEATURES_OWNER") == str(os.getpid()):
+        shutil.rmtree(os.environ["GRACEFUL_FEATURES"], ignore_errors=True)
+
+
+@pytest.fixture
+def cold_features(monkeypatch):
+    """Backbone features in each gallery's own HOME/cache (the default), not the run's folder."""
+    monkeypatch.delenv("GRACEFUL_FEATURES", raising=False)
 
 
 # Tests that share one machine-wide thing run in one pytest-xdist worker, one after another
 # (`-n 2 --dist loadgroup`, README's command): the Ray tests count every Ray process on the
 # machine, and the Milvus server is started once per worker that needs it.
-SERIAL_GROUPS = {"ray": ("ray_cluster", "no_new_ray_processes"), "milvus-server": ("milvus_server",)}
+SERIAL_GROUPS = {"ray": ("ray_cluster", "ray_runtime", "no_new_ray_processes"), "milvus-server": ("milvus_server",)}
 
 
 def serial_group(item) -> str | None:
@@ -485,22 +506,32 @@ RAY_CLUSTER_SESSIONS: set[int] = set()  # process sessions of the test cluster (
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_runtime():
     """A real Ray cluster on this machine for the session: `ray start --head` on 127.0.0.1 in a
     process session of its own (the product's LocalRuntime), stopped after with every process of
-    it, and only those (no `ray stop`, which would stop any Ray on the machine). Its tests share
-    one pytest-xdist worker (SERIAL_GROUPS)."""
+    it, and only those (no `ray stop`, which would stop any Ray on the machine); the session
+    fails if any of its processes or its temporary folder is left. Its tests share one
+    pytest-xdist worker (SERIAL_GROUPS)."""
     pytest.importorskip("ray", reason="graceful[ray] is not installed")
     from models.ray_runtime import LocalRuntime
 
     runtime = LocalRuntime(cpus=2)
     try:
-        address = runtime.start(timeout=180)
+        runtime.start(timeout=180)
         assert runtime.proc is not None
         RAY_CLUSTER_SESSIONS.add(runtime.proc.pid)  # its workers come and go during other tests
-        yield address
+        temp = Path(runtime.temp_dir or "")
+        yield runtime
     finally:
         runtime.stop()
+    assert runtime.pids() == [], "the session's Ray runtime left processes behind"
+    assert not temp.exists(), "the session's Ray runtime left its folder behind"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_runtime) -> str:
+    """The address of the session's Ray cluster (ray_runtime)."""
+    return ray_runtime.address
 
 
 @pytest.fixture(scope="session")

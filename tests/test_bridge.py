@@ -144,7 +144,7 @@ def test_fused_mode_needs_a_bridge_and_a_sane_weight(flat_home):
 
 @pytest.mark.slow
 def test_kill_9_during_the_bridge_sample_and_the_fused_transform_then_resume(
-        flat_home, tmp_path, run_and_kill):
+        flat_home, tmp_path, run_and_kill, cold_features):
     """A bridge fit killed while lite2 embeds its sample keeps the finished feature shards and
     the rerun completes; a fused transform killed half way keeps serving the old model, and the
     rerun moves only what is left, then switches."""

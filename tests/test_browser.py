@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "docs" / "screenshots"  # refreshed by bench/screenshots.py, never by the test
 SHOT_NAMES = ["0-empty.png", "1-gallery.png", "2-search.png", "3-models.png", "4-compare.png",
               "5-fitted.png"]
+# Before each screenshot: the test only checks that they are written (README's come from
+# bench/screenshots.py), so images may still be loading; a wait is idle time of the whole suite.
+SETTLE_MS = 300
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 
@@ -118,7 +121,7 @@ def walk_through(server: str, few_photos: Path, album_photos: Path, shots: Path)
         page.goto(server)
         expect(page.get_by_text("Welcome to Graceful.")).to_be_visible()
         expect(page.get_by_text(re.compile(r"^Drop photos here"))).to_be_visible()
-        page.wait_for_timeout(500)
+        page.wait_for_timeout(SETTLE_MS)
         page.screenshot(path=shots / "0-empty.png")
 
         sidebar = page.get_by_test_id("stSidebar")
@@ -145,14 +148,14 @@ def walk_through(server: str, few_photos: Path, album_photos: Path, shots: Path)
         page.get_by_role("button", name=re.compile(r"Add 12 photos")).click()
         expect(page.get_by_text(re.compile(r"Added 12 photos"))).to_be_visible()
         expect(page.get_by_text("12 photos · active model")).to_be_visible()
-        page.wait_for_timeout(1500)  # thumbnails
+        page.wait_for_timeout(SETTLE_MS)  # thumbnails
         page.screenshot(path=shots / "1-gallery.png", full_page=True)
 
         go("Search")
         uploader = page.get_by_test_id("stFileUploader").filter(has_text="Search by photo")
         uploader.locator("input[type=file]").set_input_files(str(photos[0]))
         expect(page.get_by_text(re.compile(r"12 results · lite0"))).to_be_visible()
-        page.wait_for_timeout(1500)
+        page.wait_for_timeout(SETTLE_MS)
         page.screenshot(path=shots / "2-search.png", full_page=True)
         # a result's "Similar" opens the Search page's deep link for that photo
         page.get_by_role("button", name="Similar").first.click()
@@ -168,7 +171,7 @@ def walk_through(server: str, few_photos: Path, album_photos: Path, shots: Path)
         go("Compare")
         page.get_by_role("button", name="Run comparison").click()
         expect(page.get_by_text(re.compile(r"lite0 → lite2-compat-lite0 · 1 queries"))).to_be_visible()
-        page.wait_for_timeout(1500)
+        page.wait_for_timeout(SETTLE_MS)
         page.screenshot(path=shots / "4-compare.png", full_page=True)
 
         go("Models")
@@ -204,7 +207,7 @@ def walk_through(server: str, few_photos: Path, album_photos: Path, shots: Path)
                ).to_be_visible()
         # the fit report and its plan sit below the fold of Streamlit's scrolling main area
         plan.evaluate("e => e.scrollIntoView({block: 'start'})")
-        page.wait_for_timeout(1500)  # the chart
+        page.wait_for_timeout(SETTLE_MS)  # the chart
         page.screenshot(path=shots / "5-fitted.png")
         go("Search")
         go("Models")

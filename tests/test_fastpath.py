@@ -35,13 +35,13 @@ def photos(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def module_cache(tmp_path_factory):
-    """One export cache for the module's tests, so each backbone is exported once."""
+def module_cache():
+    """The test run's export cache (conftest's GRACEFUL_CACHE), which every other test of the
+    backbones uses too: each backbone is exported once per run (the tests of exporting itself
+    take a fresh_cache)."""
     with pytest.MonkeyPatch.context() as mp:
-        folder = tmp_path_factory.mktemp("graceful-cache")
-        mp.setenv("GRACEFUL_CACHE", str(folder))
         mp.delenv("GRACEFUL_RUNTIME", raising=False)
-        yield folder / "onnx"
+        yield Path(os.environ["GRACEFUL_CACHE"]) / "onnx"
 
 
 @pytest.fixture
@@ -234,8 +234,8 @@ def test_a_checkpoint_serves_without_torch(photos, module_cache, tmp_path, make_
 
 
 def test_processes_sharing_the_cache_export_once(tmp_path):
-    """Several processes (app processes, a job runner, test workers) needing the same model at
-    once: one exports, the others wait for its file and read it."""
+    """Processes (app processes, a job runner, test workers) needing the same model at once:
+    one exports, the other waits for its file and reads it."""
     code = ("import sys, torch\n"
             "from models.onnx_runtime import OrtFeatures\n"
             "torch.manual_seed(0)\n"
@@ -245,10 +245,10 @@ def test_processes_sharing_the_cache_export_once(tmp_path):
             "print(int(fast.exported))\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]
+             for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-800:] for _, err in outs]
-    assert sorted(out.strip() for out, _ in outs) == ["0", "0", "1"]
+    assert sorted(out.strip() for out, _ in outs) == ["0", "1"]
     assert len(list(tmp_path.glob("tiny-16-*.onnx"))) == 1
 
 

@@ -169,7 +169,7 @@ def _feature_shards(home: Path) -> int:
 
 
 @pytest.mark.slow
-def test_kill_9_during_feature_extraction_resumes(gallery_copy):
+def test_kill_9_during_feature_extraction_resumes(gallery_copy, cold_features):
     env = {**os.environ, "GRACEFUL_HOME": str(gallery_copy)}
     proc = subprocess.Popen([sys.executable, "-m", "search.cli", "train", "--from-gallery",
                              "--backbone", "lite2", "--out", "resumed"], env=env,

@@ -114,6 +114,21 @@ def test_refusals_change_nothing(lite0_gallery, tmp_path, make_checkpoint):
     assert forced.changed and forced.forced and g.active_model == "liar"
 
 
+def test_a_second_check_takes_the_backbone_features_from_the_cache(cold_features, lite0_gallery):
+    """The pre-flight of a head on a backbone it did not fine-tune leaves the backbone's features
+    in the gallery's feature cache (HOME/cache, where fits and bridges keep theirs) and takes
+    them from there the next time: the second check decodes nothing and says the same."""
+    g = lite0_gallery
+    assert g.core.cache_dir == g.core.home / "cache"
+    first = upgrade(g.core, SHIPPED, dry_run=True).preflight
+    assert first.decoded >= first.sample > 0 and first.images_per_second > 0
+    assert any((g.core.cache_dir / "lite2").glob("*.npz"))
+    again = upgrade(g.core, SHIPPED, dry_run=True).preflight
+    assert again.decoded == 0 and again.sample == first.sample and again.passed
+    assert again.verdict == first.verdict and abs(again.own_rank - first.own_rank) < 0.01
+    assert abs(again.agreement - first.agreement) < 0.02
+
+
 def test_backfill_orders_limit_and_status(lite0_gallery):
     g = lite0_gallery
     upgrade(g.core, SHIPPED)

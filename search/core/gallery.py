@@ -55,7 +55,7 @@ class GalleryCore(Reports):
         self.queries_store = ImageStore(self.home / "queries")
         self.index_dir = self.home / "index"
         self.models_dir = self.home / "models"
-        self.cache_dir = self.home / "cache"
+        self.cache_dir = self.settings.features or self.home / "cache"  # may be shared
         self.reports_dir = self.home / "reports"
         self._indexes: dict[str, SpaceVectors] = {}
         self._vector_store: VectorStore | None = None

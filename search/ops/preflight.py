@@ -48,6 +48,7 @@ AGREEMENT_MIN = PLAN.agreement_min
 MIN_ALBUM_QUERIES = 16
 # A fit's measurement stands while the gallery's photo count stays within this share of it.
 CHANGED_SHARE = 0.10
+MIN_TIMED = 8  # photos embedded before their time is a speed (one is mostly warm-up)
 SEED = 20261126  # not the backfill's seed: the two must not pick the same photos
 
 
@@ -74,6 +75,7 @@ class Preflight:
     measured: dict | None = None  # plan.measure's summary of that path (with albums)
     flags: list[str] = field(default_factory=list)  # what the path loses that averages hide
     reused: str | None = None  # the fit report whose measurement this is (nothing re-embedded)
+    decoded: int = 0  # photos decoded and embedded for it (the rest: backbone feature cache)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -97,14 +99,60 @@ def holdout_rule(model: Embedder) -> dict | None:
     return None
 
 
+@dataclass
+class Embedded:
+    """Stored photos embedded by a candidate model: their ids, in order, and vectors; `fresh`
+    of them were decoded and embedded in `seconds` (the rest came from the feature cache)."""
+    ids: list[int]
+    vectors: np.ndarray
+    seconds: float
+    fresh: int
+
+    def images_per_second(self) -> float:
+        """Measured on the photos embedded here; 0.0 (unknown: the upgrade's estimate then
+        takes a nominal speed) when too few were for a rate."""
+        timed = self.fresh >= MIN_TIMED and self.seconds > 0
+        return round(self.fresh / self.seconds, 2) if timed else 0.0
+
+
 def embed_stored_photos(gallery: GalleryCore, model: Embedder, ids: list[int], want: int
-                        ) -> tuple[list[int], np.ndarray, float]:
+                        ) -> Embedded:
     """Embed up to `want` of these stored photos (in order) with `model`; unreadable store files
-    are passed over (they are not the model's fault). Decoding runs ahead in a thread while
-    the model embeds. Returns (ids, vectors, seconds)."""
+    are passed over (they are not the model's fault). A head on a backbone it did not fine-tune
+    takes the backbone's features from the gallery's feature cache where a fit, a bridge or an
+    earlier check left them, and leaves there the ones it computes."""
+    from models.compatible import HeadEmbedder
+    from models.features import FeatureCache
+
+    if not isinstance(model, HeadEmbedder) or model.frozen_backbone is None:
+        return _embed_decoded(gallery, model, ids, want)
+    backbone = model.frozen_backbone
+
+    ids = ids[: want * 4]
+    rows = gallery.catalog.images.images(ids)
+    shas = {i: rows[i].sha256 for i in ids if i in rows}
+    listed = [i for i in ids if i in shas]
+    cache = FeatureCache(gallery.cache_dir, backbone.name)
+    missing = set(cache.missing([shas[i] for i in listed]))
+    cached = [i for n, i in enumerate(listed) if n not in missing][:want]
+    fresh = _embed_decoded(gallery, backbone, [i for n, i in enumerate(listed) if n in missing],
+                           want - len(cached))
+    if fresh.ids:
+        cache.add([shas[i] for i in fresh.ids], fresh.vectors)
+    feats = np.concatenate([cache.get([shas[i] for i in cached]) if cached
+                            else np.zeros((0, backbone.dim), np.float32), fresh.vectors])
+    vectors = model.project(feats) if len(feats) else np.zeros((0, model.dim), np.float32)
+    return Embedded(cached + fresh.ids, vectors, fresh.seconds, fresh.fresh)
+
+
+def _embed_decoded(gallery: GalleryCore, model: Embedder, ids: list[int], want: int) -> Embedded:
+    """Decode and embed up to `want` of these stored photos; decoding runs ahead in a thread
+    while the model embeds."""
     from models.embedder import embed_batches
     from models.pipeline import prefetch_map
 
+    if want <= 0:
+        return Embedded([], np.zeros((0, model.dim), np.float32), 0.0, 0)
     rows = gallery.catalog.images.images(ids[: want * 4])
 
     def load(i: int):
@@ -132,7 +180,7 @@ def embed_stored_photos(gallery: GalleryCore, model: Embedder, ids: list[int], w
         kept += batch_ids
         chunks.append(vectors)
     vectors = np.concatenate(chunks) if chunks else np.zeros((0, model.dim), np.float32)
-    return kept, vectors, time.perf_counter() - t0
+    return Embedded(kept, vectors, time.perf_counter() - t0, len(kept))
 
 
 def compat_gate(signals: dict) -> tuple[bool, list[str]]:
@@ -259,7 +307,8 @@ def preflight(gallery: GalleryCore, model: Embedder, sample: int = PREFLIGHT_SAM
             candidates, rule = order.tolist(), None
     else:
         candidates = order.tolist()
-    kept, new_q, embed_s = embed_stored_photos(gallery, model, candidates, sample)
+    embedded = embed_stored_photos(gallery, model, candidates, sample)
+    kept, new_q = embedded.ids, embedded.vectors
     if not kept:
         return Preflight(0, 0.0, top, 0.0, OWN_RANK_MAX, False, round(time.perf_counter() - t0, 3),
                          verdict="incompatible", expectation="No stored photo could be read.")
@@ -298,7 +347,7 @@ def preflight(gallery: GalleryCore, model: Embedder, sample: int = PREFLIGHT_SAM
         own_in_top_1pct=signals["own_in_top_1pct"], agreement=signals["agreement"],
         reference=len(ref), albums=signals.get("albums"), verdict=verdict,
         expectation=expectation, reasons=reasons,
-        images_per_second=round(len(kept) / embed_s, 2) if embed_s else 0.0,
+        images_per_second=embedded.images_per_second(), decoded=embedded.fresh,
         held_out_only=bool(rule), path=path, measured=measured, flags=flags)
 
 

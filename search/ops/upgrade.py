@@ -55,14 +55,15 @@ class PreflightRefused(GalleryError):
 
 def next_step(gallery: GalleryCore, model, check: Preflight) -> dict:
     """The gallery-fitted path, with its estimated time next to a full backfill's."""
-    from search.ops.fit_sample import estimate_seconds
+    from search.ops.fit_sample import NOMINAL_IMAGES_PER_SECOND, estimate_seconds
     from search.units import fit_name
 
     backbone = getattr(getattr(model, "meta", None), "backbone", None) or model.name
     if backbone == gallery.active_model or backbone == gallery.space:
         backbone = STRONGER_BACKBONE  # its backbone is the gallery's own model: nothing to gain
     photos = gallery.catalog.images.count_images()
-    est = estimate_seconds(photos, check.images_per_second or 30.0)
+    est = estimate_seconds(photos, check.images_per_second
+                           or NOMINAL_IMAGES_PER_SECOND.get(backbone, 30.0))
     command = f"graceful train --from-gallery --backbone {backbone} --out {fit_name(backbone, gallery.active_model)}"
     text = (f"Next step: fit an upgrade to this gallery's own photos ({command}): about "
             f"{duration_text(est['fit_seconds'])}, against {duration_text(est['backfill_seconds'])} for "
