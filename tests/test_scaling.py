@@ -85,15 +85,16 @@ def test_ray_jobs_write_what_the_plain_path_writes(ray_cluster, home, tmp_path):
 
     cli(home, "upgrade", "fake-a2", fakes=True)  # a compatible upgrade, then its backfill
     ref.upgrade("fake-a2")
-    out = json.loads(cli(home, "backfill", "--ray", ray_cluster, "--json", fakes=True).stdout)
+    out = json.loads(cli(home, "backfill", "--ray", ray_cluster, "--ray-workers", "1", "--json",
+                         fakes=True).stdout)  # (two workers: the index above)
     assert out["done"] == 12 and out["status"]["fraction_backfilled"] == 1.0
     assert ref.backfill().done == 12
     ref.close()
     ray_v, plain_v = vectors_of(home, "fake-a2"), vectors_of(plain, "fake-a2")
     assert len(ray_v) == 12 and same(ray_v, plain_v)
 
-    out = json.loads(cli(home, "reembed", "fake-b", "--ray", ray_cluster, "--json",
-                         fakes=True).stdout)
+    out = json.loads(cli(home, "reembed", "fake-b", "--ray", ray_cluster, "--ray-workers", "1",
+                         "--json", fakes=True).stdout)
     assert out["done"] == 12 and out["switched"]
     query = sorted((photos / "blue").iterdir())[0]
     hits = json.loads(cli(home, "search", query, "-k", "3", "--json", fakes=True).stdout)["results"]

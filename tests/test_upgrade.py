@@ -92,7 +92,7 @@ def test_upgrade_recomputes_nothing_and_mixes_new_photos(lite0_gallery, upgrade_
         rollback(g.core)
 
 
-def test_refusals_change_nothing(lite0_gallery, tmp_path, make_checkpoint):
+def test_refusals_change_nothing(cold_features, lite0_gallery, tmp_path, make_checkpoint):
     g = lite0_gallery
     state = (g.active_model, counts(g), g.core.catalog.state.get_state("model_history", []))
     with pytest.raises(GalleryError, match="unknown model"):
@@ -110,29 +110,33 @@ def test_refusals_change_nothing(lite0_gallery, tmp_path, make_checkpoint):
     dry = upgrade(g.core, SHIPPED, dry_run=True)
     assert not dry.changed and dry.preflight.passed
     assert (g.active_model, counts(g), g.core.catalog.state.get_state("model_history", [])) == state
-    forced = upgrade(g.core, "liar", force=True)
-    assert forced.changed and forced.forced and g.active_model == "liar"
-
-
-def test_a_second_check_takes_the_backbone_features_from_the_cache(cold_features, lite0_gallery):
-    """The pre-flight of a head on a backbone it did not fine-tune leaves the backbone's features
-    in the gallery's feature cache (HOME/cache, where fits and bridges keep theirs) and takes
-    them from there the next time: the second check decodes nothing and says the same."""
-    g = lite0_gallery
+    # The pre-flight of a head on a backbone it did not fine-tune leaves the backbone's features
+    # in the gallery's feature cache (HOME/cache, where fits and bridges keep theirs) and takes
+    # them from there the next time: the second check decodes nothing and says the same.
+    first = dry.preflight
     assert g.core.cache_dir == g.core.home / "cache"
-    first = upgrade(g.core, SHIPPED, dry_run=True).preflight
     assert first.decoded >= first.sample > 0 and first.images_per_second > 0
     assert any((g.core.cache_dir / "lite2").glob("*.npz"))
     again = upgrade(g.core, SHIPPED, dry_run=True).preflight
     assert again.decoded == 0 and again.sample == first.sample and again.passed
     assert again.verdict == first.verdict and abs(again.own_rank - first.own_rank) < 0.01
     assert abs(again.agreement - first.agreement) < 0.02
+    forced = upgrade(g.core, "liar", force=True)
+    assert forced.changed and forced.forced and g.active_model == "liar"
 
 
-def test_backfill_orders_limit_and_status(lite0_gallery):
+def test_backfill_orders_limit_and_status(lite0_gallery, monkeypatch):
+    """Also: the pre-flight left the lite2 features of every photo of this small gallery in the
+    feature cache, so the backfill to a head on lite2 decodes none (search/ops/reuse.py)."""
+    from models.imageio import decode
+
+    import search.ops.embedjob as job
+
     g = lite0_gallery
     upgrade(g.core, SHIPPED)
     n = g.core.catalog.images.count_images()
+    decoded: list[bytes] = []
+    monkeypatch.setattr(job, "decode", lambda data, size: decoded.append(data) or decode(data, size))
     for order in bf.ORDERS:
         missing, stale = bf.candidates(g.core, order)
         assert missing == [] and sorted(stale) == sorted(range(1, n + 1))
@@ -144,6 +148,12 @@ def test_backfill_orders_limit_and_status(lite0_gallery):
     bf.backfill(g.core, "oldest")
     assert bf.status(g.core)["fraction_backfilled"] == 1.0
     assert bf.backfill(g.core).done == 0  # nothing left
+    assert decoded == []
+    row = g.core.catalog.images.images([5])[5]  # a vector from cached features is the model's
+    fresh = g.core.load_model(SHIPPED).embed_images(
+        [decode(g.core.store.read(row.sha256, row.ext), 260).image])[0]
+    stored = g.core.catalog.vectors.serving_vectors_of([5], "lite0")[5]
+    assert float(fresh @ stored) / float(np.linalg.norm(stored)) > 0.999
 
 
 def test_backfill_records_its_quality_curve(lite0_gallery, upgrade_photos):

@@ -26,9 +26,21 @@ def embed_stored(gallery: GalleryCore, model: Embedder, image_ids: list[int], jo
                  should_stop: Callable[[], bool] | None = None,
                  on_progress: Callable[[JobProgress], None] | None = None,
                  ray: RayOptions | None = None) -> JobProgress:
-    """With `ray`, Ray workers decode and embed the stored bytes this process reads."""
+    """With `ray`, Ray workers decode and embed the stored bytes this process reads. A head on a
+    backbone it did not fine-tune takes the features the feature cache holds (a fit's sample,
+    a pre-flight's) instead of decoding those photos (search/ops/reuse.py), in the same order."""
+    from search.ops.reuse import backbone_cache, head_on_frozen_backbone, projected, runs
+
     state = JobProgress(job, model.name, len(image_ids))
     rows = gallery.catalog.images.images(image_ids)
+    image_ids = [i for i in image_ids if i in rows]
+    head = head_on_frozen_backbone(model) if ray is None else None
+    cache = backbone_cache(gallery, head) if head is not None else None
+    cached: set[int] = set()
+    if cache is not None:
+        missing = set(cache.missing([rows[i].sha256 for i in image_ids]))
+        cached = {i for n, i in enumerate(image_ids) if n not in missing  # and still stored:
+                  and gallery.store.path(rows[i].sha256, rows[i].ext).is_file()}  # gone is failed
 
     def load(image_id: int):
         row = rows[image_id]
@@ -43,8 +55,8 @@ def embed_stored(gallery: GalleryCore, model: Embedder, image_ids: list[int], jo
     gallery.index(gallery.space_for(model))
     t0 = time.perf_counter()
 
-    def loaded():
-        for image_id, tensor in prefetch_map(load, [i for i in image_ids if i in rows]):
+    def loaded(ids: list[int]):
+        for image_id, tensor in prefetch_map(load, ids):
             if tensor is None:  # missing or damaged store file
                 state.failed += 1
                 continue
@@ -61,13 +73,29 @@ def embed_stored(gallery: GalleryCore, model: Embedder, image_ids: list[int], jo
             on_progress(state)
         return not (should_stop and should_stop())
 
-    try:
-        with closing(embedded(gallery, model, loaded(), batch_size, ray)) as batches:
+    def embed(ids: list[int]) -> bool:
+        """Embed and commit these photos; False when the job is asked to stop."""
+        with closing(embedded(gallery, model, loaded(ids), batch_size, ray)) as batches:
             for done in batches:
                 state.failed += len(done.failed)  # reported by a Ray worker
                 if done.keys and not write(done.keys, done.vectors):
-                    state.interrupted = True
-                    break
+                    return False
+        return True
+
+    def from_cache(ids: list[int]) -> bool:
+        assert head is not None and cache is not None
+        gallery.catalog.state.note_runtime(model.name, [model.runtime])
+        for k in range(0, len(ids), batch_size):
+            chunk = ids[k:k + batch_size]
+            if not write(chunk, projected(head, cache, [rows[i].sha256 for i in chunk])):
+                return False
+        return True
+
+    try:
+        for run, known in runs(image_ids, cached):
+            if not (from_cache(run) if known else embed(run)):
+                state.interrupted = True
+                break
     except KeyboardInterrupt:
         state.interrupted = True
     finally:

@@ -121,27 +121,26 @@ def embed_stored_photos(gallery: GalleryCore, model: Embedder, ids: list[int], w
     are passed over (they are not the model's fault). A head on a backbone it did not fine-tune
     takes the backbone's features from the gallery's feature cache where a fit, a bridge or an
     earlier check left them, and leaves there the ones it computes."""
-    from models.compatible import HeadEmbedder
-    from models.features import FeatureCache
+    from search.ops.reuse import backbone_cache, head_on_frozen_backbone, projected
 
-    if not isinstance(model, HeadEmbedder) or model.frozen_backbone is None:
+    head = head_on_frozen_backbone(model)
+    if head is None or head.frozen_backbone is None:
         return _embed_decoded(gallery, model, ids, want)
-    backbone = model.frozen_backbone
-
+    backbone = head.frozen_backbone
     ids = ids[: want * 4]
     rows = gallery.catalog.images.images(ids)
     shas = {i: rows[i].sha256 for i in ids if i in rows}
     listed = [i for i in ids if i in shas]
-    cache = FeatureCache(gallery.cache_dir, backbone.name)
+    cache = backbone_cache(gallery, head)
     missing = set(cache.missing([shas[i] for i in listed]))
     cached = [i for n, i in enumerate(listed) if n not in missing][:want]
     fresh = _embed_decoded(gallery, backbone, [i for n, i in enumerate(listed) if n in missing],
                            want - len(cached))
     if fresh.ids:
         cache.add([shas[i] for i in fresh.ids], fresh.vectors)
-    feats = np.concatenate([cache.get([shas[i] for i in cached]) if cached
-                            else np.zeros((0, backbone.dim), np.float32), fresh.vectors])
-    vectors = model.project(feats) if len(feats) else np.zeros((0, model.dim), np.float32)
+    vectors = np.concatenate([projected(head, cache, [shas[i] for i in cached]),
+                              head.project(fresh.vectors) if fresh.ids
+                              else np.zeros((0, head.dim), np.float32)])
     return Embedded(cached + fresh.ids, vectors, fresh.seconds, fresh.fresh)
 
 
