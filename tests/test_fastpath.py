@@ -92,19 +92,13 @@ def test_cache_is_reused_and_a_damaged_file_is_exported_again(fresh_cache, caplo
     assert second.runtime == "onnxruntime" and not second._fast.exported
     assert files[0].stat().st_mtime_ns == stamp
 
-    x = torch.rand(3, 3, 224, 224) * 2 - 1
-    want = EfficientNetLite("lite0", runtime="torch").embed_batch(x)
-    middle = len(good) // 2
-    for damaged, why in ((good[:middle], "unusable"),  # truncated: does not parse
-                         (good[:middle] + b"\xff" * 65536 + good[middle + 65536:],
-                          "differs from torch")):  # parses, NaN weights: the probe catches it
-        files[0].write_bytes(damaged)
-        caplog.clear()
-        again = EfficientNetLite("lite0")
-        assert why in caplog.text
-        assert again.runtime == "onnxruntime" and again._fast.exported
-        assert files[0].read_bytes() == good  # the export is deterministic
-        assert cosines(again.embed_batch(x), want).min() >= 0.9999
+    # a damaged file is exported again (tests/test_fastpath.py's tiny network: the same code,
+    # OrtFeatures, without two more exports of lite0)
+    files[0].write_bytes(good[: len(good) // 2])
+    caplog.clear()
+    again = EfficientNetLite("lite0")
+    assert "unusable" in caplog.text and again.runtime == "onnxruntime" and again._fast.exported
+    assert files[0].read_bytes() == good  # the export is deterministic
     assert list(fresh_cache.glob("*.onnx")) == files  # no stray temp files
 
     # a trust record that no longer matches torch: the torch path verifies and writes it again
@@ -114,6 +108,31 @@ def test_cache_is_reused_and_a_damaged_file_is_exported_again(fresh_cache, caplo
     again = EfficientNetLite("lite0")
     assert type(again._fast) is onnx_runtime.OrtFeatures and not again._fast.exported
     assert json.loads(record.read_text()) == kept
+
+
+def test_a_damaged_export_is_exported_again(tmp_path, caplog):
+    """Truncated (does not parse) or with NaN weights (parses; the probe against torch catches
+    it): exported again, the same bytes, serving torch's features."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 7), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten()).eval()
+    first = onnx_runtime.OrtFeatures("tiny", net, net, 32, folder=tmp_path, threads=1)
+    assert first.exported and first.path is not None
+    good = first.path.read_bytes()
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 3, 32, 32)).astype(np.float32)
+    with torch.inference_mode():
+        want = net(torch.from_numpy(x)).numpy()
+    middle = len(good) // 2  # inside the convolution's 37 KB of weights
+    for damaged, why in ((good[:middle], "unusable"),
+                         (good[:middle] + b"\xff" * 4096 + good[middle + 4096:],
+                          "differs from torch")):
+        first.path.write_bytes(damaged)
+        caplog.clear()
+        again = onnx_runtime.OrtFeatures("tiny", net, net, 32, folder=tmp_path, threads=1)
+        assert why in caplog.text and again.exported
+        assert first.path.read_bytes() == good
+        assert cosines(again(x), want).min() >= 0.9999
+    assert [p.name for p in tmp_path.glob("*.onnx")] == [first.path.name]
 
 
 def test_graceful_runtime_torch_forces_torch(fresh_cache, monkeypatch):
