@@ -160,23 +160,6 @@ def test_kill_9_during_a_ray_backfill_then_resume(ray_cluster, album_gallery, ru
     assert set(Path(tempfile.gettempdir()).glob("graceful-model-*")) <= shipped_copies
 
 
-@pytest.mark.slow
-def test_ray_auto_starts_a_local_runtime_and_bad_addresses_are_one_line(home, tmp_path):
-    pytest.importorskip("ray", reason="graceful[ray] is not installed")
-    photos = make_photos(tmp_path / "photos", ALBUMS[:1], per_album=4)
-    r = cli(home, "index", photos, "--ray", "auto", "--ray-workers", "1", "--json", fakes=True)
-    assert json.loads(r.stdout)["added"] == 4
-    r = cli(home, "backfill", "--ray", str(photos), check=False, fakes=True)
-    assert r.returncode == 1 and "--ray takes auto, HOST:PORT" in r.stderr
-    assert "Traceback" not in r.stderr
-    r = cli(home, "backfill", "--ray-workers", "2", check=False, fakes=True)
-    assert r.returncode == 1 and "--ray-workers goes with --ray" in r.stderr
-    r = cli(home, "reembed", "fake-b", "--ray", "auto", "--ray-workers", "64", check=False,
-            fakes=True)
-    assert r.returncode == 1 and "need 64 CPUs; the cluster has" in r.stderr
-    assert "Traceback" not in r.stderr
-
-
 def test_without_ray_or_milvus_nothing_imports_them(home, few_photos):
     """The embedded default stays lean: a FAISS gallery's jobs import neither Ray nor pymilvus."""
     code = (
