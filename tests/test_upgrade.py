@@ -92,7 +92,10 @@ def test_upgrade_recomputes_nothing_and_mixes_new_photos(lite0_gallery, upgrade_
         rollback(g.core)
 
 
-def test_refusals_change_nothing(cold_features, lite0_gallery, tmp_path, make_checkpoint):
+def test_refusals_change_nothing(cold_features, lite0_gallery, tmp_path, make_checkpoint,
+                                 monkeypatch):
+    from models.features import FeatureCache
+
     g = lite0_gallery
     state = (g.active_model, counts(g), g.core.catalog.state.get_state("model_history", []))
     with pytest.raises(GalleryError, match="unknown model"):
@@ -105,8 +108,13 @@ def test_refusals_change_nothing(cold_features, lite0_gallery, tmp_path, make_ch
         upgrade(g.core, str(corrupt))
     g.core.models_dir.mkdir(parents=True, exist_ok=True)
     make_checkpoint(g.core.models_dir / "liar.safetensors", dim=1280, name="liar")  # random head, claims lite0
-    with pytest.raises(GalleryError, match="pre-flight check refused liar .* do not line up"):
-        upgrade(g.core, "liar")
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+    with monkeypatch.context() as m:  # a cache that cannot be written does not stop the check
+        m.setattr(FeatureCache, "add", full)
+        with pytest.raises(GalleryError, match="pre-flight check refused liar .* do not line up"):
+            upgrade(g.core, "liar")
     dry = upgrade(g.core, SHIPPED, dry_run=True)
     assert not dry.changed and dry.preflight.passed
     assert (g.active_model, counts(g), g.core.catalog.state.get_state("model_history", [])) == state

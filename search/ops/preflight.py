@@ -137,7 +137,10 @@ def embed_stored_photos(gallery: GalleryCore, model: Embedder, ids: list[int], w
     fresh = _embed_decoded(gallery, backbone, [i for n, i in enumerate(listed) if n in missing],
                            want - len(cached))
     if fresh.ids:
-        cache.add([shas[i] for i in fresh.ids], fresh.vectors)
+        try:
+            cache.add([shas[i] for i in fresh.ids], fresh.vectors)
+        except OSError:  # a read-only or full cache folder: the check stands without it
+            pass
     vectors = np.concatenate([projected(head, cache, [shas[i] for i in cached]),
                               head.project(fresh.vectors) if fresh.ids
                               else np.zeros((0, head.dim), np.float32)])
