@@ -10,6 +10,7 @@ import hashlib
 import io
 import re
 import time
+import zipfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -37,8 +38,13 @@ class FeatureCache:
                 try:
                     with np.load(shard) as z:
                         self._data.update(zip(z["sha"].tolist(), z["vec"]))
-                except (OSError, ValueError, KeyError):
-                    shard.unlink(missing_ok=True)  # a damaged shard is recomputed
+                except PermissionError:  # another user's shard in a shared folder: not ours
+                    continue
+                except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                    try:  # a damaged shard is recomputed
+                        shard.unlink(missing_ok=True)
+                    except OSError:  # a folder we may only read: its features are missing
+                        pass
         return self._data
 
     def missing(self, shas: Sequence[str]) -> list[int]:

@@ -4,6 +4,7 @@ and a re-embed computing with the real models. On FAISS and SQLite: the same sce
 store and catalog are tests/test_upgrades_fast.py's and tests/test_kill_stores.py's."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -133,9 +134,13 @@ def test_refusals_change_nothing(cold_features, lite0_gallery, tmp_path, make_ch
     assert forced.changed and forced.forced and g.active_model == "liar"
 
 
-def test_backfill_orders_limit_and_status(lite0_gallery, monkeypatch):
+def test_backfill_orders_limit_and_status(cold_features, lite0_gallery, monkeypatch):
     """Also: the pre-flight left the lite2 features of every photo of this small gallery in the
-    feature cache, so the backfill to a head on lite2 decodes none (search/ops/reuse.py)."""
+    feature cache (HOME/cache); with every other photo's kept there, the backfill to a head on
+    lite2 decodes only the others, commits the cached ones with the decoded batches (no more
+    commits than batches of each kind, plus one), and their vectors are the model's
+    (search/ops/reuse.py)."""
+    from models.features import FeatureCache
     from models.imageio import decode
 
     import search.ops.embedjob as job
@@ -143,8 +148,19 @@ def test_backfill_orders_limit_and_status(lite0_gallery, monkeypatch):
     g = lite0_gallery
     upgrade(g.core, SHIPPED)
     n = g.core.catalog.images.count_images()
+    cache = FeatureCache(g.core.cache_dir, "lite2")
+    shas = {i: r.sha256 for i, r in g.core.catalog.images.images(list(range(1, n + 1))).items()}
+    assert not cache.missing(list(shas.values()))
+    kept = {i: shas[i] for i in shas if i % 2}
+    features = cache.get(list(kept.values()))
+    shutil.rmtree(cache.dir)
+    FeatureCache(g.core.cache_dir, "lite2").add(list(kept.values()), features)
     decoded: list[bytes] = []
     monkeypatch.setattr(job, "decode", lambda data, size: decoded.append(data) or decode(data, size))
+    commits: list[int] = []
+    write = g.core.write_vectors
+    monkeypatch.setattr(g.core, "write_vectors",
+                        lambda ids, *a, **k: commits.append(len(ids)) or write(ids, *a, **k))
     for order in bf.ORDERS:
         missing, stale = bf.candidates(g.core, order)
         assert missing == [] and sorted(stale) == sorted(range(1, n + 1))
@@ -153,15 +169,21 @@ def test_backfill_orders_limit_and_status(lite0_gallery, monkeypatch):
     st = bf.status(g.core)
     assert st["by_active_model"] == 10 and st["older_vectors"] == n - 10
     assert g.core.index().ntotal == n  # replaced, not added
+    first = len(decoded)
+    assert first <= 10 and len(commits) <= 2  # a decoded batch (+ the cached before it), the rest
+    first_commits = len(commits)
     bf.backfill(g.core, "oldest")
     assert bf.status(g.core)["fraction_backfilled"] == 1.0
     assert bf.backfill(g.core).done == 0  # nothing left
-    assert decoded == []
-    row = g.core.catalog.images.images([5])[5]  # a vector from cached features is the model's
-    fresh = g.core.load_model(SHIPPED).embed_images(
-        [decode(g.core.store.read(row.sha256, row.ext), 260).image])[0]
-    stored = g.core.catalog.vectors.serving_vectors_of([5], "lite0")[5]
-    assert float(fresh @ stored) / float(np.linalg.norm(stored)) > 0.999
+    assert len(decoded) == n - len(kept) and sum(commits) == n
+    later = len(decoded) - first  # decoded by the second job, of its n - 10 photos
+    assert len(commits) - first_commits <= -(-later // 16) + -(-(n - 10 - later) // 16) + 1
+    model = g.core.load_model(SHIPPED)
+    for i in (min(kept), min(set(shas) - set(kept))):  # one from the cache, one decoded
+        row = g.core.catalog.images.images([i])[i]
+        fresh = model.embed_images([decode(g.core.store.read(row.sha256, row.ext), 260).image])[0]
+        stored = g.core.catalog.vectors.serving_vectors_of([i], "lite0")[i]
+        assert float(fresh @ stored) / float(np.linalg.norm(stored)) > 0.999
 
 
 def test_backfill_records_its_quality_curve(lite0_gallery, upgrade_photos):

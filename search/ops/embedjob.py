@@ -10,6 +10,8 @@ import time
 from contextlib import closing
 from typing import Callable
 
+import numpy as np
+
 from models.embedder import Embedder
 from models.imageio import BadImage, decode
 from models.pipeline import prefetch_map
@@ -28,19 +30,14 @@ def embed_stored(gallery: GalleryCore, model: Embedder, image_ids: list[int], jo
                  ray: RayOptions | None = None) -> JobProgress:
     """With `ray`, Ray workers decode and embed the stored bytes this process reads. A head on a
     backbone it did not fine-tune takes the features the feature cache holds (a fit's sample,
-    a pre-flight's) instead of decoding those photos (search/ops/reuse.py), in the same order."""
-    from search.ops.reuse import backbone_cache, head_on_frozen_backbone, projected, runs
+    a pre-flight's) instead of decoding those photos (search/ops/reuse.py): they are committed
+    with the decoded batch that follows them in the job's order."""
+    from search.ops.reuse import backbone_cache, head_on_frozen_backbone, projected
 
     state = JobProgress(job, model.name, len(image_ids))
     rows = gallery.catalog.images.images(image_ids)
     image_ids = [i for i in image_ids if i in rows]
     head = head_on_frozen_backbone(model) if ray is None else None
-    cache = backbone_cache(gallery, head) if head is not None else None
-    cached: set[int] = set()
-    if cache is not None:
-        missing = set(cache.missing([rows[i].sha256 for i in image_ids]))
-        cached = {i for n, i in enumerate(image_ids) if n not in missing  # and still stored:
-                  and gallery.store.path(rows[i].sha256, rows[i].ext).is_file()}  # gone is failed
 
     def load(image_id: int):
         row = rows[image_id]
@@ -73,29 +70,51 @@ def embed_stored(gallery: GalleryCore, model: Embedder, image_ids: list[int], jo
             on_progress(state)
         return not (should_stop and should_stop())
 
-    def embed(ids: list[int]) -> bool:
-        """Embed and commit these photos; False when the job is asked to stop."""
-        with closing(embedded(gallery, model, loaded(ids), batch_size, ray)) as batches:
+    try:  # (the cache's lookup is inside: Ctrl-C there stops the job cleanly too)
+        cache = backbone_cache(gallery, head) if head is not None else None
+        cached: list[int] = []  # in order: features cached and the store file still there
+        if cache is not None:  # (a photo gone is reported as failed, as before)
+            missing = set(cache.missing([rows[i].sha256 for i in image_ids]))
+            cached = [i for n, i in enumerate(image_ids) if n not in missing
+                      and gallery.store.path(rows[i].sha256, rows[i].ext).is_file()]
+        known, position = set(cached), {i: n for n, i in enumerate(image_ids)}
+        waiting = 0  # cached[:waiting] are committed
+
+        def take(upto: int | None) -> list[int]:
+            """The cached photos not committed yet that come before position `upto` (None: all)."""
+            nonlocal waiting
+            end = waiting
+            while end < len(cached) and (upto is None or position[cached[end]] < upto):
+                end += 1
+            ids, waiting = cached[waiting:end], end
+            return ids
+
+        def vectors_of(ids: list[int]) -> np.ndarray:
+            assert head is not None and cache is not None
+            return projected(head, cache, [rows[i].sha256 for i in ids])
+
+        def commit_cached(ids: list[int]) -> bool:
+            return all(write(ids[k:k + batch_size], vectors_of(ids[k:k + batch_size]))
+                       for k in range(0, len(ids), batch_size))
+
+        stopped = False
+        uncached = [i for i in image_ids if i not in known]
+        with closing(embedded(gallery, model, loaded(uncached), batch_size, ray)) as batches:
             for done in batches:
                 state.failed += len(done.failed)  # reported by a Ray worker
-                if done.keys and not write(done.keys, done.vectors):
-                    return False
-        return True
-
-    def from_cache(ids: list[int]) -> bool:
-        assert head is not None and cache is not None
-        gallery.catalog.state.note_runtime(model.name, [model.runtime])
-        for k in range(0, len(ids), batch_size):
-            chunk = ids[k:k + batch_size]
-            if not write(chunk, projected(head, cache, [rows[i].sha256 for i in chunk])):
-                return False
-        return True
-
-    try:
-        for run, known in runs(image_ids, cached):
-            if not (from_cache(run) if known else embed(run)):
-                state.interrupted = True
-                break
+                ahead = take(min(position[k] for k in done.keys)) if done.keys else []
+                whole = len(ahead) - len(ahead) % batch_size  # whole batches go on their own,
+                if not commit_cached(ahead[:whole]):  # the rest joins this decoded batch
+                    stopped = True
+                    break
+                joined = ahead[whole:]
+                keys = joined + list(done.keys)
+                vectors = (np.concatenate([vectors_of(joined), done.vectors]) if joined
+                           else done.vectors)
+                if keys and not write(keys, vectors):
+                    stopped = True
+                    break
+        state.interrupted = stopped or not commit_cached(take(None))
     except KeyboardInterrupt:
         state.interrupted = True
     finally:

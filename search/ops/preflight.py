@@ -120,7 +120,8 @@ def embed_stored_photos(gallery: GalleryCore, model: Embedder, ids: list[int], w
     """Embed up to `want` of these stored photos (in order) with `model`; unreadable store files
     are passed over (they are not the model's fault). A head on a backbone it did not fine-tune
     takes the backbone's features from the gallery's feature cache where a fit, a bridge or an
-    earlier check left them, and leaves there the ones it computes."""
+    earlier check left them (for the same first photos, in the same order, that it would
+    decode), and leaves there the ones it computes."""
     from search.ops.reuse import backbone_cache, head_on_frozen_backbone, projected
 
     head = head_on_frozen_backbone(model)
@@ -132,9 +133,9 @@ def embed_stored_photos(gallery: GalleryCore, model: Embedder, ids: list[int], w
     shas = {i: rows[i].sha256 for i in ids if i in rows}
     listed = [i for i in ids if i in shas]
     cache = backbone_cache(gallery, head)
-    missing = set(cache.missing([shas[i] for i in listed]))
-    cached = [i for n, i in enumerate(listed) if n not in missing][:want]
-    fresh = _embed_decoded(gallery, backbone, [i for n, i in enumerate(listed) if n in missing],
+    missing = {listed[n] for n in cache.missing([shas[i] for i in listed])}
+    cached = [i for i in listed[:want] if i not in missing]  # the sample the check would take
+    fresh = _embed_decoded(gallery, backbone, [i for i in listed if i in missing],
                            want - len(cached))
     if fresh.ids:
         try:
@@ -283,7 +284,8 @@ def preflight(gallery: GalleryCore, model: Embedder, sample: int = PREFLIGHT_SAM
     """Measure how `model`'s queries sit among the stored vectors (or, for `path="transform"`,
     among them moved by `transform`). A model fitted to this gallery reuses its fit's
     measurement while the gallery is unchanged; otherwise it is measured again on at least as
-    many held-out photos as the fit used. Nothing is written."""
+    many held-out photos as the fit used. Nothing is written but the feature cache (the
+    backbone features it computed for a head model)."""
     reused = reuse_fit(gallery, model, path)
     if reused is not None:
         return reused

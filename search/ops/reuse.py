@@ -6,7 +6,7 @@ keyed by backbone name and photo sha256) holds the backbone features that fits, 
 pre-flights computed. The pre-flight and the embedding jobs (backfill, reembed) reuse them."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,18 +32,6 @@ def backbone_cache(gallery: GalleryCore, head: HeadEmbedder) -> FeatureCache:
 
     assert head.frozen_backbone is not None
     return FeatureCache(gallery.cache_dir, head.frozen_backbone.name)
-
-
-def runs(ids: list[int], cached: set[int]) -> Iterator[tuple[list[int], bool]]:
-    """`ids` in order, cut into maximal runs of cached and uncached ids: (run, cached?)."""
-    run: list[int] = []
-    for i in ids:
-        if run and (i in cached) != (run[0] in cached):
-            yield run, run[0] in cached
-            run = []
-        run.append(i)
-    if run:
-        yield run, run[0] in cached
 
 
 def projected(head: HeadEmbedder, cache: FeatureCache, shas: list[str]) -> np.ndarray:
