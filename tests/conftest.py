@@ -12,6 +12,8 @@ A module holding fast tests must be listed in FAST_MODULES (checked by tests/tes
 that `-m fast` collects only those modules and never imports torch."""
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import shutil
 from pathlib import Path
@@ -73,7 +75,11 @@ def cold_features(monkeypatch):
 # Tests that share one machine-wide thing run in one pytest-xdist worker, one after another
 # (`-n 2 --dist loadgroup`, README's command): the Ray tests count every Ray process on the
 # machine, and the Milvus server is started once per worker that needs it.
-SERIAL_GROUPS = {"ray": ("ray_cluster", "ray_runtime", "no_new_ray_processes"), "milvus-server": ("milvus_server",)}
+SERIAL_GROUPS = {"ray": ("ray_cluster", "ray_runtime", "no_new_ray_processes"),
+                 "milvus-server": ("milvus_server",),
+                 # the compat criterion's lite0/lite2 features (module-scoped, per worker) are
+                 # `graceful train`'s: ~46 core-s more when the two tests land on two workers
+                 "compat-features": ("small_split",)}
 
 
 def serial_group(item) -> str | None:
@@ -134,8 +140,8 @@ def caltech_subset(dest: Path, split: str, classes: list[str] | int, per_class: 
 
 @pytest.fixture(scope="session")
 def caltech_small(tmp_path_factory) -> Path:
-    """10 classes x 30 test photos: the retrieval set."""
-    return caltech_subset(tmp_path_factory.mktemp("caltech_small"), "test", 10, 30)
+    """10 classes x 15 test photos: the retrieval set."""
+    return caltech_subset(tmp_path_factory.mktemp("caltech_small"), "test", 10, 15)
 
 
 @pytest.fixture(scope="session")
@@ -279,6 +285,9 @@ def copy_gallery(src: Path, dest: Path) -> Path:
 PG_SNAPSHOT = "postgres-snapshot.url"  # in a snapshot home whose catalog is a PostgreSQL database
 
 
+_CLONES = itertools.count(1)
+
+
 def clone_database(url: str) -> str:
     """A new database holding a copy of the one at `url` (CREATE DATABASE ... TEMPLATE): this
     process's idle connections to it are closed first."""
@@ -289,16 +298,15 @@ def clone_database(url: str) -> str:
 
     release(url)
     parts = urlsplit(url)
-    name, n = parts.path.lstrip("/"), 0
-    while True:
-        n += 1
-        clone = f"{name}_c{n}_{os.getpid()}"
+    name = parts.path.lstrip("/")
+    while True:  # a name taken already (by an earlier session's database): the next one
+        clone = f"{name}_c{next(_CLONES)}_{os.getpid()}"
         admin = url.replace(f"/{name}?", "/postgres?")
         r = subprocess.run(["psql", "-X", "-q", "-d", admin, "-c",
                             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
                             f"datname = '{name}' AND pid <> pg_backend_pid()", "-c",
-                            f"CREATE DATABASE {clone} TEMPLATE {name}"], capture_output=True,
-                           text=True)
+                            f"CREATE DATABASE {clone} TEMPLATE {name} STRATEGY = FILE_COPY"],
+                           capture_output=True, text=True)
         if r.returncode == 0:
             return url.replace(f"/{name}?", f"/{clone}?")
         if "already exists" not in r.stderr:
@@ -505,14 +513,55 @@ def bomb_png():
 RAY_CLUSTER_SESSIONS: set[int] = set()  # process sessions of the test cluster (ray_cluster)
 
 
-@pytest.fixture(scope="session")
-def ray_runtime():
-    """A real Ray cluster on this machine for the session: `ray start --head` on 127.0.0.1 in a
-    process session of its own (the product's LocalRuntime), stopped after with every process of
-    it, and only those (no `ray stop`, which would stop any Ray on the machine); the session
-    fails if any of its processes or its temporary folder is left. Its tests share one
-    pytest-xdist worker (SERIAL_GROUPS)."""
-    pytest.importorskip("ray", reason="graceful[ray] is not installed")
+class GroupServer:
+    """A server the tests of one serial group share (SERIAL_GROUPS): started by the first of
+    them that asks, stopped when the worker's next test is outside the group
+    (pytest_runtest_teardown), or at the session's end. A session-long server would idle through
+    the rest of the run: ~0.03 cores for the Milvus server, ~0.02 for a Ray runtime."""
+
+    def __init__(self, group: str, open_: Callable[[], contextlib.AbstractContextManager]):
+        self.group, self._open = group, open_
+        self._cm: contextlib.AbstractContextManager | None = None
+        self.value = None
+
+    def get(self):
+        if self._cm is None:
+            cm = self._open()
+            self.value = cm.__enter__()
+            self._cm = cm
+        return self.value
+
+    def close(self) -> None:
+        cm, self._cm = self._cm, None
+        if cm is not None:
+            cm.__exit__(None, None, None)
+
+
+GROUP_SERVERS: dict[str, GroupServer] = {}
+
+
+def group_server(group: str, open_: Callable[[], contextlib.AbstractContextManager]):
+    return GROUP_SERVERS.setdefault(group, GroupServer(group, open_)).get()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield
+    group = serial_group(item)
+    server = GROUP_SERVERS.get(group or "")
+    if server is not None and (nextitem is None or serial_group(nextitem) != group):
+        server.close()  # raises when it leaves a process or its folder: this test's teardown fails
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _group_servers_stop():
+    yield
+    for server in GROUP_SERVERS.values():  # an interrupted run
+        server.close()
+
+
+@contextlib.contextmanager
+def _local_ray_runtime():
     from models.ray_runtime import LocalRuntime
 
     runtime = LocalRuntime(cpus=2)
@@ -524,36 +573,35 @@ def ray_runtime():
         yield runtime
     finally:
         runtime.stop()
-    assert runtime.pids() == [], "the session's Ray runtime left processes behind"
-    assert not temp.exists(), "the session's Ray runtime left its folder behind"
+    assert runtime.pids() == [], "the test Ray runtime left processes behind"
+    assert not temp.exists(), "the test Ray runtime left its folder behind"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
+def ray_runtime():
+    """A real Ray cluster on this machine for the "ray" group's tests: `ray start --head` on
+    127.0.0.1 in a process session of its own (the product's LocalRuntime), stopped after the
+    group (GroupServer) with every process of it, and only those (no `ray stop`, which would
+    stop any Ray on the machine); that teardown fails if any of its processes or its temporary
+    folder is left."""
+    pytest.importorskip("ray", reason="graceful[ray] is not installed")
+    return group_server("ray", _local_ray_runtime)
+
+
+@pytest.fixture
 def ray_cluster(ray_runtime) -> str:
-    """The address of the session's Ray cluster (ray_runtime)."""
+    """The address of the group's Ray cluster (ray_runtime)."""
     return ray_runtime.address
 
 
-@pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory):
-    """A real Milvus standalone server (PyPI `milvus` 2.3.x, `pip install 'graceful[milvus-
-    server]'`) for the slow tier: in a network namespace of its own, reachable only through
-    127.0.0.1:PORT (tests/milvus_sandbox.py); yields its URI. The whole process group is stopped
-    after, and the test fails if any of its processes is left. Start time and memory go to
-    tests/artifacts/milvus_server.json."""
+@contextlib.contextmanager
+def _milvus_server(base: Path):
     import json
-    import subprocess
 
     from milvus_sandbox import running
 
-    pytest.importorskip("milvus", reason="the Milvus server package is not installed "
-                        "(pip install 'graceful[milvus-server]')")
-    pytest.importorskip("pymilvus", reason="graceful[milvus] is not installed")
-    if shutil.which("unshare") is None or subprocess.run(
-            ["unshare", "-n", "true"], capture_output=True).returncode != 0:
-        pytest.skip("cannot make a network namespace (unshare -n) to keep Milvus off the network")
     try:
-        with running(tmp_path_factory.mktemp("milvus_server")) as facts:
+        with running(base) as facts:
             yield facts["uri"]
             try:
                 facts["rss_kib_at_end"] = int(open(f"/proc/{facts['milvus_pid']}/status").read()
@@ -566,7 +614,24 @@ def milvus_server(tmp_path_factory):
         pytest.fail(str(e))
 
 
-# -- the fast tier's engine tests: fake models (tests/fakes.py), synthetic photos -------------
+@pytest.fixture
+def milvus_server(tmp_path_factory):
+    """A real Milvus standalone server (PyPI `milvus` 2.3.x, `pip install 'graceful[milvus-
+    server]'`) for the "milvus-server" group: in a network namespace of its own, reachable only
+    through 127.0.0.1:PORT (tests/milvus_sandbox.py); yields its URI. The whole process group is
+    stopped after the group (GroupServer), and that teardown fails if any of its processes is
+    left. Start time and memory go to tests/artifacts/milvus_server.json."""
+    import subprocess
+
+    pytest.importorskip("milvus", reason="the Milvus server package is not installed "
+                        "(pip install 'graceful[milvus-server]')")
+    pytest.importorskip("pymilvus", reason="graceful[milvus] is not installed")
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a network namespace (unshare -n) to keep Milvus off the network")
+    return group_server("milvus-server",
+                        lambda: _milvus_server(tmp_path_factory.mktemp("milvus_server")))
+
 
 @pytest.fixture
 def no_fsync(monkeypatch):

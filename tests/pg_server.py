@@ -58,7 +58,7 @@ class PgServer:
         """A new empty database; returns its URL."""
         self._n += 1
         name = f"{prefix}{os.getpid()}_{self._n}"
-        self.psql(f"CREATE DATABASE {name}")
+        self.psql(f"CREATE DATABASE {name} STRATEGY = FILE_COPY")
         return self.url(name)
 
     def start(self) -> None:
@@ -130,7 +130,8 @@ def running(durable: bool = False, sync_commit: bool = False) -> Iterator[PgServ
                 "max_connections": "200", "shared_buffers": "128MB", "log_min_messages": "warning",
                 "fsync": "on" if durable else "off",
                 "synchronous_commit": "on" if sync_commit else "off",
-                "full_page_writes": "on" if durable else "off", "logging_collector": "off"}
+                "full_page_writes": "on" if durable else "off", "logging_collector": "off",
+                "autovacuum": "on" if durable else "off"}
     args = [postgres, "-D", str(root / "data")]
     for k, v in settings.items():
         args += ["-c", f"{k}={v}"]

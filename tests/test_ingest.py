@@ -111,14 +111,14 @@ def test_corrupt_or_stale_index_is_rebuilt(home, few_photos):
 def test_leave_one_out_retrieval_is_far_above_chance(home, caltech_small):
     g = Gallery.open(home, create=True)
     report = ingest(g.core, [caltech_small])
-    assert report.added > 150
+    assert report.added > 140  # of 150: Caltech-101 repeats a few photos byte for byte
     ids, vecs = g.core.catalog.vectors.vectors_by_model("lite0")
     rows = g.core.catalog.images.images(ids)
     labels = np.array([Path(rows[i].source).parent.name for i in ids])
     scores, found = g.core.index().search(vecs, 2)  # first hit is the query itself
     assert (found[:, 0] == ids).all()
     top1 = (labels[np.searchsorted(ids, found[:, 1])] == labels).mean()
-    # measured 0.956 on this subset with lite0; chance is 0.1
+    print(f"leave-one-out top-1 {top1:.3f}")  # measured 0.925 with lite0; chance is 0.1
     assert top1 > 0.85, top1
     # the query path agrees with the raw index
     res = search_gallery_image(g.core, int(ids[0]), k=3)

@@ -24,7 +24,7 @@ RAY_NAMES = ("gcs_server", "raylet", "ray::", "ray.scripts.scripts", "ray/dashbo
 
 
 def ray_processes() -> dict[int, str]:
-    """Live (not zombie) processes of Ray on this machine, the session's test cluster left out
+    """Live (not zombie) processes of Ray on this machine, the group's test cluster left out
     (conftest's ray_cluster): pid -> command line."""
     found = {}
     for entry in os.listdir("/proc"):
@@ -92,8 +92,8 @@ def cli(home: Path, *args, env=None, timeout=600) -> subprocess.CompletedProcess
 
 
 def test_the_local_runtime_listens_on_127_0_0_1_only(ray_runtime):
-    """The session's cluster is the product's LocalRuntime; that it stops with every process
-    and its folder gone is asserted when the session ends (conftest's ray_runtime)."""
+    """The group's cluster is the product's LocalRuntime; that it stops with every process
+    and its folder gone is asserted after the group's last test (conftest's ray_runtime)."""
     assert ray_runtime.address.startswith("127.0.0.1:")
     temp = Path(ray_runtime.temp_dir or "")
     assert any(temp.glob("session_*")), "Ray keeps its session in the runtime's own folder"
