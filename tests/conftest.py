@@ -62,6 +62,9 @@ if "GRACEFUL_FEATURES" not in os.environ and not os.environ.get("PYTEST_XDIST_WO
 
 
 def pytest_unconfigure(config):
+    import cli_fork
+
+    cli_fork.stop()  # this process's CLI fork server, if a test started it
     if os.environ.get("_GRACEFUL_FEATURES_OWNER") == str(os.getpid()):
         shutil.rmtree(os.environ["GRACEFUL_FEATURES"], ignore_errors=True)
 
@@ -411,17 +414,22 @@ def _bomb_png(width: int, height: int) -> bytes:
 def _run_and_kill(cmd: list[str], env: dict, ready, timeout: float = 180) -> int:
     """Run `cmd`, SIGKILL it as soon as `ready()` says so (a catalog busy for a moment counts
     as not yet), and return its exit status (-SIGKILL when it was killed)."""
-    import signal
     import sqlite3
     import subprocess
+    import sys
     import time
 
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if cmd[:3] == [sys.executable, "-m", "search.cli"]:
+        import cli_fork
+
+        proc = cli_fork.start(cmd[3:], env)
+    else:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         try:
             if ready():
-                proc.send_signal(signal.SIGKILL)
+                proc.kill()
                 break
         except sqlite3.OperationalError:
             pass

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cli_fork
 import pytest
 from click.testing import CliRunner
 
@@ -151,7 +152,6 @@ def test_kill_9_during_the_bridge_sample_and_the_fused_transform_then_resume(
     import os
     import shutil
     import sqlite3
-    import subprocess
     import sys
 
     from test_transform import synthetic_lite0_gallery
@@ -189,9 +189,8 @@ def test_kill_9_during_the_bridge_sample_and_the_fused_transform_then_resume(
         active = json.loads(db.execute("SELECT value FROM state WHERE key = 'active_model'").fetchone()[0])
     assert active == "lite0", "search keeps the old model until the fused space is complete"
     env.pop("GRACEFUL_TRANSFORM_BATCH")
-    r = subprocess.run([sys.executable, "-m", "search.cli", "upgrade", "br", "--mode", "fused",
-                        "--weight", "0.5", "--json"], env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = cli_fork.run(["upgrade", "br", "--mode", "fused", "--weight", "0.5", "--json"], env=env,
+                     timeout=300)
     assert r.returncode == 0, r.stderr
     up = json.loads(r.stdout)
     assert up["changed"] and up["mode"] == "fused" and up["vectors_transformed"] == 3000 - part

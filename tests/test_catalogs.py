@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cli_fork
 import numpy as np
 import pytest
 
@@ -294,9 +295,8 @@ def test_migrate_both_ways_is_verified_resumable_and_loses_nothing(tmp_path, pg_
 
 
 def graceful(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "search.cli", *args], capture_output=True,
-                          text=True, timeout=120, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    return cli_fork.run(args, timeout=120, cwd=ROOT,
+                        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
 def test_migrate_catalog_command_both_ways(tmp_path, pg_server):

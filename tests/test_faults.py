@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cli_fork
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -25,9 +26,7 @@ def run(home, *args):
 
 def graceful(home, *args, timeout=180):
     """The real console entry point in its own process."""
-    env = {**os.environ, "GRACEFUL_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "search.cli", *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return cli_fork.run(args, env={**os.environ, "GRACEFUL_HOME": str(home)}, timeout=timeout)
 
 
 def n_images(home: Path) -> int:
@@ -98,12 +97,10 @@ def test_a_busy_gallery_waits_then_says_so(gallery12, few_photos):
     holder.execute("BEGIN IMMEDIATE")
     try:
         env = {**os.environ, "GRACEFUL_HOME": str(gallery12), "GRACEFUL_DB_TIMEOUT": "1"}
-        r = subprocess.run([sys.executable, "-m", "search.cli", "albums", "rename", "sunflower", "x"],
-                           env=env, capture_output=True, text=True, timeout=120)
+        r = cli_fork.run(["albums", "rename", "sunflower", "x"], env=env, timeout=120)
         assert r.returncode == 1 and "Traceback" not in r.stderr
         assert "the gallery is busy" in r.stderr
-        r = subprocess.run([sys.executable, "-m", "search.cli", "albums"], env=env,
-                           capture_output=True, text=True, timeout=120)
+        r = cli_fork.run(["albums"], env=env, timeout=120)
         assert r.returncode == 0 and "sunflower" in r.stdout  # readers are not blocked (WAL)
     finally:
         holder.execute("ROLLBACK")
@@ -454,8 +451,7 @@ def test_concurrent_upgrades_and_rollbacks_keep_the_history(fake_gallery):
         outs = [p.communicate(timeout=300) for p in procs]
         assert all("Traceback" not in err for _, err in outs), outs
         assert_history_matches_events(home)
-    check = subprocess.run([sys.executable, "-m", "search.cli", "check"], env=env,
-                           capture_output=True, text=True, timeout=300)
+    check = cli_fork.run(["check"], env=env, timeout=300)
     assert check.returncode == 0, check.stdout + check.stderr
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cli_fork
 import pytest
 from PIL import Image
 
@@ -36,9 +37,8 @@ def graceful_measured(home: Path, *args) -> dict:
 
 
 def graceful(home: Path, *args, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GRACEFUL_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "search.cli", *map(str, args)], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return cli_fork.run(args, env={**os.environ, "GRACEFUL_HOME": str(home)}, cwd=ROOT,
+                        timeout=timeout)
 
 
 def thin_files(folder: Path) -> dict[str, Path]:

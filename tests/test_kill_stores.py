@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import cli_fork
 import pytest
 from conftest import catalog_integrity, catalog_rows
 from fakes import ALBUMS, PER_ALBUM, cli_env, open_fake
@@ -28,8 +29,8 @@ def env_for(home: Path, **extra: str) -> dict[str, str]:
 
 
 def cli_json(home: Path, *args: str, **extra: str) -> dict:
-    r = subprocess.run([*CLI, *args, "--json"], env=env_for(home, GRACEFUL_FAKE_DELAY="0", **extra),
-                       capture_output=True, text=True, timeout=300)
+    r = cli_fork.run([*args, "--json"], env=env_for(home, GRACEFUL_FAKE_DELAY="0", **extra),
+                     timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout)
 

@@ -15,10 +15,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
+import cli_fork
 import pytest
 from fakes import ALBUMS, PER_ALBUM, cli_env, open_fake
 
@@ -27,9 +26,7 @@ N = len(ALBUMS) * PER_ALBUM
 
 
 def graceful(home, *args, timeout=180):
-    return subprocess.run([sys.executable, "-m", "search.cli", *map(str, args)],
-                          env=cli_env(home, GRACEFUL_THREADS="2"), capture_output=True, text=True,
-                          timeout=timeout)
+    return cli_fork.run(args, env=cli_env(home, GRACEFUL_THREADS="2"), timeout=timeout)
 
 
 @pytest.fixture(scope="module")

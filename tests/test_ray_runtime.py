@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import cli_fork
 import pytest
 from conftest import RAY_CLUSTER_SESSIONS
 from fakes import ALBUMS, cli_env, make_photos, open_fake
@@ -87,8 +88,7 @@ def no_new_ray_processes():
 def cli(home: Path, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
     """The CLI on `home`, on the numpy fakes."""
     env = cli_env(home, GRACEFUL_THREADS="2", **(env or {}))
-    return subprocess.run([*CLI, *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return cli_fork.run(args, env=env, timeout=timeout)
 
 
 def test_the_local_runtime_listens_on_127_0_0_1_only(ray_runtime):

@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import cli_fork
 import numpy as np
 import pytest
 from fakes import ALBUMS, FakeModels, cli_env, make_photos, open_fake, photo_bytes
@@ -40,8 +41,7 @@ def _free_port() -> int:
 def cli(home: Path, *args, check: bool = True, fakes: bool = False) -> subprocess.CompletedProcess:
     """The CLI on `home`, on the installed models or (`fakes`) the numpy fakes."""
     env = cli_env(home) if fakes else {**os.environ, "GRACEFUL_HOME": str(home)}
-    r = subprocess.run([*CLI, *map(str, args)], env=env, capture_output=True, text=True,
-                       timeout=600)
+    r = cli_fork.run(args, env=env, timeout=600)
     if check:
         assert r.returncode == 0, r.stderr[-2000:]
     return r
@@ -240,10 +240,9 @@ def test_milvus_lite_file_held_by_another_process_is_one_line(milvus_gallery):
     g = milvus_gallery
     g.core.index()  # this process holds the Milvus Lite file
     env = {**os.environ, "GRACEFUL_HOME": str(g.home), "GRACEFUL_DB_TIMEOUT": "1"}
-    r = subprocess.run([*CLI, "info"], env=env, capture_output=True, text=True, timeout=120)
+    r = cli_fork.run(["info"], env=env, timeout=120)
     assert r.returncode == 1 and "open in another process" in r.stderr
     assert "Traceback" not in r.stderr
     g.close()
-    r = subprocess.run([*CLI, "info", "--json"], env=env, capture_output=True, text=True,
-                       timeout=120)
+    r = cli_fork.run(["info", "--json"], env=env, timeout=120)
     assert r.returncode == 0 and json.loads(r.stdout)["index"]["vectors"] == 12

@@ -1,0 +1,237 @@
+"""The tests' CLI processes, forked from a process that has the CLI's modules imported already.
+
+A `graceful` command in its own process spends ~0.5 s of its ~1 s importing numpy, faiss, ONNX
+Runtime, Pillow, sqlite-utils and our packages, and the suite starts ~100 of them. `run()`
+asks this worker's fork server (one per pytest process, started on first use) for a child:
+the server forks, and the child takes the test's argv, environment, working folder and
+stdin/stdout/stderr (passed as file descriptors), runs `search.cli.main()` as
+`python -m search.cli` would, runs the exit handlers and exits with the command's code.
+So each command still runs in a process of its own, on its own files, with its own exit code;
+what it does not exercise is the interpreter's start and the CLI's imports, which the tests
+that are about them check with a real `python -m search.cli` (tests/test_fastpath.py,
+test_scaling.py's "nothing imports Ray or pymilvus", the kill -9 and Ctrl-C tests, which
+start and signal their own processes).
+
+GRACEFUL_TEST_EXEC=1 makes `run()` exec `python -m search.cli` instead (to rule the fork
+server out when a test behaves oddly)."""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# What a CLI process imports before doing anything; not Ray, pymilvus or torch (the commands
+# that need them import them, and some tests check that the others never do).
+PRELOAD = ("numpy", "faiss", "PIL.Image", "onnxruntime", "sqlite_utils", "click", "tqdm",
+           "search.cli", "search.api", "models.registry", "models.imageio", "models.pipeline")
+
+
+def _child(conn: socket.socket, fds: list[int], request: dict) -> None:
+    """In the forked child: become the command, run it, report its exit code, exit."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the server's SIG_IGN would auto-reap
+    code = 1
+    try:
+        for target, fd in zip((0, 1, 2), fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        sys.path[:0] = [p for p in extra if p not in sys.path]  # as the interpreter's start
+        sys.argv = [str(ROOT / "search" / "cli" / "__main__.py"), *request["argv"]]
+        conn.send(json.dumps({"pid": os.getpid()}).encode())
+        from search.cli import main
+
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            if e.code is None or isinstance(e.code, int):
+                code = e.code or 0
+            else:
+                print(e.code, file=sys.stderr)
+                code = 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        threading._shutdown()  # type: ignore[attr-defined]  # as the interpreter's exit does
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        try:
+            conn.send(json.dumps({"rc": code}).encode())
+        finally:
+            os._exit(code)
+
+
+def serve(path: str) -> None:
+    """The fork server: import PRELOAD, then fork one child per request on the socket."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with its pytest process
+    for name in PRELOAD:
+        __import__(name)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server.bind(path)
+    server.listen(64)
+    print("ready", flush=True)
+    while True:
+        conn, _ = server.accept()
+        try:
+            message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+        except OSError:
+            conn.close()
+            continue
+        if len(fds) != 3:
+            conn.close()
+            continue
+        if os.fork() == 0:
+            server.close()
+            _child(conn, fds, json.loads(message))
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+
+
+class Forked:
+    """A forked command, as much of subprocess.Popen as the tests use: pid, poll, wait, kill,
+    returncode (-SIGKILL when it died without reporting its code: killed)."""
+
+    def __init__(self, argv: list[str], conn: socket.socket, pid: int):
+        self.args, self.conn, self.pid = argv, conn, pid
+        self.returncode: int | None = None
+
+    def _reply(self, timeout: float | None) -> None:
+        self.conn.settimeout(timeout)
+        try:
+            reply = self.conn.recv(4096)
+        except TimeoutError:
+            raise subprocess.TimeoutExpired(self.args, timeout or 0) from None
+        self.returncode = json.loads(reply)["rc"] if reply else -signal.SIGKILL
+        self.conn.close()
+
+    def poll(self) -> int | None:
+        if self.returncode is None and select.select([self.conn], [], [], 0)[0]:
+            self._reply(None)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self._reply(timeout)
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+class ForkServer:
+    def __init__(self) -> None:
+        self.folder = tempfile.mkdtemp(prefix="graceful-cli-fork-")
+        self.path = os.path.join(self.folder, "socket")
+        self.proc = subprocess.Popen([sys.executable, __file__, self.path], cwd=ROOT,
+                                     stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError("the CLI fork server did not start")
+
+    def start(self, argv: list[str], env: dict, cwd: str, out: int, err: int) -> Forked:
+        request = json.dumps({"argv": argv, "env": env, "cwd": cwd}).encode()
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with open(os.devnull, "rb") as null:
+            conn.connect(self.path)
+            socket.send_fds(conn, [request], [null.fileno(), out, err])
+        return Forked(argv, conn, json.loads(conn.recv(4096))["pid"])
+
+    def run(self, argv: list[str], env: dict, cwd: str, timeout: float
+            ) -> subprocess.CompletedProcess:
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            child = self.start(argv, env, cwd, out.fileno(), err.fileno())
+            try:
+                child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+                raise
+            out.seek(0)
+            err.seek(0)
+            return subprocess.CompletedProcess(argv, child.returncode,
+                                               out.read().decode(errors="replace"),
+                                               err.read().decode(errors="replace"))
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        for name in os.listdir(self.folder):
+            os.unlink(os.path.join(self.folder, name))
+        os.rmdir(self.folder)
+
+
+_SERVER: ForkServer | None = None
+
+
+def run(argv, env: dict | None = None, cwd: str | Path | None = None, timeout: float = 600
+        ) -> subprocess.CompletedProcess:
+    """`python -m search.cli ARGV` in a process of its own, with `env` (default: this one's)
+    in `cwd` (default: this one's), output captured as text: subprocess.run's
+    CompletedProcess."""
+    global _SERVER
+    argv = [str(a) for a in argv]
+    cwd = os.getcwd() if cwd is None else cwd
+    env = dict(os.environ if env is None else env)
+    if os.environ.get("GRACEFUL_TEST_EXEC") == "1":
+        return subprocess.run([sys.executable, "-m", "search.cli", *argv], env=env, cwd=cwd,
+                              capture_output=True, text=True, timeout=timeout)
+    if _SERVER is None:
+        _SERVER = ForkServer()
+    return _SERVER.run(argv, env, str(cwd), timeout)
+
+
+def start(argv, env: dict, out: int = subprocess.DEVNULL, err: int = subprocess.DEVNULL
+          ) -> Forked | subprocess.Popen:
+    """`python -m search.cli ARGV` started in a process of its own (stdout/stderr to the file
+    descriptors `out` and `err`, default /dev/null): a Forked, or under GRACEFUL_TEST_EXEC=1
+    a subprocess.Popen."""
+    global _SERVER
+    argv = [str(a) for a in argv]
+    if os.environ.get("GRACEFUL_TEST_EXEC") == "1":
+        return subprocess.Popen([sys.executable, "-m", "search.cli", *argv], env=env,
+                                stdout=out, stderr=err)
+    if _SERVER is None:
+        _SERVER = ForkServer()
+    with open(os.devnull, "wb") as null:
+        return _SERVER.start(argv, dict(env), os.getcwd(),
+                             null.fileno() if out == subprocess.DEVNULL else out,
+                             null.fileno() if err == subprocess.DEVNULL else err)
+
+
+def stop() -> None:
+    global _SERVER
+    if _SERVER is not None:
+        _SERVER.stop()
+        _SERVER = None
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])
