@@ -1,19 +1,20 @@
 """The tests' CLI processes, forked from a process that has the CLI's modules imported already.
 
 A `graceful` command in its own process spends ~0.5 s of its ~1 s importing numpy, faiss, ONNX
-Runtime, Pillow, sqlite-utils and our packages, and the suite starts ~100 of them. `run()`
-asks this worker's fork server (one per pytest process, started on first use) for a child:
-the server forks, and the child takes the test's argv, environment, working folder and
+Runtime, Pillow, sqlite-utils and our packages (and 1.5 s more for pymilvus on a Milvus
+gallery), and the suite starts ~100 of them. `run()`, `run_together()` and `start()` ask this
+pytest process's fork server (started on first use, stopped with the session) for a child: the
+server forks, and the child takes the test's argv, environment, working folder and
 stdin/stdout/stderr (passed as file descriptors), runs `search.cli.main()` as
-`python -m search.cli` would, runs the exit handlers and exits with the command's code.
-So each command still runs in a process of its own, on its own files, with its own exit code;
-what it does not exercise is the interpreter's start and the CLI's imports, which the tests
-that are about them check with a real `python -m search.cli` (tests/test_fastpath.py,
-test_scaling.py's "nothing imports Ray or pymilvus", the kill -9 and Ctrl-C tests, which
-start and signal their own processes).
+`python -m search.cli` would, runs the exit handlers and exits with the command's code. Each
+command still runs in a process of its own, on its own files, with its own exit code, and can be
+killed (`run_and_kill`). What it does not exercise is the interpreter's start and the CLI's
+imports: the tests that are about those exec `python -m search.cli` themselves
+(tests/test_fastpath.py, test_scaling.py's "nothing imports Ray or pymilvus"), and so do the
+Ctrl-C tests and the pause-hook kills (`kill_at`).
 
-GRACEFUL_TEST_EXEC=1 makes `run()` exec `python -m search.cli` instead (to rule the fork
-server out when a test behaves oddly)."""
+GRACEFUL_TEST_EXEC=1 makes every one of them exec `python -m search.cli` instead (to rule the
+fork server out when a test behaves oddly)."""
 from __future__ import annotations
 
 import atexit
@@ -30,10 +31,14 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# What a CLI process imports before doing anything; not Ray, pymilvus or torch (the commands
-# that need them import them, and some tests check that the others never do).
+# What a CLI process imports before doing anything, and Milvus's client; not Ray or torch (the
+# commands that need them import them; the tests that check which commands import what exec
+# their own processes).
+# pymilvus (1.5 s, pandas included) and Milvus Lite: imported, never connected, so no gRPC
+# channel or thread exists at the fork.
 PRELOAD = ("numpy", "faiss", "PIL.Image", "onnxruntime", "sqlite_utils", "click", "tqdm",
-           "search.cli", "search.api", "models.registry", "models.imageio", "models.pipeline")
+           "pymilvus", "milvus_lite", "search.cli", "search.api", "models.registry",
+           "models.imageio", "models.pipeline")
 
 
 def _child(conn: socket.socket, fds: list[int], request: dict) -> None:
@@ -137,12 +142,15 @@ class Forked:
         assert self.returncode is not None
         return self.returncode
 
-    def kill(self) -> None:
+    def send_signal(self, sig: int) -> None:
         if self.returncode is None:
             try:
-                os.kill(self.pid, signal.SIGKILL)
+                os.kill(self.pid, sig)
             except ProcessLookupError:
                 pass
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
 
 class ForkServer:
@@ -206,6 +214,28 @@ def run(argv, env: dict | None = None, cwd: str | Path | None = None, timeout: f
     if _SERVER is None:
         _SERVER = ForkServer()
     return _SERVER.run(argv, env, str(cwd), timeout)
+
+
+def run_together(argvs: list[list], env: dict, timeout: float = 300
+                 ) -> list[subprocess.CompletedProcess]:
+    """Several commands started at once (a race), each in a process of its own; waits for all."""
+    files = [(tempfile.TemporaryFile(), tempfile.TemporaryFile()) for _ in argvs]
+    try:
+        procs = [start(argv, env, out.fileno(), err.fileno())
+                 for argv, (out, err) in zip(argvs, files)]
+        done = []
+        for proc, (out, err) in zip(procs, files):
+            proc.wait(timeout)
+            out.seek(0)
+            err.seek(0)
+            done.append(subprocess.CompletedProcess(proc.args, proc.returncode,
+                                                    out.read().decode(errors="replace"),
+                                                    err.read().decode(errors="replace")))
+        return done
+    finally:
+        for out, err in files:
+            out.close()
+            err.close()
 
 
 def start(argv, env: dict, out: int = subprocess.DEVNULL, err: int = subprocess.DEVNULL

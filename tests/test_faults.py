@@ -25,7 +25,7 @@ def run(home, *args):
 
 
 def graceful(home, *args, timeout=180):
-    """The real console entry point in its own process."""
+    """The console entry point in a process of its own (tests/cli_fork.py)."""
     return cli_fork.run(args, env={**os.environ, "GRACEFUL_HOME": str(home)}, timeout=timeout)
 
 
@@ -81,11 +81,9 @@ def test_concurrent_creation_runs_the_migration_once(tmp_path):
 @pytest.mark.slow  # real processes racing (or a real full disk): the slow tier
 def test_two_index_runs_creating_one_gallery_at_once(home, few_photos):
     env = {**os.environ, "GRACEFUL_HOME": str(home), "GRACEFUL_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "search.cli", "index", str(few_photos / c)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for c in ("airplanes", "Motorbikes")]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
+    done = cli_fork.run_together([["index", few_photos / c] for c in ("airplanes", "Motorbikes")],
+                                 env)
+    assert [r.returncode for r in done] == [0, 0], [r.stderr for r in done]
     assert n_images(home) == 8
     r = run(home, "check", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["ok"]
@@ -445,11 +443,8 @@ def test_concurrent_upgrades_and_rollbacks_keep_the_history(fake_gallery):
 
     env = cli_env(home, GRACEFUL_THREADS="1")
     for target in ("fake-a-head", "fake-a2", "fake-a"):
-        procs = [subprocess.Popen([sys.executable, "-m", "search.cli", *args], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for args in (["upgrade", target, "--force"], ["rollback"])]
-        outs = [p.communicate(timeout=300) for p in procs]
-        assert all("Traceback" not in err for _, err in outs), outs
+        done = cli_fork.run_together([["upgrade", target, "--force"], ["rollback"]], env)
+        assert all("Traceback" not in r.stderr for r in done), [r.stderr for r in done]
         assert_history_matches_events(home)
     check = cli_fork.run(["check"], env=env, timeout=300)
     assert check.returncode == 0, check.stdout + check.stderr

@@ -6,11 +6,10 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import cli_fork
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -171,9 +170,8 @@ def _feature_shards(home: Path) -> int:
 @pytest.mark.slow
 def test_kill_9_during_feature_extraction_resumes(gallery_copy, cold_features):
     env = {**os.environ, "GRACEFUL_HOME": str(gallery_copy)}
-    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "train", "--from-gallery",
-                             "--backbone", "lite2", "--out", "resumed"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = cli_fork.start(["train", "--from-gallery", "--backbone", "lite2", "--out", "resumed"],
+                          env)
     deadline = time.time() + 180
     while proc.poll() is None and time.time() < deadline and _feature_shards(gallery_copy) < 1:
         time.sleep(0.02)
