@@ -31,13 +31,12 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# What a CLI process imports before doing anything, and Milvus's client; not Ray or torch (the
-# commands that need them import them; the tests that check which commands import what exec
-# their own processes).
-# pymilvus (1.5 s, pandas included) and Milvus Lite: imported, never connected, so no gRPC
-# channel or thread exists at the fork.
+# What a CLI process imports before doing anything, and the clients of Milvus (pymilvus: 1.5 s,
+# pandas included) and Ray (0.8 s): imported, never connected, so no gRPC channel or thread
+# exists at the fork. Not torch: the commands that need it import it; the tests that check
+# which commands import what exec their own processes.
 PRELOAD = ("numpy", "faiss", "PIL.Image", "onnxruntime", "sqlite_utils", "click", "tqdm",
-           "pymilvus", "milvus_lite", "search.cli", "search.api", "models.registry",
+           "pymilvus", "milvus_lite", "ray", "search.cli", "search.api", "models.registry",
            "models.imageio", "models.pipeline")
 
 
@@ -199,21 +198,25 @@ class ForkServer:
 _SERVER: ForkServer | None = None
 
 
+def _server() -> ForkServer:
+    global _SERVER
+    if _SERVER is None or _SERVER.proc.poll() is not None:  # not started, or gone
+        _SERVER = ForkServer()
+    return _SERVER
+
+
 def run(argv, env: dict | None = None, cwd: str | Path | None = None, timeout: float = 600
         ) -> subprocess.CompletedProcess:
     """`python -m search.cli ARGV` in a process of its own, with `env` (default: this one's)
     in `cwd` (default: this one's), output captured as text: subprocess.run's
     CompletedProcess."""
-    global _SERVER
     argv = [str(a) for a in argv]
     cwd = os.getcwd() if cwd is None else cwd
     env = dict(os.environ if env is None else env)
     if os.environ.get("GRACEFUL_TEST_EXEC") == "1":
         return subprocess.run([sys.executable, "-m", "search.cli", *argv], env=env, cwd=cwd,
                               capture_output=True, text=True, timeout=timeout)
-    if _SERVER is None:
-        _SERVER = ForkServer()
-    return _SERVER.run(argv, env, str(cwd), timeout)
+    return _server().run(argv, env, str(cwd), timeout)
 
 
 def run_together(argvs: list[list], env: dict, timeout: float = 300
@@ -243,17 +246,14 @@ def start(argv, env: dict, out: int = subprocess.DEVNULL, err: int = subprocess.
     """`python -m search.cli ARGV` started in a process of its own (stdout/stderr to the file
     descriptors `out` and `err`, default /dev/null): a Forked, or under GRACEFUL_TEST_EXEC=1
     a subprocess.Popen."""
-    global _SERVER
     argv = [str(a) for a in argv]
     if os.environ.get("GRACEFUL_TEST_EXEC") == "1":
         return subprocess.Popen([sys.executable, "-m", "search.cli", *argv], env=env,
                                 stdout=out, stderr=err)
-    if _SERVER is None:
-        _SERVER = ForkServer()
     with open(os.devnull, "wb") as null:
-        return _SERVER.start(argv, dict(env), os.getcwd(),
-                             null.fileno() if out == subprocess.DEVNULL else out,
-                             null.fileno() if err == subprocess.DEVNULL else err)
+        return _server().start(argv, dict(env), os.getcwd(),
+                               null.fileno() if out == subprocess.DEVNULL else out,
+                               null.fileno() if err == subprocess.DEVNULL else err)
 
 
 def stop() -> None:
