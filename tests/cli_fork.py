@@ -18,6 +18,7 @@ fork server out when a test behaves oddly)."""
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import os
 import select
@@ -28,33 +29,33 @@ import sys
 import tempfile
 import threading
 import traceback
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# What a CLI process imports before doing anything, and the clients of Milvus (pymilvus: 1.5 s,
-# pandas included) and Ray (0.8 s): imported, never connected, so no gRPC channel or thread
-# exists at the fork. Not torch: the commands that need it import it; the tests that check
-# which commands import what exec their own processes.
+# What a CLI process imports before doing anything, and Milvus's client (pymilvus: 1.5 s, pandas
+# included; imported, never connected, so no gRPC channel or thread exists at the fork). Not
+# Ray (it reads RAY_* settings when first imported) or torch: the commands that need them import
+# them, and the tests that check which commands import what exec their own processes. An extra
+# that is not installed is passed over.
 PRELOAD = ("numpy", "faiss", "PIL.Image", "onnxruntime", "sqlite_utils", "click", "tqdm",
-           "pymilvus", "milvus_lite", "ray", "search.cli", "search.api", "models.registry",
+           "pymilvus", "milvus_lite", "search.cli", "search.api", "models.registry",
            "models.imageio", "models.pipeline")
 
 
-def _child(conn: socket.socket, fds: list[int], request: dict) -> None:
-    """In the forked child: become the command, run it, report its exit code, exit."""
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the server's SIG_IGN would auto-reap
+def _child(fds: list[int], request: dict, base_path: list[str]) -> None:
+    """In the forked child: become the command, run it, exit with its code."""
     code = 1
     try:
         for target, fd in zip((0, 1, 2), fds):
             os.dup2(fd, target)
             os.close(fd)
-        os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
         extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        sys.path[:0] = [p for p in extra if p not in sys.path]  # as the interpreter's start
+        sys.path[:] = [request["cwd"], *extra, *base_path]  # as `python -m` in that folder
+        os.chdir(request["cwd"])
         sys.argv = [str(ROOT / "search" / "cli" / "__main__.py"), *request["argv"]]
-        conn.send(json.dumps({"pid": os.getpid()}).encode())
         from search.cli import main
 
         try:
@@ -66,56 +67,105 @@ def _child(conn: socket.socket, fds: list[int], request: dict) -> None:
             else:
                 print(e.code, file=sys.stderr)
                 code = 1
-        except BaseException:
-            traceback.print_exc()
-            code = 1
         threading._shutdown()  # type: ignore[attr-defined]  # as the interpreter's exit does
         atexit._run_exitfuncs()
+        gc.collect()  # closes what only garbage still holds (SQLite connections, files)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except Exception:
                 pass
-        try:
-            conn.send(json.dumps({"rc": code}).encode())
-        finally:
-            os._exit(code)
+        os._exit(code & 0xFF)
 
 
 def serve(path: str) -> None:
-    """The fork server: import PRELOAD, then fork one child per request on the socket."""
+    """The fork server: import PRELOAD, then fork one child per request on the socket and
+    report its exit status (as subprocess does: -N for signal N) when it ends; a client's
+    {"signal": N} goes to its child through a pidfd (no pid reuse)."""
     import ctypes
 
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with its pytest process
-    for name in PRELOAD:
-        __import__(name)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    with warnings.catch_warnings(record=True) as warned:
+        for name in PRELOAD:
+            try:
+                __import__(name)
+            except ImportError:
+                pass
+    if warned:  # a real process would print them on the command's stderr: say so, do not hide
+        sys.exit(f"the CLI fork server's imports warned: {[str(w.message) for w in warned]}")
+    if threading.active_count() != 1:  # (native pools, OpenBLAS's, have their fork handlers)
+        sys.exit("a Python thread exists before the CLI fork server forks")
+    ours = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    base_path = [p for p in sys.path[1:] if os.path.abspath(p) not in ours]
     server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     server.bind(path)
     server.listen(64)
     print("ready", flush=True)
+    running: dict[int, tuple[socket.socket, int, int]] = {}  # pidfd -> (client, pid, pidfd)
+    clients: dict[int, int] = {}  # client socket fd -> pidfd
     while True:
-        conn, _ = server.accept()
-        try:
-            message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
-        except OSError:
-            conn.close()
-            continue
-        if len(fds) != 3:
-            conn.close()
-            continue
-        if os.fork() == 0:
-            server.close()
-            _child(conn, fds, json.loads(message))
+        watched = [server, *running, *(running[f][0] for f in clients.values())]
+        for ready in select.select(watched, [], [])[0]:
+            if ready is server:
+                _accept(server, running, clients, base_path)
+            elif isinstance(ready, int):  # a child ended
+                conn, pid, _ = running.pop(ready)
+                clients.pop(conn.fileno(), None)
+                _, status = os.waitpid(pid, 0)
+                try:
+                    conn.send(json.dumps({"rc": os.waitstatus_to_exitcode(status)}).encode())
+                except OSError:
+                    pass
+                conn.close()
+                os.close(ready)
+            else:  # a client: a signal for its child, or gone
+                pidfd = clients[ready.fileno()]
+                message = ready.recv(4096)
+                if not message:
+                    clients.pop(ready.fileno())
+                    continue
+                try:
+                    signal.pidfd_send_signal(pidfd, json.loads(message)["signal"])
+                except ProcessLookupError:
+                    pass
+
+
+def _accept(server: socket.socket, running: dict, clients: dict, base_path: list[str]) -> None:
+    conn, _ = server.accept()
+    try:
+        message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+        request = json.loads(message)
+    except (OSError, ValueError):
+        conn.close()
+        return
+    if len(fds) != 3:
         for fd in fds:
             os.close(fd)
         conn.close()
+        return
+    pid = os.fork()
+    if pid == 0:
+        server.close()
+        conn.close()
+        for pidfd, (other, _, _) in running.items():
+            other.close()
+            os.close(pidfd)
+        _child(fds, request, base_path)
+    for fd in fds:
+        os.close(fd)
+    pidfd = os.pidfd_open(pid)
+    running[pidfd] = (conn, pid, pidfd)
+    clients[conn.fileno()] = pidfd
+    conn.send(json.dumps({"pid": pid}).encode())
 
 
 class Forked:
-    """A forked command, as much of subprocess.Popen as the tests use: pid, poll, wait, kill,
-    returncode (-SIGKILL when it died without reporting its code: killed)."""
+    """A forked command, as much of subprocess.Popen as the tests use: args, pid, poll, wait,
+    send_signal, kill, returncode (the fork server's waitpid status)."""
 
     def __init__(self, argv: list[str], conn: socket.socket, pid: int):
         self.args, self.conn, self.pid = argv, conn, pid
@@ -127,7 +177,9 @@ class Forked:
             reply = self.conn.recv(4096)
         except TimeoutError:
             raise subprocess.TimeoutExpired(self.args, timeout or 0) from None
-        self.returncode = json.loads(reply)["rc"] if reply else -signal.SIGKILL
+        if not reply:
+            raise RuntimeError(f"the CLI fork server went away while {self.args} ran")
+        self.returncode = json.loads(reply)["rc"]
         self.conn.close()
 
     def poll(self) -> int | None:
@@ -144,8 +196,8 @@ class Forked:
     def send_signal(self, sig: int) -> None:
         if self.returncode is None:
             try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
+                self.conn.send(json.dumps({"signal": int(sig)}).encode())
+            except OSError:
                 pass
 
     def kill(self) -> None:
@@ -157,11 +209,14 @@ class ForkServer:
         self.folder = tempfile.mkdtemp(prefix="graceful-cli-fork-")
         self.path = os.path.join(self.folder, "socket")
         self.proc = subprocess.Popen([sys.executable, __file__, self.path], cwd=ROOT,
-                                     stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL,
                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert self.proc.stdout is not None
+        assert self.proc.stdout is not None and self.proc.stderr is not None
         if self.proc.stdout.readline().strip() != b"ready":
-            raise RuntimeError("the CLI fork server did not start")
+            self.proc.kill()
+            raise RuntimeError("the CLI fork server did not start: "
+                               + self.proc.stderr.read().decode(errors="replace")[-2000:])
 
     def start(self, argv: list[str], env: dict, cwd: str, out: int, err: int) -> Forked:
         request = json.dumps({"argv": argv, "env": env, "cwd": cwd}).encode()
@@ -201,6 +256,8 @@ _SERVER: ForkServer | None = None
 def _server() -> ForkServer:
     global _SERVER
     if _SERVER is None or _SERVER.proc.poll() is not None:  # not started, or gone
+        if _SERVER is not None:
+            _SERVER.stop()
         _SERVER = ForkServer()
     return _SERVER
 
@@ -228,7 +285,12 @@ def run_together(argvs: list[list], env: dict, timeout: float = 300
                  for argv, (out, err) in zip(argvs, files)]
         done = []
         for proc, (out, err) in zip(procs, files):
-            proc.wait(timeout)
+            try:
+                proc.wait(timeout)
+            except BaseException:
+                for other in procs:
+                    other.kill()
+                raise
             out.seek(0)
             err.seek(0)
             done.append(subprocess.CompletedProcess(proc.args, proc.returncode,

@@ -291,6 +291,14 @@ PG_SNAPSHOT = "postgres-snapshot.url"  # in a snapshot home whose catalog is a P
 _CLONES = itertools.count(1)
 
 
+def pg_strategy(url: str) -> str:
+    """` STRATEGY = FILE_COPY` where the server has it (PostgreSQL 15+): a test database is
+    small, and copying its files costs the server less than logging every block."""
+    from pg_server import file_copy
+
+    return " STRATEGY = FILE_COPY" if file_copy(url) else ""
+
+
 def clone_database(url: str) -> str:
     """A new database holding a copy of the one at `url` (CREATE DATABASE ... TEMPLATE): this
     process's idle connections to it are closed first."""
@@ -308,7 +316,7 @@ def clone_database(url: str) -> str:
         r = subprocess.run(["psql", "-X", "-q", "-d", admin, "-c",
                             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
                             f"datname = '{name}' AND pid <> pg_backend_pid()", "-c",
-                            f"CREATE DATABASE {clone} TEMPLATE {name} STRATEGY = FILE_COPY"],
+                            f"CREATE DATABASE {clone} TEMPLATE {name}{pg_strategy(url)}"],
                            capture_output=True, text=True)
         if r.returncode == 0:
             return url.replace(f"/{name}?", f"/{clone}?")
@@ -426,7 +434,11 @@ def _run_and_kill(cmd: list[str], env: dict, ready, timeout: float = 180) -> int
     else:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
+    while proc.poll() is None:
+        if time.time() > deadline:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"not ready to be killed within {timeout} s: {cmd}")
         try:
             if ready():
                 proc.kill()
@@ -564,8 +576,9 @@ def pytest_runtest_teardown(item, nextitem):
 @pytest.fixture(scope="session", autouse=True)
 def _group_servers_stop():
     yield
-    for server in GROUP_SERVERS.values():  # an interrupted run
-        server.close()
+    with contextlib.ExitStack() as stack:  # an interrupted run: every one, though one raises
+        for server in GROUP_SERVERS.values():
+            stack.callback(server.close)
 
 
 @contextlib.contextmanager
@@ -573,14 +586,17 @@ def _local_ray_runtime():
     from models.ray_runtime import LocalRuntime
 
     runtime = LocalRuntime(cpus=2)
+    session = None
     try:
         runtime.start(timeout=180)
         assert runtime.proc is not None
-        RAY_CLUSTER_SESSIONS.add(runtime.proc.pid)  # its workers come and go during other tests
+        session = runtime.proc.pid
+        RAY_CLUSTER_SESSIONS.add(session)  # its workers come and go during other tests
         temp = Path(runtime.temp_dir or "")
         yield runtime
     finally:
         runtime.stop()
+        RAY_CLUSTER_SESSIONS.discard(session)  # type: ignore[arg-type]
     assert runtime.pids() == [], "the test Ray runtime left processes behind"
     assert not temp.exists(), "the test Ray runtime left its folder behind"
 

@@ -58,7 +58,7 @@ class PgServer:
         """A new empty database; returns its URL."""
         self._n += 1
         name = f"{prefix}{os.getpid()}_{self._n}"
-        self.psql(f"CREATE DATABASE {name} STRATEGY = FILE_COPY")
+        self.psql(f"CREATE DATABASE {name}{' STRATEGY = FILE_COPY' if file_copy(self.url()) else ''}")
         return self.url(name)
 
     def start(self) -> None:
@@ -89,6 +89,22 @@ class PgServer:
         """Ids of the server's processes still alive (its process group)."""
         out = subprocess.run(["pgrep", "-g", str(self.proc.pid)], capture_output=True, text=True)
         return [int(p) for p in out.stdout.split()]
+
+
+_VERSIONS: dict[str, int] = {}
+
+
+def file_copy(url: str) -> bool:
+    """Whether the server at `url` has CREATE DATABASE ... STRATEGY (PostgreSQL 15+)."""
+    from urllib.parse import urlsplit
+
+    server = urlsplit(url)._replace(path="/postgres").geturl()
+    if server not in _VERSIONS:
+        out = subprocess.run([pg_bin("psql") or "psql", "-X", "-At", "-d", server, "-c",
+                              "SHOW server_version_num"], capture_output=True, text=True,
+                             timeout=60)
+        _VERSIONS[server] = int(out.stdout.strip() or 0)
+    return _VERSIONS[server] >= 150000
 
 
 def _demote(user: str | None) -> dict:
