@@ -226,22 +226,6 @@ class ForkServer:
             socket.send_fds(conn, [request], [null.fileno(), out, err])
         return Forked(argv, conn, json.loads(conn.recv(4096))["pid"])
 
-    def run(self, argv: list[str], env: dict, cwd: str, timeout: float
-            ) -> subprocess.CompletedProcess:
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            child = self.start(argv, env, cwd, out.fileno(), err.fileno())
-            try:
-                child.wait(timeout)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-                raise
-            out.seek(0)
-            err.seek(0)
-            return subprocess.CompletedProcess(argv, child.returncode,
-                                               out.read().decode(errors="replace"),
-                                               err.read().decode(errors="replace"))
-
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
@@ -267,21 +251,16 @@ def run(argv, env: dict | None = None, cwd: str | Path | None = None, timeout: f
     """`python -m search.cli ARGV` in a process of its own, with `env` (default: this one's)
     in `cwd` (default: this one's), output captured as text: subprocess.run's
     CompletedProcess."""
-    argv = [str(a) for a in argv]
-    cwd = os.getcwd() if cwd is None else cwd
-    env = dict(os.environ if env is None else env)
-    if os.environ.get("GRACEFUL_TEST_EXEC") == "1":
-        return subprocess.run([sys.executable, "-m", "search.cli", *argv], env=env, cwd=cwd,
-                              capture_output=True, text=True, timeout=timeout)
-    return _server().run(argv, env, str(cwd), timeout)
+    return run_together([argv], dict(os.environ if env is None else env), timeout, cwd)[0]
 
 
-def run_together(argvs: list[list], env: dict, timeout: float = 300
-                 ) -> list[subprocess.CompletedProcess]:
-    """Several commands started at once (a race), each in a process of its own; waits for all."""
+def run_together(argvs: list[list], env: dict, timeout: float = 300,
+                 cwd: str | Path | None = None) -> list[subprocess.CompletedProcess]:
+    """Several commands started at once (a race), each in a process of its own; waits for all
+    (a timeout kills every one of them)."""
     files = [(tempfile.TemporaryFile(), tempfile.TemporaryFile()) for _ in argvs]
     try:
-        procs = [start(argv, env, out.fileno(), err.fileno())
+        procs = [start(argv, env, out.fileno(), err.fileno(), cwd)
                  for argv, (out, err) in zip(argvs, files)]
         done = []
         for proc, (out, err) in zip(procs, files):
@@ -303,17 +282,18 @@ def run_together(argvs: list[list], env: dict, timeout: float = 300
             err.close()
 
 
-def start(argv, env: dict, out: int = subprocess.DEVNULL, err: int = subprocess.DEVNULL
-          ) -> Forked | subprocess.Popen:
-    """`python -m search.cli ARGV` started in a process of its own (stdout/stderr to the file
-    descriptors `out` and `err`, default /dev/null): a Forked, or under GRACEFUL_TEST_EXEC=1
-    a subprocess.Popen."""
+def start(argv, env: dict, out: int = subprocess.DEVNULL, err: int = subprocess.DEVNULL,
+          cwd: str | Path | None = None) -> Forked | subprocess.Popen:
+    """`python -m search.cli ARGV` started in a process of its own in `cwd` (default: this
+    one's), stdout/stderr to the file descriptors `out` and `err` (default /dev/null): a
+    Forked, or under GRACEFUL_TEST_EXEC=1 a subprocess.Popen."""
     argv = [str(a) for a in argv]
+    cwd = os.getcwd() if cwd is None else str(cwd)
     if os.environ.get("GRACEFUL_TEST_EXEC") == "1":
-        return subprocess.Popen([sys.executable, "-m", "search.cli", *argv], env=env,
+        return subprocess.Popen([sys.executable, "-m", "search.cli", *argv], env=env, cwd=cwd,
                                 stdout=out, stderr=err)
     with open(os.devnull, "wb") as null:
-        return _server().start(argv, dict(env), os.getcwd(),
+        return _server().start(argv, dict(env), cwd,
                                null.fileno() if out == subprocess.DEVNULL else out,
                                null.fileno() if err == subprocess.DEVNULL else err)
 

@@ -291,19 +291,13 @@ PG_SNAPSHOT = "postgres-snapshot.url"  # in a snapshot home whose catalog is a P
 _CLONES = itertools.count(1)
 
 
-def pg_strategy(url: str) -> str:
-    """` STRATEGY = FILE_COPY` where the server has it (PostgreSQL 15+): a test database is
-    small, and copying its files costs the server less than logging every block."""
-    from pg_server import file_copy
-
-    return " STRATEGY = FILE_COPY" if file_copy(url) else ""
-
-
 def clone_database(url: str) -> str:
     """A new database holding a copy of the one at `url` (CREATE DATABASE ... TEMPLATE): this
     process's idle connections to it are closed first."""
     import subprocess
     from urllib.parse import urlsplit
+
+    from pg_server import create_strategy
 
     from search.storage.catalog.pg import release
 
@@ -316,7 +310,7 @@ def clone_database(url: str) -> str:
         r = subprocess.run(["psql", "-X", "-q", "-d", admin, "-c",
                             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
                             f"datname = '{name}' AND pid <> pg_backend_pid()", "-c",
-                            f"CREATE DATABASE {clone} TEMPLATE {name}{pg_strategy(url)}"],
+                            f"CREATE DATABASE {clone} TEMPLATE {name}{create_strategy(url)}"],
                            capture_output=True, text=True)
         if r.returncode == 0:
             return url.replace(f"/{name}?", f"/{clone}?")
@@ -539,8 +533,8 @@ class GroupServer:
     (pytest_runtest_teardown), or at the session's end. A session-long server would idle through
     the rest of the run: ~0.03 cores for the Milvus server, ~0.02 for a Ray runtime."""
 
-    def __init__(self, group: str, open_: Callable[[], contextlib.AbstractContextManager]):
-        self.group, self._open = group, open_
+    def __init__(self, open_: Callable[[], contextlib.AbstractContextManager]):
+        self._open = open_
         self._cm: contextlib.AbstractContextManager | None = None
         self.value = None
 
@@ -561,7 +555,7 @@ GROUP_SERVERS: dict[str, GroupServer] = {}
 
 
 def group_server(group: str, open_: Callable[[], contextlib.AbstractContextManager]):
-    return GROUP_SERVERS.setdefault(group, GroupServer(group, open_)).get()
+    return GROUP_SERVERS.setdefault(group, GroupServer(open_)).get()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -19,7 +19,6 @@ from conftest import RAY_CLUSTER_SESSIONS
 from fakes import ALBUMS, cli_env, make_photos, open_fake
 
 pytestmark = pytest.mark.slow
-CLI = [sys.executable, "-m", "search.cli"]
 RAY_NAMES = ("gcs_server", "raylet", "ray::", "ray.scripts.scripts", "ray/dashboard",
              "log_monitor", "ray.util.client.server", "autoscaler/_private/monitor")
 
